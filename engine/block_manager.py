@@ -1,0 +1,122 @@
+"""GPU block pool: block tables, content-addressed full blocks, ref counts and LRU eviction.
+
+A full block's key is ``sha256(parent key | model fingerprint | token ids)``: the same prefix under the
+same weights always gives the same chain of keys, in any process, so the keys double as file names for
+the disk tier. Unreferenced blocks stay in the pool (still findable) until space is needed, oldest first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+
+def block_hash(parent: str | None, fingerprint: str, tokens: list[int]) -> str:
+    h = hashlib.sha256()
+    h.update((parent or "root").encode())
+    h.update(fingerprint.encode())
+    h.update(np.asarray(tokens, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def chain_hashes(tokens: list[int], block_size: int, fingerprint: str) -> list[str]:
+    """Keys of all full blocks of ``tokens``."""
+    out: list[str] = []
+    parent = None
+    for i in range(len(tokens) // block_size):
+        parent = block_hash(parent, fingerprint, tokens[i * block_size : (i + 1) * block_size])
+        out.append(parent)
+    return out
+
+
+class NoFreeBlocks(RuntimeError):
+    """The pool is exhausted by referenced blocks."""
+
+
+class BlockManager:
+    """Owns block ids of the KV tensor ``kv[L, 2, num_blocks, block_size, kv_heads, head_dim]``."""
+
+    def __init__(
+        self,
+        kv: torch.Tensor,
+        block_size: int,
+        on_evict: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.kv = kv
+        self.block_size = block_size
+        self.num_blocks = kv.shape[2]
+        self.ref = [0] * self.num_blocks
+        self.key: list[str | None] = [None] * self.num_blocks
+        self.by_key: dict[str, int] = {}
+        self.free_plain: list[int] = list(range(self.num_blocks - 1, -1, -1))
+        self.free_cached: OrderedDict[int, None] = OrderedDict()  # LRU: oldest first
+        self.on_evict = on_evict
+
+    # --- accounting -------------------------------------------------------------------------
+    @property
+    def num_free(self) -> int:
+        """Blocks that can be handed out now (plain free + evictable cached)."""
+        return len(self.free_plain) + len(self.free_cached)
+
+    @property
+    def num_referenced(self) -> int:
+        return sum(1 for r in self.ref if r > 0)
+
+    # --- lookup / sharing -------------------------------------------------------------------
+    def lookup(self, key: str) -> int | None:
+        return self.by_key.get(key)
+
+    def acquire(self, block: int) -> None:
+        """Take a reference on a cached block (a prefix hit)."""
+        if self.ref[block] == 0:
+            self.free_cached.pop(block, None)
+        self.ref[block] += 1
+
+    def allocate(self) -> int:
+        """A fresh block: a never-used one first, else evict the least recently used cached one."""
+        if self.free_plain:
+            b = self.free_plain.pop()
+        elif self.free_cached:
+            b, _ = self.free_cached.popitem(last=False)
+            key = self.key[b]
+            if key is not None:
+                if self.on_evict is not None:
+                    self.on_evict(key, b)
+                del self.by_key[key]
+                self.key[b] = None
+        else:
+            raise NoFreeBlocks("KV block pool exhausted")
+        self.ref[b] = 1
+        return b
+
+    def register(self, block: int, key: str) -> bool:
+        """Make a full block findable; False if an identical block is already registered."""
+        if key in self.by_key or self.key[block] is not None:
+            return False
+        self.key[block] = key
+        self.by_key[key] = block
+        return True
+
+    def release(self, blocks: list[int]) -> None:
+        """Drop one reference per block; unreferenced cached blocks stay findable (LRU)."""
+        for b in reversed(blocks):  # tail blocks first so prefixes outlive their continuations
+            self.ref[b] -= 1
+            if self.ref[b] < 0:
+                raise RuntimeError(f"block {b} released twice")
+            if self.ref[b] == 0:
+                if self.key[b] is None:
+                    self.free_plain.append(b)
+                else:
+                    self.free_cached[b] = None
+
+    # --- data movement (tiers) --------------------------------------------------------------
+    def read_block(self, block: int) -> torch.Tensor:
+        """The block's K and V for all layers, ``[L, 2, block_size, kv_heads, head_dim]``."""
+        return self.kv[:, :, block]
+
+    def write_block(self, block: int, data: torch.Tensor) -> None:
+        self.kv[:, :, block].copy_(data, non_blocking=True)

@@ -1,0 +1,263 @@
+"""CPU and disk tiers for KV blocks, and the restore-vs-recompute cost model.
+
+Blocks are found by the same content keys as in the GPU pool, so no session id is needed and a new
+process finds the blocks of an earlier one. Disk files carry a SHA-256 of their payload and the model
+fingerprint; anything that does not verify is deleted with a warning and the block is recomputed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import queue
+import struct
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"KBKV1\n"
+_DTYPES = {str(d): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.int8)}
+
+
+class CpuTier:
+    """LRU of blocks in host memory (pinned when a GPU is present so restores are async DMA)."""
+
+    def __init__(self, max_bytes: int, pin: bool = False) -> None:
+        self.max_bytes = max_bytes
+        self.pin = pin
+        self.bytes = 0
+        self.items: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.free: list[torch.Tensor] = []
+        self.slab_bytes = 0
+        self.lock = threading.Lock()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.items
+
+    def _slot(self, like: torch.Tensor) -> torch.Tensor | None:
+        """A host buffer for one block: reuse a free slot, else pin a new slab of 32 slots.
+
+        Why slabs: pinning (cudaHostAlloc) costs ~1 ms per call; per-block allocation put that on the
+        request path whenever the GPU pool spilled.
+        """
+        if not self.free or self.free[-1].shape != like.shape or self.free[-1].dtype != like.dtype:
+            n = like.numel() * like.element_size()
+            room = (self.max_bytes - self.slab_bytes) // n
+            if room <= 0:
+                return None
+            k = int(min(32, room))
+            slab = torch.empty((k, *like.shape), dtype=like.dtype, pin_memory=self.pin)
+            self.slab_bytes += k * n
+            self.free = [slab[i] for i in range(k)]
+        return self.free.pop()
+
+    def put(self, key: str, data: torch.Tensor) -> None:
+        n = data.numel() * data.element_size()
+        if n > self.max_bytes or key in self.items:
+            return
+        with self.lock:
+            while self.bytes + n > self.max_bytes and self.items:
+                _, old = self.items.popitem(last=False)
+                self.bytes -= old.numel() * old.element_size()
+                self.free.append(old)
+            host = self._slot(data)
+            if host is None:
+                if not self.items:
+                    return
+                _, host = self.items.popitem(last=False)
+                self.bytes -= n
+            host.copy_(data)
+            self.items[key] = host
+            self.bytes += n
+
+    def get(self, key: str) -> torch.Tensor | None:
+        with self.lock:
+            t = self.items.get(key)
+            if t is not None:
+                self.items.move_to_end(key)
+            return t
+
+
+class DiskTier:
+    """One checksummed file per block under ``root``; LRU by last use; writes on a background thread."""
+
+    def __init__(self, root: str | Path, max_bytes: int, fingerprint: str) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self.fingerprint = fingerprint
+        self.lock = threading.Lock()
+        self.index: OrderedDict[str, int] = OrderedDict()  # key -> file size, oldest first
+        entries = []
+        for p in self.root.glob("*/*.kvb"):
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            entries.append((st.st_mtime, p.stem, st.st_size))
+        for _, key, size in sorted(entries):
+            self.index[key] = size
+        self.bytes = sum(self.index.values())
+        self.q: queue.Queue[tuple[str, torch.Tensor] | None] = queue.Queue()
+        self.writer = threading.Thread(target=self._write_loop, daemon=True, name="kv-disk")
+        self.writer.start()
+        self.pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="kv-read")
+        self.read_seconds = 0.0
+        self.read_bytes = 0
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.kvb"
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.index
+
+    def put(self, key: str, data: torch.Tensor) -> None:
+        """Queue a block for writing (the caller's tensor is copied first)."""
+        if key in self.index:
+            return
+        self.q.put((key, data.to("cpu", copy=True)))
+
+    def flush(self) -> None:
+        self.q.join()
+
+    def close(self) -> None:
+        self.flush()
+        self.q.put(None)
+        self.writer.join(timeout=10)
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self.q.get()
+            try:
+                if item is None:
+                    return
+                self._write(*item)
+            except Exception:  # noqa: BLE001 - a failed write only costs a later recompute
+                log.exception("disk tier write failed")
+            finally:
+                self.q.task_done()
+
+    def _write(self, key: str, data: torch.Tensor) -> None:
+        # a view, not a copy: hashing and writing it release the GIL
+        payload = memoryview(data.contiguous().view(-1).view(torch.uint8).numpy())
+        header = json.dumps(
+            {
+                "key": key,
+                "fingerprint": self.fingerprint,
+                "dtype": str(data.dtype),
+                "shape": list(data.shape),
+                "sha256": hashlib.sha256(payload).hexdigest(),
+                "nbytes": len(payload),
+            }
+        ).encode()
+        p = self.path(key)
+        p.parent.mkdir(exist_ok=True)
+        tmp = p.with_suffix(f".tmp{threading.get_ident()}")
+        with open(tmp, "wb") as f:
+            f.write(MAGIC + struct.pack("<I", len(header)) + header)
+            f.write(payload)
+        os.replace(tmp, p)
+        size = len(MAGIC) + 4 + len(header) + len(payload)
+        with self.lock:
+            self.index[key] = size
+            self.bytes += size
+            while self.bytes > self.max_bytes and len(self.index) > 1:
+                old, osize = self.index.popitem(last=False)
+                self.bytes -= osize
+                self.path(old).unlink(missing_ok=True)
+
+    def get_many(self, keys: list[str]) -> list[torch.Tensor | None]:
+        """Read blocks in parallel: file reads and SHA-256 release the GIL, so threads overlap them."""
+        if len(keys) <= 1:
+            return [self.get(k) for k in keys]
+        return list(self.pool.map(self.get, keys))
+
+    def _drop(self, key: str, why: str, delete: bool = True) -> None:
+        log.warning("kv disk tier: skipping block %s (%s); it will be recomputed", key[:12], why)
+        with self.lock:
+            self.bytes -= self.index.pop(key, 0)
+        if delete:  # damaged files go; another model's files stay (only it can use them)
+            self.path(key).unlink(missing_ok=True)
+
+    def get(self, key: str) -> torch.Tensor | None:
+        """Read and verify one block; None (with a warning) if missing, truncated or corrupt."""
+        if key not in self.index:
+            return None
+        t0 = time.perf_counter()
+        try:
+            p = self.path(key)
+            raw = bytearray(p.stat().st_size)
+            with open(p, "rb") as f:
+                f.readinto(raw)
+        except OSError as e:
+            self._drop(key, f"unreadable: {e}")
+            return None
+        try:
+            mv = memoryview(raw)
+            if bytes(mv[: len(MAGIC)]) != MAGIC:
+                raise ValueError("bad magic")
+            (hlen,) = struct.unpack("<I", mv[len(MAGIC) : len(MAGIC) + 4])
+            start = len(MAGIC) + 4
+            header = json.loads(bytes(mv[start : start + hlen]))
+            payload = mv[start + hlen :]
+            if header["fingerprint"] != self.fingerprint:
+                self._drop(key, "written by another model fingerprint", delete=False)
+                return None
+            if header["key"] != key:
+                raise ValueError("key mismatch")
+            if len(payload) != header["nbytes"]:
+                raise ValueError("truncated")
+            if hashlib.sha256(payload).hexdigest() != header["sha256"]:
+                raise ValueError("checksum mismatch")
+            dtype = _DTYPES[header["dtype"]]
+            t = torch.frombuffer(payload, dtype=torch.uint8)
+            t = t.view(dtype).view(header["shape"])
+        except Exception as e:  # noqa: BLE001 - any damage means "recompute", never a crash
+            self._drop(key, str(e))
+            return None
+        with self.lock:
+            if key in self.index:
+                self.index.move_to_end(key)
+        with contextlib.suppress(OSError):
+            os.utime(self.path(key))
+        self.read_seconds += time.perf_counter() - t0
+        self.read_bytes += len(raw)
+        return t
+
+
+@dataclass
+class CostModel:
+    """Restore-vs-recompute estimate per request.
+
+    Restoring costs bytes / bandwidth (CPU->GPU copy or disk read, measured as we go); recomputing costs
+    tokens / prefill rate (measured from our own prefills). With a fast GPU and a slow disk a short
+    prefix can be cheaper to recompute; the choice is reported in each request's usage.
+    """
+
+    disk_gbps: float = 2.0
+    cpu_gbps: float = 10.0
+    prefill_tok_s: float = 5000.0
+
+    def observe_prefill(self, tokens: int, seconds: float) -> None:
+        if tokens >= 16 and seconds > 0:
+            self.prefill_tok_s = 0.7 * self.prefill_tok_s + 0.3 * tokens / seconds
+
+    def observe_disk(self, nbytes: int, seconds: float) -> None:
+        if nbytes > 0 and seconds > 0:
+            self.disk_gbps = 0.7 * self.disk_gbps + 0.3 * nbytes / seconds / 1e9
+
+    def restore_ms(self, cpu_bytes: int, disk_bytes: int) -> float:
+        return 1e3 * (cpu_bytes / (self.cpu_gbps * 1e9) + disk_bytes / (self.disk_gbps * 1e9))
+
+    def recompute_ms(self, tokens: int) -> float:
+        return 1e3 * tokens / self.prefill_tok_s

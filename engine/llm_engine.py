@@ -1,0 +1,366 @@
+"""Public API: ``Engine.from_config(...)`` and ``engine.generate(messages | ids, SamplingParams)``.
+
+Requests are submitted from any thread; one background thread runs the step loop (continuous batching)
+and pushes events into each request's own queue. The service can therefore call ``generate`` from many
+threads or async tasks (via a thread pool) at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import asdict, replace
+from typing import Any
+
+import torch
+
+from engine.block_manager import BlockManager, block_hash
+from engine.config import EngineConfig
+from engine.kv_tiers import CostModel, CpuTier, DiskTier
+from engine.loader import load_model, resolve_model_dir, weight_fingerprint
+from engine.model import LlamaForCausalLM
+from engine.model_runner import GiB, ModelRunner
+from engine.sampling import SamplingParams, make_generator, sample_batch
+from engine.scheduler import Scheduler
+from engine.sequence import Event, Sequence, Status
+from engine.tokenizer import IncrementalDetokenizer, Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(RuntimeError):
+    """Admission control: too many requests are waiting; retry later (HTTP 429/503)."""
+
+
+class EngineClosed(RuntimeError):
+    """The engine was closed; no new requests are accepted."""
+
+
+Prompt = list[dict[str, Any]] | list[int] | str
+
+
+class Engine:
+    def __init__(
+        self,
+        config: EngineConfig,
+        model: LlamaForCausalLM | None = None,
+        tokenizer: Tokenizer | None = None,
+        fingerprint: str | None = None,
+    ) -> None:
+        """Load ``config.model``; or adopt an in-memory ``model`` (benchmarks with random weights)."""
+        self.config = config
+        dev = config.device
+        if dev == "auto":
+            dev = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(dev)
+        if config.dtype == "auto":
+            self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        else:
+            self.dtype = getattr(torch, config.dtype)
+        if model is None:
+            self.model_dir = resolve_model_dir(config.model)
+            self.model = load_model(self.model_dir, self.device, self.dtype)
+            self.tokenizer: Tokenizer | None = Tokenizer(self.model_dir)
+            fingerprint = weight_fingerprint(self.model_dir)
+        else:
+            self.model, self.tokenizer = model, tokenizer
+            if fingerprint is None:
+                raise ValueError("an in-memory model needs an explicit fingerprint")
+        if config.kv_dtype not in ("auto", "int8"):
+            raise ValueError(f"kv_dtype must be 'auto' or 'int8', not {config.kv_dtype!r}")
+        kv = "int8-block-absmax" if config.kv_dtype == "int8" else str(self.dtype)
+        # the KV dtype is part of every block key: int8 and bf16 caches of one model never mix
+        fp_src = f"{fingerprint}|{self.dtype}|kv={kv}|bs={config.block_size}"
+        self.fingerprint = hashlib.sha256(fp_src.encode()).hexdigest()[:32]
+        self.runner = ModelRunner(self.model, config, self.device)
+        self.cpu_tier = (
+            CpuTier(int(config.cpu_cache_gb * GiB), pin=self.device.type == "cuda")
+            if config.cpu_cache_gb > 0
+            else None
+        )
+        self.disk_tier = (
+            DiskTier(config.disk_dir, int(config.disk_cache_gb * GiB), self.fingerprint)
+            if config.disk_dir
+            else None
+        )
+        self.cost = CostModel(disk_gbps=config.disk_read_gbps or 2.0, cpu_gbps=config.cpu_restore_gbps)
+        self.bm = BlockManager(self.runner.pool_kv, config.block_size, on_evict=self._spill)
+        self.scheduler = Scheduler(
+            self.bm,
+            self.fingerprint,
+            config.max_batch_tokens,
+            config.max_num_seqs,
+            self.cpu_tier,
+            self.disk_tier,
+            self.cost,
+            prefix_cache=config.enable_prefix_cache,
+        )
+        self._cv = threading.Condition()
+        self._inbox: list[Sequence] = []
+        self._cancels: list[Sequence] = []
+        self._closed = False
+        self._detok: dict[int, IncrementalDetokenizer] = {}
+        self._dirty: OrderedDict[str, int] = OrderedDict()  # registered blocks not yet on disk
+        self._text: dict[int, tuple[str, int]] = {}
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="kb-engine")
+        self._thread.start()
+
+    @classmethod
+    def from_config(cls, config: EngineConfig | dict[str, Any] | None = None, **kw: Any) -> Engine:
+        """Build from an `EngineConfig`, a dict of its fields, or keyword arguments."""
+        if config is None:
+            config = EngineConfig(**kw)
+        elif isinstance(config, dict):
+            config = EngineConfig(**{**config, **kw})
+        elif kw:
+            config = replace(config, **kw)
+        return cls(config)
+
+    # --- submission -------------------------------------------------------------------------
+    def encode_prompt(self, prompt: Prompt) -> list[int]:
+        if self.tokenizer is None and (isinstance(prompt, str) or (prompt and isinstance(prompt[0], dict))):
+            raise ValueError("this engine has no tokenizer: pass token ids")
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt)
+        if prompt and isinstance(prompt[0], dict):
+            return self.tokenizer.apply_chat_template(prompt)  # type: ignore[arg-type]
+        return [int(t) for t in prompt]  # type: ignore[union-attr]
+
+    def submit(self, prompt: Prompt, params: SamplingParams | None = None) -> Sequence:
+        """Queue a request; raises `QueueFull` when ``max_queue`` requests are already waiting."""
+        params = params or SamplingParams()
+        ids = self.encode_prompt(prompt)
+        if not ids:
+            raise ValueError("empty prompt")
+        need = (len(ids) + params.max_tokens + self.config.block_size - 1) // self.config.block_size
+        if need > self.bm.num_blocks:
+            raise ValueError(f"request needs {need} KV blocks; the pool has {self.bm.num_blocks}")
+        seq = Sequence(ids, params)
+        seq.generator = make_generator(params)
+        with self._cv:
+            if self._closed:
+                raise EngineClosed("engine is closed")
+            if len(self._inbox) + len(self.scheduler.waiting) >= self.config.max_queue:
+                raise QueueFull(f"{self.config.max_queue} requests already waiting")
+            self._inbox.append(seq)
+            self._cv.notify()
+        return seq
+
+    def generate(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[Event]:
+        """Yield ``token`` events then one ``finish`` event (with usage); closing it cancels."""
+        seq = self.submit(prompt, params)
+        done = False
+        try:
+            while True:
+                ev = seq.events.get()
+                if ev.type in ("finish", "error"):
+                    done = True
+                yield ev
+                if done:
+                    return
+        finally:
+            if not done:
+                self.cancel(seq)
+
+    def complete(self, prompt: Prompt, params: SamplingParams | None = None) -> Event:
+        """Run to completion; the finish event with ``text`` and ``token_ids`` of the whole answer."""
+        text, ids = [], []
+        for ev in self.generate(prompt, params):
+            if ev.type == "error":
+                raise RuntimeError(ev.text)
+            text.append(ev.text)
+            ids.extend(ev.token_ids)
+            if ev.type == "finish":
+                return Event("finish", "".join(text), ids, ev.finish_reason, ev.usage)
+        raise RuntimeError("stream ended without finish")
+
+    def cancel(self, seq: Sequence, wait: bool = True) -> None:
+        """Stop a request; its blocks are released before this returns (``wait=True``)."""
+        with self._cv:
+            if seq.status is Status.FINISHED:
+                return
+            seq.cancelled = True
+            self._cancels.append(seq)
+            self._cv.notify()
+            if wait:
+                self._cv.wait_for(lambda: seq.status is Status.FINISHED or self._closed, 30)
+
+    def close(self) -> None:
+        """Stop the loop (in-flight requests end as ``cancelled``) and persist all dirty blocks."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        self._thread.join(timeout=30)
+        if self.disk_tier is not None:
+            self._write_back(len(self._dirty))
+            self.disk_tier.close()
+
+    def flush(self) -> None:
+        """Wait until every cached block is on disk (the loop writes them back when idle)."""
+        if self.disk_tier is not None:
+            with self._cv:
+                self._cv.wait_for(lambda: not self._dirty or self._closed)
+            self.disk_tier.flush()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "num_blocks": self.bm.num_blocks,
+            "free_blocks": self.bm.num_free,
+            "referenced_blocks": self.bm.num_referenced,
+            "cached_blocks": len(self.bm.by_key),
+            "waiting": len(self.scheduler.waiting),
+            "running": len(self.scheduler.running),
+            "cost_model": asdict(self.cost),
+        }
+
+    # --- step loop --------------------------------------------------------------------------
+    def _spill(self, key: str, block: int) -> None:
+        """A cached block is about to be overwritten: keep it in the CPU tier, write it if dirty."""
+        if self._dirty.pop(key, None) is not None:
+            self.disk_tier.put(key, self.bm.read_block(block))
+        if self.cpu_tier is not None:
+            self.cpu_tier.put(key, self.bm.read_block(block))
+
+    def _write_back(self, limit: int) -> None:
+        """Persist up to ``limit`` dirty blocks (write-back while idle keeps disk I/O out of TTFT)."""
+        for _ in range(min(limit, len(self._dirty))):
+            key, block = self._dirty.popitem(last=False)
+            self.disk_tier.put(key, self.bm.read_block(block))
+
+    def _idle(self) -> bool:
+        return not (self._closed or self._inbox or self._cancels or self.scheduler.has_work())
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                if self._dirty and self._idle():
+                    # write back only after a quiet spell: between a chat's turns, not inside a burst
+                    # (disk I/O and its Python work would otherwise slow the next request's prefill)
+                    self._cv.wait_for(lambda: not self._idle(), timeout=self.config.write_back_idle_s)
+                    while self._dirty and self._idle():
+                        self._write_back(4)
+                        self._cv.notify_all()
+                self._cv.wait_for(lambda: not self._idle())
+                if self._closed:
+                    for s in self.scheduler.running + self.scheduler.waiting + self._inbox:
+                        self._finish(s, "cancelled")
+                    self._cv.notify_all()
+                    return
+                for s in self._inbox:
+                    self.scheduler.add(s)
+                self._inbox.clear()
+                for s in self._cancels:
+                    if s.status is not Status.FINISHED:
+                        self._finish(s, "cancelled")
+                self._cancels.clear()
+                self._cv.notify_all()
+            try:
+                self._step()
+            except Exception as e:  # noqa: BLE001 - fail the batch, keep serving
+                log.exception("engine step failed")
+                with self._cv:
+                    for s in list(self.scheduler.running):
+                        s.events.put(Event("error", text=f"{type(e).__name__}: {e}"))
+                        self._finish(s, "error", emit=False)
+                    self._cv.notify_all()
+
+    def _step(self) -> None:
+        batch = self.scheduler.schedule()
+        if not batch:
+            return
+        logits = self.runner.run(batch)
+        if self.runner.last_prefill[0]:
+            self.cost.observe_prefill(*self.runner.last_prefill)
+            self.runner.last_prefill = (0, 0.0)
+        done = [(s, n) for s, n in batch if s.num_computed + n == len(s.tokens)]
+        for s, n in batch:
+            s.num_computed += n
+        rows = [i for i, (s, n) in enumerate(batch) if s.num_computed == len(s.tokens)]
+        assert len(rows) == len(done)
+        toks = sample_batch(
+            logits[rows] if len(rows) != len(batch) else logits,
+            [s.params for s, _ in done],
+            [s.generator for s, _ in done],
+        )
+        finished = []
+        for (s, _), tok in zip(done, toks, strict=True):
+            if s.cancelled:
+                continue
+            reason = self._append(s, tok)
+            if reason:
+                finished.append((s, reason))
+        for s, _ in batch:
+            self._commit_blocks(s)
+        if finished:
+            with self._cv:
+                for s, reason in finished:
+                    self._finish(s, reason)
+                self._cv.notify_all()
+
+    def _append(self, s: Sequence, tok: int) -> str | None:
+        """Add a sampled token, stream its text; return a finish reason or None."""
+        s.tokens.append(tok)
+        if s.first_token_time is None:
+            s.first_token_time = time.perf_counter()
+        p = s.params
+        text, sent = self._text.get(s.id, ("", 0))
+        eos_ids = self.tokenizer.eos_ids if self.tokenizer else set(self.model.cfg.eos_token_ids)
+        eos = tok in eos_ids and not p.ignore_eos
+        det = None
+        if self.tokenizer is not None:
+            det = self._detok.setdefault(s.id, IncrementalDetokenizer(self.tokenizer))
+            if not eos:
+                text += det.push(tok)
+        reason = "stop" if eos else ("length" if s.num_completion >= p.max_tokens else None)
+        if reason and det is not None:
+            text += det.flush()
+        if p.stop:
+            hits = [i for i in (text.find(x, max(0, sent - len(x))) for x in p.stop) if i >= 0]
+            if hits:
+                text, reason = text[: min(hits)], "stop"
+        hold = 0 if reason or not p.stop else max(len(x) for x in p.stop) - 1
+        upto = max(sent, len(text) - hold)
+        s.events.put(Event("token", text[sent:upto], [tok]))
+        self._text[s.id] = (text, upto)
+        return reason
+
+    def _commit_blocks(self, s: Sequence) -> None:
+        """Register newly full blocks under their content keys; write them through to disk."""
+        bs = self.config.block_size
+        while len(s.block_keys) < s.num_computed // bs and s.block_table:
+            i = len(s.block_keys)
+            parent = s.block_keys[-1] if s.block_keys else None
+            key = block_hash(parent, self.fingerprint, s.tokens[i * bs : (i + 1) * bs])
+            s.block_keys.append(key)
+            registered = self.bm.register(s.block_table[i], key)
+            if registered and self.disk_tier is not None and key not in self.disk_tier:
+                self._dirty[key] = s.block_table[i]
+
+    def _finish(self, s: Sequence, reason: str, emit: bool = True) -> None:
+        """Free blocks now and close the stream. Caller holds ``_cv``."""
+        if s.status is Status.FINISHED:
+            return
+        if s in self.scheduler.running:
+            self.scheduler.running.remove(s)
+        if s in self.scheduler.waiting:
+            self.scheduler.waiting.remove(s)
+        if s in self._inbox:
+            self._inbox.remove(s)
+        if s.block_table:
+            self._commit_blocks(s)
+            self.scheduler.free(s)
+        s.status = Status.FINISHED
+        self._detok.pop(s.id, None)
+        text, sent = self._text.pop(s.id, ("", 0))
+        if emit:
+            s.events.put(Event("finish", text[sent:], [], reason, s.usage()))

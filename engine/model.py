@@ -1,0 +1,162 @@
+"""Our Llama-family decoder (Llama 2/3, Mistral, Qwen2/2.5, SmolLM2).
+
+Tokens of all sequences in a step are flattened into one ``[T]`` batch (no padding in the linear layers);
+attention reads and writes a paged KV cache described by `AttnBatch`. Numerics follow ``transformers``
+(fp32 RMSNorm statistics, fp32 RoPE tables cast to the model dtype) so greedy outputs match token for token.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.attention import AttnBatch, attend_gather, write_kv
+from engine.config import ModelConfig
+
+__all__ = ["AttnBatch", "LlamaForCausalLM"]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
+    """Inverse frequencies, with Llama-3 (``llama3``) and linear scaling as in transformers."""
+    dim = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    sc = cfg.rope_scaling
+    if not sc:
+        return inv
+    kind = sc.get("rope_type", sc.get("type"))
+    if kind == "linear":
+        return inv / sc["factor"]
+    if kind == "llama3":
+        factor, lo, hi = sc["factor"], sc["low_freq_factor"], sc["high_freq_factor"]
+        old = sc["original_max_position_embeddings"]
+        lo_wl, hi_wl = old / lo, old / hi
+        wl = 2 * math.pi / inv
+        inv_l = torch.where(wl > lo_wl, inv / factor, inv)
+        smooth = (old / wl - lo) / (hi - lo)
+        smoothed = (1 - smooth) * inv_l / factor + smooth * inv_l
+        medium = ~(wl < hi_wl) * ~(wl > lo_wl)
+        return torch.where(medium, smoothed, inv_l)
+    raise NotImplementedError(f"rope scaling {kind!r} is not supported")
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.layer, self.nh, self.kvh, self.hd = layer, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        qkv = (self.nh + 2 * self.kvh) * self.hd
+        self.qkv_proj = nn.Linear(cfg.hidden_size, qkv, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(self.nh * self.hd, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ab: AttnBatch) -> torch.Tensor:
+        t = x.shape[0]
+        q, k, v = self.qkv_proj(x).split([self.nh * self.hd, self.kvh * self.hd, self.kvh * self.hd], dim=-1)
+        q = q.view(t, self.nh, self.hd)
+        k = k.view(t, self.kvh, self.hd)
+        v = v.view(t, self.kvh, self.hd)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        kc, vc = ab.k_cache[self.layer], ab.v_cache[self.layer]
+        ks = ab.k_scale[self.layer] if ab.k_scale is not None else None
+        vs = ab.v_scale[self.layer] if ab.v_scale is not None else None
+        write_kv(kc, ks, ab.slot_mapping, k, ab.decode)
+        write_kv(vc, vs, ab.slot_mapping, v, ab.decode)
+        if ab.meta is not None:  # CUDA bf16/fp16: read blocks in place (engine.paged_attn_triton)
+            from engine.paged_attn_triton import paged_attention
+
+            out = paged_attention(q, kc, vc, ks, vs, ab.meta, ab.decode)
+        else:
+            out = attend_gather(q, kc, vc, ks, vs, ab, self.nh, self.kvh)
+        return self.o_proj(out.reshape(t, self.nh * self.hd))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.inter = cfg.intermediate_size
+        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g, u = self.gate_up_proj(x).split(self.inter, dim=-1)
+        return self.down_proj(F.silu(g) * u)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.self_attn = Attention(cfg, layer)
+        self.mlp = MLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x, cos, sin, ab: AttnBatch) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, ab)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class LlamaForCausalLM(nn.Module):
+    """Decoder + LM head; HF parameter names except fused ``qkv_proj``/``gate_up_proj``."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.model = LlamaModel(cfg)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.cos: torch.Tensor | None = None
+        self.sin: torch.Tensor | None = None
+
+    def finish_load(self, device: torch.device, max_pos: int | None = None) -> None:
+        """Build fp32 RoPE tables (like transformers) once weights are in place."""
+        n = max(max_pos or self.cfg.max_position, 4096)
+        inv = rope_inv_freq(self.cfg).to(device)
+        freqs = torch.outer(torch.arange(n, device=device, dtype=torch.float32), inv)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self.cos, self.sin = emb.cos(), emb.sin()
+
+    def ensure_rope(self, max_pos: int) -> None:
+        """Grow the RoPE tables (called by the runner with a Python int: no device sync)."""
+        if max_pos >= self.cos.shape[0]:
+            self.finish_load(self.cos.device, 2 * max_pos + 1)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ab: AttnBatch):
+        """Hidden states ``[T, hidden]`` for flattened tokens; call `logits` on the rows you need."""
+        x = self.model.embed_tokens(input_ids)
+        cos = self.cos[positions].to(x.dtype).unsqueeze(1)
+        sin = self.sin[positions].to(x.dtype).unsqueeze(1)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, ab)
+        return self.model.norm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        w = self.model.embed_tokens.weight if self.cfg.tie_word_embeddings else self.lm_head.weight
+        return F.linear(hidden, w).float()

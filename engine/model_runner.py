@@ -1,0 +1,216 @@
+"""Owns the KV tensor and turns a scheduled batch into one forward pass.
+
+The KV pool is sized from a memory budget: on CUDA, ``gpu_memory_gb`` minus the weights and an
+activation reserve; on CPU, ``kv_cache_gb`` (default 1 GiB). Layout ``[L, 2, blocks, block, kvh, hd]``
+keeps one block of all layers addressable as one strided copy for the CPU/disk tiers. With
+``kv_dtype="int8"`` the pool is ``int8 [L, 2, blocks, block*kvh*hd + 4*kvh]``: each block's int8 values are
+followed by its fp32 per-head scales, so a block (values + scales) still moves as one copy through the
+tiers, and its bytes are about half of bf16's.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from engine.attention import AttnBatch, pack_meta
+from engine.config import EngineConfig
+from engine.model import LlamaForCausalLM
+from engine.sequence import Sequence
+
+GiB = 1024**3
+
+
+def kv_block_bytes(m, block_size: int, dtype, int8: bool) -> int:
+    """Bytes of one block across all layers (K and V), scales included for int8."""
+    if int8:
+        return 2 * m.num_layers * (block_size * m.num_kv_heads * m.head_dim + 4 * m.num_kv_heads)
+    return m.kv_bytes_per_token(torch.finfo(dtype).bits // 8) * block_size
+
+
+def use_triton(cfg: EngineConfig, device: torch.device, dtype) -> bool:
+    """The in-place paged kernel runs on CUDA in bf16/fp16; the gather path serves CPU and fp32."""
+    if cfg.attn_backend == "gather" or device.type != "cuda" or dtype == torch.float32:
+        return False
+    try:
+        import engine.paged_attn_triton  # noqa: F401
+    except ImportError:
+        if cfg.attn_backend == "triton":
+            raise
+        return False
+    return True
+
+
+def kv_pool_blocks(model: LlamaForCausalLM, cfg: EngineConfig, device: torch.device, dtype) -> int:
+    """How many blocks the budget allows (explicit counts/sizes win)."""
+    if cfg.num_kv_blocks:
+        return cfg.num_kv_blocks
+    m = model.cfg
+    per_block = kv_block_bytes(m, cfg.block_size, dtype, cfg.kv_dtype == "int8")
+    if cfg.kv_cache_gb is not None:
+        budget = cfg.kv_cache_gb * GiB
+    elif device.type == "cuda":
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        # activations: logits of a full token budget in fp32 + MLP intermediates, plus slack
+        act = cfg.max_batch_tokens * (m.vocab_size * 4 + 4 * m.intermediate_size * 2) + GiB
+        budget = cfg.gpu_memory_gb * GiB - weights - act
+    else:
+        budget = 1 * GiB
+    n = int(budget // per_block)
+    if n < 4:
+        raise ValueError(f"KV budget too small: {budget / GiB:.2f} GiB for {per_block} B blocks")
+    return n
+
+
+class ModelRunner:
+    def __init__(self, model: LlamaForCausalLM, cfg: EngineConfig, device: torch.device) -> None:
+        self.model = model
+        self.device = device
+        self.bs = cfg.block_size
+        m = model.cfg
+        dtype = next(model.parameters()).dtype
+        n = kv_pool_blocks(model, cfg, device, dtype)
+        self.int8 = cfg.kv_dtype == "int8"
+        self.triton = use_triton(cfg, device, dtype)
+        # one extra scratch block at the end: CUDA-graph warm-up/capture writes land there
+        shape = (self.bs, m.num_kv_heads, m.head_dim)
+        if self.int8:
+            payload = self.bs * m.num_kv_heads * m.head_dim
+            self.kv = torch.zeros(
+                m.num_layers, 2, n + 1, payload + 4 * m.num_kv_heads, dtype=torch.int8, device=device
+            )
+            self.k_cache = [self.kv[i, 0, :, :payload].unflatten(-1, shape) for i in range(m.num_layers)]
+            self.v_cache = [self.kv[i, 1, :, :payload].unflatten(-1, shape) for i in range(m.num_layers)]
+            self.k_scale = [self.kv[i, 0, :, payload:].view(torch.float32) for i in range(m.num_layers)]
+            self.v_scale = [self.kv[i, 1, :, payload:].view(torch.float32) for i in range(m.num_layers)]
+        else:
+            self.kv = torch.zeros(m.num_layers, 2, n + 1, *shape, dtype=dtype, device=device)
+            self.k_cache = [self.kv[i, 0] for i in range(m.num_layers)]
+            self.v_cache = [self.kv[i, 1] for i in range(m.num_layers)]
+            self.k_scale = self.v_scale = None
+        self.pool_kv = self.kv[:, :, :n]  # what the block manager hands out
+        self.scratch = n
+        self.use_graphs = cfg.cuda_graphs and device.type == "cuda"
+        self.graphs: dict[tuple[int, int], dict] = {}
+        self.graph_pool = None
+        self.last_prefill: tuple[int, float] = (0, 0.0)
+        self.force_static = False  # tests: run the graph path's static buffers eagerly on CPU
+
+    def _static_decode(self, ids, pos, slots, tables, lens) -> torch.Tensor:
+        """Decode through fixed-shape buffers; on CUDA, replay a captured graph per (batch, width).
+
+        Why: at batch 1 an 8B model's decode step is ~5 ms of GPU time but hundreds of small kernel
+        launches from Python; replaying a CUDA graph removes that launch overhead.
+        """
+        key = (len(ids), len(tables[0]))
+        st = self.graphs.get(key)
+        if st is None:
+            st = self._make_static(*key)
+        st["ids"].copy_(torch.tensor(ids), non_blocking=True)
+        st["pos"].copy_(torch.tensor(pos), non_blocking=True)
+        st["slots"].copy_(torch.tensor(slots), non_blocking=True)
+        st["tables"].copy_(torch.tensor(tables), non_blocking=True)
+        st["lens"].copy_(torch.tensor(lens), non_blocking=True)
+        if self.triton:
+            st["meta"]["tables"].copy_(st["tables"])
+            st["meta"]["ctx_lens"].copy_(st["lens"])
+        if st["graph"] is None:
+            return self._static_forward(st)
+        st["graph"].replay()
+        return st["out"]
+
+    def _static_forward(self, st: dict) -> torch.Tensor:
+        ab = self._ab(st["slots"], st["tables"], st["lens"])
+        ab.decode, ab.meta = True, st.get("meta")
+        return self.model.logits(self.model(st["ids"], st["pos"], ab))
+
+    def _make_static(self, b: int, width: int) -> dict:
+        def full(shape, value):
+            return torch.full(shape, value, dtype=torch.long, device=self.device)
+
+        st = {
+            "ids": full((b,), 0),
+            "pos": full((b,), 0),
+            "slots": full((b,), self.scratch * self.bs),
+            "tables": full((b, width), self.scratch),
+            "lens": full((b,), 1),
+            "graph": None,
+        }
+        if self.triton:
+            i32 = {"dtype": torch.int32, "device": self.device}
+            st["meta"] = {
+                "tables": torch.full((b, width), self.scratch, **i32),
+                "q_starts": torch.arange(b, **i32),
+                "q_lens": torch.ones(b, **i32),
+                "ctx_lens": torch.ones(b, **i32),
+                "max_q": 1,
+            }
+        if self.use_graphs:
+            s = torch.cuda.Stream(self.device)
+            s.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(s):
+                for _ in range(2):
+                    self._static_forward(st)
+            torch.cuda.current_stream(self.device).wait_stream(s)
+            if self.graph_pool is None:
+                self.graph_pool = torch.cuda.graph_pool_handle()
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=self.graph_pool):
+                st["out"] = self._static_forward(st)
+            st["graph"] = g
+        self.graphs[(b, width)] = st
+        return st
+
+    def _ab(self, slots, tables=None, lens=None) -> AttnBatch:
+        return AttnBatch(slots, [], self.k_cache, self.v_cache, tables, lens, self.k_scale, self.v_scale)
+
+    def _tensor(self, data: list[int]) -> torch.Tensor:
+        return torch.tensor(data, dtype=torch.long).to(self.device, non_blocking=True)
+
+    @torch.inference_mode()
+    def run(self, batch: list[tuple[Sequence, int]]) -> torch.Tensor:
+        """Forward the scheduled tokens; returns fp32 logits of each sequence's last new token."""
+        t0 = time.perf_counter()
+        ids: list[int] = []
+        pos: list[int] = []
+        slots: list[int] = []
+        seqs = []
+        last_rows: list[int] = []
+        for seq, n in batch:
+            start = seq.num_computed
+            q_start = len(ids)
+            ids.extend(seq.tokens[start : start + n])
+            rng = range(start, start + n)
+            pos.extend(rng)
+            slots.extend(seq.block_table[p // self.bs] * self.bs + p % self.bs for p in rng)
+            ctx = start + n
+            nblk = (ctx + self.bs - 1) // self.bs
+            seqs.append((q_start, n, ctx, seq.block_table[:nblk]))
+            last_rows.append(len(ids) - 1)
+        decode = all(n == 1 for _, n in batch)
+        self.model.ensure_rope(max(pos))
+        if decode and (self.use_graphs or self.force_static):
+            width = max(len(s[3]) for s in seqs)
+            width = 1 << (width - 1).bit_length()  # power-of-two buckets bound the graph count
+            tables = [s[3] + [self.scratch] * (width - len(s[3])) for s in seqs]
+            return self._static_decode(ids, pos, slots, tables, [s[2] for s in seqs])
+        ab = self._ab(self._tensor(slots))
+        ab.decode = decode
+        if self.triton:
+            ab.meta = pack_meta(seqs, self.device)
+        elif decode:
+            width = max(len(s[3]) for s in seqs)
+            ab.block_tables = self._tensor([t for s in seqs for t in s[3] + [0] * (width - len(s[3]))]).view(
+                len(seqs), width
+            )
+            ab.context_lens = self._tensor([s[2] for s in seqs])
+        else:
+            ab.seqs = [(a, b, c, self._tensor(t)) for a, b, c, t in seqs]
+        hidden = self.model(self._tensor(ids), self._tensor(pos), ab)
+        logits = self.model.logits(hidden[self._tensor(last_rows)])
+        if not decode:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.last_prefill = (len(ids), time.perf_counter() - t0)
+        return logits

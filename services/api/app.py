@@ -1,0 +1,46 @@
+"""The FastAPI application: wiring, start-up checks, and nothing else."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from services.api.errors import install_error_handlers
+from services.api.limits import BodySizeLimit
+from services.api.routes import collections, documents, health, search
+from services.core.config import Settings, get_settings
+from services.core.container import KB, build_kb
+
+log = logging.getLogger("kb.api")
+
+
+def create_app(settings: Settings | None = None, kb: KB | None = None) -> FastAPI:
+    settings = settings or (kb.settings if kb else get_settings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = kb is None
+        app.state.kb = kb or await run_in_threadpool(build_kb, settings)
+        counts = await run_in_threadpool(app.state.kb.sync_indexes)
+        log.info("kb ready: %d collections, %d chunks indexed", len(counts), sum(counts.values()))
+        try:
+            yield
+        finally:
+            if owned:
+                app.state.kb.close()
+
+    app = FastAPI(
+        title="kb",
+        version="0.1.0",
+        summary="Self-hosted knowledge search and chat over your own documents.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    for module in (health, collections, documents, search):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from engine.kv_tiers import CostModel, CpuTier, DiskTier
+
+
+def _blk(seed=0):
+    torch.manual_seed(seed)
+    return torch.randn(2, 2, 4, 1, 8).to(torch.bfloat16)
+
+
+def test_disk_roundtrip_and_new_instance_finds_blocks(tmp_path):
+    d = DiskTier(tmp_path, 1 << 20, "fp")
+    d.put("ab" * 32, _blk())
+    d.close()
+    d2 = DiskTier(tmp_path, 1 << 20, "fp")
+    got = d2.get("ab" * 32)
+    assert got is not None and torch.equal(got, _blk()) and got.dtype == torch.bfloat16
+    d2.close()
+
+
+def test_corrupt_truncated_and_foreign_files_are_skipped(tmp_path, caplog):
+    d = DiskTier(tmp_path, 1 << 20, "fp")
+    keys = [f"{i:02d}" * 32 for i in range(3)]
+    for i, k in enumerate(keys):
+        d.put(k, _blk(i))
+    d.close()
+    raw = d.path(keys[0]).read_bytes()
+    d.path(keys[0]).write_bytes(raw[:-5] + bytes([raw[-5] ^ 0xFF]) + raw[-4:])  # flip a byte
+    raw1 = d.path(keys[1]).read_bytes()
+    d.path(keys[1]).write_bytes(raw1[: len(raw1) // 2])  # truncate
+    other = DiskTier(tmp_path, 1 << 20, "another-model")
+    with caplog.at_level(logging.WARNING):
+        assert other.get(keys[2]) is None  # another model's file is never used
+        d2 = DiskTier(tmp_path, 1 << 20, "fp")
+        assert d2.get(keys[0]) is None and d2.get(keys[1]) is None
+    assert "checksum" in caplog.text and "truncated" in caplog.text and "fingerprint" in caplog.text
+    assert not d2.path(keys[0]).exists() and keys[1] not in d2
+    assert d2.path(keys[2]).exists() and torch.equal(d2.get(keys[2]), _blk(2))
+    other.close()
+    d2.close()
+
+
+def test_disk_size_limit_evicts_oldest(tmp_path):
+    one = DiskTier(tmp_path / "probe", 1 << 20, "fp")
+    one.put("aa" * 32, _blk())
+    one.flush()
+    size = one.bytes
+    one.close()
+    d = DiskTier(tmp_path / "lim", int(size * 2.5), "fp")
+    for i in range(4):
+        d.put(f"{i:02d}" * 32, _blk(i))
+    d.flush()
+    assert list(d.index) == ["02" * 32, "03" * 32] and d.bytes <= size * 2.5
+    d.close()
+
+
+def test_cpu_tier_lru_limit():
+    b = _blk()
+    nbytes = b.numel() * b.element_size()
+    c = CpuTier(nbytes * 2)
+    c.put("a", b)
+    c.put("b", b)
+    assert c.get("a") is not None  # touch a -> b is now oldest
+    c.put("c", b)
+    assert "b" not in c and "a" in c and "c" in c
+
+
+def test_cost_model_prefers_recompute_on_slow_restore():
+    cm = CostModel(disk_gbps=0.001, cpu_gbps=10.0, prefill_tok_s=10000)
+    assert cm.restore_ms(0, 10**7) > cm.recompute_ms(1000)
+    assert cm.restore_ms(10**7, 0) < cm.recompute_ms(1000)
+    cm.observe_prefill(1000, 1.0)
+    assert cm.prefill_tok_s < 10000

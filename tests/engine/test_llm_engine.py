@@ -1,0 +1,159 @@
+"""Engine integration on the packaged SmolLM2 (CPU): reuse, tiers, concurrency, cancellation."""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from engine.config import EngineConfig
+from engine.llm_engine import Engine, QueueFull
+from engine.sampling import SamplingParams
+from tests.engine.conftest import hf_greedy
+
+CHAT = [
+    {"role": "system", "content": "You are a concise customer-service assistant."},
+    {"role": "user", "content": "My parcel 4471 is late. What can I do?"},
+]
+
+
+def _small_engine(model_dir, **kw) -> Engine:
+    kw.setdefault("num_kv_blocks", 256)
+    return Engine.from_config(EngineConfig(model=str(model_dir), device="cpu", **kw))
+
+
+def test_turn2_reuses_turn1_prompt_and_answer(engine, hf_model):
+    sp = SamplingParams(max_tokens=24)
+    r1 = engine.complete(CHAT, sp)
+    turn1_len = r1.usage["prompt_tokens"] + r1.usage["completion_tokens"]
+    msgs = CHAT + [
+        {"role": "assistant", "content": r1.text},
+        {"role": "user", "content": "And if it never arrives?"},
+    ]
+    r2 = engine.complete(msgs, sp)
+    bs = engine.config.block_size
+    assert r2.usage["cached_tokens"] >= (turn1_len - 1) // bs * bs > r1.usage["prompt_tokens"] - bs
+    assert r2.usage["cached_from"]["gpu"] == r2.usage["cached_tokens"]
+    assert r2.token_ids == hf_greedy(hf_model, engine.encode_prompt(msgs), 24)  # same as recompute
+
+
+def test_streaming_events_usage_and_stop_strings(engine):
+    events = list(engine.generate(CHAT, SamplingParams(max_tokens=20)))
+    assert [e.type for e in events][-1] == "finish" and events[-1].usage["completion_tokens"] >= 1
+    full = "".join(e.text for e in events)
+    assert full == engine.tokenizer.decode([t for e in events for t in e.token_ids])
+    assert len(full) > 10
+    stop = full[5:9]
+    r = engine.complete(CHAT, SamplingParams(max_tokens=20, stop=[stop]))
+    assert r.text == full[: full.find(stop)] and r.finish_reason == "stop"
+    r = engine.complete(CHAT, SamplingParams(max_tokens=3, ignore_eos=True))
+    assert r.finish_reason == "length" and r.usage["completion_tokens"] == 3
+
+
+def test_cancel_frees_blocks_at_once(engine):
+    gen = engine.generate(CHAT, SamplingParams(max_tokens=200, ignore_eos=True))
+    assert next(gen).type == "token"
+    assert engine.stats()["referenced_blocks"] > 0
+    gen.close()
+    assert engine.stats()["referenced_blocks"] == 0
+
+
+def test_disk_tier_restart_corruption_and_other_model(model_dir, tmp_path, caplog):
+    disk = tmp_path / "kv"
+    sp = SamplingParams(max_tokens=16)
+    with _small_engine(model_dir, disk_dir=str(disk)) as e1:
+        ref = e1.complete(CHAT, sp)
+        e1.flush()
+    # a fresh engine (empty GPU pool) restores from disk: same tokens
+    with _small_engine(model_dir, disk_dir=str(disk)) as e2:
+        r = e2.complete(CHAT, sp)
+        assert r.usage["cached_from"]["disk"] >= 32 and r.token_ids == ref.token_ids
+        assert r.usage["reuse"]["choice"] == "restore"
+    # the cost model can decide to recompute instead (absurdly slow disk)
+    with _small_engine(model_dir, disk_dir=str(disk), disk_read_gbps=1e-9) as e3:
+        r = e3.complete(CHAT, sp)
+        assert r.usage["reuse"]["choice"] == "recompute" and r.usage["cached_tokens"] == 0
+        assert r.token_ids == ref.token_ids
+    # corrupt every file: correct output, a warning, nothing restored
+    files = list(Path(disk).glob("*/*.kvb"))
+    assert files
+    for f in files:
+        raw = bytearray(f.read_bytes())
+        raw[-10] ^= 0x55
+        f.write_bytes(bytes(raw))
+    with caplog.at_level(logging.WARNING), _small_engine(model_dir, disk_dir=str(disk)) as e4:
+        r = e4.complete(CHAT, sp)
+    assert r.token_ids == ref.token_ids and r.usage["cached_from"]["disk"] == 0
+    assert "checksum mismatch" in caplog.text
+    # another model (different config -> different fingerprint) never reuses this cache
+    other = tmp_path / "other"
+    shutil.copytree(model_dir, other, ignore=shutil.ignore_patterns("*.safetensors"))
+    (other / "model.safetensors").symlink_to(Path(model_dir) / "model.safetensors")
+    cfg = (other / "config.json").read_text().replace('"rms_norm_eps": ', '"rms_norm_eps": 2e-05, "x": ')
+    (other / "config.json").write_text(cfg)
+    with _small_engine(model_dir, disk_dir=str(disk)) as e5:
+        e5.complete(CHAT, sp)  # repopulate with valid files of model A
+        e5.flush()
+    with _small_engine(other, disk_dir=str(disk)) as e6:
+        r = e6.complete(CHAT, sp)
+        assert r.usage["cached_tokens"] == 0 and e6.fingerprint != e5.fingerprint
+
+
+def test_concurrent_equals_sequential_with_chunked_prefill(model_dir):
+    prompts = [[{"role": "user", "content": f"Tell me fact number {i} about Spain."}] for i in range(6)]
+    prompts.append([{"role": "user", "content": "Summarise: " + "the order was late. " * 40}])
+    sp = SamplingParams(max_tokens=8)
+    with _small_engine(model_dir) as seq_eng:
+        sequential = [seq_eng.complete(p, sp).token_ids for p in prompts]
+    with _small_engine(model_dir, max_batch_tokens=48) as eng:
+        eng.runner.force_static = True  # decode via the CUDA-graph path's padded static buffers
+        out: list = [None] * len(prompts)
+
+        def work(i):
+            out[i] = eng.complete(prompts[i], sp).token_ids
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(prompts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert out == sequential
+        assert eng.stats()["referenced_blocks"] == 0 and eng.runner.graphs
+
+
+def test_1000_requests_with_cancellations_leak_no_blocks(model_dir):
+    rng = random.Random(0)
+    shared = list(range(100, 132))
+    with _small_engine(model_dir, num_kv_blocks=None, kv_cache_gb=0.05, max_queue=2000) as eng:
+        seqs = []
+        for i in range(1000):
+            ids = (shared if i % 2 else []) + [rng.randrange(200, 40000) for _ in range(rng.randint(1, 12))]
+            sp = SamplingParams(max_tokens=rng.randint(1, 3), ignore_eos=True)
+            seqs.append(eng.submit(ids, sp))
+            if i % 3 == 0:
+                eng.cancel(seqs[-1], wait=i % 2 == 0)
+        reasons = []
+        for s in seqs:
+            while (ev := s.events.get()).type not in ("finish", "error"):
+                pass
+            reasons.append(ev.finish_reason)
+        st = eng.stats()
+        assert st["referenced_blocks"] == 0 and st["free_blocks"] == st["num_blocks"]
+        assert reasons.count("cancelled") >= 300 and reasons.count("length") >= 300
+        assert st["waiting"] == st["running"] == 0
+
+
+def test_full_queue_raises_queue_full(model_dir):
+    with _small_engine(model_dir, max_queue=4, max_num_seqs=1) as eng:
+        sp = SamplingParams(max_tokens=50, ignore_eos=True)
+        seqs = []
+        with pytest.raises(QueueFull):
+            for _ in range(50):
+                seqs.append(eng.submit([1, 2, 3], sp))
+        for s in seqs:
+            eng.cancel(s)
+        assert eng.stats()["referenced_blocks"] == 0
