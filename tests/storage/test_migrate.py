@@ -17,3 +17,23 @@ def test_upgrade_creates_schema_and_is_idempotent(database_url: str) -> None:
         assert "chunks" in migrate.table_names(db)
     finally:
         db.dispose()
+
+
+def test_migrations_match_models(database_url: str) -> None:
+    """A model changed without a migration would only fail on a user's database; catch it here."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    import storage.chat_models  # noqa: F401
+    import storage.job_models  # noqa: F401
+    from storage.models import Base
+
+    db = Database(database_url)
+    try:
+        migrate.upgrade(db)
+        assert {"chat_sessions", "chat_messages", "ingest_jobs", "ingest_items"} <= migrate.table_names(db)
+        with db.engine.connect() as connection:
+            diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+        assert diff == []
+    finally:
+        db.dispose()
