@@ -4,7 +4,11 @@ Two readers share one contract (`AttnBatch`):
 - the gather path (CPU, CI, fp32 on CUDA, and the reference the GPU kernel is checked against): gather a
   sequence's blocks into a contiguous tensor, dequantise if int8, run SDPA;
 - the Triton path (`engine.paged_attn_triton`, CUDA bf16/fp16): reads K/V blocks in place through the block
-  table, no prefix copy; one kernel for prefill-with-prefix and decode.
+  table, no prefix copy; one kernel for prefill-with-prefix and decode, with split-KV for short query tiles
+  over long prefixes (`split_reference` is its math in torch, tested on CPU).
+A prefill with no cached prefix (one sequence, ``q_len == ctx``) needs no cache read at all: its K/V are the
+chunk's own contiguous tensors, so `attend_dense` runs SDPA's causal flash/cuDNN kernel on them, exactly the
+call `transformers` makes, and the cache is only written.
 
 int8 KV: each block keeps one fp32 scale per KV head (``absmax / 127``). Tokens arrive a few at a time
 (decode appends one), so when a write raises a block's absmax the block's existing int8 values are
@@ -14,6 +18,7 @@ how it was written. A block whose first slot is written in this step is fresh: i
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -128,6 +133,76 @@ def _decode_gather(q, kc, vc, ks, vs, ab: AttnBatch, nh: int, kvh: int):
     return o.view(b, nh, hd)
 
 
+def attend_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention of one fresh sequence over its own K/V (``[T, heads, hd]`` each): SDPA as in HF."""
+    o = F.scaled_dot_product_attention(
+        q.transpose(0, 1)[None],
+        k.transpose(0, 1)[None],
+        v.transpose(0, 1)[None],
+        is_causal=q.shape[0] > 1,
+        enable_gqa=q.shape[1] != k.shape[1],
+    )
+    return o[0].transpose(0, 1)
+
+
+def attend_prefix_flash(q, kc, vc, table: torch.Tensor, ctx: int) -> torch.Tensor:
+    """One sequence with a cached prefix: gather its blocks (one copy, KV heads only) and run SDPA flash
+    with the bottom-right causal mask. An alternative to the paged kernel, measured in bench/engine_gpu.py."""
+    nh, kvh = q.shape[1], kc.shape[2]
+    k = kc[table].flatten(0, 1)[:ctx].transpose(0, 1)[None]
+    v = vc[table].flatten(0, 1)[:ctx].transpose(0, 1)[None]
+    mask = causal_lower_right(q.shape[0], ctx) if q.shape[0] > 1 else None
+    o = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k, v, attn_mask=mask, enable_gqa=nh != kvh)
+    return o[0].transpose(0, 1)
+
+
+def split_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, splits: int, block_n: int, group: int,
+                    block_m: int) -> torch.Tensor:  # fmt: skip
+    """The Triton kernel's split-KV math in torch (fp32), for tests: rows are (token, group head) pairs
+    tiled by ``block_m``; each tile's visible KV tiles are cut into ``splits`` contiguous slices, each
+    slice keeps an unnormalised (acc, max, sum) in the exp2 domain, and the slices are merged with weights
+    ``2^(m_s - max_s m_s)``. ``q [q_len, nh, hd]`` are the last ``q_len`` positions of
+    ``k, v [ctx, kvh, hd]``.
+    """
+    q_len, nh, hd = q.shape
+    ctx, kvh = k.shape[0], k.shape[1]
+    scale = 1.4426950408889634 / math.sqrt(hd)
+    out = torch.empty(q_len, nh, hd)
+    for h in range(kvh):
+        rows = torch.arange(q_len * group)
+        tok, head = rows // group, h * group + rows % group
+        for m0 in range(0, q_len * group, block_m):
+            r_tok, r_head = tok[m0 : m0 + block_m], head[m0 : m0 + block_m]
+            qpos = ctx - q_len + r_tok
+            n_tiles = -(-(int(qpos[-1]) + 1) // block_n)
+            per = -(-n_tiles // splits)
+            qs = q[r_tok, r_head].float()
+            parts = []
+            for s in range(splits):
+                t0, t1 = s * per, min(s * per + per, n_tiles)
+                m = torch.full((len(r_tok),), float("-inf"))
+                lsum = torch.zeros(len(r_tok))
+                acc = torch.zeros(len(r_tok), hd)
+                for t in range(t0, t1):
+                    n = torch.arange(t * block_n, min(t * block_n + block_n, ctx))
+                    sc = qs @ k[n, h].float().T * scale
+                    sc = sc.masked_fill(n[None, :] > qpos[:, None], float("-inf"))
+                    m_new = torch.maximum(m, sc.amax(1))
+                    m_new = torch.where(m_new == float("-inf"), torch.zeros_like(m_new), m_new)
+                    p = torch.exp2(sc - m_new[:, None])
+                    alpha = torch.exp2(m - m_new)
+                    lsum = lsum * alpha + p.sum(1)
+                    acc = acc * alpha[:, None] + p @ v[n, h].float()
+                    m = m_new
+                parts.append((acc, m, lsum))
+            ms = torch.stack([p[1] for p in parts])
+            w = torch.exp2(ms - ms.amax(0))
+            num = sum(w[i, :, None] * parts[i][0] for i in range(splits))
+            den = sum(w[i] * parts[i][2] for i in range(splits))
+            out[r_tok, r_head] = num / den[:, None]
+    return out
+
+
 def pack_meta(seqs, device, width: int | None = None, pad_block: int = 0) -> dict:
     """Tensors the Triton kernel reads: padded block tables and per-sequence query/context extents."""
     width = width or max(len(t) for *_, t in seqs)
@@ -142,4 +217,5 @@ def pack_meta(seqs, device, width: int | None = None, pad_block: int = 0) -> dic
         "q_lens": lt([s[1] for s in seqs]),
         "ctx_lens": lt([s[2] for s in seqs]),
         "max_q": max(s[1] for s in seqs),
+        "max_ctx": max(s[2] for s in seqs),
     }

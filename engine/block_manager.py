@@ -24,11 +24,23 @@ def block_hash(parent: str | None, fingerprint: str, tokens: list[int]) -> str:
 
 
 def chain_hashes(tokens: list[int], block_size: int, fingerprint: str) -> list[str]:
-    """Keys of all full blocks of ``tokens``."""
+    """Keys of all full blocks of ``tokens`` (same keys as `block_hash` per block).
+
+    Why one array conversion: admission hashes the whole prompt (240 blocks at 15K tokens) inside TTFT;
+    converting the token list once instead of per block halves that time."""
     out: list[str] = []
     parent = None
-    for i in range(len(tokens) // block_size):
-        parent = block_hash(parent, fingerprint, tokens[i * block_size : (i + 1) * block_size])
+    n = len(tokens) // block_size
+    if n == 0:
+        return out
+    arr = np.asarray(tokens[: n * block_size], dtype=np.int64).reshape(n, block_size)
+    fp = fingerprint.encode()
+    for i in range(n):
+        h = hashlib.sha256()
+        h.update((parent or "root").encode())
+        h.update(fp)
+        h.update(arr[i].tobytes())
+        parent = h.hexdigest()
         out.append(parent)
     return out
 

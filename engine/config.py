@@ -91,6 +91,7 @@ class EngineConfig:
     kv_cache_gb: float | None = None  # explicit KV pool size; overrides the derived one
     num_kv_blocks: int | None = None  # explicit block count (tests); overrides both
     cpu_cache_gb: float = 0.0  # CPU tier; 0 disables
+    cpu_cache_reserve: bool = True  # on CUDA, pin the whole CPU tier at start (no page-locking in a TTFT)
     disk_dir: str | None = None  # disk tier directory; None disables
     disk_cache_gb: float = 20.0
     max_queue: int = 256  # waiting requests before QueueFull

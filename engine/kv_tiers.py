@@ -17,6 +17,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +33,13 @@ _DTYPES = {str(d): d for d in (torch.float32, torch.float16, torch.bfloat16, tor
 class CpuTier:
     """LRU of blocks in host memory (pinned when a GPU is present so restores are async DMA)."""
 
-    def __init__(self, max_bytes: int, pin: bool = False) -> None:
+    def __init__(
+        self, max_bytes: int, pin: bool = False, on_evict: Callable[[str, torch.Tensor], None] | None = None
+    ) -> None:
         self.max_bytes = max_bytes
         self.pin = pin
+        self.on_evict = on_evict  # called before an entry's host buffer is reused (write it to disk)
+        self.pending = False  # an async device->host copy may still be landing in some slot
         self.bytes = 0
         self.items: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.free: list[torch.Tensor] = []
@@ -61,24 +66,57 @@ class CpuTier:
             self.free = [slab[i] for i in range(k)]
         return self.free.pop()
 
-    def put(self, key: str, data: torch.Tensor) -> None:
+    def reserve(self, like: torch.Tensor) -> None:
+        """Allocate (pin) every slot up front, in slabs of 32 blocks.
+
+        Why: pinning a 32-block slab of the 8B shape (256 MB) is a page-locking call of tens of ms; done
+        lazily it lands inside whichever request first spills into a new slab, as a TTFT outlier. vLLM pins
+        its CPU swap space at start for the same reason."""
+        n = like.numel() * like.element_size()
+        with self.lock:
+            while (room := (self.max_bytes - self.slab_bytes) // n) > 0:
+                k = int(min(32, room))
+                slab = torch.empty((k, *like.shape), dtype=like.dtype, pin_memory=self.pin)
+                self.slab_bytes += k * n
+                self.free.extend(slab[i] for i in range(k))
+
+    def _evict_oldest(self) -> torch.Tensor:
+        key, old = self.items.popitem(last=False)
+        self.bytes -= old.numel() * old.element_size()
+        if self.on_evict is not None:
+            self.on_evict(key, old)
+        return old
+
+    def put(self, key: str, data: torch.Tensor, non_blocking: bool = False) -> bool:
+        """Copy ``data`` in; True when the tier holds ``key`` afterwards.
+
+        ``non_blocking`` (a GPU block into pinned memory): the copy is queued on the current CUDA stream,
+        so later kernels that overwrite the GPU block and later host->device restores from this slot run
+        after it, with no host sync on the request path. Host-side readers (disk write-back) synchronise
+        first; a host-side write into a slot synchronises here.
+        """
         n = data.numel() * data.element_size()
-        if n > self.max_bytes or key in self.items:
-            return
+        if key in self.items:
+            return True
+        if n > self.max_bytes:
+            return False
         with self.lock:
             while self.bytes + n > self.max_bytes and self.items:
-                _, old = self.items.popitem(last=False)
-                self.bytes -= old.numel() * old.element_size()
-                self.free.append(old)
+                self.free.append(self._evict_oldest())
             host = self._slot(data)
             if host is None:
                 if not self.items:
-                    return
-                _, host = self.items.popitem(last=False)
-                self.bytes -= n
-            host.copy_(data)
+                    return False
+                host = self._evict_oldest()
+            asynchronous = non_blocking and self.pin and data.is_cuda
+            if not asynchronous and self.pending and torch.cuda.is_available():
+                torch.cuda.current_stream().synchronize()  # a queued copy may still target this slot
+                self.pending = False
+            host.copy_(data, non_blocking=asynchronous)
+            self.pending = self.pending or asynchronous
             self.items[key] = host
             self.bytes += n
+            return True
 
     def get(self, key: str) -> torch.Tensor | None:
         with self.lock:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.attention import AttnBatch, attend_gather, write_kv
+from engine.attention import AttnBatch, attend_dense, attend_gather, attend_prefix_flash, write_kv
 from engine.config import ModelConfig
 
 __all__ = ["AttnBatch", "LlamaForCausalLM"]
@@ -81,7 +81,12 @@ class Attention(nn.Module):
         vs = ab.v_scale[self.layer] if ab.v_scale is not None else None
         write_kv(kc, ks, ab.slot_mapping, k, ab.decode)
         write_kv(vc, vs, ab.slot_mapping, v, ab.decode)
-        if ab.meta is not None:  # CUDA bf16/fp16: read blocks in place (engine.paged_attn_triton)
+        mode = ab.meta.get("mode", "paged") if ab.meta is not None else "gather"
+        if mode == "dense":  # one fresh sequence: its own contiguous K/V, SDPA causal (as transformers)
+            out = attend_dense(q, k, v)
+        elif mode == "prefix_flash":
+            out = attend_prefix_flash(q, kc, vc, ab.meta["table0"], ab.meta["max_ctx"])
+        elif mode == "paged":  # CUDA bf16/fp16: read blocks in place (engine.paged_attn_triton)
             from engine.paged_attn_triton import paged_attention
 
             out = paged_attention(q, kc, vc, ks, vs, ab.meta, ab.decode)

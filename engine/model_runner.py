@@ -42,6 +42,28 @@ def use_triton(cfg: EngineConfig, device: torch.device, dtype) -> bool:
     return True
 
 
+# Which reader serves a prefill on the CUDA bf16/fp16 path (measured in bench/engine_gpu.py, docs/engine.md):
+# "dense" = SDPA over the chunk's own K/V when one sequence has no cached prefix; a prefix goes to the paged
+# Triton kernel, or to gather + SDPA flash ("prefix_flash") when its query count reaches the threshold.
+PREFILL_POLICY: dict = {"dense": True, "prefix_flash_min_q": None}
+
+
+def prefill_mode(seqs: list, int8: bool, decode: bool) -> str:
+    """``dense`` | ``prefix_flash`` | ``paged`` for one step's sequences ``(q_start, q_len, ctx, table)``.
+
+    int8 caches always use the paged kernel, so a fresh chunk attends to the same dequantised values that a
+    later reuse of its blocks will read (reuse and recompute give the same tokens)."""
+    if decode or int8 or len(seqs) != 1:
+        return "paged"
+    _, q_len, ctx, _ = seqs[0]
+    if q_len == ctx and PREFILL_POLICY["dense"]:
+        return "dense"
+    thr = PREFILL_POLICY["prefix_flash_min_q"]
+    if thr is not None and q_len >= thr:
+        return "prefix_flash"
+    return "paged"
+
+
 def kv_pool_blocks(model: LlamaForCausalLM, cfg: EngineConfig, device: torch.device, dtype) -> int:
     """How many blocks the budget allows (explicit counts/sizes win)."""
     if cfg.num_kv_blocks:
@@ -145,6 +167,7 @@ class ModelRunner:
                 "q_lens": torch.ones(b, **i32),
                 "ctx_lens": torch.ones(b, **i32),
                 "max_q": 1,
+                "max_ctx": width * self.bs,  # static per graph: the kernel's KV split count depends on it
             }
         if self.use_graphs:
             s = torch.cuda.Stream(self.device)
@@ -199,6 +222,9 @@ class ModelRunner:
         ab.decode = decode
         if self.triton:
             ab.meta = pack_meta(seqs, self.device)
+            ab.meta["mode"] = prefill_mode(seqs, self.int8, decode)
+            if ab.meta["mode"] == "prefix_flash":
+                ab.meta["table0"] = self._tensor(seqs[0][3])
         elif decode:
             width = max(len(s[3]) for s in seqs)
             ab.block_tables = self._tensor([t for s in seqs for t in s[3] + [0] * (width - len(s[3]))]).view(

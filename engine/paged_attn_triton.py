@@ -1,59 +1,90 @@
 """Triton flash attention over the paged KV cache, reading K/V blocks in place through the block table.
 
 Why: the gather path copies a sequence's whole prefix into a contiguous tensor for every prefill chunk and
-every layer (at 16K context and 2K-token chunks that is ~8x the KV bytes moved per layer), which made our
-chunked recompute slower than `transformers`' single SDPA call and put a floor under reuse TTFT.
+every layer, which made chunked recompute slower than `transformers`' single SDPA call and put a floor under
+reuse TTFT.
 
 One kernel serves prefill-with-prefix and decode. A program owns ``BLOCK_M`` rows of one KV head of one
 sequence; a row is a (query token, query head of that KV head's GQA group) pair, so K/V tiles are loaded
 once per group, and a decode step (1 token x group heads) fills a 16-row tile instead of wasting 15/16.
-The KV loop walks one cache block (``BLOCK_N = block_size`` tokens) at a time, stops at the last key the
-tile's last query may see (causal), and applies per-(block, head) scales when the cache is int8.
-Grid: ``(cdiv(max_q * group, BLOCK_M), kv_heads, num_seqs)`` - static for a fixed batch, so decode steps
-can be captured in CUDA graphs. Tested under ``TRITON_INTERPRET=1`` on CPU and against the gather path
-and `transformers` on the GPU (bench/engine_gpu.py).
+
+Two things make it fast on long prefixes (measured in bench/engine_gpu.py, see docs/engine.md):
+- **Causal mask only on diagonal tiles.** Keys below the tile's first query position are visible to every
+  row, so those tiles run an unmasked loop; only the last one or two tiles pay for the mask.
+- **Split-KV** (flash-decoding style). 256 new tokens over a 15K history are only 8 x 8 = 64 programs
+  (132 SMs on an H100), each walking 240 tiles in series. With ``splits > 1`` each program walks one
+  contiguous slice of its tiles and writes an unnormalised partial (acc, running max, sum) to a fp32
+  workspace; `_combine_kernel` merges the slices (log-sum-exp weights). ``splits`` is picked per launch
+  from the grid size and the number of KV tiles (`plan`); it is static for a CUDA-graph bucket because it
+  depends only on the table width there.
+Grid: ``(cdiv(max_q * group, BLOCK_M), kv_heads, num_seqs * splits)``. Tested under ``TRITON_INTERPRET=1``
+on CPU against the gather path and `split_reference` (the same split math in torch), and on the GPU against
+the gather path and `transformers`.
 """
 
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 import triton
 import triton.language as tl
 
+# Overrides for benchmarks/tests: keys of `plan`'s result (block_m, block_n, num_warps, num_stages, splits).
+OVERRIDE: dict = {}
+
 
 @triton.jit
-def _paged_attn_kernel(
-    Q,
-    K,
-    V,
-    KS,
-    VS,
-    Out,
-    TABLES,
-    Q_STARTS,
-    Q_LENS,
-    CTX_LENS,
-    stride_qt,
-    stride_qh,
-    stride_ot,
-    stride_oh,
-    stride_kb,
-    stride_kt,
-    stride_kh,
-    stride_sb,
-    stride_tb,
-    sm_scale,
-    GROUP: tl.constexpr,
-    HD: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    INT8: tl.constexpr,
-):
+def _tile(acc, l_i, m_i, q, K, V, KS, VS, TABLES, tb, kvh, start, ctx, qpos, stride_kb, stride_kt, stride_kh,
+          stride_sb, qk_scale, BS: tl.constexpr, BLOCK_N: tl.constexpr, HD: tl.constexpr, INT8: tl.constexpr,
+          MASK: tl.constexpr):  # fmt: skip
+    """One KV tile of online softmax (exp2 domain). ``MASK``: apply the causal mask (diagonal tiles)."""
+    n = start + tl.arange(0, BLOCK_N)
+    d = tl.arange(0, HD)
+    if BLOCK_N == BS:  # one cache block per tile: one table entry
+        blk = tl.load(TABLES + tb + start // BS).to(tl.int64)
+        off = blk * stride_kb + (n - start)[:, None] * stride_kt + kvh * stride_kh + d[None, :]
+    else:  # several blocks per tile: per-key table entries (keys past ctx read block 0 and are masked)
+        kb = tl.load(TABLES + tb + n // BS, mask=n < ctx, other=0).to(tl.int64)
+        off = kb[:, None] * stride_kb + (n % BS)[:, None] * stride_kt + kvh * stride_kh + d[None, :]
+    k = tl.load(K + off)
+    v = tl.load(V + off)
+    if INT8:
+        if BLOCK_N == BS:
+            ks = tl.load(KS + blk * stride_sb + kvh)
+            vs = tl.load(VS + blk * stride_sb + kvh)
+            k = (k.to(tl.float32) * ks).to(q.dtype)
+            v = (v.to(tl.float32) * vs).to(q.dtype)
+        else:
+            ks = tl.load(KS + kb * stride_sb + kvh)
+            vs = tl.load(VS + kb * stride_sb + kvh)
+            k = (k.to(tl.float32) * ks[:, None]).to(q.dtype)
+            v = (v.to(tl.float32) * vs[:, None]).to(q.dtype)
+    s = tl.dot(q, tl.trans(k))
+    if MASK:
+        s = tl.where(n[None, :] <= qpos[:, None], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+    if MASK:  # a row with no visible key yet: keep exp2 finite
+        m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.math.exp2(s * qk_scale - m_new[:, None])  # one FMA per score
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return acc, l_i, m_new
+
+
+@triton.jit(do_not_specialize=["stride_tb", "splits", "t_total"])
+def _paged_attn_kernel(Q, K, V, KS, VS, Out, PO, PM, PL, TABLES, Q_STARTS, Q_LENS, CTX_LENS, stride_qt,
+                       stride_qh, stride_ot, stride_oh, stride_kb, stride_kt, stride_kh, stride_sb, stride_tb,
+                       splits, t_total,
+                       sm_scale, NH: tl.constexpr, GROUP: tl.constexpr, HD: tl.constexpr, BS: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, INT8: tl.constexpr,
+                       SPLIT: tl.constexpr):  # fmt: skip
     pid_m = tl.program_id(0)
     kvh = tl.program_id(1)
-    sid = tl.program_id(2)
+    sid = tl.program_id(2) // splits
+    split = tl.program_id(2) % splits
     q_len = tl.load(Q_LENS + sid)
     if pid_m * BLOCK_M >= q_len * GROUP:
         return
@@ -64,38 +95,91 @@ def _paged_attn_kernel(
     tok = rows // GROUP
     head = kvh * GROUP + rows % GROUP
     d = tl.arange(0, HD)
-    q_ptr = Q + (q_start + tok)[:, None] * stride_qt + head[:, None] * stride_qh + d[None, :]
-    q = tl.load(q_ptr, mask=row_ok[:, None], other=0.0)
+    q = tl.load(Q + (q_start + tok)[:, None] * stride_qt + head[:, None] * stride_qh + d[None, :],
+                mask=row_ok[:, None], other=0.0)  # fmt: skip
     qpos = ctx - q_len + tok  # absolute position of each row's query
+    first_tok = pid_m * BLOCK_M // GROUP
     last_tok = tl.minimum(pid_m * BLOCK_M + BLOCK_M - 1, q_len * GROUP - 1) // GROUP
-    hi = ctx - q_len + last_tok + 1  # keys [0, hi) are visible to some row of this tile
-
+    n_tiles = tl.cdiv(ctx - q_len + last_tok + 1, BLOCK_N)  # keys [0, hi) are visible to some row
+    n_full = (ctx - q_len + first_tok + 1) // BLOCK_N  # tiles whose keys every row sees: no mask
+    per = tl.cdiv(n_tiles, splits)
+    t0 = split * per
+    t1 = tl.minimum(t0 + per, n_tiles)
+    tb = sid * stride_tb
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HD], dtype=tl.float32)
     qk_scale = sm_scale * 1.4426950408889634  # exp2
-    n = tl.arange(0, BLOCK_N)
-    for start in range(0, hi, BLOCK_N):
-        blk = tl.load(TABLES + sid * stride_tb + start // BLOCK_N).to(tl.int64)
-        base = blk * stride_kb + n[:, None] * stride_kt + kvh * stride_kh + d[None, :]
-        k = tl.load(K + base)
-        v = tl.load(V + base)
-        if INT8:
-            k = (k.to(tl.float32) * tl.load(KS + blk * stride_sb + kvh)).to(q.dtype)
-            v = (v.to(tl.float32) * tl.load(VS + blk * stride_sb + kvh)).to(q.dtype)
-        s = tl.dot(q, tl.trans(k)) * qk_scale
-        keep = (start + n)[None, :] <= qpos[:, None]
-        s = tl.where(keep, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(s - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
-    acc = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
-    o_ptr = Out + (q_start + tok)[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :]
-    tl.store(o_ptr, acc.to(Out.dtype.element_ty), mask=row_ok[:, None])
+    for t in range(t0, tl.minimum(t1, n_full)):
+        acc, l_i, m_i = _tile(acc, l_i, m_i, q, K, V, KS, VS, TABLES, tb, kvh, t * BLOCK_N, ctx, qpos,
+                              stride_kb, stride_kt, stride_kh, stride_sb, qk_scale, BS, BLOCK_N, HD, INT8,
+                              False)  # fmt: skip
+    for t in range(tl.maximum(t0, n_full), t1):
+        acc, l_i, m_i = _tile(acc, l_i, m_i, q, K, V, KS, VS, TABLES, tb, kvh, t * BLOCK_N, ctx, qpos,
+                              stride_kb, stride_kt, stride_kh, stride_sb, qk_scale, BS, BLOCK_N, HD, INT8,
+                              True)  # fmt: skip
+    if SPLIT:  # unnormalised partials; `_combine_kernel` merges the splits
+        r = (split * t_total + q_start + tok) * NH + head
+        tl.store(PO + r[:, None] * HD + d[None, :], acc, mask=row_ok[:, None])
+        tl.store(PM + r, m_i, mask=row_ok)
+        tl.store(PL + r, l_i, mask=row_ok)
+    else:
+        acc = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+        o_ptr = Out + (q_start + tok)[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :]
+        tl.store(o_ptr, acc.to(Out.dtype.element_ty), mask=row_ok[:, None])
+
+
+@triton.jit(do_not_specialize=["splits", "t_total"])
+def _combine_kernel(Out, PO, PM, PL, stride_ot, stride_oh, splits, t_total, NH: tl.constexpr,
+                    HD: tl.constexpr, MAX_S: tl.constexpr):  # fmt: skip
+    """Merge split partials of one (token, head): weights 2^(m_s - max m); empty splits weigh 0."""
+    t = tl.program_id(0)
+    h = tl.program_id(1)
+    s = tl.arange(0, MAX_S)
+    ok = s < splits
+    r = (s * t_total + t) * NH + h
+    m = tl.load(PM + r, mask=ok, other=float("-inf"))
+    lsum = tl.load(PL + r, mask=ok, other=0.0)
+    w = tl.math.exp2(m - tl.max(m, 0))
+    w = tl.where(ok, w, 0.0)
+    d = tl.arange(0, HD)
+    acc = tl.load(PO + r[:, None] * HD + d[None, :], mask=ok[:, None], other=0.0)
+    o = tl.sum(acc * w[:, None], 0) / tl.sum(lsum * w, 0)
+    tl.store(Out + t * stride_ot + h * stride_oh + d, o.to(Out.dtype.element_ty))
+
+
+@lru_cache(maxsize=8)
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def plan(
+    rows: int, max_ctx: int, num_seqs: int, kvh: int, bs: int, decode: bool, device: torch.device
+) -> dict:
+    """Tile shape, warps, pipelining depth and KV splits for one launch (pure function of static sizes).
+
+    Measured on the H100 (engine/attn_bench.py, docs/engine.md): prefill tiles of 128 rows x 128 keys,
+    8 warps, 3 stages ran 377-396 TFLOP/s on 1.5K-2K new tokens over 8K-16K keys (64-key tiles: 337-347).
+    Splits: a prefill grid smaller than one wave of the SMs is split up to about one wave (256 tokens over
+    15.4K keys: 64 programs, 2 splits 0.223 ms vs 0.391 unsplit and 0.277 at 5 splits); a decode grid up to
+    two waves (1 token over 16K keys: 32 splits 0.042 ms vs 0.376 unsplit). At least 4 tiles per split: the
+    combine pass reads every split's partial, so splitting short contexts costs more than it gains.
+    """
+    cpu = device.type == "cpu"
+    small = decode or rows <= 16
+    block_m = 16 if small else (64 if cpu else 128)
+    block_n = bs if cpu else (64 if small else 128)
+    cfg = {"block_m": block_m, "block_n": block_n, "num_warps": 4 if block_m <= 64 else 8, "num_stages": 3}
+    cfg.update({k: v for k, v in OVERRIDE.items() if k != "splits"})
+    progs = triton.cdiv(rows, cfg["block_m"]) * kvh * num_seqs
+    tiles = triton.cdiv(max_ctx, cfg["block_n"])
+    sms = _num_sms(device)
+    want = triton.cdiv(2 * sms, progs) if small else sms // progs
+    splits = min(want, tiles // 4, 32) if tiles >= 8 else 1
+    cfg["splits"] = max(1, OVERRIDE.get("splits", splits))
+    return cfg
 
 
 def paged_attention(
@@ -112,40 +196,35 @@ def paged_attention(
     _, bs, kvh, _ = k_cache.shape
     assert k_cache.stride(2) == hd and k_cache.stride(3) == 1 and v_cache.stride() == k_cache.stride()
     group = nh // kvh
+    n_seqs = meta["tables"].shape[0]
+    max_ctx = meta.get("max_ctx") or meta["tables"].shape[1] * bs
+    cfg = plan(meta["max_q"] * group, max_ctx, n_seqs, kvh, bs, decode, q.device)
+    splits = cfg["splits"]
     out = torch.empty_like(q)
-    rows = meta["max_q"] * group
-    block_m = 16 if decode or rows <= 16 else (64 if q.device.type == "cpu" else 128)
     int8 = k_scale is not None
     ks = k_scale if int8 else k_cache
     vs = v_scale if int8 else v_cache
-    grid = (triton.cdiv(rows, block_m), kvh, meta["tables"].shape[0])
-    kw = {} if q.device.type == "cpu" else {"num_warps": 4 if block_m <= 64 else 8, "num_stages": 2}
+    if splits > 1:
+        po = torch.empty(splits, t, nh, hd, dtype=torch.float32, device=q.device)
+        pm = torch.empty(splits, t, nh, dtype=torch.float32, device=q.device)
+        pl = torch.empty_like(pm)
+    else:
+        po = pm = pl = out
+    grid = (triton.cdiv(meta["max_q"] * group, cfg["block_m"]), kvh, n_seqs * splits)
+    kw = {} if q.device.type == "cpu" else {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
     _paged_attn_kernel[grid](
-        q,
-        k_cache,
-        v_cache,
-        ks,
-        vs,
-        out,
-        meta["tables"],
-        meta["q_starts"],
-        meta["q_lens"],
-        meta["ctx_lens"],
-        q.stride(0),
-        q.stride(1),
-        out.stride(0),
-        out.stride(1),
-        k_cache.stride(0),
-        k_cache.stride(1),
-        k_cache.stride(2),
-        ks.stride(0) if int8 else 0,
-        meta["tables"].stride(0),
-        1.0 / math.sqrt(hd),
-        GROUP=group,
-        HD=hd,
-        BLOCK_N=bs,
-        BLOCK_M=block_m,
-        INT8=int8,
-        **kw,
-    )
+        q, k_cache, v_cache, ks, vs, out, po, pm, pl,
+        meta["tables"], meta["q_starts"], meta["q_lens"], meta["ctx_lens"],
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), ks.stride(0) if int8 else 0,
+        meta["tables"].stride(0), splits, t, 1.0 / math.sqrt(hd),
+        NH=nh, GROUP=group, HD=hd, BS=bs, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], INT8=int8,
+        SPLIT=splits > 1, **kw,
+    )  # fmt: skip
+    if splits > 1:
+        ckw = {} if q.device.type == "cpu" else {"num_warps": 4}
+        _combine_kernel[(t, nh)](
+            out, po, pm, pl, out.stride(0), out.stride(1), splits, t,
+            NH=nh, HD=hd, MAX_S=triton.next_power_of_2(splits), **ckw,
+        )  # fmt: skip
     return out

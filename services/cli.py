@@ -85,6 +85,9 @@ def ingest(
     collection: Annotated[str, typer.Option("--collection", "-c", help="Target collection.")],
     create: Annotated[bool, typer.Option(help="Create the collection if it does not exist.")] = True,
     embedder: Annotated[str | None, typer.Option(help="Embedder for a new collection.")] = None,
+    via_workers: Annotated[
+        bool, typer.Option("--via-workers", help="Submit each folder/archive as a job to `kb worker`s.")
+    ] = False,
 ) -> None:
     """Ingest files in this process, with a progress bar; exits 1 if any file failed."""
     from ingest.embedders.factory import get_embedder
@@ -103,6 +106,12 @@ def ingest(
             emb = get_embedder(name)
             with contextlib.suppress(Conflict):
                 kb.store.create_collection(collection, None, name, emb.fingerprint, emb.dim)
+    if via_workers:  # batch ingestion on Celery workers (issue 5)
+        from services.jobs.follow import ingest_via_workers
+
+        if ingest_via_workers(kb, paths, collection, console):
+            raise typer.Exit(1)
+        return
     sources = (SourceFile(p.read_bytes(), str(p), p.name) for p in files)
     errors: list[tuple[str, str]] = []
     counts = {"new": 0, "replaced": 0, "duplicate": 0, "chunks": 0}
@@ -129,6 +138,31 @@ def ingest(
         for path, error in errors:
             console.print(f"  {path}: {error}", soft_wrap=True, markup=False)
         raise typer.Exit(1)
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option("--concurrency", "-C", help="Worker processes.")] = 1,
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+) -> None:
+    """Run a Celery worker for batch ingestion jobs (broker: KB_REDIS_URL)."""
+    import os
+
+    from services.worker.celery_app import get_celery
+
+    settings = get_settings()
+    get_celery(settings).worker_main(
+        [
+            "worker",
+            f"--concurrency={concurrency}",
+            "--pool=prefork",
+            f"--queues={settings.worker_queue}",
+            f"--loglevel={loglevel}",
+            f"--hostname=kb-{os.getpid()}@%h",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
 
 
 @app.command()
@@ -168,6 +202,29 @@ def reindex(
     kb = _kb()
     for name, chunks in kb.reindex(collection).items():
         console.print(f"{name}: {chunks} chunks indexed")
+
+
+@app.command("engine-serve")
+def engine_serve(
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (the API's KB_GENERATOR_URL points here).")] = 8001,
+) -> None:
+    """Serve kb's engine alone, OpenAI-compatible (/v1/chat/completions, /v1/models): the GPU box.
+
+    The model and engine settings are the API's (`KB_GENERATOR_MODEL`, `KB_ENGINE_*`); the API box then
+    runs with `KB_GENERATOR=remote KB_GENERATOR_URL=http://<this host>:<port>/v1`.
+    """
+    import uvicorn
+
+    from services.chat.generators.engine_local import EngineGenerator
+    from services.engine_server.app import create_engine_app
+
+    settings = get_settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app_ = create_engine_app(
+        build=lambda: EngineGenerator.from_settings(settings), default_max_tokens=settings.chat_max_tokens
+    )
+    uvicorn.run(app_, host=host, port=port, log_level="info")
 
 
 def main() -> None:

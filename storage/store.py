@@ -6,7 +6,7 @@ replaced, deleted), so the API, the CLI and batch workers cannot disagree on it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -133,24 +133,42 @@ class KnowledgeStore:
             .limit(1)
         )
 
-    def commit_documents(self, collection_name: str, documents: list[NewDocument]) -> list[CommitResult]:
+    def commit_documents(
+        self,
+        collection_name: str,
+        documents: list[NewDocument],
+        on_commit: Callable[[Session, list[CommitResult]], None] | None = None,
+    ) -> list[CommitResult]:
         """Insert or replace documents with their chunks, then mirror into the indexes.
 
         One DB transaction and one index commit for the whole batch: batch ingestion
         calls this with many documents so the per-commit cost is paid once.
+        `on_commit` runs inside the same transaction, before it commits: batch jobs
+        record their per-file bookkeeping there, so it commits with the documents or
+        not at all (exactly-once after a crash); raising from it rolls everything back.
         """
         with self.db.session() as s:
             collection = self.get_collection(s, collection_name)
             with self.indexes.write_lock(collection):
                 self.indexes.current(s, collection)  # in memory == DB before we change it
                 results, delta = self._write_documents(s, collection, documents)
+                if on_commit is not None:
+                    on_commit(s, results)
                 if delta is None:
                     return results
-                collection.index_generation += 1
-                generation = collection.index_generation
+                generation = self._bump_generation(s, collection)
                 s.commit()
                 self.indexes.apply(s, collection, delta, generation)
         return results
+
+    @staticmethod
+    def _bump_generation(s: Session, collection: Collection) -> int:
+        """`+ 1` in SQL, not in Python: a writer that did not hold our locks (another machine)
+        then gets the next generation after ours instead of the same one, so its index files
+        can never be mistaken for reflecting both changes."""
+        collection.index_generation = Collection.index_generation + 1
+        s.flush()
+        return collection.index_generation
 
     def _write_documents(
         self, s: Session, collection: Collection, documents: list[NewDocument]
@@ -267,8 +285,7 @@ class KnowledgeStore:
                 )
                 s.execute(delete(Chunk).where(Chunk.document_id == document.id))
                 s.delete(document)
-                collection.index_generation += 1
-                generation = collection.index_generation
+                generation = self._bump_generation(s, collection)
                 s.commit()
                 delta = IndexDelta(
                     np.empty(0, np.int64), np.empty((0, collection.dim), np.float32), [], removed

@@ -11,7 +11,11 @@ from starlette.concurrency import run_in_threadpool
 
 from services.api.errors import install_error_handlers
 from services.api.limits import BodySizeLimit
+from services.api.routes import chat as chat_routes
 from services.api.routes import collections, documents, health, search
+from services.api.routes import ingest_jobs as ingest_jobs_routes
+from services.api.routes import openai_compat as openai_routes
+from services.chat.http import install_chat_error_handlers
 from services.core.config import Settings, get_settings
 from services.core.container import KB, build_kb
 
@@ -27,9 +31,17 @@ def create_app(settings: Settings | None = None, kb: KB | None = None) -> FastAP
         app.state.kb = kb or await run_in_threadpool(build_kb, settings)
         counts = await run_in_threadpool(app.state.kb.sync_indexes)
         log.info("kb ready: %d collections, %d chunks indexed", len(counts), sum(counts.values()))
+        from services.jobs.service import JobService  # batch ingestion (issue 5)
+
+        app.state.jobs = JobService(app.state.kb)
+        if settings.ingest_runner == "inprocess":  # its queue was in memory: pick up unfinished jobs
+            await run_in_threadpool(app.state.jobs.resume)
+        if owned and settings.generator_preload:  # chat (issue 4): load the model before serving
+            await run_in_threadpool(app.state.kb.chat_generator)
         try:
             yield
         finally:
+            await run_in_threadpool(app.state.jobs.close)
             if owned:
                 app.state.kb.close()
 
@@ -43,4 +55,8 @@ def create_app(settings: Settings | None = None, kb: KB | None = None) -> FastAP
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     for module in (health, collections, documents, search):
         app.include_router(module.router)
+    app.include_router(ingest_jobs_routes.router)
+    install_chat_error_handlers(app)
+    app.include_router(chat_routes.router)
+    app.include_router(openai_routes.router)
     return app

@@ -42,6 +42,75 @@ class Settings(BaseSettings):
     candidates: int = Field(default=50, gt=0, description="Hits each retriever hands to fusion.")
     max_top_k: int = 100
 
+    # --- chat (issue 4): generator backend -------------------------------------------------------
+    generator: Literal["engine", "remote", "fake"] = Field(
+        default="engine", description="engine: in-process; remote: any OpenAI-compatible server; fake: tests."
+    )
+    generator_url: str = Field(default="http://127.0.0.1:8001/v1", description="Base URL for 'remote'.")
+    generator_model: str = Field(
+        default="", description="engine: model folder or .gguf (empty: packaged SmolLM2); remote: model name."
+    )
+    generator_model_name: str = Field(default="", description="Name shown in /v1/models (default: derived).")
+    generator_api_key: str = ""
+    generator_timeout_s: float = Field(default=120.0, gt=0, description="Whole answer, per request.")
+    generator_connect_timeout_s: float = Field(default=5.0, gt=0)
+    generator_retry_after_s: int = Field(default=1, ge=0, description="Retry-After sent with a 429.")
+    generator_preload: bool = Field(default=True, description="Load the generator when `kb serve` starts.")
+    engine_device: str = "auto"
+    engine_kv_cache_gb: float | None = Field(default=None, gt=0, description="KV pool (CPU default 1 GiB).")
+    engine_cpu_cache_gb: float = Field(default=0.5, ge=0)
+    engine_disk_cache: bool = Field(default=True, description="KV disk tier under data_dir/kv_cache.")
+    engine_prefix_cache: bool = Field(default=True, description="False: recompute every prompt (baseline).")
+    engine_max_queue: int = Field(default=256, ge=1, description="Waiting requests before 429.")
+    # --- chat (issue 4): turns --------------------------------------------------------------------
+    chat_system_prompt: str = (
+        "You are a helpful customer-service assistant. Answer from the numbered sources only and cite them "
+        "like [1]. If the sources do not contain the answer, say that you do not know."
+    )
+    chat_top_k: int = Field(default=4, ge=1, le=50, description="Passages retrieved per turn.")
+    chat_context_tokens: int = Field(default=600, ge=32, description="New context per turn, in tokens.")
+    chat_max_prompt_tokens: int = Field(
+        default=4096, ge=256, description="Context window for prompt + answer; see README 'Chat'."
+    )
+    chat_trim_to: float = Field(
+        default=0.6, gt=0.1, le=1.0, description="When trimming, cut the prompt to this share of the window."
+    )
+    chat_max_tokens: int = Field(default=256, ge=1, description="Default answer length.")
+    chat_min_score: float | None = Field(
+        default=None, description="Dense cosine a passage needs; empty: per-embedder default."
+    )
+    chat_rewrite: Literal["auto", "generator", "heuristic", "off"] = Field(
+        default="auto", description="Follow-up rewrite: auto = generator only for follow-ups."
+    )
+    chat_rewrite_timeout_s: float = Field(default=20.0, gt=0)
+    chat_no_answer: str = "I could not find anything about that in the knowledge base."
+
+    # --- batch ingestion (issue 5) ----------------------------------------------------------------
+    ingest_runner: Literal["inprocess", "celery"] = Field(
+        default="inprocess", description="Where ingest jobs run: a thread pool in the API, or Celery workers."
+    )
+    ingest_threads: int = Field(default=2, ge=1, le=64, description="In-process runner threads.")
+    ingest_batch_files: int = Field(default=16, ge=1, le=1024, description="Files per task and per commit.")
+    ingest_allowed_roots: str = Field(
+        default="", description="Comma-separated server folders that jobs may read by path (empty: none)."
+    )
+    ingest_staging_dir: Path | None = Field(
+        default=None, description="Uploaded dumps (default data_dir/uploads); workers must see it too."
+    )
+    ingest_max_files: int = Field(default=100_000, ge=1, description="Files per dump.")
+    ingest_max_total_mb: float = Field(default=2048.0, gt=0, description="Uncompressed bytes per dump.")
+    ingest_max_file_mb: float = Field(default=50.0, gt=0, description="Per file inside a dump.")
+    ingest_max_ratio: float = Field(default=200.0, gt=1, description="Max compression ratio of a member.")
+    ingest_max_depth: int = Field(default=1, ge=0, le=3, description="Nested archive levels expanded.")
+    ingest_max_attempts: int = Field(default=5, ge=1, description="Deliveries of a batch before it fails.")
+    redis_prefix: str = Field(default="kb:", description="Prefix of every Redis key kb and Celery use.")
+    worker_queue: str = "kb.ingest"
+    worker_visibility_timeout: int = Field(
+        default=600, ge=1, description="Seconds before a dead worker's unacknowledged task is redelivered."
+    )
+    worker_restore_interval: int = Field(default=10, ge=1, description="How often workers look for those.")
+    commit_lock_ttl: int = Field(default=30, ge=2, description="Redis commit lock lease, renewed while held.")
+
     @model_validator(mode="after")
     def _check_overlap(self) -> Settings:
         if self.chunk_overlap >= self.chunk_tokens:
@@ -61,6 +130,14 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def allowed_roots(self) -> list[Path]:
+        return [Path(p.strip()).resolve() for p in self.ingest_allowed_roots.split(",") if p.strip()]
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.ingest_staging_dir or self.data_dir / "uploads"
 
 
 @lru_cache

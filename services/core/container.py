@@ -7,7 +7,9 @@ finished parts, and tests can build a graph against any database URL.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import select
 
@@ -33,8 +35,24 @@ class KB:
     store: KnowledgeStore
     pipeline: IngestPipeline
     searcher: HybridSearcher
+    # The chat generator (issue 4), built on first use: most commands and tests never need a model.
+    generator: Any = None
+    _generator_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def chat_generator(self) -> Any:
+        """The generator chosen by `KB_GENERATOR` (services.chat.generators.factory), built once."""
+        if self.generator is None:
+            with self._generator_lock:
+                if self.generator is None:
+                    from services.chat.generators.factory import build_generator
+
+                    self.generator = build_generator(self.settings)
+        return self.generator
 
     def close(self) -> None:
+        engine = getattr(self.generator, "engine", None)
+        if engine is not None and getattr(self.generator, "owns_engine", False):
+            engine.close()  # in-process engine: stop its thread, persist its KV disk tier
         self.db.dispose()
 
     def sync_indexes(self) -> dict[str, int]:

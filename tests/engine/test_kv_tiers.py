@@ -75,3 +75,28 @@ def test_cost_model_prefers_recompute_on_slow_restore():
     assert cm.restore_ms(10**7, 0) < cm.recompute_ms(1000)
     cm.observe_prefill(1000, 1.0)
     assert cm.prefill_tok_s < 10000
+
+
+def test_cpu_tier_on_evict_sees_the_data_before_reuse():
+    """The engine writes a dirty block to disk when the CPU tier drops it: the hook must get the key and
+    the block's bytes before its buffer is reused; ``put`` reports whether the tier holds the key."""
+    seen = []
+    blocks = [_blk(i) for i in range(3)]
+    nbytes = blocks[0].numel() * blocks[0].element_size()
+    c = CpuTier(nbytes * 2, on_evict=lambda k, t: seen.append((k, t.clone())))
+    assert c.put("a", blocks[0], non_blocking=True) and c.put("b", blocks[1])
+    assert c.put("a", blocks[0])  # already held
+    assert c.put("c", blocks[2]) and [k for k, _ in seen] == ["a"]
+    assert torch.equal(seen[0][1], blocks[0])
+    assert not CpuTier(nbytes // 2).put("x", blocks[0])  # larger than the whole tier
+
+
+def test_cpu_tier_reserve_allocates_every_slot_up_front():
+    b = _blk()
+    nbytes = b.numel() * b.element_size()
+    c = CpuTier(nbytes * 40 + 7)
+    c.reserve(b)
+    assert len(c.free) == 40 and c.slab_bytes == nbytes * 40
+    for i in range(45):
+        assert c.put(f"k{i}", b)
+    assert len(c.items) == 40 and c.slab_bytes == nbytes * 40  # no slab allocated after the reserve

@@ -157,3 +157,18 @@ def test_full_queue_raises_queue_full(model_dir):
         for s in seqs:
             eng.cancel(s)
         assert eng.stats()["referenced_blocks"] == 0
+
+
+def test_evicted_dirty_blocks_reach_disk_through_the_cpu_tier(model_dir, tmp_path):
+    """A tiny GPU pool evicts dirty blocks mid-request: they go to the CPU tier (one copy) and, still
+    dirty, reach the disk when the CPU tier drops them or at close. A restart finds them all."""
+    disk = tmp_path / "kv"
+    sp = SamplingParams(max_tokens=4, ignore_eos=True)
+    prompts = [[random.Random(i).randrange(100, 40000) for _ in range(200)] for i in range(6)]
+    with _small_engine(model_dir, num_kv_blocks=24, cpu_cache_gb=0.004, disk_dir=str(disk)) as e1:
+        refs = [e1.complete(p, sp).token_ids for p in prompts]
+        assert e1.cpu_tier is not None and len(e1.cpu_tier.items) > 0
+    with _small_engine(model_dir, disk_dir=str(disk)) as e2:
+        for p, ref in zip(prompts, refs, strict=True):
+            r = e2.complete(p, sp)
+            assert r.usage["cached_from"]["disk"] >= 192 and r.token_ids == ref

@@ -1,0 +1,66 @@
+"""OpenAI-compatible `/v1/chat/completions` and `/v1/models`; `kb:<collection>` turns retrieval on."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy import select
+
+from services.api.deps import KBDep
+from services.api.routes.chat import GeneratorDep
+from services.chat.http import stream_turn, unless_disconnected
+from services.chat.openai_compat import (
+    KB_PREFIX,
+    ContextMemory,
+    completion_chunks,
+    completion_json,
+    start_kb,
+    start_plain,
+)
+from services.chat.schemas import ChatCompletionRequest
+from storage.models import Collection
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+def _memory(request: Request) -> ContextMemory:
+    memory = getattr(request.app.state, "context_memory", None)
+    if memory is None:
+        memory = request.app.state.context_memory = ContextMemory()
+    return memory
+
+
+@router.get("/models")
+def list_models(kb: KBDep) -> dict[str, Any]:
+    """The generator's own model plus one `kb:<collection>` model per collection."""
+    with kb.db.session() as s:
+        names = list(s.scalars(select(Collection.name).order_by(Collection.name)))
+    created = int(time.time())
+    own = kb.generator.model if kb.generator is not None else kb.settings.generator_model_name
+    models = [own or kb.settings.generator] + [KB_PREFIX + n for n in names]
+    return {
+        "object": "list",
+        "data": [{"id": m, "object": "model", "created": created, "owned_by": "kb"} for m in models],
+    }
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(
+    body: ChatCompletionRequest, kb: KBDep, request: Request, generator: GeneratorDep
+) -> JSONResponse | StreamingResponse:
+    kb_mode = body.model.startswith(KB_PREFIX)
+    if kb_mode:
+        running = await start_kb(body, kb, generator, _memory(request))
+    else:
+        running = await start_plain(body, generator, kb.settings.chat_max_tokens)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return stream_turn(running, completion_chunks(running, body.model, include_usage, kb_mode))
+    try:
+        outcome = await unless_disconnected(request, running.collect())
+    finally:
+        await running.aclose()
+    return JSONResponse(completion_json(body.model, outcome, kb_mode))

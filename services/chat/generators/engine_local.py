@@ -1,0 +1,199 @@
+"""Our own engine (`engine.llm_engine.Engine`) in this process.
+
+The engine runs its own step thread and hands each request a blocking event queue; waits on it run in
+worker threads of a dedicated limiter, so many concurrent streams never starve the server's default
+thread pool (which the synchronous database routes use).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from services.chat.generators.base import (
+    AsyncGenGeneration,
+    BadGenerationRequest,
+    Delta,
+    Generation,
+    GenerationRequest,
+    Generator,
+    GeneratorBusy,
+    GeneratorError,
+    GeneratorTimeout,
+    Message,
+    Usage,
+)
+
+log = logging.getLogger(__name__)
+
+
+class EngineGenerator(Generator):
+    name = "engine"
+
+    def __init__(
+        self,
+        engine: Any,
+        model_name: str = "smollm2",
+        timeout_s: float = 120.0,
+        retry_after_s: float = 1.0,
+        owns_engine: bool = True,
+    ) -> None:
+        self.engine = engine
+        self.model = model_name
+        self.timeout_s = timeout_s
+        self.retry_after_s = retry_after_s
+        self.owns_engine = owns_engine
+        self._waiters = anyio.CapacityLimiter(4096)
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> EngineGenerator:
+        """Build the engine from `KB_ENGINE_*` settings (disk KV tier under the data dir)."""
+        from engine.config import EngineConfig, default_model
+        from engine.llm_engine import Engine
+
+        model = settings.generator_model or default_model()
+        config = EngineConfig(
+            model=model,
+            device=settings.engine_device,
+            kv_cache_gb=settings.engine_kv_cache_gb,
+            cpu_cache_gb=settings.engine_cpu_cache_gb,
+            disk_dir=str(settings.data_dir / "kv_cache") if settings.engine_disk_cache else None,
+            max_queue=settings.engine_max_queue,
+            enable_prefix_cache=settings.engine_prefix_cache,
+        )
+        engine = Engine.from_config(config)
+        name = settings.generator_model_name or _model_name(model)
+        return cls(engine, name, settings.generator_timeout_s, settings.generator_retry_after_s)
+
+    @property
+    def max_context(self) -> int | None:
+        model = getattr(self.engine, "model", None)
+        cfg = getattr(model, "cfg", None)
+        return getattr(cfg, "max_position", None)
+
+    def count_tokens(self, messages: list[Message]) -> int:
+        return len(self.engine.encode_prompt(messages))
+
+    def _params(self, request: GenerationRequest) -> Any:
+        from engine.sampling import SamplingParams
+
+        try:
+            return SamplingParams(
+                max_tokens=request.max_tokens,
+                temperature=request.temperature,
+                top_p=request.top_p,
+                seed=request.seed,
+                stop=list(request.stop),
+            )
+        except ValueError as exc:
+            raise BadGenerationRequest(str(exc)) from exc
+
+    async def start(self, request: GenerationRequest) -> Generation:
+        from engine.llm_engine import EngineClosed, QueueFull
+
+        params = self._params(request)
+        try:
+            seq = await anyio.to_thread.run_sync(self.engine.submit, request.messages, params)
+        except QueueFull as exc:
+            raise GeneratorBusy(f"generator queue is full: {exc}", self.retry_after_s) from exc
+        except EngineClosed as exc:
+            raise GeneratorError("generator is shut down") from exc
+        except ValueError as exc:  # prompt larger than the KV pool, empty prompt
+            raise BadGenerationRequest(str(exc)) from exc
+        return AsyncGenGeneration(self._events(seq), lambda: self.engine.cancel(seq, wait=False))
+
+    async def _events(self, seq: Any):  # noqa: ANN202 - async generator of Delta
+        deadline = time.monotonic() + self.timeout_s
+        finished = False
+
+        def next_event() -> Any:
+            return seq.events.get(timeout=max(0.0, deadline - time.monotonic()))
+
+        try:
+            while True:
+                try:
+                    ev = await anyio.to_thread.run_sync(
+                        next_event, limiter=self._waiters, abandon_on_cancel=True
+                    )
+                except queue.Empty:
+                    raise GeneratorTimeout(f"no answer within {self.timeout_s:g} s") from None
+                if ev.type == "token":
+                    if ev.text:
+                        yield Delta(ev.text)
+                elif ev.type == "finish":
+                    finished = True
+                    u = ev.usage or {}
+                    usage = Usage(
+                        int(u.get("prompt_tokens", 0)),
+                        int(u.get("cached_tokens", 0)),
+                        int(u.get("completion_tokens", 0)),
+                    )
+                    yield Delta(ev.text, ev.finish_reason, usage)
+                    return
+                else:
+                    finished = True
+                    raise GeneratorError(f"generation failed: {ev.text}")
+        finally:
+            if not finished:
+                # no await here: the surrounding scope may be cancelled (client gone)
+                self.engine.cancel(seq, wait=False)
+                log.debug("generation %s cancelled", getattr(seq, "id", "?"))
+
+    async def forget(self, messages: list[Message]) -> bool:
+        """Drop the session's own KV blocks from the device pool, the CPU tier and the disk tier.
+
+        The engine has no public eviction call yet, so this works on its block manager and tiers under
+        the engine's lock; blocks in use by a running request are left alone, and so are the blocks of
+        the system prompt (shared by every session with that prompt). Returns True when it could run.
+        """
+        return await anyio.to_thread.run_sync(self._forget, messages)
+
+    def _forget(self, messages: list[Message]) -> bool:
+        from engine.block_manager import chain_hashes
+
+        eng = self.engine
+        try:
+            tokens = eng.encode_prompt(messages)
+            shared = len(eng.tokenizer.apply_chat_template(messages[:1], add_generation_prompt=False))
+            bs = eng.config.block_size
+            keys = chain_hashes(tokens, bs, eng.fingerprint)[shared // bs :]
+            bm, cpu, disk = eng.bm, eng.cpu_tier, eng.disk_tier
+            with eng._cv:  # the step loop holds it while it schedules  # noqa: SLF001
+                for key in keys:
+                    eng._dirty.pop(key, None)  # noqa: SLF001 - never write it back
+                    block = bm.by_key.get(key)
+                    if block is not None and bm.ref[block] == 0:
+                        del bm.by_key[key]
+                        bm.key[block] = None
+                        bm.free_cached.pop(block, None)
+                        bm.free_plain.append(block)
+                    if cpu is not None:
+                        with cpu.lock:
+                            host = cpu.items.pop(key, None)
+                            if host is not None:
+                                cpu.bytes -= host.numel() * host.element_size()
+                                cpu.free.append(host)
+                    if disk is not None and key in disk.index:
+                        with disk.lock:
+                            disk.bytes -= disk.index.pop(key, 0)
+                        disk.path(key).unlink(missing_ok=True)
+            return True
+        except (AttributeError, KeyError, TypeError) as exc:  # the engine's internals moved on
+            log.warning("could not drop a session's KV blocks: %s", exc)
+            return False
+
+    async def aclose(self) -> None:
+        if self.owns_engine:
+            await anyio.to_thread.run_sync(self.engine.close)
+
+
+def _model_name(model: str) -> str:
+    from pathlib import Path
+
+    stem = Path(model.rstrip("/")).name
+    return stem.removesuffix(".gguf") or "model"

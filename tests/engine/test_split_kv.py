@@ -1,0 +1,137 @@
+"""Split-KV attention and the prefill readers on CPU: the split math in torch (`split_reference`) against
+plain causal SDPA, the Triton kernel (interpreted) with forced splits and multi-block tiles against the
+gather path, the dense and gather+flash readers, and the runner's choice of reader."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.attention import (
+    AttnBatch,
+    attend_dense,
+    attend_gather,
+    attend_prefix_flash,
+    pack_meta,
+    split_reference,
+)
+from engine.model_runner import prefill_mode
+from tests.engine.test_attention import _fill, _interpreter_scalar_fix
+
+
+def _sdpa_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """fp64 causal attention of the last ``q_len`` positions (bottom-right aligned), GQA expanded."""
+    q_len, nh, _ = q.shape
+    ctx, kvh, _ = k.shape
+    kk = k.double().repeat_interleave(nh // kvh, 1).transpose(0, 1)
+    vv = v.double().repeat_interleave(nh // kvh, 1).transpose(0, 1)
+    mask = torch.arange(ctx)[None, :] <= torch.arange(ctx - q_len, ctx)[:, None]
+    return F.scaled_dot_product_attention(q.double().transpose(0, 1), kk, vv, attn_mask=mask).transpose(0, 1)
+
+
+@pytest.mark.parametrize(
+    ("q_len", "ctx", "splits", "block_n", "block_m"),
+    [
+        (5, 70, 1, 16, 8),  # no split: the plain flash loop
+        (5, 70, 3, 16, 8),  # uneven slices
+        (1, 37, 4, 8, 16),  # decode row, short context
+        (9, 40, 8, 8, 8),  # more splits than some tiles' slices: empty splits weigh 0
+        (16, 16, 2, 8, 8),  # fresh prefill: rows with no visible key in their first masked tile
+    ],
+)
+def test_split_reference_matches_causal_attention(q_len, ctx, splits, block_n, block_m):
+    g = torch.Generator().manual_seed(q_len * 100 + splits)
+    q = torch.randn(q_len, 4, 16, generator=g)
+    k = torch.randn(ctx, 2, 16, generator=g)
+    v = torch.randn(ctx, 2, 16, generator=g)
+    got = split_reference(q, k, v, splits, block_n, group=2, block_m=block_m)
+    torch.testing.assert_close(got.double(), _sdpa_ref(q, k, v), atol=1e-5, rtol=1e-5)
+
+
+def _interp(monkeypatch) -> str:
+    pytest.importorskip("triton")
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    if interpreted:
+        _interpreter_scalar_fix(monkeypatch)
+    return "cpu" if interpreted else "cuda"
+
+
+@pytest.mark.parametrize(
+    ("override", "int8"),
+    [({"splits": 3}, False), ({"splits": 4, "block_n": 32}, True), ({"block_n": 32}, False)],
+)
+def test_triton_split_kv_matches_gather(override, int8, monkeypatch):
+    """Forced splits (with the combine pass), tiles spanning two cache blocks, int8 scales per key."""
+    import engine.paged_attn_triton as pat
+
+    device = _interp(monkeypatch)
+    tol = {"atol": 2e-5, "rtol": 1e-4} if device == "cpu" else {"atol": 2e-2, "rtol": 2e-2}
+    monkeypatch.setattr(pat, "OVERRIDE", override)
+    q, kc, vc, ks, vs, seqs = _fill([(20, 90), (33, 33), (1, 70)], int8=int8, seed=3)
+    ab = AttnBatch(
+        torch.zeros(0, dtype=torch.long), [(a, b, c, torch.tensor(t)) for a, b, c, t in seqs], [], []
+    )
+    want = attend_gather(q, kc, vc, ks, vs, ab, 4, 2)
+    moved = [x.to(device) if x is not None else None for x in (q, kc, vc, ks, vs)]
+    got = pat.paged_attention(*moved, pack_meta(seqs, torch.device(device)), decode=False).cpu()
+    torch.testing.assert_close(got, want, **tol)
+    dq = q[[19, 52, 53]]
+    dseqs = [(i, 1, c, t) for i, (_, _, c, t) in enumerate(seqs)]
+    ab = AttnBatch(
+        torch.zeros(0, dtype=torch.long), [(a, b, c, torch.tensor(t)) for a, b, c, t in dseqs], [], []
+    )
+    want = attend_gather(dq, kc, vc, ks, vs, ab, 4, 2)
+    moved[0] = dq.to(device)
+    got = pat.paged_attention(*moved, pack_meta(dseqs, torch.device(device)), decode=True).cpu()
+    torch.testing.assert_close(got, want, **tol)
+
+
+def test_plan_splits_only_small_grids():
+    """Few programs over many KV tiles get split; a full grid or a short context does not."""
+    from engine.paged_attn_triton import plan
+
+    cuda = torch.device("cuda")
+    import engine.paged_attn_triton as pat
+
+    pat._num_sms.cache_clear()
+    orig = pat._num_sms
+    pat._num_sms = lambda d: 132  # an H100
+    try:
+        assert plan(256 * 4, 15_400, 1, 8, 64, False, cuda)["splits"] > 1  # 64 programs, 241 tiles
+        assert plan(2048 * 4, 16_384, 1, 8, 64, False, cuda)["splits"] == 1  # 512 programs
+        assert plan(4, 192, 1, 8, 64, True, cuda)["splits"] == 1  # decode, 3 tiles
+        assert plan(4, 16_384, 1, 8, 64, True, cuda)["splits"] == 32  # decode, long context
+    finally:
+        pat._num_sms = orig
+
+
+def test_dense_and_prefix_flash_readers_match_gather():
+    q, kc, vc, ks, vs, seqs = _fill([(40, 40)], seed=5)
+    _, q_len, ctx, table = seqs[0]
+    ab = AttnBatch(torch.zeros(0, dtype=torch.long), [(0, q_len, ctx, torch.tensor(table))], [], [])
+    want = attend_gather(q, kc, vc, None, None, ab, 4, 2)
+    kk = kc[torch.tensor(table)].flatten(0, 1)[:ctx]
+    vv = vc[torch.tensor(table)].flatten(0, 1)[:ctx]
+    torch.testing.assert_close(attend_dense(q, kk, vv), want, atol=1e-5, rtol=1e-5)
+    q, kc, vc, ks, vs, seqs = _fill([(12, 75)], seed=6)
+    _, q_len, ctx, table = seqs[0]
+    ab = AttnBatch(torch.zeros(0, dtype=torch.long), [(0, q_len, ctx, torch.tensor(table))], [], [])
+    want = attend_gather(q, kc, vc, None, None, ab, 4, 2)
+    got = attend_prefix_flash(q, kc, vc, torch.tensor(table), ctx)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_prefill_mode(monkeypatch):
+    import engine.model_runner as mr
+
+    fresh, prefix = [(0, 300, 300, [0])], [(0, 256, 15_000, [0])]
+    assert prefill_mode(fresh, int8=False, decode=False) == "dense"
+    assert prefill_mode(fresh, int8=True, decode=False) == "paged"  # int8: same values as a later reuse
+    assert prefill_mode(fresh + fresh, int8=False, decode=False) == "paged"
+    assert prefill_mode(prefix, int8=False, decode=False) == "paged"
+    monkeypatch.setitem(mr.PREFILL_POLICY, "prefix_flash_min_q", 128)
+    assert prefill_mode(prefix, int8=False, decode=False) == "prefix_flash"
+    assert prefill_mode([(0, 1, 15_000, [0])], int8=False, decode=True) == "paged"
