@@ -113,6 +113,17 @@ class BlockManager:
         self.by_key[key] = block
         return True
 
+    def forget(self, key: str) -> bool:
+        """Make an unreferenced cached block unfindable (its owner asked for deletion); in-use ones stay."""
+        b = self.by_key.get(key)
+        if b is None or self.ref[b] != 0:
+            return False
+        del self.by_key[key]
+        self.key[b] = None
+        self.free_cached.pop(b, None)
+        self.free_plain.append(b)
+        return True
+
     def release(self, blocks: list[int]) -> None:
         """Drop one reference per block; unreferenced cached blocks stay findable (LRU)."""
         for b in reversed(blocks):  # tail blocks first so prefixes outlive their continuations

@@ -118,6 +118,16 @@ class CpuTier:
             self.bytes += n
             return True
 
+    def drop(self, key: str) -> bool:
+        """Forget ``key`` without calling ``on_evict`` (a deletion, not a demotion to disk)."""
+        with self.lock:
+            host = self.items.pop(key, None)
+            if host is None:
+                return False
+            self.bytes -= host.numel() * host.element_size()
+            self.free.append(host)
+            return True
+
     def get(self, key: str) -> torch.Tensor | None:
         with self.lock:
             t = self.items.get(key)
@@ -146,6 +156,7 @@ class DiskTier:
         for _, key, size in sorted(entries):
             self.index[key] = size
         self.bytes = sum(self.index.values())
+        self.dropped: set[str] = set()  # deleted keys whose queued writes must not land
         self.q: queue.Queue[tuple[str, torch.Tensor] | None] = queue.Queue()
         self.writer = threading.Thread(target=self._write_loop, daemon=True, name="kv-disk")
         self.writer.start()
@@ -163,7 +174,19 @@ class DiskTier:
         """Queue a block for writing (the caller's tensor is copied first)."""
         if key in self.index:
             return
+        with self.lock:
+            self.dropped.discard(key)
         self.q.put((key, data.to("cpu", copy=True)))
+
+    def drop(self, key: str) -> bool:
+        """Delete ``key``'s file; a write of it still queued is skipped, so a deletion sticks."""
+        with self.lock:
+            self.dropped.add(key)
+            size = self.index.pop(key, None)
+            if size is not None:
+                self.bytes -= size
+        self.path(key).unlink(missing_ok=True)
+        return size is not None
 
     def flush(self) -> None:
         self.q.join()
@@ -186,6 +209,8 @@ class DiskTier:
                 self.q.task_done()
 
     def _write(self, key: str, data: torch.Tensor) -> None:
+        if key in self.dropped:
+            return
         # a view, not a copy: hashing and writing it release the GIL
         payload = memoryview(data.contiguous().view(-1).view(torch.uint8).numpy())
         header = json.dumps(

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from engine.block_manager import BlockManager, block_hash
+from engine.block_manager import BlockManager, block_hash, chain_hashes
 from engine.config import EngineConfig
 from engine.kv_tiers import CostModel, CpuTier, DiskTier
 from engine.loader import load_model, resolve_model_dir, weight_fingerprint
@@ -203,6 +203,23 @@ class Engine:
         if self.disk_tier is not None:
             self._write_back(len(self._dirty))
             self.disk_tier.close()
+
+    def forget(self, prompt: Prompt, keep_tokens: int = 0) -> int:
+        """Delete the cached KV of ``prompt``'s full blocks past ``keep_tokens`` from every tier.
+
+        Why: a chat session deleted by its user must not leave its text's KV on disk; the shared head
+        (e.g. a system prompt, ``keep_tokens``) stays. Blocks in use by a running request stay as well.
+        Returns how many tier entries were dropped."""
+        bs = self.config.block_size
+        keys = chain_hashes(self.encode_prompt(prompt), bs, self.fingerprint)[keep_tokens // bs :]
+        dropped = 0
+        with self._cv:
+            for key in keys:
+                self._dirty.pop(key, None)  # never written back
+                dropped += self.bm.forget(key)
+                dropped += self.cpu_tier is not None and self.cpu_tier.drop(key)
+                dropped += self.disk_tier is not None and self.disk_tier.drop(key)
+        return dropped
 
     def flush(self) -> None:
         """Wait until every cached block is on disk (the loop writes them back when idle)."""

@@ -172,3 +172,25 @@ def test_evicted_dirty_blocks_reach_disk_through_the_cpu_tier(model_dir, tmp_pat
         for p, ref in zip(prompts, refs, strict=True):
             r = e2.complete(p, sp)
             assert r.usage["cached_from"]["disk"] >= 192 and r.token_ids == ref
+
+
+def test_forget_drops_kv_from_every_tier_but_keeps_the_shared_head(model_dir, tmp_path):
+    """A deleted conversation's KV is gone from the pool, the CPU tier and disk; its head stays shared."""
+    disk = tmp_path / "kv"
+    sp = SamplingParams(max_tokens=4, ignore_eos=True)
+    prompt = [random.Random(7).randrange(100, 40000) for _ in range(200)]
+    with _small_engine(model_dir, cpu_cache_gb=0.01, disk_dir=str(disk)) as e1:
+        ref = e1.complete(prompt, sp).token_ids
+        e1.flush()
+        files_before = len(list(disk.glob("*/*.kvb")))
+        assert files_before >= 3
+        dropped = e1.forget(prompt, keep_tokens=64)
+        assert dropped >= 2
+        again = e1.complete(prompt, sp)
+        # only the kept head (the full blocks within its 64 tokens) is reused
+        assert again.usage["cached_tokens"] == 64 // e1.config.block_size * e1.config.block_size
+        assert again.token_ids == ref
+        e1.forget(prompt, keep_tokens=64)
+    with _small_engine(model_dir, disk_dir=str(disk)) as e2:  # a restart does not bring them back
+        r = e2.complete(prompt, sp)
+        assert r.usage["cached_from"]["disk"] <= 64 and r.token_ids == ref

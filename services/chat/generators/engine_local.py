@@ -147,43 +147,18 @@ class EngineGenerator(Generator):
     async def forget(self, messages: list[Message]) -> bool:
         """Drop the session's own KV blocks from the device pool, the CPU tier and the disk tier.
 
-        The engine has no public eviction call yet, so this works on its block manager and tiers under
-        the engine's lock; blocks in use by a running request are left alone, and so are the blocks of
-        the system prompt (shared by every session with that prompt). Returns True when it could run.
+        The system prompt's blocks stay (every session with that prompt shares them), and so do blocks
+        in use by a running request. Returns True when it could run.
         """
         return await anyio.to_thread.run_sync(self._forget, messages)
 
     def _forget(self, messages: list[Message]) -> bool:
-        from engine.block_manager import chain_hashes
-
         eng = self.engine
         try:
-            tokens = eng.encode_prompt(messages)
             shared = len(eng.tokenizer.apply_chat_template(messages[:1], add_generation_prompt=False))
-            bs = eng.config.block_size
-            keys = chain_hashes(tokens, bs, eng.fingerprint)[shared // bs :]
-            bm, cpu, disk = eng.bm, eng.cpu_tier, eng.disk_tier
-            with eng._cv:  # the step loop holds it while it schedules  # noqa: SLF001
-                for key in keys:
-                    eng._dirty.pop(key, None)  # noqa: SLF001 - never write it back
-                    block = bm.by_key.get(key)
-                    if block is not None and bm.ref[block] == 0:
-                        del bm.by_key[key]
-                        bm.key[block] = None
-                        bm.free_cached.pop(block, None)
-                        bm.free_plain.append(block)
-                    if cpu is not None:
-                        with cpu.lock:
-                            host = cpu.items.pop(key, None)
-                            if host is not None:
-                                cpu.bytes -= host.numel() * host.element_size()
-                                cpu.free.append(host)
-                    if disk is not None and key in disk.index:
-                        with disk.lock:
-                            disk.bytes -= disk.index.pop(key, 0)
-                        disk.path(key).unlink(missing_ok=True)
+            eng.forget(messages, keep_tokens=shared)
             return True
-        except (AttributeError, KeyError, TypeError) as exc:  # the engine's internals moved on
+        except (ValueError, RuntimeError, OSError) as exc:
             log.warning("could not drop a session's KV blocks: %s", exc)
             return False
 
