@@ -24,6 +24,13 @@ _ANAPHORA = {
     "her", "one", "ones", "same", "such", "above", "also", "else", "more", "former", "latter", "what about",
 }  # fmt: skip
 _MAX_WORDS_FOLLOW_UP = 6
+# Words that carry no topic: a rewrite must keep at least one of the question's other words.
+_FUNCTION_WORDS = _ANAPHORA | {
+    "a", "an", "the", "and", "or", "but", "for", "of", "to", "in", "on", "at", "by", "with", "from", "is",
+    "are", "was", "were", "be", "do", "does", "did", "can", "could", "will", "would", "should", "may",
+    "how", "what", "when", "where", "which", "who", "whom", "why", "i", "you", "we", "me", "my", "your",
+    "our", "so", "then", "about", "please", "ok", "okay", "any", "all",
+}  # fmt: skip
 
 REWRITE_SYSTEM = (
     "Rewrite the user's last question so it can be understood without the conversation. "
@@ -54,10 +61,18 @@ def heuristic(question: str, previous_queries: list[str]) -> str:
     return f"{previous_queries[-1].strip()} {question.strip()}"
 
 
-def _plausible(candidate: str, question: str, history_text: str) -> bool:
+def _plausible(candidate: str, question: str, history_text: str, answers: list[str]) -> bool:
+    """Reject what small models tend to produce instead of a rewrite: a copy of an earlier answer, or
+    text that drops the question's own topic words ("For how long?" must keep "long")."""
     if not candidate or len(candidate) > max(300, 3 * len(question)) or "\n" in candidate.strip():
         return False
     words = {w.lower() for w in _WORD.findall(candidate)}
+    topic = {w.lower() for w in _WORD.findall(question)} - _FUNCTION_WORDS
+    if topic and not topic & words:
+        return False
+    flat = " ".join(_WORD.findall(candidate.lower()))
+    if any(flat and flat in " ".join(_WORD.findall(a.lower())) for a in answers):
+        return False
     known = {w.lower() for w in _WORD.findall(question + " " + history_text)}
     return len(words & known) >= min(2, len(words))
 
@@ -94,7 +109,8 @@ async def rewrite_query(
     try:
         result = await asyncio.wait_for(generator.complete(request), timeout_s)
         candidate = result.text.strip().strip('"').strip()
-        if _plausible(candidate, question, history_text):
+        answers = [a for _, _, a in history if a]
+        if _plausible(candidate, question, history_text, answers):
             return Rewrite(candidate, "generator")
         log.info("rewrite %r rejected, using the heuristic", candidate)
     except (GeneratorError, TimeoutError) as exc:

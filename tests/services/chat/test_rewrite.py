@@ -33,6 +33,13 @@ def test_generator_rewrite_and_fallbacks() -> None:
         rewrite_query("Does it cover falls?", HISTORY, FakeGenerator(reply="zzz qqq"), "generator")
     )
     assert r.method == "heuristic" and r.query == "warranty Lumo lamp Does it cover falls?"
+    # a small model echoing the previous answer, or dropping the question's topic, is not a rewrite
+    for reply in ("Two years", "The warranty on the Lumo lamp"):
+        r = asyncio.run(rewrite_query("And the switch?", HISTORY, FakeGenerator(reply=reply), "generator"))
+        assert r.method == "heuristic" and r.query == "warranty Lumo lamp And the switch?"
+    good = FakeGenerator(reply="Lumo lamp switch warranty")
+    r = asyncio.run(rewrite_query("And the switch?", HISTORY, good, "generator"))
+    assert r.method == "generator"
     # a generator that is busy falls back too
     r = asyncio.run(rewrite_query("Does it cover falls?", HISTORY, FakeGenerator(max_running=0), "generator"))
     assert r.method == "heuristic"
