@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import func, select
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from services.core.config import get_settings
@@ -61,8 +61,16 @@ def test_sigkill_mid_job_is_redelivered_exactly_once(cluster: Callable[..., Clus
     dump = make_dump(tmp_path / "share", 90)
     first = c.start_worker()
     job_id = c.jobs.submit("dump", dump.root)
-    wait_for(lambda: c.job(job_id)["processed"] >= 12, 120, "the first worker to make progress")
+    # Kill while a batch is in flight (its items counted as delivered, not yet committed), so the
+    # redelivery below is certain rather than a matter of when the kill lands.
+    wait_for(
+        lambda: c.job(job_id)["processed"] >= 12 and _in_flight(c, job_id),
+        120,
+        "the first worker to make progress and be inside a batch",
+    )
     c.kill(first, signal.SIGKILL)
+    in_flight = _in_flight(c, job_id)
+    assert in_flight, "no batch was in flight when the worker died"
     at_kill = c.job(job_id)
     assert at_kill["status"] == "running" and at_kill["processed"] < 93, at_kill
     c.start_worker()
@@ -71,8 +79,22 @@ def test_sigkill_mid_job_is_redelivered_exactly_once(cluster: Callable[..., Clus
     assert (job["total"], job["succeeded"], job["duplicates"], job["failed"]) == (93, 90, 0, 3)
     assert consistent_counts(c.kb, "dump") == (90, 90)
     with c.kb.db.session() as s:
-        attempts = s.scalar(select(func.max(IngestItem.attempts)).where(IngestItem.job_id == job_id))
-    assert attempts >= 2, "the killed worker's batch was delivered again"
+        redelivered = s.execute(
+            select(IngestItem.attempts, IngestItem.status).where(IngestItem.id.in_(in_flight))
+        ).all()
+    assert all(a >= 2 and st == "succeeded" for a, st in redelivered), redelivered
+
+
+def _in_flight(c: Cluster, job_id: str) -> list[int]:
+    """Items a worker has taken (attempts counted) but not committed yet."""
+    with c.kb.db.session() as s:
+        return list(
+            s.scalars(
+                select(IngestItem.id).where(
+                    IngestItem.job_id == job_id, IngestItem.status == "pending", IngestItem.attempts >= 1
+                )
+            )
+        )
 
 
 def test_cli_via_workers(
