@@ -12,7 +12,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
 from services.chat.generators.base import GeneratorBusy, GeneratorError
+from services.chat.openai_compat import completion_chunks, completion_json
 from services.chat.prompt import PromptTooLong
+from services.chat.schemas import ChatCompletionRequest
 from services.chat.turn import RunningTurn
 
 T = TypeVar("T")
@@ -88,3 +90,19 @@ def stream_turn(running: RunningTurn, frames: AsyncIterator[str]) -> StreamingRe
     return StreamingResponse(
         body(), media_type="text/event-stream", headers=SSE_HEADERS, background=BackgroundTask(running.aclose)
     )
+
+
+async def completion_response(
+    request: Request, body: ChatCompletionRequest, running: RunningTurn, kb_mode: bool
+) -> JSONResponse | StreamingResponse:
+    """An OpenAI chat completion for a started turn: SSE chunks, or one JSON body once it is done.
+
+    Shared by the API's `/v1/chat/completions` and `kb engine-serve`, so both speak the same protocol."""
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return stream_turn(running, completion_chunks(running, body.model, include_usage, kb_mode))
+    try:
+        outcome = await unless_disconnected(request, running.collect())
+    finally:
+        await running.aclose()
+    return JSONResponse(completion_json(body.model, outcome, kb_mode))

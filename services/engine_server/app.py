@@ -19,8 +19,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from services.chat.generators.base import Generator
-from services.chat.http import install_chat_error_handlers, stream_turn, unless_disconnected
-from services.chat.openai_compat import completion_chunks, completion_json, start_plain
+from services.chat.http import completion_response, install_chat_error_handlers
+from services.chat.openai_compat import start_plain
 from services.chat.schemas import ChatCompletionRequest
 
 
@@ -69,13 +69,6 @@ def create_engine_app(
     ) -> JSONResponse | StreamingResponse:
         gen: Generator = request.app.state.generator
         running = await start_plain(body, gen, default_max_tokens)
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return stream_turn(running, completion_chunks(running, body.model, include_usage, False))
-        try:
-            outcome = await unless_disconnected(request, running.collect())
-        finally:
-            await running.aclose()
-        return JSONResponse(completion_json(body.model, outcome, False))
+        return await completion_response(request, body, running, kb_mode=False)
 
     return app

@@ -11,12 +11,10 @@ from sqlalchemy import select
 
 from services.api.deps import KBDep
 from services.api.routes.chat import GeneratorDep
-from services.chat.http import stream_turn, unless_disconnected
+from services.chat.http import completion_response
 from services.chat.openai_compat import (
     KB_PREFIX,
     ContextMemory,
-    completion_chunks,
-    completion_json,
     start_kb,
     start_plain,
 )
@@ -56,11 +54,4 @@ async def chat_completions(
         running = await start_kb(body, kb, generator, _memory(request))
     else:
         running = await start_plain(body, generator, kb.settings.chat_max_tokens)
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return stream_turn(running, completion_chunks(running, body.model, include_usage, kb_mode))
-    try:
-        outcome = await unless_disconnected(request, running.collect())
-    finally:
-        await running.aclose()
-    return JSONResponse(completion_json(body.model, outcome, kb_mode))
+    return await completion_response(request, body, running, kb_mode)
