@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.common import git_rev, machine, make_kb, table
+from bench.common import git_rev, machine, make_kb, table, wait_ready
 
 COLLECTION = "faq"
 
@@ -81,20 +81,6 @@ def start_server(data_dir: Path, port: int, reuse: bool, args: argparse.Namespac
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-
-
-def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"kb serve exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError("kb serve did not become ready")
 
 
 async def one_turn(client: httpx.AsyncClient, sid: str, content: str) -> dict[str, Any]:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import time
 from pathlib import Path
+
+import httpx
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -45,3 +48,18 @@ def table(headers: list[str], rows: list[list[object]]) -> str:
     line = lambda values: "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)) + " |"  # noqa: E731
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(headers), sep, *(line(r) for r in cells)])
+
+
+def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 300, path: str = "/healthz") -> None:
+    """Block until a `kb serve` subprocess answers `path`; fail fast if it died instead."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"kb serve exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{base}{path}", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError("kb serve did not become ready")

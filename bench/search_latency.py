@@ -26,7 +26,7 @@ import numpy as np
 import zaragoza_construction_faq as faq
 from sqlalchemy import select
 
-from bench.common import machine, make_kb, table
+from bench.common import machine, make_kb, table, wait_ready
 from ingest.types import ChunkDraft
 from storage.models import Chunk, Collection
 from storage.store import NewDocument
@@ -144,7 +144,9 @@ def main() -> None:
         t0 = time.perf_counter()
         counts = build_collections(args.source, data)
         print(f"built {counts} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-        env = {**os.environ, "KB_DATA_DIR": str(data), "KB_PORT": str(args.port)}
+        # search only: the chat generator need not be loaded (override with --env to include it)
+        env = {"KB_GENERATOR_PRELOAD": "false", **os.environ}
+        env.update(KB_DATA_DIR=str(data), KB_PORT=str(args.port))
         env.update(kv.split("=", 1) for kv in args.env)
         server = subprocess.Popen(
             [sys.executable, "-m", "services.cli", "serve"],
@@ -154,13 +156,7 @@ def main() -> None:
         )
         base = f"http://127.0.0.1:{args.port}"
         try:
-            for _ in range(600):
-                try:
-                    if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.5)
+            wait_ready(base, server, path="/readyz")
             results = {}
             for collection in SIZES:
                 for mode in ("lexical", "dense", "hybrid"):
