@@ -7,17 +7,22 @@ import platform
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from services.core.config import Settings  # noqa: E402
-from services.core.container import KB, build_kb  # noqa: E402
+if TYPE_CHECKING:
+    from services.core.container import KB
 
 
 def make_kb(data_dir: Path, **overrides: object) -> KB:
+    """Imported here so GPU-box benchmarks can use this module without the search stack."""
+    from services.core.config import Settings
+    from services.core.container import build_kb
+
     return build_kb(Settings(data_dir=data_dir, **overrides))
 
 

@@ -125,5 +125,38 @@ def chat(
         eng.close()
 
 
+@app.command("bench-quality")
+def bench_quality(
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object {mode: {...}}"),
+    modes: str | None = typer.Option(None, help="comma-separated modes (default: all available)"),
+    max_tokens: int = typer.Option(1024, "--max-tokens", min=16, help="tokens of the shipped FAQ text"),
+    model: str | None = typer.Option(None, help="model folder or .gguf (default: packaged)"),
+    device: str = typer.Option("cpu"),
+) -> None:
+    """Perplexity, weight bytes and sparsity of each quantization mode on the shipped FAQ text."""
+    from engine.loader import resolve_model_dir
+    from engine.quant.bench import MODES, run_bench
+
+    logging.basicConfig(level=logging.WARNING)
+    source = model or default_model()
+    wanted = [m.strip() for m in modes.split(",") if m.strip()] if modes else None
+    bad = [m for m in wanted or [] if m not in MODES]
+    if bad:
+        raise typer.BadParameter(f"unknown modes {bad}; choose from {', '.join(MODES)}", param_hint="--modes")
+    rows = run_bench(resolve_model_dir(source), source, wanted, max_tokens, device=device)
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    typer.echo(
+        f"{'mode':24} {'perplexity':>10} {'vs base':>8} {'weight MB':>10} {'w-sparse':>8} {'a-sparse':>8}"
+    )
+    for mode, r in rows.items():
+        vs = f"{r['vs_unquantized']:+.2%}" if "vs_unquantized" in r else "-"
+        typer.echo(
+            f"{mode:24} {r['perplexity']:10.3f} {vs:>8} {r['weight_bytes'] / 1e6:10.1f}"
+            f" {r['sparsity']['weights']:8.2f} {r['sparsity']['activations']:8.2f}"
+        )
+
+
 if __name__ == "__main__":
     app()

@@ -107,6 +107,9 @@ class EngineConfig:
     attn_backend: str = (
         "auto"  # "auto": Triton paged kernel on CUDA bf16/fp16, else gather; "gather"; "triton"
     )
+    # weight quantization policy (engine.quant.policy): "none", "int8", "int4:g128", "int4:g64,attn=int8",
+    # "int4:g128+2:4", "int4:g128+teal0.4"; applied after load, part of the KV cache fingerprint
+    quant: str = "none"
 
 
 def default_model() -> str:

@@ -11,7 +11,6 @@ import hashlib
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import asdict, replace
 from typing import Any
@@ -24,10 +23,12 @@ from engine.kv_tiers import CostModel, CpuTier, DiskTier
 from engine.loader import load_model, resolve_model_dir, weight_fingerprint
 from engine.model import LlamaForCausalLM
 from engine.model_runner import GiB, ModelRunner
+from engine.quant.policy import apply_policy
 from engine.sampling import SamplingParams, make_generator, sample_batch
 from engine.scheduler import Scheduler
 from engine.sequence import Event, Sequence, Status
 from engine.tokenizer import IncrementalDetokenizer, Tokenizer
+from engine.write_back import WriteBack
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ class EngineClosed(RuntimeError):
 
 
 Prompt = list[dict[str, Any]] | list[int] | str
-_IN_CPU = -1  # a dirty block whose data now lives in the CPU tier (its GPU block was reused)
 
 
 class Engine:
@@ -71,27 +71,39 @@ class Engine:
             self.model, self.tokenizer = model, tokenizer
             if fingerprint is None:
                 raise ValueError("an in-memory model needs an explicit fingerprint")
+        # weight quantization (engine.quant): before the KV pool is sized from the remaining budget
+        self.quant = apply_policy(self.model, config.quant, tokenizer=self.tokenizer, source=config.model)
+        if self.device.type == "cuda" and self.quant.get("layers"):
+            from engine.quant.gpu import prepare_model
+
+            prepare_model(self.model)  # packed GPU forms now, so the KV pool is sized from what is left
         if config.kv_dtype not in ("auto", "int8"):
             raise ValueError(f"kv_dtype must be 'auto' or 'int8', not {config.kv_dtype!r}")
         kv = "int8-block-absmax" if config.kv_dtype == "int8" else str(self.dtype)
         # the KV dtype is part of every block key: int8 and bf16 caches of one model never mix
         fp_src = f"{fingerprint}|{self.dtype}|kv={kv}|bs={config.block_size}"
+        fp_src += f"|quant={self.quant['fingerprint']}" if self.quant["fingerprint"] else ""
         self.fingerprint = hashlib.sha256(fp_src.encode()).hexdigest()[:32]
         self.runner = ModelRunner(self.model, config, self.device)
-        self.cpu_tier = (
-            CpuTier(
-                int(config.cpu_cache_gb * GiB), pin=self.device.type == "cuda", on_evict=self._cpu_evicted
-            )
-            if config.cpu_cache_gb > 0
-            else None
-        )
         self.disk_tier = (
             DiskTier(config.disk_dir, int(config.disk_cache_gb * GiB), self.fingerprint)
             if config.disk_dir
             else None
         )
+        self.tiers = WriteBack(self.disk_tier, self._sync)
+        self.cpu_tier = (
+            CpuTier(
+                int(config.cpu_cache_gb * GiB),
+                pin=self.device.type == "cuda",
+                on_evict=self.tiers.cpu_evicted,
+            )
+            if config.cpu_cache_gb > 0
+            else None
+        )
+        self.tiers.cpu_tier = self.cpu_tier
         self.cost = CostModel(disk_gbps=config.disk_read_gbps or 2.0, cpu_gbps=config.cpu_restore_gbps)
-        self.bm = BlockManager(self.runner.pool_kv, config.block_size, on_evict=self._spill)
+        self.bm = BlockManager(self.runner.pool_kv, config.block_size, on_evict=self.tiers.spill)
+        self.tiers.bm = self.bm
         if self.cpu_tier is not None and self.device.type == "cuda" and config.cpu_cache_reserve:
             self.cpu_tier.reserve(self.bm.read_block(0))
         self.scheduler = Scheduler(
@@ -109,7 +121,6 @@ class Engine:
         self._cancels: list[Sequence] = []
         self._closed = False
         self._detok: dict[int, IncrementalDetokenizer] = {}
-        self._dirty: OrderedDict[str, int] = OrderedDict()  # registered blocks not yet on disk
         self._text: dict[int, tuple[str, int]] = {}
         self._thread = threading.Thread(target=self._loop, daemon=True, name="kb-engine")
         self._thread.start()
@@ -201,7 +212,7 @@ class Engine:
             self._cv.notify_all()
         self._thread.join(timeout=30)
         if self.disk_tier is not None:
-            self._write_back(len(self._dirty))
+            self.tiers.write(len(self.tiers))
             self.disk_tier.close()
 
     def forget(self, prompt: Prompt, keep_tokens: int = 0) -> int:
@@ -215,7 +226,7 @@ class Engine:
         dropped = 0
         with self._cv:
             for key in keys:
-                self._dirty.pop(key, None)  # never written back
+                self.tiers.drop(key)  # never written back
                 dropped += self.bm.forget(key)
                 dropped += self.cpu_tier is not None and self.cpu_tier.drop(key)
                 dropped += self.disk_tier is not None and self.disk_tier.drop(key)
@@ -225,7 +236,7 @@ class Engine:
         """Wait until every cached block is on disk (the loop writes them back when idle)."""
         if self.disk_tier is not None:
             with self._cv:
-                self._cv.wait_for(lambda: not self._dirty or self._closed)
+                self._cv.wait_for(lambda: not self.tiers or self._closed)
             self.disk_tier.flush()
 
     def __enter__(self) -> Engine:
@@ -246,49 +257,9 @@ class Engine:
         }
 
     # --- step loop --------------------------------------------------------------------------
-    def _spill(self, key: str, block: int) -> None:
-        """A cached block is about to be overwritten: keep it in the CPU tier, write it if dirty.
-
-        Why one async copy: eviction happens inside the step that needs the block (a long prefill evicts
-        hundreds), so each spill is a single pinned device->host copy queued on the stream, with no host
-        sync; a dirty block then stays dirty with its data in the CPU tier (``_IN_CPU``) and is written to
-        disk when idle, at close, or when the CPU tier drops it (`_cpu_evicted`). Before, each spill made
-        two synchronous copies (one pageable for the disk queue), which put ~0.5 s into some TTFTs."""
-        data = self.bm.read_block(block)
-        dirty = key in self._dirty
-        if self.cpu_tier is not None and self.cpu_tier.put(key, data, non_blocking=True):
-            if dirty:
-                self._dirty[key] = _IN_CPU
-            return
-        if dirty:
-            del self._dirty[key]
-            self.disk_tier.put(key, data)
-
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()
-
-    def _cpu_evicted(self, key: str, host: torch.Tensor) -> None:
-        """The CPU tier is about to reuse ``key``'s buffer: a dirty block goes to disk first."""
-        if self._dirty.get(key) == _IN_CPU:
-            del self._dirty[key]
-            self._sync()  # its async copy from the GPU must have landed
-            self.disk_tier.put(key, host)
-
-    def _write_back(self, limit: int) -> None:
-        """Persist up to ``limit`` dirty blocks (write-back while idle keeps disk I/O out of TTFT)."""
-        synced = False
-        for _ in range(min(limit, len(self._dirty))):
-            key, block = self._dirty.popitem(last=False)
-            if block != _IN_CPU:
-                self.disk_tier.put(key, self.bm.read_block(block))
-                continue
-            data = self.cpu_tier.get(key) if self.cpu_tier is not None else None
-            if data is not None:
-                if not synced:
-                    self._sync()
-                    synced = True
-                self.disk_tier.put(key, data)
 
     def _idle(self) -> bool:
         return not (self._closed or self._inbox or self._cancels or self.scheduler.has_work())
@@ -296,12 +267,12 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._cv:
-                if self._dirty and self._idle():
+                if self.tiers and self._idle():
                     # write back only after a quiet spell: between a chat's turns, not inside a burst
                     # (disk I/O and its Python work would otherwise slow the next request's prefill)
                     self._cv.wait_for(lambda: not self._idle(), timeout=self.config.write_back_idle_s)
-                    while self._dirty and self._idle():
-                        self._write_back(4)
+                    while self.tiers and self._idle():
+                        self.tiers.write(4)
                         self._cv.notify_all()
                 self._cv.wait_for(lambda: not self._idle())
                 if self._closed:
@@ -395,9 +366,8 @@ class Engine:
             parent = s.block_keys[-1] if s.block_keys else None
             key = block_hash(parent, self.fingerprint, s.tokens[i * bs : (i + 1) * bs])
             s.block_keys.append(key)
-            registered = self.bm.register(s.block_table[i], key)
-            if registered and self.disk_tier is not None and key not in self.disk_tier:
-                self._dirty[key] = s.block_table[i]
+            if self.bm.register(s.block_table[i], key):
+                self.tiers.mark(key, s.block_table[i])
 
     def _finish(self, s: Sequence, reason: str, emit: bool = True) -> None:
         """Free blocks now and close the stream. Caller holds ``_cv``."""

@@ -146,6 +146,11 @@ def _expected(model: LlamaForCausalLM) -> set[str]:
 
 def load_model(model_dir: Path, device: torch.device, dtype: torch.dtype) -> LlamaForCausalLM:
     """Build the decoder on ``device`` and stream each shard's tensors into it, one at a time."""
+    if json.loads((model_dir / "config.json").read_text()).get("quantization_config"):
+        from engine.quant.loaders.prequant import is_dense_checkpoint, load_prequantized
+
+        if not is_dense_checkpoint(model_dir):  # GPTQ / AWQ int4 checkpoints
+            return load_prequantized(model_dir, device, dtype)
     cfg = ModelConfig.from_dir(model_dir)
     with torch.device("meta"):
         model = LlamaForCausalLM(cfg)

@@ -163,5 +163,7 @@ class LlamaForCausalLM(nn.Module):
         return self.model.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        w = self.model.embed_tokens.weight if self.cfg.tie_word_embeddings else self.lm_head.weight
-        return F.linear(hidden, w).float()
+        head = getattr(self, "lm_head", None)  # untied, or a quantized copy of tied embeddings (quant)
+        if head is not None:
+            return head(hidden).float()
+        return F.linear(hidden, self.model.embed_tokens.weight).float()

@@ -10,6 +10,7 @@ tiers, and its bytes are about half of bf16's.
 
 from __future__ import annotations
 
+import logging
 import time
 
 import torch
@@ -17,9 +18,11 @@ import torch
 from engine.attention import AttnBatch, pack_meta
 from engine.config import EngineConfig
 from engine.model import LlamaForCausalLM
+from engine.quant.memory import check_budget, weight_bytes
 from engine.sequence import Sequence
 
 GiB = 1024**3
+log = logging.getLogger(__name__)
 
 
 def kv_block_bytes(m, block_size: int, dtype, int8: bool) -> int:
@@ -70,18 +73,29 @@ def kv_pool_blocks(model: LlamaForCausalLM, cfg: EngineConfig, device: torch.dev
         return cfg.num_kv_blocks
     m = model.cfg
     per_block = kv_block_bytes(m, cfg.block_size, dtype, cfg.kv_dtype == "int8")
+    # activations: logits of a full token budget in fp32 + MLP intermediates, plus slack (reserved when the
+    # KV pool is derived on CUDA; otherwise the budget bounds the weights alone: on CPU the pool is
+    # kv_cache_gb or 1 GiB of RAM, and an explicit kv_cache_gb is the operator's call)
+    derive = device.type == "cuda" and cfg.kv_cache_gb is None
+    act = cfg.max_batch_tokens * (m.vocab_size * 4 + 4 * m.intermediate_size * 2) + GiB if derive else 0
+    weights = weight_bytes(model)  # quantized layers count their packed bytes
+    left = check_budget(weights, act, cfg.gpu_memory_gb, str(device))
     if cfg.kv_cache_gb is not None:
         budget = cfg.kv_cache_gb * GiB
     elif device.type == "cuda":
-        weights = sum(p.numel() * p.element_size() for p in model.parameters())
-        # activations: logits of a full token budget in fp32 + MLP intermediates, plus slack
-        act = cfg.max_batch_tokens * (m.vocab_size * 4 + 4 * m.intermediate_size * 2) + GiB
-        budget = cfg.gpu_memory_gb * GiB - weights - act
+        budget = left
     else:
         budget = 1 * GiB
     n = int(budget // per_block)
     if n < 4:
-        raise ValueError(f"KV budget too small: {budget / GiB:.2f} GiB for {per_block} B blocks")
+        raise ValueError(
+            f"KV budget too small: {budget / GiB:.3f} GiB left for the KV pool holds {n} blocks of"
+            f" {per_block} B ({n * cfg.block_size} tokens); at least 4 are needed"
+        )
+    log.info(
+        "KV pool: %d blocks = %d tokens (%.3f GiB); weights %.3f GiB",
+        n, n * cfg.block_size, n * per_block / GiB, weights / GiB,
+    )  # fmt: skip
     return n
 
 

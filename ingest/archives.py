@@ -20,6 +20,7 @@ import re
 import stat
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -136,7 +137,7 @@ def enumerate_dump(path: Path, limits: ArchiveLimits = ArchiveLimits()) -> list[
         else:
             listing = _archive_members(path, kind, limits)
         _collect(listing, "", 0, budget, out)
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, ValueError) as exc:
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as exc:
         raise ArchiveError(f"{path.name}: cannot read the archive ({exc})") from exc
     return out
 
@@ -233,8 +234,8 @@ def _archive_members_from(f: BinaryIO, kind: str, limits: ArchiveLimits) -> Iter
                     info.filename,
                     info.file_size,
                     info.compress_size,
-                    _zip_problem(info),
-                    lambda info=info, zf=zf: _read_zip(zf, info, 2**62),
+                    zip_problem(info),
+                    lambda info=info, zf=zf: read_zip_member(zf, info, 2**62),
                 )
         return
     f.seek(0, os.SEEK_END)
@@ -255,8 +256,8 @@ def _archive_members_from(f: BinaryIO, kind: str, limits: ArchiveLimits) -> Iter
                 return
             if m.isdir():
                 continue
-            reader = lambda m=m, tf=tf: _read_tar_member(tf, m, 2**62)  # noqa: E731
-            yield _Member(m.name, m.size, None, _tar_problem(m), reader)
+            reader = lambda m=m, tf=tf: read_tar_member(tf, m, 2**62)  # noqa: E731
+            yield _Member(m.name, m.size, None, tar_problem(m), reader)
 
 
 _RATIO_STOP = "compression ratio of the archive exceeds the limit; the rest of the archive is not read"
@@ -269,7 +270,7 @@ def _share(size: int, total: int, compressed_total: int | None) -> int | None:
     return max(1, int(compressed_total * size / total))
 
 
-def _zip_problem(info: zipfile.ZipInfo) -> str | None:
+def zip_problem(info: zipfile.ZipInfo) -> str | None:
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):
         return "symlink refused"
@@ -280,7 +281,7 @@ def _zip_problem(info: zipfile.ZipInfo) -> str | None:
     return None
 
 
-def _tar_problem(m: tarfile.TarInfo) -> str | None:
+def tar_problem(m: tarfile.TarInfo) -> str | None:
     if m.issym() or m.islnk():
         return "symlink or hard link refused"
     if not m.isfile():
@@ -292,7 +293,7 @@ def _tar_problem(m: tarfile.TarInfo) -> str | None:
     return None
 
 
-def _read_zip(zf: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int) -> bytes:
+def read_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int) -> bytes:
     if info.file_size > max_bytes:
         raise ValueError(f"file of {info.file_size} bytes exceeds the limit of {max_bytes} bytes")
     with zf.open(info) as member:
@@ -302,7 +303,7 @@ def _read_zip(zf: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int) -> byt
     return data
 
 
-def _read_tar_member(tf: tarfile.TarFile, m: tarfile.TarInfo, max_bytes: int) -> bytes:
+def read_tar_member(tf: tarfile.TarFile, m: tarfile.TarInfo, max_bytes: int) -> bytes:
     if m.size > max_bytes:
         raise ValueError(f"file of {m.size} bytes exceeds the limit of {max_bytes} bytes")
     member = tf.extractfile(m)
@@ -335,137 +336,3 @@ def read_dir_file(root: Path, rel: str, max_bytes: int = 2**62) -> bytes:
     if len(data) > max_bytes:
         raise ValueError(f"file exceeds the limit of {max_bytes} bytes")
     return data
-
-
-class DumpReader:
-    """Reads entries of one dump by path, re-checking every limit. Use as a context manager."""
-
-    def __init__(self, path: Path, limits: ArchiveLimits = ArchiveLimits()) -> None:
-        self.path = path
-        self.limits = limits
-        self.kind = dump_kind(path)
-        self._file: BinaryIO | None = None
-        self._nested: dict[str, tuple[str, object]] = {}
-
-    def __enter__(self) -> DumpReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._file is not None:
-            self._file.close()
-
-    def read_many(self, paths: list[str]) -> Iterator[tuple[str, bytes | Exception]]:
-        """(path, bytes or the per-file error) for each path, in a cheap order for the container."""
-        wanted = list(dict.fromkeys(paths))
-        if self.kind == "dir":
-            for p in wanted:
-                yield p, self._guard(lambda p=p: self._read_dir_path(p))
-            return
-        yield from self._read_from(self._open(), self.kind, wanted, depth=0)
-
-    def _open(self) -> BinaryIO:
-        if self._file is None:
-            self._file = self.path.open("rb")
-        self._file.seek(0)
-        return self._file
-
-    def _read_dir_path(self, p: str) -> bytes:
-        if NEST in p:
-            outer, inner = p.split(NEST, 1)
-            data = read_dir_file(self.path, outer, self.limits.max_file_bytes)
-            kind = sniff_archive(data[:512])
-            if kind is None:
-                raise ValueError("not a zip, tar or tar.gz archive")
-            [(_, result)] = list(self._read_from(io.BytesIO(data), kind, [inner], depth=1))
-            if isinstance(result, Exception):
-                raise result
-            return result
-        return read_dir_file(self.path, p, self.limits.max_file_bytes)
-
-    def _guard(self, fn: object) -> bytes | Exception:
-        try:
-            return fn()  # type: ignore[operator]
-        except (ValueError, OSError, zipfile.BadZipFile, tarfile.TarError, EOFError, RuntimeError) as exc:
-            return exc if isinstance(exc, ValueError) else ValueError(f"cannot read: {exc}")
-
-    def _read_from(
-        self, f: BinaryIO, kind: str, wanted: list[str], depth: int
-    ) -> Iterator[tuple[str, bytes | Exception]]:
-        # Split into direct members and members of nested archives.
-        direct = [p for p in wanted if NEST not in p]
-        nested: dict[str, list[str]] = {}
-        for p in wanted:
-            if NEST in p:
-                outer, inner = p.split(NEST, 1)
-                nested.setdefault(outer, []).append(inner)
-        targets = set(direct) | set(nested)
-        found: dict[str, bytes | Exception] = {}
-        limit = self.limits.max_file_bytes
-        try:
-            if kind == "zip":
-                with zipfile.ZipFile(f) as zf:
-                    by_name = {}
-                    for info in zf.infolist():
-                        try:
-                            by_name.setdefault(safe_name(info.filename), info)
-                        except ValueError:
-                            continue
-                    for t in targets:
-                        info = by_name.get(t)
-                        if info is None:
-                            found[t] = ValueError("no longer in the archive")
-                            continue
-                        problem = _zip_problem(info)
-                        if problem is None and info.file_size > limit and t not in nested:
-                            problem = f"file of {info.file_size} bytes exceeds the limit of {limit} bytes"
-                        if (
-                            problem is None
-                            and info.file_size > 1024 * 1024
-                            and (info.file_size > self.limits.max_ratio * max(info.compress_size, 1))
-                        ):
-                            problem = "compression ratio exceeds the limit"
-                        found[t] = (
-                            ValueError(problem)
-                            if problem
-                            else self._guard(lambda info=info: _read_zip(zf, info, limit))
-                        )
-            else:
-                with tarfile.open(fileobj=f, mode="r:*") as tf:
-                    remaining = set(targets)
-                    for m in tf:
-                        if not remaining:
-                            break
-                        try:
-                            name = safe_name(m.name)
-                        except ValueError:
-                            continue
-                        if name not in remaining:
-                            continue
-                        remaining.discard(name)
-                        problem = _tar_problem(m)
-                        found[name] = (
-                            ValueError(problem)
-                            if problem
-                            else self._guard(lambda m=m: _read_tar_member(tf, m, limit))
-                        )
-                    for name in remaining:
-                        found[name] = ValueError("no longer in the archive")
-        except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
-            for t in targets:
-                found.setdefault(t, ValueError(f"cannot read the archive ({exc})"))
-        for p in direct:
-            yield p, found[p]
-        for outer, inners in nested.items():
-            data = found[outer]
-            if isinstance(data, Exception) or depth >= self.limits.max_depth:
-                err = data if isinstance(data, Exception) else ValueError("nested archive too deep")
-                for inner in inners:
-                    yield outer + NEST + inner, err
-                continue
-            inner_kind = sniff_archive(data[:512])
-            if inner_kind is None:
-                for inner in inners:
-                    yield outer + NEST + inner, ValueError("not a zip, tar or tar.gz archive")
-                continue
-            for inner, result in self._read_from(io.BytesIO(data), inner_kind, inners, depth + 1):
-                yield outer + NEST + inner, result

@@ -18,7 +18,7 @@ from typing import Any
 from ingest.chunker import chunk_document
 from ingest.embedders.base import Embedder
 from ingest.parsers import parse_document
-from ingest.types import UnsupportedDocument
+from ingest.types import ParsedDocument, UnsupportedDocument
 from storage.models import Collection
 from storage.store import CommitResult, Conflict, KnowledgeStore, NewDocument
 
@@ -88,10 +88,17 @@ class IngestPipeline:
         self.embed_batch_size = embed_batch_size
         self.timer = StageTimer()
 
-    def prepare(self, source: SourceFile, embedder: Embedder) -> NewDocument:
-        """Parse, chunk and embed one file; raises UnsupportedDocument for bad input."""
+    def prepare(
+        self,
+        source: SourceFile,
+        embedder: Embedder,
+        parse: Callable[[bytes, str | None], ParsedDocument] = parse_document,
+    ) -> NewDocument:
+        """Parse, chunk and embed one file; raises UnsupportedDocument for bad input.
+
+        `parse`: batch jobs pass ingest.sandbox's isolated parser (time limit, memory cap)."""
         with self.timer.stage("parse"):
-            parsed = parse_document(source.data, source.filename)
+            parsed = parse(source.data, source.filename)
         with self.timer.stage("chunk"):
             budget = min(self.chunk_tokens, embedder.max_tokens)
             chunks = chunk_document(

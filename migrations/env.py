@@ -5,7 +5,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-import storage.chat_models  # noqa: F401  (registers tables on Base.metadata)
+import storage.auth_models  # noqa: F401  (registers tables on Base.metadata)
+import storage.chat_models  # noqa: F401
 import storage.job_models  # noqa: F401
 from storage.models import Base
 

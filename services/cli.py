@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -14,10 +13,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from services.api.keys_cli import keys_app
 from services.core.config import get_settings
 
 app = typer.Typer(help="kb: a self-hosted knowledge service.", no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
+
+app.add_typer(keys_app, name="keys", help="API keys: create, list, revoke (issue 7).")
 
 try:  # the engine ships its own sub-commands; kb works without them
     from engine.cli import app as engine_app
@@ -45,14 +47,25 @@ def serve(
     import uvicorn
 
     from services.api.app import create_app
+    from services.observability.logs import configure_logging
 
     settings = get_settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_format)  # JSON lines with request ids (KB_LOG_FORMAT, issue 7)
     console.print(
         f"kb: data in {settings.data_dir.resolve()}, database {settings.sqlalchemy_url.split('@')[-1]}"
     )
+    bind = host or settings.host
+    if not settings.auth_required:
+        local = bind in ("127.0.0.1", "localhost", "::1")
+        where = "fine on localhost only" if local else "ANYONE can call it"
+        console.print(f"kb: KB_AUTH=off, no API keys needed ({where}; `kb keys create` + KB_AUTH=required)")
     uvicorn.run(
-        create_app(settings), host=host or settings.host, port=port or settings.port, log_level="info"
+        create_app(settings),
+        host=bind,
+        port=port or settings.port,
+        log_level="info",
+        log_config=None,  # keep configure_logging's handler; kb.access logs each request
+        access_log=False,
     )
 
 
@@ -204,6 +217,26 @@ def reindex(
         console.print(f"{name}: {chunks} chunks indexed")
 
 
+@app.command()
+def doctor(
+    repair: Annotated[bool, typer.Option("--repair", help="Rebuild what disagrees from the DB.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    collection: Annotated[list[str] | None, typer.Option("--collection", "-c", help="Only these.")] = None,
+) -> None:
+    """Check that FAISS, BM25 and the database agree (exit 1 if not); --repair fixes it."""
+    from services.ops.doctor import render, run_doctor
+
+    report = run_doctor(_kb(), collection, repair=repair)
+    if as_json:
+        json.dump(report.as_dict(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        for line in render(report):
+            console.print(line, markup=False, soft_wrap=True)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 @app.command("engine-serve")
 def engine_serve(
     host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
@@ -218,13 +251,14 @@ def engine_serve(
 
     from services.chat.generators.engine_local import EngineGenerator
     from services.engine_server.app import create_engine_app
+    from services.observability.logs import configure_logging
 
     settings = get_settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_format)
     app_ = create_engine_app(
         build=lambda: EngineGenerator.from_settings(settings), default_max_tokens=settings.chat_max_tokens
     )
-    uvicorn.run(app_, host=host, port=port, log_level="info")
+    uvicorn.run(app_, host=host, port=port, log_level="info", log_config=None, access_log=False)
 
 
 def main() -> None:

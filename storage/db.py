@@ -10,6 +10,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+import storage.timestamps  # noqa: F401 - aware UTC timestamps on SQLite too (issue 7)
+
 
 def make_engine(url: str) -> Engine:
     """Create an engine with the settings each backend needs to be safe under concurrency."""

@@ -11,10 +11,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.chat.prompt import Passage
-from services.search.hybrid import HybridSearcher
+
+if TYPE_CHECKING:  # the engine box serves chat without the search stack (faiss, tantivy, parsers)
+    from services.chat.generators.base import Generator
+    from services.search.hybrid import HybridSearcher
 
 # Starting points, not tuned: MiniLM scores off-topic questions against the tests' documents below 0.3 and
 # on-topic ones above; e5 scores unrelated text ~0.7 (NOTES.md), hence 0.8. Tune with KB_CHAT_MIN_SCORE.
@@ -84,3 +87,9 @@ def select_within_budget(
         chosen.append(p)
         used += n
     return chosen
+
+
+def count_text_with(generator: Generator) -> Callable[[str], int]:
+    """Tokens a passage adds inside a user message (the template's own tokens subtracted)."""
+    base = generator.count_tokens([{"role": "user", "content": ""}])
+    return lambda text: max(1, generator.count_tokens([{"role": "user", "content": text}]) - base)

@@ -20,12 +20,11 @@ from typing import Any
 
 import anyio.to_thread
 
-from services.chat.context import min_score_for, retrieve, select_within_budget
+from services.chat.context import count_text_with, min_score_for, retrieve, select_within_budget
 from services.chat.generators.base import BadGenerationRequest, GenerationRequest, Generator
 from services.chat.prompt import Passage, Turn, Window, fit_window, given, system_message
 from services.chat.rewrite import rewrite_query
 from services.chat.schemas import ChatCompletionRequest
-from services.chat.session_service import count_text_with
 from services.chat.turn import PreparedTurn, RunningTurn, TurnOutcome
 
 KB_PREFIX = "kb:"

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.api.schemas import NAME_PATTERN
+from services.core.names import NAME_PATTERN
 
 
 class SessionCreate(BaseModel):

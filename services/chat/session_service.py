@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio.to_thread
 
-from services.chat.context import min_score_for, retrieve, select_within_budget
+from services.chat.context import count_text_with, min_score_for, retrieve, select_within_budget
 from services.chat.generators.base import GenerationRequest, Generator
 from services.chat.prompt import Passage, Turn, Window, build_messages, fit_window, given, system_message
 from services.chat.rewrite import rewrite_query
@@ -50,11 +50,6 @@ def turns_from_rows(rows: list[ChatMessage]) -> tuple[list[Turn], list[str | Non
         turns.pop()
         queries.pop()
     return turns, queries, window
-
-
-def count_text_with(generator: Generator) -> Callable[[str], int]:
-    base = generator.count_tokens([{"role": "user", "content": ""}])
-    return lambda text: max(1, generator.count_tokens([{"role": "user", "content": text}]) - base)
 
 
 class ChatService:

@@ -14,6 +14,7 @@ from typing import Any
 
 from services.chat.generators.base import Generation, GeneratorError, Usage
 from services.chat.prompt import Message, Passage, Turn, Window
+from services.observability.metrics import observe_generation
 
 
 @dataclass(slots=True)
@@ -48,7 +49,7 @@ class RunningTurn:
         on_release: Callable[[], None] = lambda: None,
     ) -> None:
         self.prepared = prepared
-        self.generation = generation
+        self.generation = observe_generation(generation)  # TTFT, tokens/s to /metrics (issue 7)
         self.fixed_answer = fixed_answer
         self.on_done = on_done
         self.on_release = on_release

@@ -110,6 +110,51 @@ class Settings(BaseSettings):
     )
     worker_restore_interval: int = Field(default=10, ge=1, description="How often workers look for those.")
     commit_lock_ttl: int = Field(default=30, ge=2, description="Redis commit lock lease, renewed while held.")
+    # Issue 7: each file of a batch job is parsed in a child process with these limits (ingest/sandbox.py).
+    parse_timeout_s: float = Field(default=60.0, gt=0, description="Per-file parse time limit (jobs).")
+    parse_memory_mb: int = Field(default=2048, ge=64, description="Per-file parser memory cap (jobs).")
+
+    # --- security, limits and metrics (issue 7; services/api/auth.py, ratelimit.py, observability/) -------
+    auth: Literal["off", "required"] = Field(
+        default="off", description="required: every /v1 route needs an API key (`kb keys create`)."
+    )
+    rate_limit: str = Field(
+        default="",
+        description="Per key (per client IP without auth), e.g. '120/minute' or '10/second;300/hour'. "
+        "Empty: 120/minute with KB_AUTH=required, none otherwise; 'off': none.",
+    )
+    rate_limit_storage: Literal["auto", "memory", "redis"] = Field(
+        default="auto", description="auto: Redis (KB_REDIS_URL) when KB_INGEST_RUNNER=celery, else memory."
+    )
+    max_tokens: int = Field(default=4096, ge=1, description="Largest max_tokens a chat request may ask for.")
+    request_timeout_s: float = Field(
+        default=300.0, ge=0, description="504 if a response has not started by then; 0: no limit."
+    )
+    metrics_auth: bool = Field(default=False, description="true: /metrics needs an admin key.")
+    log_format: Literal["json", "text"] = Field(default="json", description="`kb serve` log lines.")
+
+    @property
+    def auth_required(self) -> bool:
+        return self.auth == "required"
+
+    @property
+    def effective_rate_limit(self) -> str:
+        """The limit string in force ('' = none): see `rate_limit`."""
+        value = self.rate_limit.strip()
+        if value.lower() in ("off", "none", "0"):
+            return ""
+        return value or ("120/minute" if self.auth_required else "")
+
+    @model_validator(mode="after")
+    def _check_rate_limit(self) -> Settings:
+        if self.effective_rate_limit:
+            from limits import parse_many
+
+            try:
+                parse_many(self.effective_rate_limit)
+            except ValueError as exc:
+                raise ValueError(f"KB_RATE_LIMIT: {exc} (e.g. '120/minute')") from None
+        return self
 
     @model_validator(mode="after")
     def _check_overlap(self) -> Settings:

@@ -22,6 +22,8 @@ from services.chat.generators.base import Generator
 from services.chat.http import completion_response, install_chat_error_handlers
 from services.chat.openai_compat import start_plain
 from services.chat.schemas import ChatCompletionRequest
+from services.observability.metrics import StateCollector, engine_of, install_metrics
+from services.observability.middleware import RequestContext
 
 
 def create_engine_app(
@@ -45,6 +47,9 @@ def create_engine_app(
 
     app = FastAPI(title="kb engine", version="0.1.0", lifespan=lifespan)
     install_chat_error_handlers(app)
+    # request ids, latency, and /metrics with the engine's KV blocks, batch and GPU memory (issue 7)
+    app.add_middleware(RequestContext)
+    install_metrics(app, StateCollector(engine=lambda: engine_of(getattr(app.state, "generator", None))))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -25,8 +25,10 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from ingest.archives import ArchiveError, ArchiveLimits, DumpReader
+from ingest.archives import ArchiveError, ArchiveLimits
+from ingest.dump_reader import DumpReader
 from ingest.pipeline import SourceFile, embedder_of, sha256_hex
+from ingest.sandbox import isolated_parser
 from ingest.types import UnsupportedDocument
 from services.core.config import Settings
 from services.core.container import KB
@@ -170,7 +172,8 @@ def _prepare(kb, collection, embedder, label, path, item_id, data):  # noqa: ANN
             return Outcome(item_id, "duplicate", None, duplicate.id), None
     source = SourceFile(data, f"{label}/{path}", posixpath.basename(path.split("!/")[-1]))
     try:
-        return None, kb.pipeline.prepare(source, embedder)
+        parse = isolated_parser(kb.settings.parse_timeout_s, kb.settings.parse_memory_mb)
+        return None, kb.pipeline.prepare(source, embedder, parse=parse)
     except UnsupportedDocument as exc:
         return Outcome(item_id, "failed", f"unsupported or unreadable: {exc}"), None
     except TRANSIENT:

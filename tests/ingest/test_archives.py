@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ingest.archives import ArchiveError, ArchiveLimits, DumpReader, enumerate_dump, safe_name
+from ingest.archives import ArchiveError, ArchiveLimits, enumerate_dump, safe_name
+from ingest.dump_reader import DumpReader
 
 
 def _zip(path: Path, members: dict[str, bytes], symlinks: dict[str, str] | None = None) -> Path:

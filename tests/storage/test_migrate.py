@@ -24,6 +24,7 @@ def test_migrations_match_models(database_url: str) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
+    import storage.auth_models  # noqa: F401
     import storage.chat_models  # noqa: F401
     import storage.job_models  # noqa: F401
     from storage.models import Base
@@ -31,7 +32,8 @@ def test_migrations_match_models(database_url: str) -> None:
     db = Database(database_url)
     try:
         migrate.upgrade(db)
-        assert {"chat_sessions", "chat_messages", "ingest_jobs", "ingest_items"} <= migrate.table_names(db)
+        tables = {"chat_sessions", "chat_messages", "ingest_jobs", "ingest_items", "api_keys"}
+        assert tables <= migrate.table_names(db)
         with db.engine.connect() as connection:
             diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
         assert diff == []

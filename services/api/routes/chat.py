@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
+from services.api.auth import Principal, require, session_access
 from services.api.deps import KBDep
 from services.api.schemas import ErrorOut
 from services.chat.generators.base import Generator
@@ -41,17 +42,30 @@ ERRORS = {404: {"model": ErrorOut}, 422: {"model": ErrorOut}}
 
 
 @router.post("/sessions", status_code=201, response_model=SessionCreated, responses=ERRORS)
-def create_session(body: SessionCreate, chat: ChatDep) -> SessionCreated:
+def create_session(
+    body: SessionCreate, chat: ChatDep, principal: Annotated[Principal, Depends(require("chat"))]
+) -> SessionCreated:
+    principal.check_collection(body.collection)  # another collection's key: 404, as if missing
     row = chat.create_session(body.collection, body.system_prompt, body.metadata)
     return SessionCreated(id=row.id, collection=body.collection, created_at=row.created_at)
 
 
-@router.get("/sessions/{session_id}", response_model=SessionOut, responses={404: {"model": ErrorOut}})
+@router.get(
+    "/sessions/{session_id}",
+    response_model=SessionOut,
+    responses={404: {"model": ErrorOut}},
+    dependencies=[Depends(session_access())],
+)
 def get_session(session_id: str, chat: ChatDep) -> SessionOut:
     return SessionOut(**chat.session_view(session_id))
 
 
-@router.delete("/sessions/{session_id}", status_code=204, responses={404: {"model": ErrorOut}})
+@router.delete(
+    "/sessions/{session_id}",
+    status_code=204,
+    responses={404: {"model": ErrorOut}},
+    dependencies=[Depends(session_access())],
+)
 async def delete_session(session_id: str, chat: ChatDep) -> Response:
     """Removes the history. `x-kv-dropped: true` when the generator also dropped the cached KV."""
     dropped = await chat.delete_session(session_id)
@@ -71,6 +85,7 @@ async def _frames(running: RunningTurn) -> AsyncIterator[str]:
         200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE with `stream: true`"},
         429: {"model": ErrorOut, "description": "generator queue full; see Retry-After"},
     },
+    dependencies=[Depends(session_access())],
 )
 async def post_message(
     session_id: str, body: MessageIn, chat: ChatDep, request: Request, _: GeneratorDep
@@ -80,6 +95,10 @@ async def post_message(
         from fastapi import HTTPException
 
         raise HTTPException(422, f"top_k must be at most {chat.settings.max_top_k}")
+    if body.max_tokens is not None and body.max_tokens > chat.settings.max_tokens:
+        from fastapi import HTTPException
+
+        raise HTTPException(422, f"max_tokens must be at most {chat.settings.max_tokens} (KB_MAX_TOKENS)")
     running = await chat.start_turn(session_id, body)
     if body.stream:
         return stream_turn(running, _frames(running))

@@ -3,20 +3,38 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from fastapi.responses import FileResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from ingest.pipeline import SourceFile, sha256_hex
 from ingest.types import UnsupportedDocument
+from services.api.auth import collection_access, require
 from services.api.deps import KBDep, SessionDep
+from services.api.originals import (
+    drop_original_if_unused,
+    original_response,
+    save_original,
+    sweep_originals,
+)
 from services.api.schemas import DocumentIngested, DocumentOut, DocumentPage, ErrorOut, TextDocumentIn
 from storage.models import Document
 
-router = APIRouter(prefix="/v1/collections/{name}/documents", tags=["documents"])
+# Ids and offsets are 64-bit in the database: a larger number is a 422, not a driver OverflowError (a 500;
+# found by the schemathesis test).
+MAX_ID = 2**63 - 1
+DocumentId = Annotated[int, Path(ge=1, le=MAX_ID)]
+
+# reads need any key of the collection (issue 7); writes need the ingest scope
+router = APIRouter(
+    prefix="/v1/collections/{name}/documents",
+    tags=["documents"],
+    dependencies=[Depends(collection_access(None))],
+)
 
 _UPLOAD_BODY = {
     "requestBody": {
@@ -109,6 +127,7 @@ async def _source_from_json(request: Request, max_bytes: int) -> SourceFile:
     response_model=DocumentIngested,
     openapi_extra=_UPLOAD_BODY,
     responses={404: {"model": ErrorOut}, 413: {"model": ErrorOut}, 415: {"model": ErrorOut}},
+    dependencies=[Depends(require("ingest"))],
 )
 async def upload_document(name: str, request: Request, kb: KBDep) -> DocumentIngested:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -124,6 +143,10 @@ async def upload_document(name: str, request: Request, kb: KBDep) -> DocumentIng
         raise UnsupportedDocument("the file is empty")
     result = await run_in_threadpool(kb.pipeline.ingest_one, name, source)
     doc = result.document
+    # kept for the web UI's "open at page N" links (services/api/originals.py)
+    await run_in_threadpool(save_original, kb.settings, doc.content_sha256, source.data)
+    if result.replaced:  # the replaced version's bytes may now be unused
+        await run_in_threadpool(sweep_originals, kb.settings, kb.db)
     return DocumentIngested(
         id=doc.id,
         source_id=doc.source_id,
@@ -141,7 +164,7 @@ def list_documents(
     name: str,
     kb: KBDep,
     session: SessionDep,
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_ID),
     limit: int = Query(50, ge=1, le=500),
 ) -> DocumentPage:
     collection = kb.store.get_collection(session, name)
@@ -155,13 +178,34 @@ def list_documents(
 
 
 @router.get("/{document_id}", response_model=DocumentOut, responses={404: {"model": ErrorOut}})
-def get_document(name: str, document_id: int, kb: KBDep, session: SessionDep) -> DocumentOut:
+def get_document(name: str, document_id: DocumentId, kb: KBDep, session: SessionDep) -> DocumentOut:
     collection = kb.store.get_collection(session, name)
     document = kb.store.get_document(session, collection, document_id)
     return document_out(document, kb.store.chunk_count(session, document))
 
 
-@router.delete("/{document_id}", status_code=204, responses={404: {"model": ErrorOut}})
-def delete_document(name: str, document_id: int, kb: KBDep) -> Response:
+@router.delete(
+    "/{document_id}",
+    status_code=204,
+    responses={404: {"model": ErrorOut}},
+    dependencies=[Depends(require("ingest"))],
+)
+def delete_document(name: str, document_id: DocumentId, kb: KBDep) -> Response:
+    with kb.db.session() as s:
+        sha256 = kb.store.get_document(s, kb.store.get_collection(s, name), document_id).content_sha256
     kb.store.delete_document(name, document_id)
+    drop_original_if_unused(kb.settings, kb.db, sha256)
     return Response(status_code=204)
+
+
+@router.get(
+    "/{document_id}/file",
+    response_class=FileResponse,
+    # */*: the original comes back with its own type (PDF, text, ...); found by the schemathesis test.
+    responses={200: {"content": {"*/*": {}}}, 404: {"model": ErrorOut}},
+)
+@router.head("/{document_id}/file", response_class=FileResponse, include_in_schema=False)
+def get_document_file(name: str, document_id: DocumentId, kb: KBDep, session: SessionDep) -> FileResponse:
+    """The file as uploaded (PDFs inline, so `#page=N` opens the cited page); 404 if not kept."""
+    document = kb.store.get_document(session, kb.store.get_collection(session, name), document_id)
+    return original_response(kb.settings, document)

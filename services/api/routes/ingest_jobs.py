@@ -6,11 +6,12 @@ import asyncio
 import json
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from services.api.auth import collection_access, job_access
 from services.api.deps import KBDep
 from services.api.schemas import ErrorOut
 from services.jobs.runner import BrokerUnavailable
@@ -64,7 +65,11 @@ async def _path_from_json(request: Request) -> str:
 
 
 @router.post(
-    "/v1/collections/{name}/ingest-jobs", status_code=202, responses=_ERRORS, openapi_extra=_SUBMIT_BODY
+    "/v1/collections/{name}/ingest-jobs",
+    status_code=202,
+    responses=_ERRORS,
+    openapi_extra=_SUBMIT_BODY,
+    dependencies=[Depends(collection_access("ingest"))],
 )
 async def submit_job(name: str, request: Request, kb: KBDep) -> JSONResponse:
     jobs = _jobs(request)
@@ -91,7 +96,7 @@ async def submit_job(name: str, request: Request, kb: KBDep) -> JSONResponse:
     except NotAnArchive as exc:
         raise HTTPException(415, f"not a dump kb can read: {exc}") from exc
     except BrokerUnavailable as exc:
-        raise HTTPException(503, str(exc)) from exc
+        raise HTTPException(503, f"job queue unavailable: {exc}") from exc
     return JSONResponse(
         status_code=202,
         content={"job_id": job_id, "status": "queued"},
@@ -99,12 +104,12 @@ async def submit_job(name: str, request: Request, kb: KBDep) -> JSONResponse:
     )
 
 
-@router.get("/v1/ingest-jobs/{job_id}", responses=_ERRORS)
+@router.get("/v1/ingest-jobs/{job_id}", responses=_ERRORS, dependencies=[Depends(job_access())])
 def get_job(job_id: str, request: Request) -> dict[str, Any]:
     return _jobs(request).get(job_id).as_dict()
 
 
-@router.delete("/v1/ingest-jobs/{job_id}", responses=_ERRORS)
+@router.delete("/v1/ingest-jobs/{job_id}", responses=_ERRORS, dependencies=[Depends(job_access())])
 def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
     jobs = _jobs(request)
     before = jobs.get(job_id, with_errors=False)
@@ -117,7 +122,7 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
 
 
-@router.get("/v1/ingest-jobs/{job_id}/events", responses=_ERRORS)
+@router.get("/v1/ingest-jobs/{job_id}/events", responses=_ERRORS, dependencies=[Depends(job_access())])
 async def job_events(job_id: str, request: Request, poll_s: float = 0.5) -> StreamingResponse:
     """Server-sent events: `progress` whenever the counts change, then one `done` with the final job."""
     jobs = _jobs(request)

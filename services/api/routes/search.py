@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Depends, HTTPException
 
+from services.api.auth import collection_access
 from services.api.deps import KBDep
 from services.api.schemas import ErrorOut, SearchRequest, SearchResponse
 
@@ -16,6 +17,7 @@ router = APIRouter(prefix="/v1/collections", tags=["search"])
     "/{name}/search",
     response_model=SearchResponse,
     responses={404: {"model": ErrorOut}, 422: {"model": ErrorOut}},
+    dependencies=[Depends(collection_access("search"))],
 )
 def search(name: str, body: SearchRequest, kb: KBDep) -> SearchResponse:
     if body.top_k > kb.settings.max_top_k:

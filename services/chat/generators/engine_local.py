@@ -28,6 +28,7 @@ from services.chat.generators.base import (
     Message,
     Usage,
 )
+from services.observability.metrics import observe_kv_sources
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,7 @@ class EngineGenerator(Generator):
                 elif ev.type == "finish":
                     finished = True
                     u = ev.usage or {}
+                    observe_kv_sources(u)  # prefix-cache hits per tier to /metrics (issue 7)
                     usage = Usage(
                         int(u.get("prompt_tokens", 0)),
                         int(u.get("cached_tokens", 0)),

@@ -38,6 +38,10 @@ def tokenize(text: str) -> list[str]:
 class FakeGenerator(Generator):
     name = "fake"
 
+    # Requests and streams kept for tests to inspect; unbounded, a long load test (bench/load.py) grew
+    # the server by ~20 KB per chat request and slowed every prefix lookup (found in issue 7).
+    KEEP = 256
+
     def __init__(
         self,
         reply: str | None = None,
@@ -90,6 +94,7 @@ class FakeGenerator(Generator):
         if self.running >= self.max_running:
             raise GeneratorBusy("fake queue is full", self.retry_after_s)
         self.requests.append(request)
+        del self.requests[: -self.KEEP]  # bounded: `KB_GENERATOR=fake` also serves load tests
         prompt = tokenize(render(request.messages))
         cached = self._cached(prompt)
         self.running += 1
@@ -112,6 +117,7 @@ class FakeGenerator(Generator):
             done = True
             finish = "length" if len(pieces) == request.max_tokens else "stop"
             self._streams.append(tokenize(render(request.messages) + "".join(pieces)))
+            del self._streams[: -self.KEEP]
             self.completed += 1
             yield Delta("", finish, Usage(len(prompt), cached, len(pieces)))
         finally:

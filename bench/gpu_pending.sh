@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The GPU runs that issues 3, 4 and 6 still need, as two device calls of < 10 min each.
+#   here, first: bash bench/gpu_pending.sh prepare   (wheels into .whl, the chat bundle; CPU, ~3 min)
+#   call 1: bash bench/gpu_pending.sh 1   (carry: .whl bench/out/chat_gpu_bundle)
+#   call 2: bash bench/gpu_pending.sh 2   (carry: .whl bench/out/quant_kernels.json from call 1's $OUT)
+# .whl holds the py3.12 wheels of fastapi/starlette/pydantic/uvicorn that `kb engine-serve` needs and the
+# GPU image lacks; bench/out/chat_gpu_bundle comes from `.venv/bin/python -m bench.chat_gpu prepare` here.
+set -uo pipefail
+if [ "${1:-}" = prepare ]; then  # on the CPU box, with .venv set up
+  grep -qs '^/.whl/' .git/info/exclude || { mkdir -p .git/info; echo /.whl/ >> .git/info/exclude; }
+  for p in fastapi starlette pydantic pydantic-core annotated-types typing-inspection python-multipart uvicorn sniffio \
+      opentelemetry-api; do
+    v=$(.venv/bin/pip show "$p" | awk '/^Version/{print $2}')
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+      -d .whl "$p==$v" || exit 1
+  done
+  HF_HUB_OFFLINE=1 .venv/bin/python -m bench.chat_gpu prepare --out bench/out/chat_gpu_bundle
+  exit
+fi
+OUT=${OUT:-bench/out}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+fi
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+case "${1:-1}" in
+  1)
+    if [ -z "${SKIP_CHECK:-}" ]; then
+      echo "== issue 3: teacher-forced logits vs transformers (bench/engine_check.py)"
+      timeout 150 python3 bench/engine_check.py --out "$OUT" 2>&1 | grep -vi warn | tail -14
+    fi
+    echo "== issue 4: 16 sessions x 5 turns through kb engine-serve (bench/chat_gpu.py)"
+    timeout 220 python3 -m bench.chat_gpu run --bundle bench/out/chat_gpu_bundle --out "$OUT" 2>&1 | grep -vi warn | tail -16
+    echo "== issue 6: quantized GEMV kernels (bench/quant_gpu.py kernels)"
+    timeout 300 python3 bench/quant_gpu.py kernels --out "$OUT" 2>&1 | grep -v "^  skip" | tail -60
+    ;;
+  2)
+    echo "== issue 6: whole-model decode, bf16/int8/int4/2:4/TEAL vs HF compiled (bench/quant_e2e.py)"
+    tune=()
+    [ -f bench/out/quant_kernels.json ] && tune=(--tune bench/out/quant_kernels.json)
+    timeout 560 python3 bench/quant_e2e.py --out "$OUT" "${tune[@]}" 2>&1 | grep -vi warn | tail -40
+    ;;
+esac

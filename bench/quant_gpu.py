@@ -1,0 +1,215 @@
+"""GPU benchmark for quantized and sparse weight kernels (issue 6); whole-model decode is bench/quant_e2e.py.
+
+    python3 bench/quant_gpu.py kernels --out $OUT    # per-layer GEMV: check, sweep configs, % of copy BW
+
+For each linear of the Llama-3-8B shape: random N(0, 0.02) weights quantized by `engine.quant.quantize`
+and packed by `engine.quant.gpu`; each kernel is checked against the bf16 GEMM of its own dequantized
+weight, then timed at M = 1 and 16 over a grid of launch configs, and the best is reported as GB/s of the
+bytes that must be read and % of the measured copy bandwidth, beside bf16 `F.linear` and torch's tinygemm
+int4 in the same run. Timing: several calls captured in one CUDA graph, as decode runs them (no Python or
+launch overhead), each call on its own copy of the weight so that a replay streams > 2x the L2 from HBM;
+CUDA events, median of replays (`triton.testing.do_bench`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.quant import gpu  # noqa: E402
+from engine.quant.formats import Int4Weight  # noqa: E402
+from engine.quant.quantize import prune_2_4, quantize_int4, quantize_int8  # noqa: E402
+
+SHAPES = {  # name: (N, K) of y = x @ W.T, Llama-3-8B (q/k/v and gate/up fused as in our model)
+    "qkv": (6144, 4096),
+    "o": (4096, 4096),
+    "gate_up": (28672, 4096),
+    "down": (4096, 14336),
+    "lm_head": (128256, 4096),
+}
+MS = (1, 16)
+
+
+def bench_ms(fn) -> float:
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, warmup=10, rep=40, return_mode="median"))
+
+
+L2_BYTES = 50 * 2**20  # H100: 50 MB
+
+
+def copies(nbytes: int) -> int:
+    """How many copies of a weight make the calls of one graph replay stream > 2x the L2 from HBM."""
+    return max(2, min(16, -(-2 * L2_BYTES // max(nbytes, 1))))
+
+
+def graph_ms(fns: list) -> float:
+    """GPU time per call with ``fns`` (one call each, on different copies of the weight) captured in one
+    CUDA graph, as decode runs them (the engine replays graphs): Python and launch overheads, which would
+    dominate a 10 us kernel, drop out."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for fn in fns:
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for fn in fns:
+            fn()
+    ms = bench_ms(graph.replay) / len(fns)
+    del graph
+    return ms
+
+
+def clone_weight(g: gpu.GpuWeight) -> gpu.GpuWeight:
+    return gpu.GpuWeight(g.kind, g.n, g.k, {k: t.clone() for k, t in g.tensors.items()}, g.group)
+
+
+def copy_gbps() -> float:
+    a = torch.empty(2**30 // 2, dtype=torch.bfloat16, device="cuda")
+    b = torch.empty_like(a)
+    ms = bench_ms(lambda: b.copy_(a))
+    return 2 * a.numel() * 2 / ms / 1e6
+
+
+def make(kind: str, w: torch.Tensor) -> gpu.GpuWeight:
+    if kind == "int8":
+        return gpu.pack(quantize_int8(w))
+    group = 64 if kind == "int4_g64" else 128
+    if kind == "int4_24":
+        mask = prune_2_4(w)
+        q = quantize_int4(w * mask, group=group, mask=mask, clip_grid=(1.0,))
+        return gpu.pack(Int4Weight(q.q, q.scale, q.zero, q.group, mask))
+    return gpu.pack(quantize_int4(w, group=group, clip_grid=(1.0,)))
+
+
+def sweep(
+    kind: str, gs: list[gpu.GpuWeight], x: torch.Tensor, thresh: float | None, stages_grid: tuple[int, ...]
+) -> tuple[float, tuple]:
+    """Fastest (block_n, split, warps, stages, block_m, gather) for this weight and batch: (ms, config)."""
+    g = gs[0]
+    key = (g.kind + ("_teal" if thresh else ""), g.n, g.k)
+    best = (float("inf"), None)
+    blocks = (32, 64, 128) if g.kind == "int4_24" else (64, 128, 256)
+    # one token: int4 reduces without tensor cores (per step, or once with a 2-D accumulator: block_m 0),
+    # int8 pads to 16 rows (each won every shape in an earlier full sweep)
+    one = x.shape[0] == 1 and g.kind == "int4"
+    gathers = (0, 1) if g.kind != "int8" else (1,)
+    grid = [
+        (bn, split, 4, stages, bm, gather, bk)
+        for bn, split, stages, gather in itertools.product(blocks, (1, 2, 4, 8), stages_grid, gathers)
+        for bm, bk in ([(1, 0)] + [(0, 32), (0, 64)] * (bn <= 128) if one else [(16, 0)])
+    ]
+    for cfg in grid:
+        bn, split = cfg[0], cfg[1]
+        if split > 1 and (g.n // bn) * split > 8 * 132:
+            continue
+        gpu.TUNING[key] = cfg
+        try:
+            ms = graph_ms([lambda c=c: gpu.matmul_small(c, x, thresh) for c in gs])
+        except Exception as exc:  # noqa: BLE001 - a config that does not compile is skipped, and said
+            print(f"  skip {key} {gpu.TUNING[key]}: {type(exc).__name__}", flush=True)
+            continue
+        if ms < best[0]:
+            best = (ms, gpu.TUNING[key])
+    gpu.TUNING[key] = best[1]
+    return best
+
+
+def tinygemm_ms(w: torch.Tensor, x: torch.Tensor) -> float | None:
+    """torch's int4 (``_weight_int4pack_mm``), g128, as the baseline the issue names."""
+    try:
+        n, k = w.shape
+        q = quantize_int4(w, group=128, clip_grid=(1.0,))
+        try:  # torch >= 2.5 takes two 4-bit codes per uint8
+            packed = torch._convert_weight_to_int4pack((q.q[:, ::2] << 4 | q.q[:, 1::2]).contiguous(), 8)
+        except Exception:  # noqa: BLE001 - older torch: one code per int32
+            packed = torch._convert_weight_to_int4pack(q.q.to(torch.int32).contiguous(), 8)
+        sz = torch.stack([q.scale, (8 - q.zero) * q.scale], dim=-1).transpose(0, 1).contiguous().bfloat16()
+        packs = [packed] + [packed.clone() for _ in range(copies(packed.numel() * packed.element_size()) - 1)]
+        return graph_ms([lambda p=p: torch._weight_int4pack_mm(x, p, 128, sz) for p in packs])
+    except Exception as exc:  # noqa: BLE001 - API differs between torch versions: report, continue
+        print(f"  tinygemm unavailable: {type(exc).__name__}: {exc}"[:200], flush=True)
+        return None
+
+
+def kernels(args: argparse.Namespace) -> dict:
+    torch.manual_seed(0)
+    bw = copy_gbps()
+    print(f"copy bandwidth {bw:.0f} GB/s", flush=True)
+    res: dict = {"copy_gbps": bw, "gpu": torch.cuda.get_device_name(0), "rows": [], "tuning": {}}
+    kinds = args.kinds.split(",")
+    for name, (n, k) in SHAPES.items():
+        if args.shapes and name not in args.shapes.split(","):
+            continue
+        w = (torch.randn(n, k, device="cuda") * 0.02).bfloat16()
+        xs = {m: torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for m in MS}
+        ws = [w] + [w.clone() for _ in range(copies(w.numel() * 2) - 1)]
+        base = {m: graph_ms([lambda m=m, c=c, xs=xs: F.linear(xs[m], c) for c in ws]) for m in MS}
+        del ws
+        tg = tinygemm_ms(w, xs[1]) if name != "lm_head" else None
+        for kind in kinds:
+            if kind == "int4_24" and name == "lm_head":
+                continue
+            g = make(kind.replace("_teal", ""), w.float())
+            dense = gpu.dense_weight(g, torch.bfloat16)
+            thresh = None
+            if kind.endswith("_teal"):
+                thresh = float(xs[1].float().abs().quantile(args.teal))  # TEAL-style: drop the smallest
+            for m in MS:
+                x = xs[m]
+                xr = x if thresh is None else x.masked_fill(x.abs() < thresh, 0)
+                want = F.linear(xr, dense).float()
+                got = gpu.matmul_small(g, x, thresh).float()
+                err = ((got - want).norm() / want.norm()).item()
+                gs = [g] + [clone_weight(g) for _ in range(copies(g.nbytes()) - 1)]
+                ms, cfg = sweep(kind, gs, x, thresh, tuple(int(v) for v in args.stages.split(",")))
+                del gs
+                read = g.nbytes() * ((1 - args.teal) if thresh and m == 1 else 1) + x.numel() * 2
+                row = {
+                    "layer": name, "N": n, "K": k, "kind": kind, "M": m, "rel_err": err, "us": ms * 1e3,
+                    "bf16_us": base[m] * 1e3, "speedup_vs_bf16": base[m] / ms, "gbps": read / ms / 1e6,
+                    "pct_copy_bw": 100 * read / ms / 1e6 / bw, "config": cfg,
+                    "tinygemm_us": tg * 1e3 if (tg and m == 1) else None,
+                }  # fmt: skip
+                res["rows"].append(row)
+                print(
+                    f"{name:8s} {kind:9s} M={m:2d} {ms * 1e3:7.1f} us (bf16 {base[m] * 1e3:6.1f}, "
+                    f"tinygemm {row['tinygemm_us'] or 0:5.1f}) {row['gbps']:6.0f} GB/s "
+                    f"{row['pct_copy_bw']:5.1f}% err {err:.1e} cfg {cfg}",
+                    flush=True,
+                )
+                res["tuning"][f"{g.kind}{'_teal' if thresh else ''}|{n}|{k}|{m}"] = cfg
+            del g, dense
+            torch.cuda.empty_cache()
+        del w
+    return res
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("phase", choices=["kernels"])
+    p.add_argument("--out", default="bench/out")
+    p.add_argument("--kinds", default="int8,int4_g128,int4_g64,int4_24,int4_g128_teal")
+    p.add_argument("--shapes", default="")
+    p.add_argument("--stages", default="3", help="software-pipelining depths to sweep, e.g. 2,3,4")
+    p.add_argument("--teal", type=float, default=0.4, help="fraction of activations TEAL zeroes")
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    res = kernels(args)
+    (out / "quant_kernels.json").write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""CUDA path of `QuantLinear`: pack the canonical formats for `engine.quant.triton_kernels` and dispatch.
+
+Decode-sized inputs (<= 16 rows) go to the fused-dequantization kernels, which read each weight byte once;
+larger inputs (prefill) dequantize the weight to the model dtype and use the tensor-core GEMM, which is
+compute-bound there, so the extra pass over the weight costs little (measured in bench/RESULTS.md).
+Split-K: a decode GEMV of a 4096-wide output has too few output tiles to keep 132 SMs busy, so the K
+range is split over programs that add into an fp32 buffer.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from engine.quant.formats import Int4Weight, Int8Weight
+
+SMALL_M = 16
+# (kind, N, K) -> (block_n, split, num_warps, num_stages[, block_m for one-token inputs[, gather
+# [, block_k]]]); block_m 0 = the one-token GEMV with a 2-D accumulator; filled by measurement
+# (bench/quant_gpu.py kernels)
+TUNING: dict[tuple[str, int, int], tuple[int, ...]] = {}
+
+
+@dataclass
+class GpuWeight:
+    kind: str  # "int8" | "int4" | "int4_24" | "fallback"
+    n: int
+    k: int
+    tensors: dict[str, torch.Tensor]
+    group: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+
+def _pack_nibbles(q: torch.Tensor, per_word: int, bits: int) -> torch.Tensor:
+    """Pack the last dim of ``q`` (ints < 2**bits) ``per_word`` to an int32, element i at bit i*bits."""
+    *lead, last = q.shape
+    q = q.to(torch.int64).reshape(*lead, last // per_word, per_word)
+    shifts = torch.arange(per_word, device=q.device, dtype=torch.int64) * bits
+    words = (q << shifts).sum(-1)
+    words = torch.where(words >= 2**31, words - 2**32, words)
+    return words.to(torch.int32)
+
+
+def _scales(w: Int4Weight) -> tuple[torch.Tensor, torch.Tensor]:
+    s = w.scale.float()
+    return s.t().contiguous().half(), (-w.zero.float() * s).t().contiguous().half()
+
+
+def pack(w: Int8Weight | Int4Weight) -> GpuWeight:
+    """The packed GPU form of a canonical weight (see the kernels' module docstring for layouts)."""
+    n, k = w.shape
+    if isinstance(w, Int8Weight):
+        return GpuWeight("int8", n, k, {"w": w.q.t().contiguous(), "s": w.scale.float().contiguous()})
+    ok = k % w.group == 0 and n % 8 == 0 and w.group % 32 == 0 and w.group >= 32
+    if not ok:  # shapes the kernels do not tile: keep the canonical form (correct, not fast)
+        return GpuWeight("fallback", n, k, {}, w.group, {"w": w})
+    s, b = _scales(w)
+    if w.mask is None:
+        return GpuWeight(
+            "int4", n, k, {"w": _pack_nibbles(w.q.t().contiguous(), 8, 4), "s": s, "b": b}, w.group
+        )
+    quads = w.mask.reshape(n, k // 4, 4)
+    if not bool((quads.sum(-1) == 2).all()):
+        raise ValueError("a 2:4 weight must keep exactly 2 of every 4 values along K")
+    pos = torch.argsort((~quads).to(torch.int8), dim=-1, stable=True)[..., :2]  # kept positions, ascending
+    vals = w.q.reshape(n, k // 4, 4).gather(-1, pos.to(torch.int64)).reshape(n, k // 2)
+    tensors = {
+        "v": _pack_nibbles(vals, 8, 4),
+        "i": _pack_nibbles(pos.reshape(n, k // 2), 16, 2),
+        "s": s,
+        "b": b,
+    }
+    return GpuWeight("int4_24", n, k, tensors, w.group)
+
+
+def prepare(layer: Any) -> GpuWeight:
+    """Pack ``layer.qweight`` on its device and drop the canonical tensors (keep shapes on ``meta``)."""
+    if layer.gpu is None:
+        layer.gpu = pack(layer.qweight)
+        if layer.gpu.kind != "fallback":
+            layer.qweight = layer.qweight.apply(lambda t: t.to("meta"))
+    return layer.gpu
+
+
+@functools.cache
+def _sm_count() -> int:
+    if not torch.cuda.is_available():
+        return 132  # Triton's CPU interpreter (tests): any split is correct
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+
+
+def prepare_model(model: torch.nn.Module) -> int:
+    """Pack every quantized layer of ``model`` (on CUDA) and release the canonical tensors; returns bytes."""
+    total = 0
+    for mod in model.modules():
+        if hasattr(mod, "qweight") and hasattr(mod, "gpu"):
+            total += prepare(mod).nbytes()
+    torch.cuda.empty_cache()
+    return total
+
+
+def _config(kind: str, n: int, k: int, group: int) -> tuple[int, ...]:
+    hit = TUNING.get((kind, n, k))
+    if hit is not None:
+        return hit
+    block_n = 64 if kind == "int4_24" else 128
+    tiles = -(-n // block_n)
+    chunks = k // group if kind != "int8" else -(-k // 128)
+    split = max(1, min(chunks, round(2 * _sm_count() / tiles)))
+    return block_n, split, 4, 3
+
+
+def matmul_small(g: GpuWeight, x: torch.Tensor, thresh: float | None = None) -> torch.Tensor:
+    """``x [M <= 16, K] @ W.T`` with the fused kernel of ``g.kind``."""
+    from engine.quant import triton_kernels as tk
+
+    m = x.shape[0]
+    cfg = _config(g.kind + ("_teal" if thresh else ""), g.n, g.k, g.group or 128)
+    block_n, split, warps, stages = cfg[:4]
+    if g.kind == "int4_24":  # rows are looped over: no more than the batch needs
+        block_m = 1 << (m - 1).bit_length()
+    else:
+        block_m = (cfg[4] if len(cfg) > 4 else 1) if m == 1 else SMALL_M
+    gather = bool(cfg[5]) if len(cfg) > 5 else True
+    chunks = (g.k // g.group) if g.group else -(-g.k // 128)
+    split = min(split, chunks)
+    per = -(-chunks // split)
+    split = -(-chunks // per)
+    atomic = split > 1
+    y = torch.zeros(m, g.n, device=x.device, dtype=torch.float32) if atomic else x.new_empty(m, g.n)
+    grid = (-(-g.n // block_n), split)
+    t = g.tensors
+    if g.kind == "int4" and m == 1 and block_m == 0:  # (..., 0, gather, block_k): 2-D accumulator GEMV
+        tk.w4_gemv_kernel[grid](
+            x, t["w"], t["s"], t["b"], y, g.n, g.k, float(thresh or 0.0), per,
+            GROUP=g.group, BLOCK_K=min(cfg[6], g.group), BLOCK_N=block_n, ATOMIC=atomic, SPARSE=bool(thresh),
+            GATHER=gather, num_warps=warps, num_stages=stages,
+        )  # fmt: skip
+    elif g.kind == "int4":
+        tk.w4_kernel[grid](
+            x, t["w"], t["s"], t["b"], y, m, g.n, g.k, x.stride(0), y.stride(0), float(thresh or 0.0), per,
+            GROUP=g.group, BLOCK_M=block_m, BLOCK_N=block_n, ATOMIC=atomic, SPARSE=bool(thresh),
+            GATHER=gather, num_warps=warps, num_stages=stages,
+        )  # fmt: skip
+    elif g.kind == "int8":
+        tk.w8_kernel[grid](
+            x, t["w"], t["s"], y, m, g.n, g.k, x.stride(0), y.stride(0), per,
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=128, ATOMIC=atomic, num_warps=warps, num_stages=stages,
+        )  # fmt: skip
+    elif g.kind == "int4_24":
+        tk.w4_24_kernel[grid](
+            x, t["v"], t["i"], t["s"], t["b"], y, m, g.n, g.k, x.stride(0), y.stride(0), per,
+            GROUP=g.group, BLOCK_M=block_m, BLOCK_N=block_n, ATOMIC=atomic, GATHER=gather,
+            num_warps=warps, num_stages=stages,
+        )  # fmt: skip
+    else:
+        raise ValueError(f"no small-M kernel for {g.kind}")
+    return y.to(x.dtype) if atomic else y
+
+
+def dense_weight(g: GpuWeight, dtype: torch.dtype) -> torch.Tensor:
+    """The weight as ``[N, K]`` in ``dtype`` (a transposed view where the packing is K-major)."""
+    from engine.quant import triton_kernels as tk
+
+    t = g.tensors
+    if g.kind == "int8":
+        return (t["w"].to(dtype) * t["s"].to(dtype)).t()
+    if g.kind == "int4":
+        out = torch.empty(g.k, g.n, device=t["w"].device, dtype=dtype)
+        tk.dequant_w4_kernel[(-(-g.n // 128), g.k // g.group)](
+            t["w"], t["s"], t["b"], out, g.n, g.k, GROUP=g.group, BLOCK_N=128
+        )
+        return out.t()
+    if g.kind == "int4_24":
+        out = torch.zeros(g.n, g.k, device=t["v"].device, dtype=dtype)
+        tk.dequant_w4_24_kernel[(-(-g.n // 32), g.k // g.group)](
+            t["v"], t["i"], t["s"], t["b"], out, g.n, g.k, GROUP=g.group, BLOCK_N=32
+        )
+        return out
+    return g.extra["w"].dequantize(dtype)
+
+
+def cuda_linear(layer: Any, x: torch.Tensor) -> torch.Tensor:
+    """`QuantLinear.forward` on CUDA."""
+    g = prepare(layer)
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, g.k)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    if x2.shape[0] <= SMALL_M and g.kind != "fallback":
+        thresh = layer.act_threshold if g.kind == "int4" else None
+        if layer.act_threshold is not None and g.kind != "int4":
+            x2 = layer.sparsify(x2)
+        y = matmul_small(g, x2, thresh)
+    else:
+        y = F.linear(layer.sparsify(x2), dense_weight(g, x.dtype))
+    if layer.bias is not None:
+        y = y + layer.bias.to(y.dtype)
+    return y.reshape(*lead, g.n)

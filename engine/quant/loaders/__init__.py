@@ -1,0 +1,1 @@
+"""Readers of pre-quantized checkpoints (AutoGPTQ, AutoAWQ, GGUF) into the canonical formats."""

@@ -1,0 +1,256 @@
+"""Triton kernels for weight-only int8 / int4 matmuls at decode sizes (M <= 16 rows) and dequantization.
+
+Why our own: torch's int4 GEMV (tinygemm) moves ~1 TB/s of the H100's 3 TB/s, and the 2:4 kernels of
+torchao and vLLM are gone (../shared/NOTES.md). Decode is memory-bound, so each kernel is built around
+reading every weight byte once, in wide coalesced rows, with enough programs (split-K) to keep HBM busy.
+
+Layouts (made by `engine.quant.gpu`; scales/biases fp16, ``[G, N]`` so one group's row is contiguous):
+- int8:  ``w8 [K, N]`` int8, ``s [N]`` fp32: ``y = (x @ w8) * s``.
+- int4:  ``w4 [K, N // 8]`` int32, nibble ``i`` of word ``j`` in row ``k`` is ``q[n = 8j + i, k]``;
+  ``w = q * s + b`` per group of ``GROUP`` rows of K. N-major packing lets activation sparsity (TEAL) skip
+  whole rows: a zero activation ``x[k]`` means row ``k`` (N/2 bytes) is never loaded.
+- int4 2:4: ``v [N, K // 16]`` int32 (the 2 kept codes of each 4 along K, 8 per word) and
+  ``ix [N, K // 32]`` int32 (their 2-bit positions, 16 per word): half the bytes of dense int4 plus 1/8.
+The group identity ``sum_k x_k (q_k s + b) = s * (x . q) + b * sum(x)`` lets every kernel multiply
+integer codes (exact in bf16) and apply scale and bias once per group and output, not per weight.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def w4_kernel(
+    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym, thresh, groups_per_split,
+    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ATOMIC: tl.constexpr,
+    SPARSE: tl.constexpr, GATHER: tl.constexpr,
+):  # fmt: skip
+    """``y[M, N] (+)= x[M, K] @ dequant(w4)``; with ``SPARSE``, |x| < thresh is zero and its row unread.
+
+    ``GATHER``: each output column loads the word holding its nibble (8 neighbours share it through L1)
+    and shifts by its own offset, so the codes come out in column order with no register shuffle;
+    otherwise one load per word and a reshape of the 8 nibbles. Which is faster is measured per shape."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rm = tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rw = pid_n * (BLOCK_N // 8) + tl.arange(0, BLOCK_N // 8)
+    rk = tl.arange(0, GROUP)
+    shifts = tl.arange(0, 8) * 4
+    mmask = rm < M
+    nmask = rn < N
+    wmask = rw < N // 8
+    g0 = pid_k * groups_per_split
+    g1 = tl.minimum(g0 + groups_per_split, K // GROUP)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for g in range(g0, g1):
+        kk = g * GROUP + rk
+        x = tl.load(x_ptr + rm[:, None] * stride_xm + kk[None, :], mask=mmask[:, None], other=0.0)
+        if SPARSE:
+            x = tl.where(tl.abs(x.to(tl.float32)) >= thresh, x, 0.0).to(x_ptr.dtype.element_ty)
+            live = tl.max((x != 0).to(tl.int32), axis=0) > 0  # a row is read if any token needs it
+        else:
+            live = kk >= 0
+        if GATHER:
+            words = tl.load(w_ptr + kk[:, None] * (N // 8) + (rn // 8)[None, :],
+                            mask=live[:, None] & nmask[None, :], other=0)  # fmt: skip
+            q = ((words >> ((rn % 8) * 4)[None, :]) & 0xF).to(x_ptr.dtype.element_ty)
+        else:
+            words = tl.load(w_ptr + kk[:, None] * (N // 8) + rw[None, :], mask=live[:, None] & wmask[None, :],
+                            other=0)  # fmt: skip
+            q = (words[:, :, None] >> shifts[None, None, :]) & 0xF
+            q = tl.reshape(q, (GROUP, BLOCK_N)).to(x_ptr.dtype.element_ty)
+        if BLOCK_M == 1:  # one token: a broadcast-multiply-reduce, no tensor-core padding to 16 rows
+            part = tl.sum(x.to(tl.float32)[:, :, None] * q.to(tl.float32)[None, :, :], axis=1)
+        else:
+            part = tl.dot(x, q)
+        xs = tl.sum(x.to(tl.float32), axis=1)
+        s = tl.load(s_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
+        b = tl.load(b_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
+        acc += part * s[None, :] + xs[:, None] * b[None, :]
+    out = y_ptr + rm[:, None] * stride_ym + rn[None, :]
+    omask = mmask[:, None] & nmask[None, :]
+    if ATOMIC:
+        tl.atomic_add(out, acc, mask=omask)
+    else:
+        tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=omask)
+
+
+@triton.jit
+def w4_gemv_kernel(
+    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, N, K, thresh, groups_per_split,
+    GROUP: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, ATOMIC: tl.constexpr,
+    SPARSE: tl.constexpr, GATHER: tl.constexpr,
+):  # fmt: skip
+    """One token: ``y[N] (+)= x[K] @ dequant(w4)`` with a ``[BLOCK_K, BLOCK_N]`` accumulator.
+
+    Why a 2-D accumulator: reducing over K inside the loop costs a cross-warp reduction per step; here
+    each element is dequantized (``q * s + b``, one FMA) and multiply-added in place, and the single
+    reduction over K happens once, after the loop."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rw = pid_n * (BLOCK_N // 8) + tl.arange(0, BLOCK_N // 8)
+    rk = tl.arange(0, BLOCK_K)
+    shifts = tl.arange(0, 8) * 4
+    nmask = rn < N
+    wmask = rw < N // 8
+    k0 = pid_k * groups_per_split * GROUP
+    k1 = tl.minimum(k0 + groups_per_split * GROUP, K)
+    acc = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
+    for k in range(k0, k1, BLOCK_K):
+        kk = k + rk
+        x = tl.load(x_ptr + kk).to(tl.float32)
+        if SPARSE:
+            x = tl.where(tl.abs(x) >= thresh, x, 0.0)
+            live = x != 0
+        else:
+            live = kk >= 0
+        if GATHER:
+            words = tl.load(w_ptr + kk[:, None] * (N // 8) + (rn // 8)[None, :],
+                            mask=live[:, None] & nmask[None, :], other=0)  # fmt: skip
+            q = ((words >> ((rn % 8) * 4)[None, :]) & 0xF).to(tl.float32)
+        else:
+            words = tl.load(w_ptr + kk[:, None] * (N // 8) + rw[None, :], mask=live[:, None] & wmask[None, :],
+                            other=0)  # fmt: skip
+            q = tl.reshape((words[:, :, None] >> shifts[None, None, :]) & 0xF, (BLOCK_K, BLOCK_N)).to(
+                tl.float32
+            )
+        gi = k // GROUP
+        s = tl.load(s_ptr + gi * N + rn, mask=nmask, other=0.0).to(tl.float32)
+        b = tl.load(b_ptr + gi * N + rn, mask=nmask, other=0.0).to(tl.float32)
+        acc += x[:, None] * (q * s[None, :] + b[None, :])
+    out = tl.sum(acc, axis=0)
+    if ATOMIC:
+        tl.atomic_add(y_ptr + rn, out, mask=nmask)
+    else:
+        tl.store(y_ptr + rn, out.to(y_ptr.dtype.element_ty), mask=nmask)
+
+
+@triton.jit
+def w8_kernel(
+    x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, stride_xm, stride_ym, blocks_per_split,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ATOMIC: tl.constexpr,
+):  # fmt: skip
+    """``y[M, N] (+)= (x[M, K] @ w8[K, N]) * s[N]``."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rm = tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    mmask = rm < M
+    nmask = rn < N
+    b0 = pid_k * blocks_per_split
+    b1 = tl.minimum(b0 + blocks_per_split, tl.cdiv(K, BLOCK_K))
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for blk in range(b0, b1):
+        kk = blk * BLOCK_K + rk
+        kmask = kk < K
+        x = tl.load(
+            x_ptr + rm[:, None] * stride_xm + kk[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0
+        )
+        w = tl.load(w_ptr + kk[:, None] * N + rn[None, :], mask=kmask[:, None] & nmask[None, :], other=0)
+        if BLOCK_M == 1:
+            acc += tl.sum(x.to(tl.float32)[:, :, None] * w.to(tl.float32)[None, :, :], axis=1)
+        else:
+            acc += tl.dot(x, w.to(x_ptr.dtype.element_ty))
+    s = tl.load(s_ptr + rn, mask=nmask, other=0.0)
+    acc = acc * s[None, :]
+    out = y_ptr + rm[:, None] * stride_ym + rn[None, :]
+    omask = mmask[:, None] & nmask[None, :]
+    if ATOMIC:
+        tl.atomic_add(out, acc, mask=omask)
+    else:
+        tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=omask)
+
+
+@triton.jit
+def w4_24_kernel(
+    x_ptr, v_ptr, i_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym, groups_per_split,
+    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ATOMIC: tl.constexpr,
+    GATHER: tl.constexpr,
+):  # fmt: skip
+    """2:4 int4: read the kept codes and their positions, gather the matching activations."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = rn < N
+    rm = tl.arange(0, BLOCK_M)
+    HALF: tl.constexpr = GROUP // 2
+    t = tl.arange(0, HALF)
+    vshift = tl.arange(0, 8) * 4
+    ishift = tl.arange(0, 16) * 2
+    g0 = pid_k * groups_per_split
+    g1 = tl.minimum(g0 + groups_per_split, K // GROUP)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for g in range(g0, g1):
+        if GATHER:  # per-value word loads (shared through L1), no register shuffle
+            vw = tl.load(v_ptr + rn[:, None] * (K // 16) + g * (GROUP // 16) + (t // 8)[None, :],
+                         mask=nmask[:, None], other=0)  # fmt: skip
+            v = ((vw >> ((t % 8) * 4)[None, :]) & 0xF).to(tl.float32)
+            iw = tl.load(i_ptr + rn[:, None] * (K // 32) + g * (GROUP // 32) + (t // 16)[None, :],
+                         mask=nmask[:, None], other=0)  # fmt: skip
+            pos = (iw >> ((t % 16) * 2)[None, :]) & 0x3
+        else:
+            vcol = g * (GROUP // 16) + tl.arange(0, GROUP // 16)
+            vw = tl.load(v_ptr + rn[:, None] * (K // 16) + vcol[None, :], mask=nmask[:, None], other=0)
+            v = tl.reshape((vw[:, :, None] >> vshift[None, None, :]) & 0xF, (BLOCK_N, HALF)).to(tl.float32)
+            icol = g * (GROUP // 32) + tl.arange(0, GROUP // 32)
+            iw = tl.load(i_ptr + rn[:, None] * (K // 32) + icol[None, :], mask=nmask[:, None], other=0)
+            pos = tl.reshape((iw[:, :, None] >> ishift[None, None, :]) & 0x3, (BLOCK_N, HALF))
+        kabs = g * GROUP + (t // 2)[None, :] * 4 + pos
+        s = tl.load(s_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
+        b = tl.load(b_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
+        for m in tl.static_range(BLOCK_M):
+            live = m < M
+            xg = tl.load(x_ptr + m * stride_xm + kabs, mask=nmask[:, None] & live, other=0.0).to(tl.float32)
+            row = tl.sum(v * xg, axis=1) * s + tl.sum(xg, axis=1) * b
+            acc += tl.where(rm[:, None] == m, row[None, :], 0.0)
+    out = y_ptr + rm[:, None] * stride_ym + rn[None, :]
+    omask = (rm < M)[:, None] & nmask[None, :]
+    if ATOMIC:
+        tl.atomic_add(out, acc, mask=omask)
+    else:
+        tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=omask)
+
+
+@triton.jit
+def dequant_w4_kernel(w_ptr, s_ptr, b_ptr, out_ptr, N, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr):
+    """int4 (N-major) -> ``out [K, N]`` in the model dtype, for prefill's tensor-core GEMM."""
+    pid_n = tl.program_id(0)
+    g = tl.program_id(1)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rw = pid_n * (BLOCK_N // 8) + tl.arange(0, BLOCK_N // 8)
+    kk = g * GROUP + tl.arange(0, GROUP)
+    words = tl.load(w_ptr + kk[:, None] * (N // 8) + rw[None, :], mask=(rw < N // 8)[None, :], other=0)
+    q = tl.reshape((words[:, :, None] >> (tl.arange(0, 8) * 4)[None, None, :]) & 0xF, (GROUP, BLOCK_N))
+    s = tl.load(s_ptr + g * N + rn, mask=rn < N, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + g * N + rn, mask=rn < N, other=0.0).to(tl.float32)
+    w = q.to(tl.float32) * s[None, :] + b[None, :]
+    tl.store(out_ptr + kk[:, None] * N + rn[None, :], w.to(out_ptr.dtype.element_ty), mask=(rn < N)[None, :])
+
+
+@triton.jit
+def dequant_w4_24_kernel(
+    v_ptr, i_ptr, s_ptr, b_ptr, out_ptr, N, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr
+):
+    """2:4 int4 -> dense ``out [N, K]`` (zeros included; the output is zero-filled by the caller)."""
+    pid_n = tl.program_id(0)
+    g = tl.program_id(1)
+    HALF: tl.constexpr = GROUP // 2
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = rn < N
+    t = tl.arange(0, HALF)
+    vw = tl.load(v_ptr + rn[:, None] * (K // 16) + g * (GROUP // 16) + tl.arange(0, GROUP // 16)[None, :],
+                 mask=nmask[:, None], other=0)  # fmt: skip
+    v = tl.reshape((vw[:, :, None] >> (tl.arange(0, 8) * 4)[None, None, :]) & 0xF, (BLOCK_N, HALF))
+    iw = tl.load(i_ptr + rn[:, None] * (K // 32) + g * (GROUP // 32) + tl.arange(0, GROUP // 32)[None, :],
+                 mask=nmask[:, None], other=0)  # fmt: skip
+    pos = tl.reshape((iw[:, :, None] >> (tl.arange(0, 16) * 2)[None, None, :]) & 0x3, (BLOCK_N, HALF))
+    kabs = g * GROUP + (t // 2)[None, :] * 4 + pos
+    s = tl.load(s_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
+    w = v.to(tl.float32) * s[:, None] + b[:, None]
+    tl.store(out_ptr + rn[:, None] * K + kabs, w.to(out_ptr.dtype.element_ty), mask=nmask[:, None])

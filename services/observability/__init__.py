@@ -1,0 +1,1 @@
+"""Metrics, request ids and JSON logs (issue 7)."""

@@ -1,0 +1,155 @@
+"""The CUDA kernels of engine.quant (run by Triton's CPU interpreter in CI) against the canonical formats.
+
+Each packed form must give the same matmul as the reference dequantization of the canonical weight, at
+decode sizes (fused kernels, split-K on and off) and through the prefill path (dequantize + GEMM).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.quant import gpu
+from engine.quant.formats import Int4Weight, Int8Weight
+from engine.quant.quantize import prune_2_4, quantize_int4, quantize_int8
+from tests.engine.test_attention import _interpreter_scalar_fix
+
+N, K = 64, 256
+
+
+@pytest.fixture(autouse=True)
+def _interpreter(monkeypatch) -> None:
+    """Kernels run in Triton's CPU interpreter here (tests/engine/conftest.py); on a GPU box, compiled."""
+    if torch.cuda.is_available():
+        pytest.skip(
+            "this module checks the kernels in the interpreter; bench/quant_gpu.py checks them on a GPU"
+        )
+    _interpreter_scalar_fix(monkeypatch)
+
+
+def _weight(seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(N, K, generator=g) * 0.05
+
+
+def _x(m: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(m, K, generator=torch.Generator().manual_seed(seed))
+
+
+def _ref(q: Int4Weight) -> torch.Tensor:
+    """The canonical dequantization with scale and bias rounded to fp16, as the packed form stores them."""
+    s = q.scale.half().float()
+    b = (-q.zero * q.scale).half().float()
+    w = q.q.float() * s.repeat_interleave(q.group, 1) + b.repeat_interleave(q.group, 1)
+    return w if q.mask is None else w * q.mask
+
+
+def _check(gw: gpu.GpuWeight, ref_w: torch.Tensor, m: int, thresh: float | None = None) -> None:
+    x = _x(m)
+    xs = x if thresh is None else x.masked_fill(x.abs() < thresh, 0.0)
+    want = xs @ ref_w.t()
+    got = gpu.matmul_small(gw, x, thresh)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("group", [64, 128])
+@pytest.mark.parametrize("m", [1, 5, 16])
+def test_int4_kernel_matches_dequantized(group: int, m: int) -> None:
+    q = quantize_int4(_weight(), group=group)
+    torch.testing.assert_close(_ref(q), q.dequantize(torch.float32), rtol=0, atol=2e-4)
+    _check(gpu.pack(q), _ref(q), m)
+
+
+@pytest.mark.parametrize("split", [1, 2])
+@pytest.mark.parametrize("m, block_m", [(3, 16), (1, 16), (1, 1), (1, 0)])
+@pytest.mark.parametrize("gather", [0, 1])
+def test_split_k_and_one_token_paths_agree(split: int, m: int, block_m: int, gather: int) -> None:
+    """Split-K partial sums, one token through tensor-core padding or the plain reduction, and both
+    ways of unpacking the nibbles."""
+    q = quantize_int4(_weight(2), group=64)
+    gw = gpu.pack(q)
+    gpu.TUNING[("int4", N, K)] = (32, split, 4, 2, block_m, gather, 32)
+    try:
+        _check(gw, _ref(q), m)
+    finally:
+        gpu.TUNING.pop(("int4", N, K))
+
+
+def test_teal_kernel_skips_small_activations() -> None:
+    q = quantize_int4(_weight(3), group=64)
+    thresh = float(_x(1).abs().median())  # about half the activations are dropped
+    _check(gpu.pack(q), _ref(q), 1, thresh)
+    _check(gpu.pack(q), _ref(q), 4, thresh)
+    gpu.TUNING[("int4_teal", N, K)] = (64, 2, 4, 2, 0, 0, 32)  # the one-token GEMV kernel
+    try:
+        _check(gpu.pack(q), _ref(q), 1, thresh)
+    finally:
+        gpu.TUNING.pop(("int4_teal", N, K))
+
+
+@pytest.mark.parametrize("m", [1, 3])
+def test_int8_kernel_matches_dequantized(m: int) -> None:
+    q = quantize_int8(_weight(4))
+    _check(gpu.pack(q), q.dequantize(torch.float32), m)
+
+
+@pytest.mark.parametrize("m", [1, 4])
+@pytest.mark.parametrize("gather", [0, 1])
+def test_2_4_kernel_reads_only_kept_values(m: int, gather: int) -> None:
+    w = _weight(5)
+    mask = prune_2_4(w)
+    q = quantize_int4(w * mask, group=64)
+    q = Int4Weight(q.q, q.scale, q.zero, q.group, mask)
+    gw = gpu.pack(q)
+    assert gw.kind == "int4_24"
+    dense = gpu.pack(Int4Weight(q.q, q.scale, q.zero, q.group))
+    codes = sum(gw.tensors[k].numel() * 4 for k in ("v", "i"))
+    assert codes == dense.tensors["w"].numel() * 4 * 3 // 4  # half the codes + a 2-bit position each
+    gpu.TUNING[("int4_24", N, K)] = (32, 1, 4, 2, 1, gather)
+    try:
+        _check(gw, _ref(q), m)
+    finally:
+        gpu.TUNING.pop(("int4_24", N, K))
+
+
+def test_prefill_path_dequantizes_every_format() -> None:
+    w = _weight(6)
+    mask = prune_2_4(w)
+    q4 = quantize_int4(w, group=64)
+    cases = [
+        quantize_int8(w),
+        q4,
+        Int4Weight(q4.q, q4.scale, q4.zero, 64, mask),
+    ]
+    for q in cases:
+        got = gpu.dense_weight(gpu.pack(q), torch.float32)
+        want = q.dequantize(torch.float32) if isinstance(q, Int8Weight) else _ref(q)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_unpackable_shapes_fall_back_and_bad_masks_are_refused() -> None:
+    q = quantize_int4(torch.randn(8, 96) * 0.05, group=64)  # K not a multiple of the group
+    assert gpu.pack(q).kind == "fallback"
+    bad = torch.zeros(N, K, dtype=torch.bool)
+    bad[:, ::4] = True  # 1 of 4 kept
+    q4 = quantize_int4(_weight(), group=64)
+    with pytest.raises(ValueError, match="exactly 2 of every 4"):
+        gpu.pack(Int4Weight(q4.q, q4.scale, q4.zero, 64, bad))
+
+
+@pytest.mark.parametrize("rows", [2, 20])
+def test_quant_linear_dispatch_after_packing(rows: int) -> None:
+    """`prepare_model` packs and frees the canonical tensors; decode rows use the fused kernel, longer
+    inputs the dequantize + GEMM path, both with the bias and the same numbers."""
+    from engine.quant.linear import QuantLinear
+
+    q = quantize_int4(_weight(7), group=64)
+    bias = torch.randn(N)
+    layer = QuantLinear(q, bias)
+    want_w = _ref(q)
+    packed = gpu.prepare_model(torch.nn.Sequential(layer))
+    assert packed == layer.gpu.nbytes() > 0
+    assert layer.qweight.q.device.type == "meta"  # the canonical copy no longer holds memory
+    x = torch.randn(rows, K)
+    got = gpu.cuda_linear(layer, x)
+    torch.testing.assert_close(got, x @ want_w.t() + bias, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,95 @@
+"""Quantized SmolLM2-135M (the packaged Q4_1 GGUF): perplexity bounds, GGUF blocks, a coherent int4 answer.
+
+The packaged weights already sit on GGUF's Q4_1 grid (group 32, fp16 scale and min), which the
+"unquantized" reference is the dequantization of. Loading those blocks as int4 g32 is exact; int8 must
+stay within 1%; re-gridding to int4 g128/g64 stacks a second 4-bit rounding on the first and costs far
+more than on a bf16 model (bench/RESULTS.md), so those runs are held to their measured level here.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.config import EngineConfig, default_model
+from engine.llm_engine import Engine
+from engine.loader import load_model
+from engine.quant.calibrate import calibrate
+from engine.quant.evaluate import eval_text, perplexity
+from engine.quant.linear import QuantLinear, teal_everywhere
+from engine.quant.loaders.gguf import apply_gguf_weights
+from engine.quant.policy import apply_policy
+from engine.sampling import SamplingParams
+from engine.tokenizer import Tokenizer
+
+pytestmark = pytest.mark.slow
+TOKENS = 384
+
+
+@pytest.fixture(scope="module")
+def setup(model_dir):
+    ids = Tokenizer(model_dir).encode(eval_text())[:TOKENS]
+    base = load_model(model_dir, torch.device("cpu"), torch.float32)
+    return ids, perplexity(base, ids, TOKENS), base
+
+
+@pytest.fixture(scope="module")
+def calib(model_dir, setup):
+    return calibrate(setup[2], tokenizer=Tokenizer(model_dir), max_tokens=1024)
+
+
+def _ppl(model_dir, ids, policy: str, calib=None) -> float:
+    m = load_model(model_dir, torch.device("cpu"), torch.float32)
+    apply_policy(m, policy, calib=calib, source=default_model())
+    with teal_everywhere():  # one prefill scored with the per-token numerics of decode
+        return perplexity(m, ids, TOKENS)
+
+
+def test_gguf_q4_1_blocks_are_exact_int4_g32(model_dir, setup) -> None:
+    ids, ppl0, base = setup
+    m = load_model(model_dir, torch.device("cpu"), torch.float32)
+    assert apply_gguf_weights(m, default_model()) == 4 * m.cfg.num_layers  # qkv, o, gate_up, down
+    mods = {n: x for n, x in m.named_modules() if isinstance(x, QuantLinear)}
+    assert len(mods) == 4 * m.cfg.num_layers
+    for name, mod in mods.items():  # against transformers' dequantization (the converted cache)
+        assert mod.qweight.group == 32
+        ref = base.get_submodule(name).weight
+        torch.testing.assert_close(mod.qweight.dequantize(), ref, rtol=0, atol=2e-6 * ref.abs().max().item())
+    assert perplexity(m, ids, TOKENS) == pytest.approx(ppl0, rel=1e-4)
+
+
+def test_int8_within_one_percent(model_dir, setup) -> None:
+    ids, ppl0, _ = setup
+    ppl = _ppl(model_dir, ids, "int8")
+    assert ppl != ppl0 and ppl / ppl0 - 1 < 0.01
+
+
+def test_int4_regrid_to_g128_at_measured_level(model_dir, setup, calib) -> None:
+    ids, ppl0, _ = setup
+    g128 = _ppl(model_dir, ids, "int4:g128", calib)
+    assert ppl0 < g128 < 1.35 * ppl0  # RTN + clipping: +25-28% measured (GPTQ: +22%, bench/RESULTS.md)
+    # 2:4 on top of int4 g128 does not win on a 135M model (+>100%): it is never on by default
+    assert _ppl(model_dir, ids, "int4:g128+2:4wanda", calib) > 1.5 * g128
+
+
+def test_teal_at_25_percent_wins_on_the_gguf_int4_weights(model_dir, setup, calib) -> None:
+    """The sparse mode within 2% of its dense counterpart (bench/RESULTS.md); 50% is far off."""
+    ids, ppl0, _ = setup
+    assert _ppl(model_dir, ids, "gguf+teal0.25", calib) <= 1.02 * ppl0
+    assert _ppl(model_dir, ids, "gguf+teal0.5", calib) > 1.1 * ppl0
+
+
+def test_int4_answers_faq_style_prompts_coherently() -> None:
+    cfg = EngineConfig(model=default_model(), device="cpu", quant="int4:g128", num_kv_blocks=64)
+    eng = Engine.from_config(cfg)
+    try:
+        assert eng.quant["layers"] == {"int4:g128": 4 * 30}
+        cases = [
+            ("What is a building permit?", ("permit", "build")),
+            ("Why do buildings need insulation?", ("insulation", "heat")),
+        ]
+        for question, words in cases:
+            text = eng.complete([{"role": "user", "content": question}], SamplingParams(max_tokens=40)).text
+            assert all(w in text.lower() for w in words), (question, text)
+    finally:
+        eng.close()
