@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -62,6 +62,14 @@ class Settings(BaseSettings):
     engine_disk_cache: bool = Field(default=True, description="KV disk tier under data_dir/kv_cache.")
     engine_prefix_cache: bool = Field(default=True, description="False: recompute every prompt (baseline).")
     engine_max_queue: int = Field(default=256, ge=1, description="Waiting requests before 429.")
+    engine_quant: str = Field(
+        default="none",
+        description="Weight quantization policy (engine.quant.policy): none, int8, int4:g128, "
+        "int4:g64,attn=int8, int4:g128+teal0.3, gguf, ...",
+    )
+    engine_gpu_memory_gb: float = Field(
+        default=22.0, gt=0, description="GPU budget for weights + KV pool + activations (a 24 GiB card)."
+    )
     # --- chat (issue 4): turns --------------------------------------------------------------------
     chat_system_prompt: str = (
         "You are a helpful customer-service assistant. Answer from the numbered sources only and cite them "
@@ -144,6 +152,16 @@ class Settings(BaseSettings):
         if value.lower() in ("off", "none", "0"):
             return ""
         return value or ("120/minute" if self.auth_required else "")
+
+    @field_validator("engine_quant")
+    @classmethod
+    def _known_quant_policy(cls, value: str) -> str:
+        """A typo in KB_ENGINE_QUANT fails at start with the parser's reason, not at the first chat."""
+        if value.strip().lower() not in ("", "none"):
+            from engine.quant.policy import QuantPolicy
+
+            QuantPolicy.parse(value)
+        return value
 
     @model_validator(mode="after")
     def _check_rate_limit(self) -> Settings:

@@ -66,6 +66,8 @@ class EngineGenerator(Generator):
             disk_dir=str(settings.data_dir / "kv_cache") if settings.engine_disk_cache else None,
             max_queue=settings.engine_max_queue,
             enable_prefix_cache=settings.engine_prefix_cache,
+            quant=settings.engine_quant,
+            gpu_memory_gb=settings.engine_gpu_memory_gb,
         )
         engine = Engine.from_config(config)
         name = settings.generator_model_name or _model_name(model)

@@ -21,7 +21,7 @@ def test_bench_quality_json_reports_each_mode() -> None:
     modes = "unquantized,int8,int4-g32-gguf"
     res = CliRunner().invoke(app, ["bench-quality", "--json", "--modes", modes, "--max-tokens", "96"])
     assert res.exit_code == 0, res.output
-    rows = json.loads(res.output.strip().splitlines()[-1])
+    rows = json.loads(res.stdout.strip().splitlines()[-1])  # progress bars go to stderr
     assert list(rows) == modes.split(",")
     for r in rows.values():
         assert r["perplexity"] > 1 and r["tokens"] == 96
