@@ -34,6 +34,17 @@ _ctx_lock = threading.Lock()
 _ctx: multiprocessing.context.BaseContext | None = None
 
 
+START_TIMEOUT_S = 20.0  # a child's start signal; the first start also boots the forkserver
+
+
+def _restart_forkserver() -> None:
+    """Forget the current forkserver (multiprocessing starts a new one on the next Process)."""
+    from multiprocessing import forkserver
+
+    with contextlib.suppress(Exception):
+        forkserver._forkserver._stop()
+
+
 def _context() -> multiprocessing.context.BaseContext:
     global _ctx
     with _ctx_lock:
@@ -87,7 +98,8 @@ def _mapped_bytes() -> int:
 def _child(
     conn: Connection, data: bytes, filename: str | None, memory_bytes: int, cpu_s: int, target: str
 ) -> None:
-    """Runs in the child: cap memory, parse, send ("ok", doc) or ("error", message)."""
+    """Runs in the child: say it started, cap memory, parse, send ("ok", doc) or ("error", message)."""
+    conn.send(("started", None))
     module, _, name = target.partition(":")
     parse_document = getattr(importlib.import_module(module), name)
     limit = _mapped_bytes() + memory_bytes
@@ -135,14 +147,23 @@ def parse_isolated(
                     daemon=True,
                 )
                 proc.start()
-            break
-        except (EOFError, ConnectionError) as exc:  # the forkserver died (killed?): it is restarted
-            parent.close()
             child.close()
-            log.warning("parser sandbox: could not start a child (%r), attempt %d", exc, attempt + 1)
-            if attempt == 2:
-                raise
-    child.close()
+            # A child that never says it started came from a broken forkserver (seen once in a fresh
+            # Celery pool process after a SIGKILL): restart the server instead of waiting the full
+            # parse timeout for nothing.
+            if parent.poll(START_TIMEOUT_S) and parent.recv()[0] == "started":
+                break
+            problem: BaseException = TimeoutError(f"no start signal in {START_TIMEOUT_S:g} s")
+        except (EOFError, ConnectionError) as exc:  # the forkserver died (killed?): it is restarted
+            child.close()
+            problem = exc
+        parent.close()
+        if "proc" in locals() and proc.pid is not None and proc.is_alive():
+            proc.kill()
+        _restart_forkserver()
+        log.warning("parser sandbox: could not start a child (%r), attempt %d", problem, attempt + 1)
+        if attempt == 2:
+            raise UnsupportedDocument(f"the parser sandbox could not start ({problem!r})") from None
     try:
         if not parent.poll(timeout_s):
             raise UnsupportedDocument(f"parsing took longer than {timeout_s:g} s; the file was skipped")

@@ -59,6 +59,8 @@ async def _path_from_json(request: Request) -> str:
         body = json.loads(await request.body() or b"null")
     except json.JSONDecodeError as exc:
         raise HTTPException(422, f"invalid request: body is not valid JSON ({exc.msg})") from exc
+    except UnicodeDecodeError as exc:  # found by tests/services/api/test_fuzz_openapi.py
+        raise HTTPException(422, "invalid request: body is not UTF-8 JSON") from exc
     if not isinstance(body, dict) or not isinstance(body.get("path"), str) or not body["path"].strip():
         raise HTTPException(422, "invalid request: path: a non-empty string is required")
     return body["path"]

@@ -92,6 +92,8 @@ def test_error_answers(make_client: Callable[..., TestClient], tmp_path: Path) -
     assert r.status_code == 404 and "no such" in r.json()["detail"]
     assert post(json={"nope": 1}).status_code == 422
     assert post(content=b"{", headers={"content-type": "application/json"}).status_code == 422
+    r = post(content=b"\x80{}", headers={"content-type": "application/json"})  # not UTF-8
+    assert r.status_code == 422 and "UTF-8" in r.json()["detail"]
     r = post(files={"file": ("x.pdf", b"%PDF-1.4 not an archive", "application/pdf")})
     assert r.status_code == 415 and "zip, tar or tar.gz" in r.json()["detail"]
     assert post(content=b"x", headers={"content-type": "text/plain"}).status_code == 415
