@@ -22,6 +22,17 @@ import triton.language as tl
 
 
 @triton.jit
+def _write_tile(y_ptr, acc, rm, rn, mmask, nmask, stride_ym, ATOMIC: tl.constexpr):
+    """Store an output tile, or add it into the fp32 buffer when K is split over programs."""
+    out = y_ptr + rm[:, None] * stride_ym + rn[None, :]
+    omask = mmask[:, None] & nmask[None, :]
+    if ATOMIC:
+        tl.atomic_add(out, acc, mask=omask)
+    else:
+        tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=omask)
+
+
+@triton.jit
 def w4_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym, thresh, groups_per_split,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ATOMIC: tl.constexpr,
@@ -70,12 +81,7 @@ def w4_kernel(
         s = tl.load(s_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
         b = tl.load(b_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
         acc += part * s[None, :] + xs[:, None] * b[None, :]
-    out = y_ptr + rm[:, None] * stride_ym + rn[None, :]
-    omask = mmask[:, None] & nmask[None, :]
-    if ATOMIC:
-        tl.atomic_add(out, acc, mask=omask)
-    else:
-        tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=omask)
+    _write_tile(y_ptr, acc, rm, rn, mmask, nmask, stride_ym, ATOMIC)
 
 
 @triton.jit
@@ -158,12 +164,7 @@ def w8_kernel(
             acc += tl.dot(x, w.to(x_ptr.dtype.element_ty))
     s = tl.load(s_ptr + rn, mask=nmask, other=0.0)
     acc = acc * s[None, :]
-    out = y_ptr + rm[:, None] * stride_ym + rn[None, :]
-    omask = mmask[:, None] & nmask[None, :]
-    if ATOMIC:
-        tl.atomic_add(out, acc, mask=omask)
-    else:
-        tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=omask)
+    _write_tile(y_ptr, acc, rm, rn, mmask, nmask, stride_ym, ATOMIC)
 
 
 @triton.jit
@@ -208,12 +209,7 @@ def w4_24_kernel(
             xg = tl.load(x_ptr + m * stride_xm + kabs, mask=nmask[:, None] & live, other=0.0).to(tl.float32)
             row = tl.sum(v * xg, axis=1) * s + tl.sum(xg, axis=1) * b
             acc += tl.where(rm[:, None] == m, row[None, :], 0.0)
-    out = y_ptr + rm[:, None] * stride_ym + rn[None, :]
-    omask = (rm < M)[:, None] & nmask[None, :]
-    if ATOMIC:
-        tl.atomic_add(out, acc, mask=omask)
-    else:
-        tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=omask)
+    _write_tile(y_ptr, acc, rm, rn, rm < M, nmask, stride_ym, ATOMIC)
 
 
 @triton.jit
