@@ -295,8 +295,7 @@ def phase(model: Any, tok: Any, sessions: list, reuse: bool, args: argparse.Name
 def run(args: argparse.Namespace) -> None:
     import torch
 
-    from bench.chat_load import plot, summarize
-    from bench.common import table
+    from bench.chat_load import comparison_table, plot, summarize
     from engine.tokenizer import Tokenizer
 
     bundle = Path(args.bundle)
@@ -317,31 +316,7 @@ def run(args: argparse.Namespace) -> None:
         if not args.tiny:
             torch.cuda.empty_cache()
     peak = 0.0 if args.tiny else torch.cuda.max_memory_allocated() / 2**30
-    rows = []
-    for r_on, r_off in zip(summary["reuse"]["per_turn"], summary["no_reuse"]["per_turn"], strict=True):
-        rows.append(
-            [
-                r_on["turn"],
-                f"{r_on['prompt_tokens']:.0f}",
-                f"{r_on['cached_tokens']:.0f}",
-                f"{r_on['ttft_p50_ms']:.0f}",
-                f"{r_on['ttft_p99_ms']:.0f}",
-                f"{r_off['ttft_p50_ms']:.0f}",
-                f"{r_off['ttft_p99_ms']:.0f}",
-                f"{r_on['ttft_p99_ms'] / r_off['ttft_p99_ms']:.2f}",
-            ]
-        )
-    headers = [
-        "turn",
-        "prompt tok",
-        "cached tok (reuse)",
-        "p50 reuse",
-        "p99 reuse",
-        "p50 off",
-        "p99 off",
-        "p99 ratio",
-    ]
-    print(table(headers, rows))
+    print(comparison_table(summary))
     retr = [r["retrieval_ms"] for s in summary["reuse"]["raw"] for r in s]
     all_p99 = {
         k: float(np.percentile([r["ttft_ms"] for s in v["raw"] for r in s], 99)) for k, v in summary.items()

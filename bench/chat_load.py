@@ -146,6 +146,35 @@ def summarize(results: list[list[dict[str, Any]]], wall_s: float, turns: int) ->
     }
 
 
+def comparison_table(summary: dict[str, Any]) -> str:
+    """TTFT per turn with reuse on and off, side by side (also used by bench/chat_gpu.py)."""
+    rows = []
+    for r_on, r_off in zip(summary["reuse"]["per_turn"], summary["no_reuse"]["per_turn"], strict=True):
+        rows.append(
+            [
+                r_on["turn"],
+                f"{r_on['prompt_tokens']:.0f}",
+                f"{r_on['cached_tokens']:.0f}",
+                f"{r_on['ttft_p50_ms']:.0f}",
+                f"{r_on['ttft_p99_ms']:.0f}",
+                f"{r_off['ttft_p50_ms']:.0f}",
+                f"{r_off['ttft_p99_ms']:.0f}",
+                f"{r_on['ttft_p99_ms'] / r_off['ttft_p99_ms']:.2f}",
+            ]
+        )
+    headers = [
+        "turn",
+        "prompt tok (mean)",
+        "cached tok (mean, reuse)",
+        "TTFT p50 reuse ms",
+        "TTFT p99 reuse ms",
+        "TTFT p50 no reuse ms",
+        "TTFT p99 no reuse ms",
+        "p99 reuse / no reuse",
+    ]
+    return table(headers, rows)
+
+
 def plot(summary: dict[str, dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib
 
@@ -211,31 +240,7 @@ def main() -> None:
             summary[name]["raw"] = results
             print(f"{name}: {wall:.1f} s", flush=True)
 
-    rows = []
-    for r_on, r_off in zip(summary["reuse"]["per_turn"], summary["no_reuse"]["per_turn"], strict=True):
-        rows.append(
-            [
-                r_on["turn"],
-                f"{r_on['prompt_tokens']:.0f}",
-                f"{r_on['cached_tokens']:.0f}",
-                f"{r_on['ttft_p50_ms']:.0f}",
-                f"{r_on['ttft_p99_ms']:.0f}",
-                f"{r_off['ttft_p50_ms']:.0f}",
-                f"{r_off['ttft_p99_ms']:.0f}",
-                f"{r_on['ttft_p99_ms'] / r_off['ttft_p99_ms']:.2f}",
-            ]
-        )
-    headers = [
-        "turn",
-        "prompt tok (mean)",
-        "cached tok (mean, reuse)",
-        "TTFT p50 reuse ms",
-        "TTFT p99 reuse ms",
-        "TTFT p50 no reuse ms",
-        "TTFT p99 no reuse ms",
-        "p99 reuse / no reuse",
-    ]
-    print(table(headers, rows))
+    print(comparison_table(summary))
     for name in ("reuse", "no_reuse"):
         s = summary[name]
         print(
