@@ -3,6 +3,7 @@
 #   here, first: bash bench/gpu_pending.sh prepare   (wheels into .whl, the chat bundle; CPU, ~3 min)
 #   call 1: bash bench/gpu_pending.sh 1   (carry: .whl bench/out/chat_gpu_bundle)
 #   call 2: bash bench/gpu_pending.sh 2   (carry: .whl bench/out/quant_kernels.json from call 1's $OUT)
+#   kernels only: bash bench/gpu_pending.sh kernels   (no carry; KINDS=..., SWEEP_S=... to narrow it)
 # .whl holds the py3.12 wheels of fastapi/starlette/pydantic/uvicorn that `kb engine-serve` needs and the
 # GPU image lacks; bench/out/chat_gpu_bundle comes from `.venv/bin/python -m bench.chat_gpu prepare` here.
 set -uo pipefail
@@ -37,10 +38,18 @@ case "${1:-1}" in
     echo "== issue 6: quantized GEMV kernels (bench/quant_gpu.py kernels)"
     timeout 300 python3 bench/quant_gpu.py kernels --out "$OUT" 2>&1 | grep -v "^  skip" | tail -60
     ;;
+  kernels)  # issue 6: the kernel tests compiled on the GPU, then the K-packed int4 / int8 sweep
+    echo "== kernel and fused-op tests, compiled (pytest --noconftest: the root conftest needs the DB stack)"
+    timeout 120 python3 -m pytest --noconftest -q -p no:cacheprovider -x tests/engine/quant/test_gpu_kernels.py \
+      tests/engine/test_fused_ops.py 2>&1 | tail -8
+    echo "== issue 6: quantized GEMV kernels (bench/quant_gpu.py kernels)"
+    timeout "${SWEEP_S:-420}" python3 bench/quant_gpu.py kernels --kinds "${KINDS:-int8,int4k_g128,int4k_g64}" \
+      --out "$OUT" 2>&1 | grep -v "^  skip" | tail -60
+    ;;
   2)
     echo "== issue 6: whole-model decode, bf16/int8/int4/2:4/TEAL vs HF compiled (bench/quant_e2e.py)"
     tune=()
     [ -f bench/out/quant_kernels.json ] && tune=(--tune bench/out/quant_kernels.json)
-    timeout 560 python3 bench/quant_e2e.py --out "$OUT" "${tune[@]}" 2>&1 | grep -vi warn | tail -40
+    timeout "${E2E_S:-560}" python3 bench/quant_e2e.py --out "$OUT" "${tune[@]}" ${E2E_ARGS:-} 2>&1 | grep -vi warn | tail -40
     ;;
 esac

@@ -46,15 +46,22 @@ MODES = {  # name -> KB_ENGINE_QUANT spec; int4 modes keep lm_head at int8 (the 
 }
 
 
-def load_tuning(path: str | None) -> None:
-    """``kind|N|K|M`` -> config from the kernel sweep; the batch-1 winner serves every M here."""
+# mode -> the kernel-sweep kind (quant_kernels.json) of its int4 layers; sweep kind -> `engine.quant.gpu` kind
+SWEPT = {"int4": "int4k_g128", "int4_g64": "int4k_g64", "int4_24": "int4_24", "int4_teal": "int4_g128_teal"}
+GPU_KIND = {"int8": "int8", "int4k_g128": "int4k", "int4k_g64": "int4k", "int4_24": "int4_24",
+            "int4_g128_teal": "int4_teal"}  # fmt: skip
+
+
+def load_tuning(path: str | None, mode: str) -> None:
+    """Launch configs from the kernel sweep (``kind|N|K|M`` -> config) for this mode's weight formats."""
+    gpu.TUNING.clear()
     if not path:
         return
     tuning = json.loads(Path(path).read_text()).get("tuning", {})
     for key, cfg in tuning.items():
         kind, n, k, m = key.split("|")
-        if cfg and m == "1":
-            gpu.TUNING[(kind, int(n), int(k))] = tuple(cfg)
+        if cfg and kind in ("int8", SWEPT.get(mode)):
+            gpu.TUNING[(GPU_KIND[kind], int(n), int(k), int(m))] = tuple(cfg)
 
 
 def build(b: Bench, spec: str, tiny: bool) -> tuple[torch.nn.Module, dict]:
@@ -159,7 +166,6 @@ def main() -> None:
     a = p.parse_args()
     a.batches = [int(x) for x in a.batches.split(",")]
     b = Bench(a)
-    load_tuning(a.tune)
     if b.dev.type == "cuda":
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, a.cap_gib * GiB / total))
@@ -174,6 +180,7 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in a.modes.split(","):
+        load_tuning(a.tune, name)
         try:
             res["modes"][name] = one_mode(b, name, MODES[name], a, bw)
         except Exception as exc:  # noqa: BLE001 - one failing mode is reported, the others still run

@@ -35,7 +35,7 @@ SHAPES = {  # name: (N, K) of y = x @ W.T, Llama-3-8B (q/k/v and gate/up fused a
     "down": (4096, 14336),
     "lm_head": (128256, 4096),
 }
-MS = (1, 16)
+MS = (1, 4, 16)
 
 
 def bench_ms(fn) -> float:
@@ -83,45 +83,66 @@ def copy_gbps() -> float:
 
 
 def make(kind: str, w: torch.Tensor) -> gpu.GpuWeight:
+    """``int8``, ``int4k_g128|g64`` (K-packed), ``int4_g128|g64`` (N-packed, as TEAL uses), ``int4_24``."""
     if kind == "int8":
         return gpu.pack(quantize_int8(w))
-    group = 64 if kind == "int4_g64" else 128
+    group = 64 if kind.endswith("_g64") else 128
     if kind == "int4_24":
         mask = prune_2_4(w)
         q = quantize_int4(w * mask, group=group, mask=mask, clip_grid=(1.0,))
         return gpu.pack(Int4Weight(q.q, q.scale, q.zero, q.group, mask))
-    return gpu.pack(quantize_int4(w, group=group, clip_grid=(1.0,)))
+    return gpu.pack(quantize_int4(w, group=group, clip_grid=(1.0,)), n_major=not kind.startswith("int4k"))
+
+
+def grid_for(g: gpu.GpuWeight, m: int, stages_grid: tuple[int, ...]) -> list[tuple]:
+    """Launch configs to try: the K-packed int4 kernels get a coarse grid here and a warps x stages
+    refinement of the winner in `sweep`; the older kernels keep the grid their earlier sweeps settled on."""
+    if g.kind == "int4k":
+        modes = ([(0, 16)] if m == 1 else []) + [(16, 16), (16, 32)]
+        sizes = itertools.product((64, 128, 256), (1, 2, 4, 8), modes)
+        return [(bn, split, 4, 3, mode, br) for bn, split, (mode, br) in sizes]
+    blocks = (32, 64, 128) if g.kind == "int4_24" else (64, 128, 256)
+    # one token: int4 reduces without tensor cores (per step, or once with a 2-D accumulator: block_m 0),
+    # int8 pads to 16 rows (each won every shape in an earlier full sweep)
+    one = m == 1 and g.kind == "int4"
+    gathers = (0, 1)  # int8: the slot says the magic-number conversion
+    return [
+        (bn, split, 4, stages, bm, gather, bk)
+        for bn, split, stages, gather in itertools.product(blocks, (1, 2, 4, 8), stages_grid, gathers)
+        for bm, bk in ([(1, 0)] + [(0, 32), (0, 64)] * (bn <= 128) if one else [(16, 0)])
+    ]
 
 
 def sweep(
     kind: str, gs: list[gpu.GpuWeight], x: torch.Tensor, thresh: float | None, stages_grid: tuple[int, ...]
 ) -> tuple[float, tuple]:
-    """Fastest (block_n, split, warps, stages, block_m, gather) for this weight and batch: (ms, config)."""
+    """Fastest launch config for this weight and batch: (ms, config)."""
     g = gs[0]
-    key = (g.kind + ("_teal" if thresh else ""), g.n, g.k)
+    m = x.shape[0]
+    key = (g.kind + ("_teal" if thresh else ""), g.n, g.k, m)
     best = (float("inf"), None)
-    blocks = (32, 64, 128) if g.kind == "int4_24" else (64, 128, 256)
-    # one token: int4 reduces without tensor cores (per step, or once with a 2-D accumulator: block_m 0),
-    # int8 pads to 16 rows (each won every shape in an earlier full sweep)
-    one = x.shape[0] == 1 and g.kind == "int4"
-    gathers = (0, 1) if g.kind != "int8" else (1,)
-    grid = [
-        (bn, split, 4, stages, bm, gather, bk)
-        for bn, split, stages, gather in itertools.product(blocks, (1, 2, 4, 8), stages_grid, gathers)
-        for bm, bk in ([(1, 0)] + [(0, 32), (0, 64)] * (bn <= 128) if one else [(16, 0)])
-    ]
-    for cfg in grid:
+
+    def trial(cfg: tuple) -> None:
+        nonlocal best
         bn, split = cfg[0], cfg[1]
         if split > 1 and (g.n // bn) * split > 8 * 132:
-            continue
+            return
         gpu.TUNING[key] = cfg
         try:
             ms = graph_ms([lambda c=c: gpu.matmul_small(c, x, thresh) for c in gs])
         except Exception as exc:  # noqa: BLE001 - a config that does not compile is skipped, and said
-            print(f"  skip {key} {gpu.TUNING[key]}: {type(exc).__name__}", flush=True)
-            continue
+            print(f"  skip {key} {cfg}: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
+            return
         if ms < best[0]:
-            best = (ms, gpu.TUNING[key])
+            best = (ms, cfg)
+
+    for cfg in grid_for(g, m, stages_grid):
+        trial(cfg)
+    if g.kind == "int4k" and best[1] is not None:
+        top = best[1]
+        for warps, stages in itertools.product((4, 8), (2, 3, 4)):
+            if (warps, stages) != (4, 3):
+                trial((top[0], top[1], warps, stages, *top[4:]))
     gpu.TUNING[key] = best[1]
     return best
 
@@ -159,7 +180,7 @@ def kernels(args: argparse.Namespace) -> dict:
         del ws
         tg = tinygemm_ms(w, xs[1]) if name != "lm_head" else None
         for kind in kinds:
-            if kind == "int4_24" and name == "lm_head":
+            if kind in ("int4_24", "int4_g128_teal", "int4_g128") and name == "lm_head":
                 continue
             g = make(kind.replace("_teal", ""), w.float())
             dense = gpu.dense_weight(g, torch.bfloat16)
@@ -189,7 +210,9 @@ def kernels(args: argparse.Namespace) -> dict:
                     f"{row['pct_copy_bw']:5.1f}% err {err:.1e} cfg {cfg}",
                     flush=True,
                 )
-                res["tuning"][f"{g.kind}{'_teal' if thresh else ''}|{n}|{k}|{m}"] = cfg
+                res["tuning"][f"{kind}|{n}|{k}|{m}"] = cfg  # bench kind: the group size is in the name
+                args.out_path.write_text(json.dumps(res, indent=1))  # a cut-short run keeps its rows
+                gpu.TUNING.pop((g.kind + ("_teal" if thresh else ""), n, k, m), None)
             del g, dense
             torch.cuda.empty_cache()
         del w
@@ -200,15 +223,16 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("phase", choices=["kernels"])
     p.add_argument("--out", default="bench/out")
-    p.add_argument("--kinds", default="int8,int4_g128,int4_g64,int4_24,int4_g128_teal")
+    p.add_argument("--kinds", default="int8,int4k_g128,int4k_g64,int4_g128,int4_24,int4_g128_teal")
     p.add_argument("--shapes", default="")
     p.add_argument("--stages", default="3", help="software-pipelining depths to sweep, e.g. 2,3,4")
     p.add_argument("--teal", type=float, default=0.4, help="fraction of activations TEAL zeroes")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    args.out_path = out / "quant_kernels.json"
     res = kernels(args)
-    (out / "quant_kernels.json").write_text(json.dumps(res, indent=1))
+    args.out_path.write_text(json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":

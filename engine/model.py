@@ -3,6 +3,8 @@
 Tokens of all sequences in a step are flattened into one ``[T]`` batch (no padding in the linear layers);
 attention reads and writes a paged KV cache described by `AttnBatch`. Numerics follow ``transformers``
 (fp32 RMSNorm statistics, fp32 RoPE tables cast to the model dtype) so greedy outputs match token for token.
+Layers pass ``(hidden, residual)`` so that each residual add is fused into the next RMSNorm; on CUDA the
+norms, RoPE and SiLU * up run as Triton kernels (`engine.fused_ops`) with the same rounding as this torch code.
 """
 
 from __future__ import annotations
@@ -18,6 +20,12 @@ from engine.config import ModelConfig
 
 __all__ = ["AttnBatch", "LlamaForCausalLM"]
 
+FUSED: bool | None = None  # engine.fused_ops kernels: None = on CUDA tensors; tests force them (interpreter)
+
+
+def _fused(x: torch.Tensor) -> bool:
+    return x.is_cuda if FUSED is None else FUSED
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
@@ -25,11 +33,21 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        """``weight * norm(x)``; given ``residual``, ``(weight * norm(x + residual), x + residual)``."""
+        if _fused(x):
+            from engine import fused_ops
+
+            if residual is None:
+                return fused_ops.rmsnorm(x, self.weight, self.eps)
+            return fused_ops.add_rmsnorm(x, residual, self.weight, self.eps)
+        if residual is not None:
+            x = residual = x + residual
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        out = self.weight * x.to(dtype)
+        return out if residual is None else (out, residual)
 
 
 def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
@@ -74,8 +92,13 @@ class Attention(nn.Module):
         q = q.view(t, self.nh, self.hd)
         k = k.view(t, self.kvh, self.hd)
         v = v.view(t, self.kvh, self.hd)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        if _fused(q):
+            from engine.fused_ops import rope_qk
+
+            q, k = rope_qk(q, k, cos, sin)
+        else:
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
         kc, vc = ab.k_cache[self.layer], ab.v_cache[self.layer]
         ks = ab.k_scale[self.layer] if ab.k_scale is not None else None
         vs = ab.v_scale[self.layer] if ab.v_scale is not None else None
@@ -103,7 +126,12 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g, u = self.gate_up_proj(x).split(self.inter, dim=-1)
+        gu = self.gate_up_proj(x)
+        if _fused(gu):
+            from engine.fused_ops import silu_mul
+
+            return self.down_proj(silu_mul(gu, self.inter))
+        g, u = gu.split(self.inter, dim=-1)
         return self.down_proj(F.silu(g) * u)
 
 
@@ -115,9 +143,16 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, ab: AttnBatch) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, ab)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, residual, cos, sin, ab: AttnBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` is the previous layer's MLP output and ``residual`` the stream before it (None at layer 0:
+        ``x`` is the embedding); returns this layer's MLP output and the stream before it."""
+        if residual is None:
+            x, residual = self.input_layernorm(x), x
+        else:
+            x, residual = self.input_layernorm(x, residual)
+        x = self.self_attn(x, cos, sin, ab)
+        x, residual = self.post_attention_layernorm(x, residual)
+        return self.mlp(x), residual
 
 
 class LlamaModel(nn.Module):
@@ -158,9 +193,10 @@ class LlamaForCausalLM(nn.Module):
         x = self.model.embed_tokens(input_ids)
         cos = self.cos[positions].to(x.dtype).unsqueeze(1)
         sin = self.sin[positions].to(x.dtype).unsqueeze(1)
+        residual = None
         for layer in self.model.layers:
-            x = layer(x, cos, sin, ab)
-        return self.model.norm(x)
+            x, residual = layer(x, residual, cos, sin, ab)
+        return self.model.norm(x) if residual is None else self.model.norm(x, residual)[0]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         head = getattr(self, "lm_head", None)  # untied, or a quantized copy of tied embeddings (quant)

@@ -20,14 +20,16 @@ from engine.quant.formats import Int4Weight, Int8Weight
 
 SMALL_M = 16
 # (kind, N, K) -> (block_n, split, num_warps, num_stages[, block_m for one-token inputs[, gather
-# [, block_k]]]); block_m 0 = the one-token GEMV with a 2-D accumulator; filled by measurement
-# (bench/quant_gpu.py kernels)
-TUNING: dict[tuple[str, int, int], tuple[int, ...]] = {}
+# [, block_k]]]); block_m 0 = the one-token GEMV with a 2-D accumulator; for int8 the "gather" slot says
+# the magic-number conversion (`w8_kernel` MAGIC). int4k: (block_n, split, warps,
+# stages, 0 = the CUDA-core GEMV for one token | 16 = tensor cores, block_r word rows per tensor-core step).
+# Filled by measurement (bench/quant_gpu.py kernels)
+TUNING: dict[tuple, tuple[int, ...]] = {}
 
 
 @dataclass
 class GpuWeight:
-    kind: str  # "int8" | "int4" | "int4_24" | "fallback"
+    kind: str  # "int8" | "int4k" (K-packed) | "int4" (N-packed, for TEAL) | "int4_24" | "fallback"
     n: int
     k: int
     tensors: dict[str, torch.Tensor]
@@ -53,8 +55,11 @@ def _scales(w: Int4Weight) -> tuple[torch.Tensor, torch.Tensor]:
     return s.t().contiguous().half(), (-w.zero.float() * s).t().contiguous().half()
 
 
-def pack(w: Int8Weight | Int4Weight) -> GpuWeight:
-    """The packed GPU form of a canonical weight (see the kernels' module docstring for layouts)."""
+def pack(w: Int8Weight | Int4Weight, n_major: bool = False) -> GpuWeight:
+    """The packed GPU form of a canonical weight (see the kernels' module docstrings for layouts).
+
+    Dense int4 is K-packed (`triton_w4k`, the fast decode kernels) unless ``n_major``: activation
+    sparsity (TEAL) skips whole rows of K, which only the N-packed layout stores apart."""
     n, k = w.shape
     if isinstance(w, Int8Weight):
         return GpuWeight("int8", n, k, {"w": w.q.t().contiguous(), "s": w.scale.float().contiguous()})
@@ -62,9 +67,13 @@ def pack(w: Int8Weight | Int4Weight) -> GpuWeight:
     if not ok:  # shapes the kernels do not tile: keep the canonical form (correct, not fast)
         return GpuWeight("fallback", n, k, {}, w.group, {"w": w})
     s, b = _scales(w)
-    if w.mask is None:
+    if w.mask is None and n_major:
         return GpuWeight(
             "int4", n, k, {"w": _pack_nibbles(w.q.t().contiguous(), 8, 4), "s": s, "b": b}, w.group
+        )
+    if w.mask is None:
+        return GpuWeight(
+            "int4k", n, k, {"w": _pack_nibbles(w.q, 8, 4).t().contiguous(), "s": s, "b": b}, w.group
         )
     quads = w.mask.reshape(n, k // 4, 4)
     if not bool((quads.sum(-1) == 2).all()):
@@ -83,7 +92,7 @@ def pack(w: Int8Weight | Int4Weight) -> GpuWeight:
 def prepare(layer: Any) -> GpuWeight:
     """Pack ``layer.qweight`` on its device and drop the canonical tensors (keep shapes on ``meta``)."""
     if layer.gpu is None:
-        layer.gpu = pack(layer.qweight)
+        layer.gpu = pack(layer.qweight, n_major=getattr(layer, "act_threshold", None) is not None)
         if layer.gpu.kind != "fallback":
             layer.qweight = layer.qweight.apply(lambda t: t.to("meta"))
     return layer.gpu
@@ -106,30 +115,45 @@ def prepare_model(model: torch.nn.Module) -> int:
     return total
 
 
-def _config(kind: str, n: int, k: int, group: int) -> tuple[int, ...]:
-    hit = TUNING.get((kind, n, k))
+def _config(kind: str, n: int, k: int, group: int, m: int) -> tuple[int, ...]:
+    """A measured config for this batch size (key ``(kind, N, K, M)``), its bucket (M 1 or 16), the shape
+    (``(kind, N, K)``), else a heuristic."""
+    keys = ((kind, n, k, m), (kind, n, k, 1 if m == 1 else SMALL_M), (kind, n, k))
+    hit = next((TUNING[key] for key in keys if key in TUNING), None)
     if hit is not None:
         return hit
     block_n = 64 if kind == "int4_24" else 128
     tiles = -(-n // block_n)
     chunks = k // group if kind != "int8" else -(-k // 128)
     split = max(1, min(chunks, round(2 * _sm_count() / tiles)))
+    if kind == "int4k":
+        return block_n, split, 4, 3, 0, 16
     return block_n, split, 4, 3
+
+
+def _chunks(g: GpuWeight, cfg: tuple[int, ...], m: int) -> int:
+    """Units of K that split-K hands out: groups, or ``block_r`` word rows for the K-packed GEMM."""
+    if g.kind == "int4k" and (m > 1 or cfg[4] != 0):
+        return g.k // 8 // cfg[5]
+    return (g.k // g.group) if g.group else -(-g.k // 128)
 
 
 def matmul_small(g: GpuWeight, x: torch.Tensor, thresh: float | None = None) -> torch.Tensor:
     """``x [M <= 16, K] @ W.T`` with the fused kernel of ``g.kind``."""
     from engine.quant import triton_kernels as tk
+    from engine.quant import triton_w4k as tw4k
 
     m = x.shape[0]
-    cfg = _config(g.kind + ("_teal" if thresh else ""), g.n, g.k, g.group or 128)
+    if thresh and g.kind != "int4":
+        raise ValueError(f"activation sparsity needs the N-packed int4 layout, not {g.kind}")
+    cfg = _config(g.kind + ("_teal" if thresh else ""), g.n, g.k, g.group or 128, m)
     block_n, split, warps, stages = cfg[:4]
     if g.kind == "int4_24":  # rows are looped over: no more than the batch needs
         block_m = 1 << (m - 1).bit_length()
     else:
         block_m = (cfg[4] if len(cfg) > 4 else 1) if m == 1 else SMALL_M
     gather = bool(cfg[5]) if len(cfg) > 5 else True
-    chunks = (g.k // g.group) if g.group else -(-g.k // 128)
+    chunks = _chunks(g, cfg, m)
     split = min(split, chunks)
     per = -(-chunks // split)
     split = -(-chunks // per)
@@ -137,7 +161,18 @@ def matmul_small(g: GpuWeight, x: torch.Tensor, thresh: float | None = None) -> 
     y = torch.zeros(m, g.n, device=x.device, dtype=torch.float32) if atomic else x.new_empty(m, g.n)
     grid = (-(-g.n // block_n), split)
     t = g.tensors
-    if g.kind == "int4" and m == 1 and block_m == 0:  # (..., 0, gather, block_k): 2-D accumulator GEMV
+    if g.kind == "int4k" and m == 1 and cfg[4] == 0:
+        tw4k.w4k_gemv_kernel[grid](
+            x, t["w"], t["s"], t["b"], y, g.n, g.k, per,
+            GROUP=g.group, BLOCK_N=block_n, ATOMIC=atomic, num_warps=warps, num_stages=stages,
+        )  # fmt: skip
+    elif g.kind == "int4k":
+        tw4k.w4k_mm_kernel[grid](
+            x, t["w"], t["s"], t["b"], y, m, g.n, g.k, x.stride(0), y.stride(0), per * cfg[5],
+            GROUP=g.group, BLOCK_M=SMALL_M, BLOCK_N=block_n, BLOCK_R=cfg[5], ATOMIC=atomic,
+            num_warps=warps, num_stages=stages,
+        )  # fmt: skip
+    elif g.kind == "int4" and m == 1 and block_m == 0:  # (..., 0, gather, block_k): 2-D accumulator GEMV
         tk.w4_gemv_kernel[grid](
             x, t["w"], t["s"], t["b"], y, g.n, g.k, float(thresh or 0.0), per,
             GROUP=g.group, BLOCK_K=min(cfg[6], g.group), BLOCK_N=block_n, ATOMIC=atomic, SPARSE=bool(thresh),
@@ -152,7 +187,8 @@ def matmul_small(g: GpuWeight, x: torch.Tensor, thresh: float | None = None) -> 
     elif g.kind == "int8":
         tk.w8_kernel[grid](
             x, t["w"], t["s"], y, m, g.n, g.k, x.stride(0), y.stride(0), per,
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=128, ATOMIC=atomic, num_warps=warps, num_stages=stages,
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=128, ATOMIC=atomic, MAGIC=len(cfg) > 5 and bool(cfg[5]),
+            num_warps=warps, num_stages=stages,
         )  # fmt: skip
     elif g.kind == "int4_24":
         tk.w4_24_kernel[grid](
@@ -168,10 +204,17 @@ def matmul_small(g: GpuWeight, x: torch.Tensor, thresh: float | None = None) -> 
 def dense_weight(g: GpuWeight, dtype: torch.dtype) -> torch.Tensor:
     """The weight as ``[N, K]`` in ``dtype`` (a transposed view where the packing is K-major)."""
     from engine.quant import triton_kernels as tk
+    from engine.quant import triton_w4k as tw4k
 
     t = g.tensors
     if g.kind == "int8":
         return (t["w"].to(dtype) * t["s"].to(dtype)).t()
+    if g.kind == "int4k":
+        out = torch.empty(g.k, g.n, device=t["w"].device, dtype=dtype)
+        tw4k.dequant_w4k_kernel[(-(-g.n // 128), g.k // g.group)](
+            t["w"], t["s"], t["b"], out, g.n, GROUP=g.group, BLOCK_N=128
+        )
+        return out.t()
     if g.kind == "int4":
         out = torch.empty(g.k, g.n, device=t["w"].device, dtype=dtype)
         tk.dequant_w4_kernel[(-(-g.n // 128), g.k // g.group)](
@@ -195,7 +238,7 @@ def cuda_linear(layer: Any, x: torch.Tensor) -> torch.Tensor:
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     if x2.shape[0] <= SMALL_M and g.kind != "fallback":
-        thresh = layer.act_threshold if g.kind == "int4" else None
+        thresh = layer.act_threshold if g.kind == "int4" else None  # int4 is N-packed only for TEAL
         if layer.act_threshold is not None and g.kind != "int4":
             x2 = layer.sparsify(x2)
         y = matmul_small(g, x2, thresh)

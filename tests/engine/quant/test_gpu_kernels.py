@@ -17,14 +17,20 @@ from tests.engine.test_attention import _interpreter_scalar_fix
 N, K = 64, 256
 
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# compiled on a GPU, fp32 tl.dot runs in TF32 (10-bit mantissa); the interpreter computes in fp32
+TOL = {"rtol": 1e-2, "atol": 5e-3} if DEVICE == "cuda" else {"rtol": 1e-4, "atol": 1e-4}
+
+
 @pytest.fixture(autouse=True)
 def _interpreter(monkeypatch) -> None:
     """Kernels run in Triton's CPU interpreter here (tests/engine/conftest.py); on a GPU box, compiled."""
-    if torch.cuda.is_available():
-        pytest.skip(
-            "this module checks the kernels in the interpreter; bench/quant_gpu.py checks them on a GPU"
-        )
-    _interpreter_scalar_fix(monkeypatch)
+    if DEVICE == "cpu":
+        _interpreter_scalar_fix(monkeypatch)
+
+
+def _on_device(gw: gpu.GpuWeight) -> gpu.GpuWeight:
+    return gpu.GpuWeight(gw.kind, gw.n, gw.k, {k: t.to(DEVICE) for k, t in gw.tensors.items()}, gw.group)
 
 
 def _weight(seed: int = 0) -> torch.Tensor:
@@ -48,16 +54,45 @@ def _check(gw: gpu.GpuWeight, ref_w: torch.Tensor, m: int, thresh: float | None 
     x = _x(m)
     xs = x if thresh is None else x.masked_fill(x.abs() < thresh, 0.0)
     want = xs @ ref_w.t()
-    got = gpu.matmul_small(gw, x, thresh)
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    got = gpu.matmul_small(_on_device(gw), x.to(DEVICE), thresh).cpu()
+    torch.testing.assert_close(got, want, **TOL)
 
 
 @pytest.mark.parametrize("group", [64, 128])
 @pytest.mark.parametrize("m", [1, 5, 16])
-def test_int4_kernel_matches_dequantized(group: int, m: int) -> None:
+@pytest.mark.parametrize("n_major", [False, True])
+def test_int4_kernel_matches_dequantized(group: int, m: int, n_major: bool) -> None:
     q = quantize_int4(_weight(), group=group)
     torch.testing.assert_close(_ref(q), q.dequantize(torch.float32), rtol=0, atol=2e-4)
-    _check(gpu.pack(q), _ref(q), m)
+    gw = gpu.pack(q, n_major=n_major)
+    assert gw.kind == ("int4" if n_major else "int4k")
+    _check(gw, _ref(q), m)
+
+
+def test_k_packed_layout_holds_eight_k_codes_per_word() -> None:
+    q = quantize_int4(_weight(1), group=128)
+    words = gpu.pack(q).tensors["w"]
+    assert words.shape == (K // 8, N) and words.dtype == torch.int32
+    nibble = (words[3, 5] >> (4 * 7)) & 0xF  # word row 3, nibble 7 = q[n=5, k=31]
+    assert int(nibble) == int(q.q[5, 31])
+
+
+@pytest.mark.parametrize("group", [64, 128])
+@pytest.mark.parametrize("split", [1, 2])
+@pytest.mark.parametrize(
+    "m, mode, block_r", [(1, 0, 16), (1, 16, 16), (5, 16, 16), (16, 16, 32), (3, 16, 32)]
+)
+def test_k_packed_gemv_and_tensor_core_paths_agree(
+    group: int, split: int, m: int, mode: int, block_r: int
+) -> None:
+    """The one-token CUDA-core GEMV and the per-nibble tensor-core GEMM, with split-K, with the group
+    identity (a step inside one group) and with dequantization before the dot (steps across groups)."""
+    q = quantize_int4(_weight(8), group=group)
+    gpu.TUNING[("int4k", N, K)] = (32, split, 4, 2, mode, block_r)
+    try:
+        _check(gpu.pack(q), _ref(q), m)
+    finally:
+        gpu.TUNING.pop(("int4k", N, K))
 
 
 @pytest.mark.parametrize("split", [1, 2])
@@ -67,7 +102,7 @@ def test_split_k_and_one_token_paths_agree(split: int, m: int, block_m: int, gat
     """Split-K partial sums, one token through tensor-core padding or the plain reduction, and both
     ways of unpacking the nibbles."""
     q = quantize_int4(_weight(2), group=64)
-    gw = gpu.pack(q)
+    gw = gpu.pack(q, n_major=True)
     gpu.TUNING[("int4", N, K)] = (32, split, 4, 2, block_m, gather, 32)
     try:
         _check(gw, _ref(q), m)
@@ -78,19 +113,29 @@ def test_split_k_and_one_token_paths_agree(split: int, m: int, block_m: int, gat
 def test_teal_kernel_skips_small_activations() -> None:
     q = quantize_int4(_weight(3), group=64)
     thresh = float(_x(1).abs().median())  # about half the activations are dropped
-    _check(gpu.pack(q), _ref(q), 1, thresh)
-    _check(gpu.pack(q), _ref(q), 4, thresh)
+    gw = gpu.pack(q, n_major=True)
+    _check(gw, _ref(q), 1, thresh)
+    _check(gw, _ref(q), 4, thresh)
+    with pytest.raises(ValueError, match="N-packed"):
+        gpu.matmul_small(gpu.pack(q), _x(1), thresh)
     gpu.TUNING[("int4_teal", N, K)] = (64, 2, 4, 2, 0, 0, 32)  # the one-token GEMV kernel
     try:
-        _check(gpu.pack(q), _ref(q), 1, thresh)
+        _check(gw, _ref(q), 1, thresh)
     finally:
         gpu.TUNING.pop(("int4_teal", N, K))
 
 
-@pytest.mark.parametrize("m", [1, 3])
-def test_int8_kernel_matches_dequantized(m: int) -> None:
+@pytest.mark.parametrize("m, block_m", [(1, 1), (1, 16), (3, 16)])
+@pytest.mark.parametrize("magic", [0, 1])
+def test_int8_kernel_matches_dequantized(m: int, block_m: int, magic: int) -> None:
+    """Both int8 -> float conversions (cast, magic number), one token reduced plainly or padded."""
     q = quantize_int8(_weight(4))
-    _check(gpu.pack(q), q.dequantize(torch.float32), m)
+    assert int(q.q.min()) < -100 and int(q.q.max()) > 100  # the full code range is exercised
+    gpu.TUNING[("int8", N, K)] = (32, 2, 4, 2, block_m, magic)
+    try:
+        _check(gpu.pack(q), q.dequantize(torch.float32), m)
+    finally:
+        gpu.TUNING.pop(("int8", N, K))
 
 
 @pytest.mark.parametrize("m", [1, 4])
@@ -117,12 +162,14 @@ def test_prefill_path_dequantizes_every_format() -> None:
     mask = prune_2_4(w)
     q4 = quantize_int4(w, group=64)
     cases = [
-        quantize_int8(w),
-        q4,
-        Int4Weight(q4.q, q4.scale, q4.zero, 64, mask),
+        (quantize_int8(w), False),
+        (q4, False),
+        (q4, True),
+        (quantize_int4(w, group=128), False),
+        (Int4Weight(q4.q, q4.scale, q4.zero, 64, mask), False),
     ]
-    for q in cases:
-        got = gpu.dense_weight(gpu.pack(q), torch.float32)
+    for q, n_major in cases:
+        got = gpu.dense_weight(_on_device(gpu.pack(q, n_major=n_major)), torch.float32).cpu()
         want = q.dequantize(torch.float32) if isinstance(q, Int8Weight) else _ref(q)
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
@@ -145,11 +192,11 @@ def test_quant_linear_dispatch_after_packing(rows: int) -> None:
 
     q = quantize_int4(_weight(7), group=64)
     bias = torch.randn(N)
-    layer = QuantLinear(q, bias)
+    layer = QuantLinear(q, bias).to(DEVICE)
     want_w = _ref(q)
     packed = gpu.prepare_model(torch.nn.Sequential(layer))
     assert packed == layer.gpu.nbytes() > 0
     assert layer.qweight.q.device.type == "meta"  # the canonical copy no longer holds memory
     x = torch.randn(rows, K)
-    got = gpu.cuda_linear(layer, x)
-    torch.testing.assert_close(got, x @ want_w.t() + bias, rtol=1e-4, atol=1e-4)
+    got = gpu.cuda_linear(layer, x.to(DEVICE)).cpu()
+    torch.testing.assert_close(got, x @ want_w.t() + bias, **TOL)

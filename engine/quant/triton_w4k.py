@@ -1,0 +1,157 @@
+"""int4 kernels on the K-packed layout: the decode GEMV/GEMM that reads each weight byte once at HBM speed.
+
+Layout (made by `engine.quant.gpu.pack`): ``w [K // 8, N]`` int32, nibble ``i`` of word ``(r, n)`` is
+``q[n, 8r + i]``; scales and biases fp16 ``[K // GROUP, N]``: ``w = q * s + b`` per group of K.
+
+Why K-packed and why the bit tricks (the N-packed kernels in `triton_kernels` reached 19-40 % of the
+copy bandwidth, measured in bench/RESULTS.md, being bound by ALU, not memory):
+- The 8 codes of one word belong to one output column, so nibble ``i`` of every word of a tile is a plain
+  elementwise op on the loaded tile: no reshape or layout shuffle, and the matching activations are
+  ``x[8r + i]`` (a strided load of a few hundred bytes, served by L1).
+- int -> float conversion (I2F) issues at 1/8 of the FMA rate on Hopper. A code is made a float by OR-ing
+  it into the mantissa of 2**23 (``0x4B000000``) and subtracting 2**23: one logic op and one add, both full
+  rate. Nibbles 0-4 are masked in place (``q << 4j`` still fits the 23-bit mantissa) and the exact power
+  of two ``16**-j`` is moved onto the activation, so only nibbles 5-7 need a shift.
+- The group identity ``sum_k x_k (q_k s + b) = s * (x . q) + b * sum(x)`` leaves one multiply-add per code.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+MAGIC_BITS = tl.constexpr(
+    0x4B000000
+)  # 2**23 as float32 bits: OR a value < 2**23 into the mantissa, subtract 2**23
+MAGIC = tl.constexpr(8388608.0)
+
+
+@triton.jit
+def _code(words, hi, i: tl.constexpr):
+    """Nibble ``i`` of each word as float32 ``q * 16**j`` (j = i for i < 5, else i - 5, read from ``hi``)."""
+    if i < 5:  # noqa: SIM108 - a constexpr branch: Triton compiles only the taken one
+        bits = (words & (0xF << (4 * i))) | MAGIC_BITS
+    else:
+        bits = (hi & (0xF << (4 * (i - 5)))) | MAGIC_BITS
+    return bits.to(tl.float32, bitcast=True) - MAGIC
+
+
+@triton.jit
+def _unit(i: tl.constexpr):
+    """``16**-j`` for nibble ``i``: the power of two `_code` leaves on the code, moved onto x (exact)."""
+    if i < 5:
+        return 1.0 / (1 << (4 * i))
+    else:
+        return 1.0 / (1 << (4 * (i - 5)))
+
+
+@triton.jit
+def w4k_gemv_kernel(
+    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, N, K, groups_per_split,
+    GROUP: tl.constexpr, BLOCK_N: tl.constexpr, ATOMIC: tl.constexpr,
+):  # fmt: skip
+    """One token on CUDA cores: ``y[N] (+)= x[K] @ dequant(w)``, a ``[GROUP // 8, BLOCK_N]`` accumulator
+    reduced over K once after the loop (no cross-warp reduction per step)."""
+    RW: tl.constexpr = GROUP // 8
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rr = tl.arange(0, RW)
+    nmask = rn < N
+    g0 = pid_k * groups_per_split
+    g1 = tl.minimum(g0 + groups_per_split, K // GROUP)
+    acc = tl.zeros((RW, BLOCK_N), dtype=tl.float32)
+    bacc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for g in range(g0, g1):
+        words = tl.load(w_ptr + (g * RW + rr)[:, None] * N + rn[None, :], mask=nmask[None, :], other=0)
+        hi = words >> 20
+        xg = x_ptr + g * GROUP + rr * 8
+        part = tl.zeros((RW, BLOCK_N), dtype=tl.float32)
+        for i in tl.static_range(8):
+            xi = tl.load(xg + i).to(tl.float32) * _unit(i)
+            part += xi[:, None] * _code(words, hi, i)
+        s = tl.load(s_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
+        b = tl.load(b_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
+        xs = tl.sum(tl.load(x_ptr + g * GROUP + tl.arange(0, GROUP)).to(tl.float32), axis=0)
+        acc += part * s[None, :]
+        bacc += xs * b
+    out = tl.sum(acc, axis=0) + bacc
+    if ATOMIC:
+        tl.atomic_add(y_ptr + rn, out, mask=nmask)
+    else:
+        tl.store(y_ptr + rn, out.to(y_ptr.dtype.element_ty), mask=nmask)
+
+
+@triton.jit
+def w4k_mm_kernel(
+    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym, rows_per_split,
+    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    ATOMIC: tl.constexpr,
+):  # fmt: skip
+    """``y[M, N] (+)= x[M, K] @ dequant(w)`` on tensor cores, one ``tl.dot`` per nibble position.
+
+    Each dot pairs nibble ``i`` of ``BLOCK_R`` word rows with the activations ``x[:, 8r + i]``: the sum
+    over K is the same in any order, so the codes never need interleaving. When a step stays inside one
+    group (``BLOCK_R * 8 <= GROUP``) the dots take the integer codes (exact in bf16, the ``16**j`` moved
+    onto x) and scale/bias apply once per step; otherwise each weight is dequantized before its dot."""
+    IDENTITY: tl.constexpr = (BLOCK_R * 8) <= GROUP
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rm = tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rr = tl.arange(0, BLOCK_R)
+    mmask = rm < M
+    nmask = rn < N
+    r0 = pid_k * rows_per_split
+    r1 = tl.minimum(r0 + rows_per_split, K // 8)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    xrow = x_ptr + rm[:, None] * stride_xm
+    for r in range(r0, r1, BLOCK_R):
+        rows = r + rr
+        words = tl.load(w_ptr + rows[:, None] * N + rn[None, :], mask=nmask[None, :], other=0)
+        hi = words >> 20
+        if IDENTITY:
+            g = (r * 8) // GROUP
+            step = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for i in tl.static_range(8):
+                xi = tl.load(xrow + (rows * 8 + i)[None, :], mask=mmask[:, None], other=0.0)
+                xi = (xi.to(tl.float32) * _unit(i)).to(x_ptr.dtype.element_ty)
+                step = tl.dot(xi, _code(words, hi, i).to(x_ptr.dtype.element_ty), step)
+            xk = r * 8 + tl.arange(0, BLOCK_R * 8)
+            xs = tl.sum(tl.load(xrow + xk[None, :], mask=mmask[:, None], other=0.0).to(tl.float32), axis=1)
+            s = tl.load(s_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
+            b = tl.load(b_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
+            acc += step * s[None, :] + xs[:, None] * b[None, :]
+        else:
+            grp = (rows * 8) // GROUP
+            s = tl.load(s_ptr + grp[:, None] * N + rn[None, :], mask=nmask[None, :], other=0.0).to(tl.float32)
+            b = tl.load(b_ptr + grp[:, None] * N + rn[None, :], mask=nmask[None, :], other=0.0).to(tl.float32)
+            for i in tl.static_range(8):
+                xi = tl.load(xrow + (rows * 8 + i)[None, :], mask=mmask[:, None], other=0.0)
+                w = _code(words, hi, i) * (s * _unit(i)) + b
+                acc = tl.dot(xi, w.to(x_ptr.dtype.element_ty), acc)
+    out = y_ptr + rm[:, None] * stride_ym + rn[None, :]
+    omask = mmask[:, None] & nmask[None, :]
+    if ATOMIC:
+        tl.atomic_add(out, acc, mask=omask)
+    else:
+        tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=omask)
+
+
+@triton.jit
+def dequant_w4k_kernel(w_ptr, s_ptr, b_ptr, out_ptr, N, GROUP: tl.constexpr, BLOCK_N: tl.constexpr):
+    """K-packed int4 -> ``out [K, N]`` in the model dtype (prefill's tensor-core GEMM), a group a program."""
+    RW: tl.constexpr = GROUP // 8
+    pid_n = tl.program_id(0)
+    g = tl.program_id(1)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = g * RW + tl.arange(0, RW)
+    nmask = rn < N
+    words = tl.load(w_ptr + rows[:, None] * N + rn[None, :], mask=nmask[None, :], other=0)
+    hi = words >> 20
+    s = tl.load(s_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
+    for i in tl.static_range(8):
+        w = _code(words, hi, i) * (s * _unit(i))[None, :] + b[None, :]
+        dst = out_ptr + (rows * 8 + i)[:, None] * N + rn[None, :]
+        tl.store(dst, w.to(out_ptr.dtype.element_ty), mask=nmask[None, :])
