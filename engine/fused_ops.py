@@ -8,11 +8,12 @@ four launches per layer (``add_rmsnorm`` twice, ``rope_qk``, ``silu_mul``).
 Numerics follow the torch code in engine/model.py op by op, rounding to the model dtype wherever a torch op
 on bf16/fp16 tensors would: the residual sum, ``(x * rstd).to(dtype)`` and its product with the weight,
 ``q * cos`` and ``rotate_half(q) * sin`` and their sum, ``silu(g)`` (computed in fp32) and its product with
-``u``. RoPE, SiLU * up and the residual add therefore give bit-identical results to torch; RMSNorm differs only
-where torch sums the squares in another order (1 ulp of fp32 in the statistic, rarely 1 bf16 ulp in the
-output). On CUDA the kernels use correctly rounded division and libdevice ``exp`` (as torch's CUDA kernels do)
-and no FMA contraction in the sum of squares; under ``TRITON_INTERPRET=1`` (CI, CPU tensors) they use numpy's
-equivalents. The CPU path of engine/model.py never calls this module.
+``u``. So RoPE, SiLU * up and the residual add are bit-identical to torch; RMSNorm differs only where torch
+sums the squares in another order (an fp32 ulp in the statistic, rarely a bf16 ulp in the output). On CUDA
+the kernels use correctly rounded division and libdevice ``exp`` (as torch's CUDA kernels do) and are
+compiled without FMA contraction, which would fuse a product into the following sum and so skip the
+rounding in between; under ``TRITON_INTERPRET=1`` (CI, CPU tensors) numpy's equivalents run. The CPU path
+of engine/model.py does not call this module.
 """
 
 from __future__ import annotations
@@ -55,10 +56,7 @@ def _rmsnorm_kernel(X, R, W, OUT, ROUT, sx, sr, so, sro, n, eps, inv_n,
         tl.store(ROUT + row * sro + offs, x, mask=m)
     xf = x.to(tl.float32)
     ss = tl.sum(xf * xf, axis=0)
-    if CUDA:  # torch's CUDA mean multiplies by 1/n; its CPU mean is sum / n
-        var = ss * inv_n
-    else:
-        var = ss / n
+    var = ss * inv_n if CUDA else ss / n  # torch's CUDA mean multiplies by 1/n; its CPU mean is sum / n
     rstd = tl.math.rsqrt(var + eps)
     normed = _round(xf * rstd, X.dtype.element_ty, CUDA)
     w = tl.load(W + offs, mask=m, other=0.0)
@@ -81,8 +79,9 @@ def _norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, 
     else:
         r2 = rout = x2  # unused
     if x2.shape[0] > 0:
+        strides = (x2.stride(0), r2.stride(0), out.stride(0), rout.stride(0))
         _rmsnorm_kernel[(x2.shape[0],)](
-            x2, r2, weight, out, rout, x2.stride(0), r2.stride(0), out.stride(0), rout.stride(0), n, eps, 1.0 / n,
+            x2, r2, weight, out, rout, *strides, n, eps, 1.0 / n,
             HAS_RES=residual is not None, CUDA=not _interpreted(), BLOCK=triton.next_power_of_2(n),
             num_warps=4 if n <= 2048 else 8, enable_fp_fusion=False,
         )  # fmt: skip
@@ -101,8 +100,9 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 @triton.jit
-def _rope_heads(X, OUT, C, S, t, sxt, sxh, nheads, hd, CUDA: tl.constexpr, BLOCK_H: tl.constexpr,
-                BLOCK_D: tl.constexpr):
+def _rope_heads(
+    X, OUT, C, S, t, sxt, sxh, nheads, hd, CUDA: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr
+):
     """``round(round(x * cos) + round(rotate_half(x) * sin))`` for every head of token ``t``."""
     h = tl.arange(0, BLOCK_H)[:, None]
     d = tl.arange(0, BLOCK_D)[None, :]
@@ -147,8 +147,9 @@ def rope_qk(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tens
     if t > 0:
         _rope_kernel[(t,)](
             q, k, qo, ko, cos, sin, q.stride(0), q.stride(1), k.stride(0), k.stride(1), nh, kvh, hd,
-            CUDA=not _interpreted(), BLOCK_HQ=triton.next_power_of_2(nh), BLOCK_HK=triton.next_power_of_2(kvh),
-            BLOCK_D=triton.next_power_of_2(hd), num_warps=4,
+            CUDA=not _interpreted(), BLOCK_HQ=triton.next_power_of_2(nh),
+            BLOCK_HK=triton.next_power_of_2(kvh), BLOCK_D=triton.next_power_of_2(hd),
+            num_warps=4, enable_fp_fusion=False,
         )  # fmt: skip
     return qo, ko
 
@@ -179,6 +180,14 @@ def silu_mul(gu: torch.Tensor, inter: int) -> torch.Tensor:
     block = min(1024, triton.next_power_of_2(inter))
     if gu2.shape[0] > 0:
         _silu_mul_kernel[(gu2.shape[0], triton.cdiv(inter, block))](
-            gu2, out, gu2.stride(0), out.stride(0), inter, CUDA=not _interpreted(), BLOCK=block, num_warps=4
+            gu2,
+            out,
+            gu2.stride(0),
+            out.stride(0),
+            inter,
+            CUDA=not _interpreted(),
+            BLOCK=block,
+            num_warps=4,
+            enable_fp_fusion=False,
         )
     return out.view(*gu.shape[:-1], inter)

@@ -4,7 +4,7 @@ Tokens of all sequences in a step are flattened into one ``[T]`` batch (no paddi
 attention reads and writes a paged KV cache described by `AttnBatch`. Numerics follow ``transformers``
 (fp32 RMSNorm statistics, fp32 RoPE tables cast to the model dtype) so greedy outputs match token for token.
 Layers pass ``(hidden, residual)`` so that each residual add is fused into the next RMSNorm; on CUDA the
-norms, RoPE and SiLU * up run as Triton kernels (`engine.fused_ops`) with the same rounding as this torch code.
+norms, RoPE and SiLU * up run as Triton kernels (`engine.fused_ops`) that round as this torch code does.
 """
 
 from __future__ import annotations

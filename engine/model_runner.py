@@ -193,7 +193,10 @@ class ModelRunner:
             if self.graph_pool is None:
                 self.graph_pool = torch.cuda.graph_pool_handle()
             g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, pool=self.graph_pool):
+            # thread_local: CUDA calls of other threads (the disk tier's writer and readers, a client's
+            # pinned copies) during the capture must not invalidate it, as the default "global" mode lets
+            # them (seen on an H200: cudaErrorStreamCaptureInvalidated in bench/engine_check.py)
+            with torch.cuda.graph(g, pool=self.graph_pool, capture_error_mode="thread_local"):
                 st["out"] = self._static_forward(st)
             st["graph"] = g
         self.graphs[(b, width)] = st
