@@ -1,6 +1,7 @@
 """GPU benchmark for quantized and sparse weight kernels (issue 6); whole-model decode is bench/quant_e2e.py.
 
     python3 bench/quant_gpu.py kernels --out $OUT    # per-layer GEMV: check, sweep configs, % of copy BW
+    python3 bench/quant_gpu.py ship --sweep $OUT/quant_kernels.json   # winners into engine/data (any box)
 
 For each linear of the Llama-3-8B shape: random N(0, 0.02) weights quantized by `engine.quant.quantize`
 and packed by `engine.quant.gpu`; each kernel is checked against the bf16 GEMM of its own dequantized
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -168,7 +170,8 @@ def kernels(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     bw = copy_gbps()
     print(f"copy bandwidth {bw:.0f} GB/s", flush=True)
-    res: dict = {"copy_gbps": bw, "gpu": torch.cuda.get_device_name(0), "rows": [], "tuning": {}}
+    cap = ".".join(map(str, torch.cuda.get_device_capability(0)))
+    res: dict = {"copy_gbps": bw, "gpu": torch.cuda.get_device_name(0), "arch": cap, "rows": [], "tuning": {}}
     kinds = args.kinds.split(",")
     for name, (n, k) in SHAPES.items():
         if args.shapes and name not in args.shapes.split(","):
@@ -219,15 +222,40 @@ def kernels(args: argparse.Namespace) -> dict:
     return res
 
 
+SHIP_KINDS = {"int8": ("int8", 0), "int4k_g128": ("int4k", 128), "int4k_g64": ("int4k", 64)}
+
+
+def ship(args: argparse.Namespace) -> None:
+    """Merge a sweep's winners into the table kb ships (`engine.quant.tuning`), for its compute capability."""
+    from engine.quant import tuning
+
+    sweep = json.loads(Path(args.sweep).read_text())
+    arch = sweep.get("arch") or args.arch
+    if not arch:
+        raise SystemExit("the sweep does not say its compute capability: pass --arch (e.g. 9.0)")
+    table = tuning.merge(sweep, arch, SHIP_KINDS)
+    text = json.dumps(table, indent=1, sort_keys=True)
+    text = re.sub(r"\[\s+([-\d,\s]+?)\s+\]", lambda mt: "[" + " ".join(mt.group(1).split()) + "]", text)
+    tuning.TABLE.write_text(text + "\n")  # one config a line
+    print(f"{tuning.TABLE}: {len(table['configs'][arch])} configs for {arch} ({table['sources'][arch]})")
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("phase", choices=["kernels"])
+    p.add_argument(
+        "phase", choices=["kernels", "ship"], help="ship: --sweep quant_kernels.json into kb's table"
+    )
+    p.add_argument("--sweep", default="bench/out/quant_kernels.json")
+    p.add_argument("--arch", default="")
     p.add_argument("--out", default="bench/out")
     p.add_argument("--kinds", default="int8,int4k_g128,int4k_g64,int4_g128,int4_24,int4_g128_teal")
     p.add_argument("--shapes", default="")
     p.add_argument("--stages", default="3", help="software-pipelining depths to sweep, e.g. 2,3,4")
     p.add_argument("--teal", type=float, default=0.4, help="fraction of activations TEAL zeroes")
     args = p.parse_args()
+    if args.phase == "ship":
+        ship(args)
+        return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     args.out_path = out / "quant_kernels.json"

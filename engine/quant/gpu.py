@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from engine.quant import tuning
 from engine.quant.formats import Int4Weight, Int8Weight
 
 SMALL_M = 16
@@ -23,7 +24,7 @@ SMALL_M = 16
 # [, block_k]]]); block_m 0 = the one-token GEMV with a 2-D accumulator; for int8 the "gather" slot says
 # the magic-number conversion (`w8_kernel` MAGIC). int4k: (block_n, split, warps,
 # stages, 0 = the CUDA-core GEMV for one token | 16 = tensor cores, block_r word rows per tensor-core step).
-# Filled by measurement (bench/quant_gpu.py kernels)
+# Set by the benchmarks (bench/quant_gpu.py kernels); the product reads the shipped `engine.quant.tuning`
 TUNING: dict[tuple, tuple[int, ...]] = {}
 
 
@@ -116,10 +117,12 @@ def prepare_model(model: torch.nn.Module) -> int:
 
 
 def _config(kind: str, n: int, k: int, group: int, m: int) -> tuple[int, ...]:
-    """A measured config for this batch size (key ``(kind, N, K, M)``), its bucket (M 1 or 16), the shape
-    (``(kind, N, K)``), else a heuristic."""
+    """A config set by a benchmark (``TUNING``: key ``(kind, N, K, M)``, its bucket (M 1 or 16), or
+    ``(kind, N, K)``), else the one shipped for this GPU (`engine.quant.tuning`), else a heuristic."""
     keys = ((kind, n, k, m), (kind, n, k, 1 if m == 1 else SMALL_M), (kind, n, k))
     hit = next((TUNING[key] for key in keys if key in TUNING), None)
+    if hit is None:
+        hit = tuning.lookup(kind, group if kind.startswith("int4") else 0, n, k, m)
     if hit is not None:
         return hit
     block_n = 64 if kind == "int4_24" else 128
@@ -242,6 +245,9 @@ def cuda_linear(layer: Any, x: torch.Tensor) -> torch.Tensor:
         if layer.act_threshold is not None and g.kind != "int4":
             x2 = layer.sparsify(x2)
         y = matmul_small(g, x2, thresh)
+    elif g.kind == "int8":  # cast only: the per-channel scale goes on the [T, N] output, the smaller side
+        y = F.linear(layer.sparsify(x2), g.tensors["w"].t().to(x.dtype))
+        y = (y.float() * g.tensors["s"]).to(x.dtype)
     else:
         y = F.linear(layer.sparsify(x2), dense_weight(g, x.dtype))
     if layer.bias is not None:

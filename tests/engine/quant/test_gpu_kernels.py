@@ -185,15 +185,17 @@ def test_unpackable_shapes_fall_back_and_bad_masks_are_refused() -> None:
 
 
 @pytest.mark.parametrize("rows", [2, 20])
-def test_quant_linear_dispatch_after_packing(rows: int) -> None:
+@pytest.mark.parametrize("fmt", ["int4", "int8"])
+def test_quant_linear_dispatch_after_packing(rows: int, fmt: str) -> None:
     """`prepare_model` packs and frees the canonical tensors; decode rows use the fused kernel, longer
-    inputs the dequantize + GEMM path, both with the bias and the same numbers."""
+    inputs the dequantize (int8: cast, scale on the output) + GEMM path, both with the bias and the same
+    numbers."""
     from engine.quant.linear import QuantLinear
 
-    q = quantize_int4(_weight(7), group=64)
+    q = quantize_int4(_weight(7), group=64) if fmt == "int4" else quantize_int8(_weight(7))
     bias = torch.randn(N)
     layer = QuantLinear(q, bias).to(DEVICE)
-    want_w = _ref(q)
+    want_w = _ref(q) if fmt == "int4" else q.dequantize(torch.float32)
     packed = gpu.prepare_model(torch.nn.Sequential(layer))
     assert packed == layer.gpu.nbytes() > 0
     assert layer.qweight.q.device.type == "meta"  # the canonical copy no longer holds memory

@@ -1,0 +1,95 @@
+"""The shipped launch-config table: merged from a sweep, looked up by GPU and batch, and every config in it
+runs the kernels correctly (Triton's interpreter here)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from engine.quant import gpu, tuning
+from engine.quant.quantize import quantize_int4, quantize_int8
+from tests.engine.quant.test_gpu_kernels import K, N, _check, _interpreter, _ref, _weight  # noqa: F401
+
+SWEEP = {
+    "gpu": "NVIDIA H200",
+    "copy_gbps": 4230.0,
+    "arch": "9.0",
+    "tuning": {
+        "int4k_g128|6144|4096|1": [64, 8, 4, 4, 0, 16],
+        "int4k_g128|6144|4096|16": [128, 8, 8, 3, 16, 16],
+        "int4k_g64|6144|4096|1": [64, 4, 4, 3, 0, 16],
+        "int8|6144|4096|1": [128, 8, 4, 3, 16, 1, 0],
+        "int4_24|6144|4096|1": [64, 1, 4, 3, 1, 1],  # a kind the table does not ship
+    },
+}
+KINDS = {"int8": ("int8", 0), "int4k_g128": ("int4k", 128), "int4k_g64": ("int4k", 64)}
+
+
+@pytest.fixture
+def table(tmp_path, monkeypatch):
+    path = tmp_path / "quant_tuning.json"
+    monkeypatch.setattr(tuning, "TABLE", path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    tuning.shipped.cache_clear()
+    tuning.lookup.cache_clear()
+    yield path
+    tuning.shipped.cache_clear()
+    tuning.lookup.cache_clear()
+
+
+def test_merge_maps_sweep_kinds_and_keeps_other_arches(table) -> None:
+    table.write_text(json.dumps({"configs": {"8.9": {"int8|0|1|1|1": [64, 1, 4, 3]}}, "sources": {}}))
+    merged = tuning.merge(SWEEP, "9.0", KINDS)
+    assert merged["configs"]["8.9"] == {"int8|0|1|1|1": [64, 1, 4, 3]}
+    hopper = merged["configs"]["9.0"]
+    assert hopper["int4k|128|6144|4096|1"] == [64, 8, 4, 4, 0, 16]
+    assert hopper["int4k|64|6144|4096|1"] == [64, 4, 4, 3, 0, 16]  # the group size keeps them apart
+    assert not any(key.startswith("int4_24") for key in hopper)
+    assert "NVIDIA H200" in merged["sources"]["9.0"]
+
+
+def test_lookup_takes_the_smallest_measured_batch_at_or_above(table) -> None:
+    table.write_text(json.dumps(tuning.merge(SWEEP, "9.0", KINDS)))
+    assert tuning.lookup("int4k", 128, 6144, 4096, 1) == (64, 8, 4, 4, 0, 16)
+    assert tuning.lookup("int4k", 128, 6144, 4096, 5) == (128, 8, 8, 3, 16, 16)
+    assert tuning.lookup("int4k", 128, 6144, 4096, 40) == (128, 8, 8, 3, 16, 16)  # beyond: the largest
+    assert tuning.lookup("int4k", 64, 6144, 4096, 1) == (64, 4, 4, 3, 0, 16)
+    assert tuning.lookup("int4k", 128, 4096, 4096, 1) is None  # shape not measured: the heuristic
+    assert tuning.lookup("int8", 0, 6144, 4096, 1) == (128, 8, 4, 3, 16, 1, 0)
+
+
+def test_other_gpus_and_cpu_get_no_config(table, monkeypatch) -> None:
+    table.write_text(json.dumps(tuning.merge(SWEEP, "9.0", KINDS)))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 9))
+    assert tuning.lookup("int4k", 128, 6144, 4096, 1) is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    tuning.lookup.cache_clear()
+    assert tuning.lookup("int4k", 128, 6144, 4096, 1) is None
+
+
+def _shipped_configs() -> list[tuple[str, int, tuple[int, ...]]]:
+    data = json.loads(tuning.TABLE.read_text())
+    seen = {}
+    for configs in data["configs"].values():
+        for key, cfg in configs.items():
+            kind, group, *_ = key.split("|")
+            seen[(kind, int(group), tuple(cfg))] = None
+    return list(seen)
+
+
+@pytest.mark.parametrize("kind, group, cfg", _shipped_configs())
+def test_every_shipped_config_computes_the_right_product(kind: str, group: int, cfg: tuple[int, ...]) -> None:
+    """A config changes only the speed: each one in the table gives the reference result (on a small
+    shape, where its tile is wider than the matrix and its split-K is clipped)."""
+    w = _weight(9)
+    q = quantize_int8(w) if kind == "int8" else quantize_int4(w, group=group)
+    want = q.dequantize(torch.float32) if kind == "int8" else _ref(q)
+    gpu.TUNING[(kind, N, K)] = cfg
+    try:
+        for m in (1, 3):
+            _check(gpu.pack(q), want, m)
+    finally:
+        gpu.TUNING.pop((kind, N, K))
