@@ -38,6 +38,7 @@ SHAPES = {  # name: (N, K) of y = x @ W.T, Llama-3-8B (q/k/v and gate/up fused a
     "lm_head": (128256, 4096),
 }
 MS = (1, 4, 16)
+GEMV_ONLY = [False]  # --gemv-only: one-token CUDA-core kernels only (a short sweep)
 
 
 def bench_ms(fn) -> float:
@@ -96,11 +97,11 @@ def make(kind: str, w: torch.Tensor) -> gpu.GpuWeight:
     return gpu.pack(quantize_int4(w, group=group, clip_grid=(1.0,)), n_major=not kind.startswith("int4k"))
 
 
-def grid_for(g: gpu.GpuWeight, m: int, stages_grid: tuple[int, ...]) -> list[tuple]:
+def grid_for(g: gpu.GpuWeight, m: int, stages_grid: tuple[int, ...], one_only: bool = False) -> list[tuple]:
     """Launch configs to try: the K-packed int4 kernels get a coarse grid here and a warps x stages
     refinement of the winner in `sweep`; the older kernels keep the grid their earlier sweeps settled on."""
     if g.kind == "int4k":
-        modes = ([(0, 16)] if m == 1 else []) + [(16, 16), (16, 32)]
+        modes = ([(0, 16), (2, 16)] if m == 1 else []) + [(16, 16), (16, 32)] * (not one_only)
         sizes = itertools.product((64, 128, 256), (1, 2, 4, 8), modes)
         return [(bn, split, 4, 3, mode, br) for bn, split, (mode, br) in sizes]
     blocks = (32, 64, 128) if g.kind == "int4_24" else (64, 128, 256)
@@ -138,7 +139,7 @@ def sweep(
         if ms < best[0]:
             best = (ms, cfg)
 
-    for cfg in grid_for(g, m, stages_grid):
+    for cfg in grid_for(g, m, stages_grid, GEMV_ONLY[0]):
         trial(cfg)
     if g.kind == "int4k" and best[1] is not None:
         top = best[1]
@@ -251,11 +252,16 @@ def main() -> None:
     p.add_argument("--kinds", default="int8,int4k_g128,int4k_g64,int4_g128,int4_24,int4_g128_teal")
     p.add_argument("--shapes", default="")
     p.add_argument("--stages", default="3", help="software-pipelining depths to sweep, e.g. 2,3,4")
+    p.add_argument("--ms", default="1,4,16", help="batch sizes (rows) to time")
+    p.add_argument("--gemv-only", action="store_true")
     p.add_argument("--teal", type=float, default=0.4, help="fraction of activations TEAL zeroes")
     args = p.parse_args()
     if args.phase == "ship":
         ship(args)
         return
+    global MS
+    MS = tuple(int(v) for v in args.ms.split(","))
+    GEMV_ONLY[0] = args.gemv_only
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     args.out_path = out / "quant_kernels.json"

@@ -10,6 +10,7 @@ range is split over programs that add into an fp32 buffer.
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,8 @@ SMALL_M = 16
 # (kind, N, K) -> (block_n, split, num_warps, num_stages[, block_m for one-token inputs[, gather
 # [, block_k]]]); block_m 0 = the one-token GEMV with a 2-D accumulator; for int8 the "gather" slot says
 # the magic-number conversion (`w8_kernel` MAGIC). int4k: (block_n, split, warps,
-# stages, 0 = the CUDA-core GEMV for one token | 16 = tensor cores, block_r word rows per tensor-core step).
+# stages, 0 | 2 = the CUDA-core GEMV (2: `w4k_gemv2_kernel`) for one token | 16 = tensor cores, block_r word
+# rows per tensor-core step).
 # Set by the benchmarks (bench/quant_gpu.py kernels); the product reads the shipped `engine.quant.tuning`
 TUNING: dict[tuple, tuple[int, ...]] = {}
 
@@ -99,6 +101,10 @@ def prepare(layer: Any) -> GpuWeight:
     return layer.gpu
 
 
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
 @functools.cache
 def _sm_count() -> int:
     if not torch.cuda.is_available():
@@ -125,18 +131,18 @@ def _config(kind: str, n: int, k: int, group: int, m: int) -> tuple[int, ...]:
         hit = tuning.lookup(kind, group if kind.startswith("int4") else 0, n, k, m)
     if hit is not None:
         return hit
-    block_n = 64 if kind == "int4_24" else 128
+    block_n = 64 if kind == "int4_24" or (kind == "int4k" and m == 1) else 128
     tiles = -(-n // block_n)
     chunks = k // group if kind != "int8" else -(-k // 128)
     split = max(1, min(chunks, round(2 * _sm_count() / tiles)))
-    if kind == "int4k":
-        return block_n, split, 4, 3, 0, 16
+    if kind == "int4k":  # the kernel that won every measured shape: gemv2 for one token, else the dots
+        return (block_n, split, 4, 2, 2, 16) if m == 1 else (block_n, split, 4, 3, SMALL_M, 16)
     return block_n, split, 4, 3
 
 
 def _chunks(g: GpuWeight, cfg: tuple[int, ...], m: int) -> int:
     """Units of K that split-K hands out: groups, or ``block_r`` word rows for the K-packed GEMM."""
-    if g.kind == "int4k" and (m > 1 or cfg[4] != 0):
+    if g.kind == "int4k" and (m > 1 or cfg[4] >= SMALL_M):
         return g.k // 8 // cfg[5]
     return (g.k // g.group) if g.group else -(-g.k // 128)
 
@@ -168,6 +174,12 @@ def matmul_small(g: GpuWeight, x: torch.Tensor, thresh: float | None = None) -> 
         tw4k.w4k_gemv_kernel[grid](
             x, t["w"], t["s"], t["b"], y, g.n, g.k, per,
             GROUP=g.group, BLOCK_N=block_n, ATOMIC=atomic, num_warps=warps, num_stages=stages,
+        )  # fmt: skip
+    elif g.kind == "int4k" and m == 1 and cfg[4] == 2:
+        tw4k.w4k_gemv2_kernel[grid](
+            x, t["w"], t["s"], t["b"], y, g.n, g.k, per,
+            GROUP=g.group, BLOCK_N=block_n, ATOMIC=atomic, ASM=x.is_cuda and not _interpreted(),
+            num_warps=warps, num_stages=stages,
         )  # fmt: skip
     elif g.kind == "int4k":
         tw4k.w4k_mm_kernel[grid](

@@ -20,20 +20,32 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-MAGIC_BITS = tl.constexpr(
-    0x4B000000
-)  # 2**23 as float32 bits: OR a value < 2**23 into the mantissa, subtract 2**23
-MAGIC = tl.constexpr(8388608.0)
+MAGIC_BITS = tl.constexpr(0x4B000000)  # 2**23 as float32 bits: OR a value < 2**23 into the mantissa
+MAGIC = tl.constexpr(8388608.0)  # ... then subtract 2**23
 
 
 @triton.jit
-def _code(words, hi, i: tl.constexpr):
+def _magic(src, MASK: tl.constexpr, ASM: tl.constexpr):
+    """``float(src & MASK)`` for ``MASK`` within the mantissa. ``ASM``: the mask and the OR in one ``lop3``
+    (ptxas emits two logic ops for ``(a & m) | c`` with two constants: measured from the SASS)."""
+    if ASM:
+        bits = tl.inline_asm_elementwise(
+            "lop3.b32 $0, $1, $2, 0x4B000000, 0xEA;", "=r,r,r", [src, tl.full(src.shape, MASK, tl.int32)],
+            dtype=tl.int32, is_pure=True, pack=1,
+        )  # fmt: skip
+    else:
+        bits = (src & MASK) | MAGIC_BITS
+    return bits.to(tl.float32, bitcast=True) - MAGIC
+
+
+@triton.jit
+def _code(words, hi, i: tl.constexpr, ASM: tl.constexpr = False):
     """Nibble ``i`` of each word as float32 ``q * 16**j`` (j = i for i < 5, else i - 5, read from ``hi``)."""
     if i < 5:  # noqa: SIM108 - a constexpr branch: Triton compiles only the taken one
-        bits = (words & (0xF << (4 * i))) | MAGIC_BITS
+        out = _magic(words, 0xF << (4 * i), ASM)
     else:
-        bits = (hi & (0xF << (4 * (i - 5)))) | MAGIC_BITS
-    return bits.to(tl.float32, bitcast=True) - MAGIC
+        out = _magic(hi, 0xF << (4 * (i - 5)), ASM)
+    return out
 
 
 @triton.jit
@@ -76,6 +88,42 @@ def w4k_gemv_kernel(
         acc += part * s[None, :]
         bacc += xs * b
     out = tl.sum(acc, axis=0) + bacc
+    if ATOMIC:
+        tl.atomic_add(y_ptr + rn, out, mask=nmask)
+    else:
+        tl.store(y_ptr + rn, out.to(y_ptr.dtype.element_ty), mask=nmask)
+
+
+@triton.jit
+def w4k_gemv2_kernel(
+    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, N, K, groups_per_split,
+    GROUP: tl.constexpr, BLOCK_N: tl.constexpr, ATOMIC: tl.constexpr, ASM: tl.constexpr,
+):  # fmt: skip
+    """`w4k_gemv_kernel` with one logic op per code (``ASM``) and the bias applied through per-row sums of
+    x in the same 2-D accumulator, so a group step has no cross-thread reduction."""
+    RW: tl.constexpr = GROUP // 8
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rr = tl.arange(0, RW)
+    nmask = rn < N
+    g0 = pid_k * groups_per_split
+    g1 = tl.minimum(g0 + groups_per_split, K // GROUP)
+    acc = tl.zeros((RW, BLOCK_N), dtype=tl.float32)
+    for g in range(g0, g1):
+        words = tl.load(w_ptr + (g * RW + rr)[:, None] * N + rn[None, :], mask=nmask[None, :], other=0)
+        hi = words >> 20
+        xg = x_ptr + g * GROUP + rr * 8
+        part = tl.zeros((RW, BLOCK_N), dtype=tl.float32)
+        xr = tl.zeros((RW,), dtype=tl.float32)
+        for i in tl.static_range(8):
+            xi = tl.load(xg + i).to(tl.float32)
+            xr += xi
+            part += (xi * _unit(i))[:, None] * _code(words, hi, i, ASM)
+        s = tl.load(s_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
+        b = tl.load(b_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
+        acc += part * s[None, :] + xr[:, None] * b[None, :]
+    out = tl.sum(acc, axis=0)
     if ATOMIC:
         tl.atomic_add(y_ptr + rn, out, mask=nmask)
     else:
