@@ -101,8 +101,9 @@ def prepare(layer: Any) -> GpuWeight:
     return layer.gpu
 
 
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
+def _asm(t: torch.Tensor) -> bool:
+    """Inline PTX (`triton_w4k._magic`) when compiled for a GPU; Triton's interpreter cannot run it."""
+    return t.is_cuda and os.environ.get("TRITON_INTERPRET") != "1"
 
 
 @functools.cache
@@ -178,14 +179,14 @@ def matmul_small(g: GpuWeight, x: torch.Tensor, thresh: float | None = None) -> 
     elif g.kind == "int4k" and m == 1 and cfg[4] == 2:
         tw4k.w4k_gemv2_kernel[grid](
             x, t["w"], t["s"], t["b"], y, g.n, g.k, per,
-            GROUP=g.group, BLOCK_N=block_n, ATOMIC=atomic, ASM=x.is_cuda and not _interpreted(),
+            GROUP=g.group, BLOCK_N=block_n, ATOMIC=atomic, ASM=_asm(x),
             num_warps=warps, num_stages=stages,
         )  # fmt: skip
     elif g.kind == "int4k":
         tw4k.w4k_mm_kernel[grid](
             x, t["w"], t["s"], t["b"], y, m, g.n, g.k, x.stride(0), y.stride(0), per * cfg[5],
             GROUP=g.group, BLOCK_M=SMALL_M, BLOCK_N=block_n, BLOCK_R=cfg[5], ATOMIC=atomic,
-            num_warps=warps, num_stages=stages,
+            ASM=_asm(x), num_warps=warps, num_stages=stages,
         )  # fmt: skip
     elif g.kind == "int4" and m == 1 and block_m == 0:  # (..., 0, gather, block_k): 2-D accumulator GEMV
         tk.w4_gemv_kernel[grid](
@@ -227,7 +228,7 @@ def dense_weight(g: GpuWeight, dtype: torch.dtype) -> torch.Tensor:
     if g.kind == "int4k":
         out = torch.empty(g.k, g.n, device=t["w"].device, dtype=dtype)
         tw4k.dequant_w4k_kernel[(-(-g.n // 128), g.k // g.group)](
-            t["w"], t["s"], t["b"], out, g.n, GROUP=g.group, BLOCK_N=128
+            t["w"], t["s"], t["b"], out, g.n, GROUP=g.group, BLOCK_N=128, ASM=_asm(out)
         )
         return out.t()
     if g.kind == "int4":

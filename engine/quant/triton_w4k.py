@@ -134,7 +134,7 @@ def w4k_gemv2_kernel(
 def w4k_mm_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym, rows_per_split,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    ATOMIC: tl.constexpr,
+    ATOMIC: tl.constexpr, ASM: tl.constexpr = False,
 ):  # fmt: skip
     """``y[M, N] (+)= x[M, K] @ dequant(w)`` on tensor cores, one ``tl.dot`` per nibble position.
 
@@ -164,7 +164,7 @@ def w4k_mm_kernel(
             for i in tl.static_range(8):
                 xi = tl.load(xrow + (rows * 8 + i)[None, :], mask=mmask[:, None], other=0.0)
                 xi = (xi.to(tl.float32) * _unit(i)).to(x_ptr.dtype.element_ty)
-                step = tl.dot(xi, _code(words, hi, i).to(x_ptr.dtype.element_ty), step)
+                step = tl.dot(xi, _code(words, hi, i, ASM).to(x_ptr.dtype.element_ty), step)
             xk = r * 8 + tl.arange(0, BLOCK_R * 8)
             xs = tl.sum(tl.load(xrow + xk[None, :], mask=mmask[:, None], other=0.0).to(tl.float32), axis=1)
             s = tl.load(s_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
@@ -176,7 +176,7 @@ def w4k_mm_kernel(
             b = tl.load(b_ptr + grp[:, None] * N + rn[None, :], mask=nmask[None, :], other=0.0).to(tl.float32)
             for i in tl.static_range(8):
                 xi = tl.load(xrow + (rows * 8 + i)[None, :], mask=mmask[:, None], other=0.0)
-                w = _code(words, hi, i) * (s * _unit(i)) + b
+                w = _code(words, hi, i, ASM) * (s * _unit(i)) + b
                 acc = tl.dot(xi, w.to(x_ptr.dtype.element_ty), acc)
     out = y_ptr + rm[:, None] * stride_ym + rn[None, :]
     omask = mmask[:, None] & nmask[None, :]
@@ -187,7 +187,9 @@ def w4k_mm_kernel(
 
 
 @triton.jit
-def dequant_w4k_kernel(w_ptr, s_ptr, b_ptr, out_ptr, N, GROUP: tl.constexpr, BLOCK_N: tl.constexpr):
+def dequant_w4k_kernel(
+    w_ptr, s_ptr, b_ptr, out_ptr, N, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, ASM: tl.constexpr = False
+):
     """K-packed int4 -> ``out [K, N]`` in the model dtype (prefill's tensor-core GEMM), a group a program."""
     RW: tl.constexpr = GROUP // 8
     pid_n = tl.program_id(0)
@@ -200,6 +202,6 @@ def dequant_w4k_kernel(w_ptr, s_ptr, b_ptr, out_ptr, N, GROUP: tl.constexpr, BLO
     s = tl.load(s_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
     b = tl.load(b_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
     for i in tl.static_range(8):
-        w = _code(words, hi, i) * (s * _unit(i))[None, :] + b[None, :]
+        w = _code(words, hi, i, ASM) * (s * _unit(i))[None, :] + b[None, :]
         dst = out_ptr + (rows * 8 + i)[:, None] * N + rn[None, :]
         tl.store(dst, w.to(out_ptr.dtype.element_ty), mask=nmask[None, :])

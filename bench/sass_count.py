@@ -1,0 +1,91 @@
+"""Instructions per weight in the main loop of the int4 decode kernels, from their sm_90 SASS, offline.
+
+    python bench/sass_count.py      # any box with triton installed: no GPU needed
+
+Why: the one-token int4 GEMV is bound by instruction issue, not by HBM (bench/RESULTS.md), so the count
+of SASS instructions per dequantized weight is the number to drive down. Triton compiles the kernel for
+sm_90 here (its bundled ptxas), the launcher's multiple-of-16 specialisations included, and nvdisasm lists
+the loop; the mix shows where the issue slots go (``LOP3`` per code, the magic-number ``FADD``, the ``FFMA``,
+and the activation loads and conversions shared by a thread's columns).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.quant import triton_w4k as tw  # noqa: E402
+
+BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+DIV16 = ("x_ptr", "w_ptr", "s_ptr", "b_ptr", "y_ptr", "N", "K")  # what the launcher specialises at 8B shapes
+SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp16", "b_ptr": "*fp16", "y_ptr": "*fp32", "N": "i32",
+       "K": "i32", "groups_per_split": "i32", "GROUP": "constexpr", "BLOCK_N": "constexpr",
+       "ATOMIC": "constexpr"}  # fmt: skip
+
+
+def sass(fn, consts: dict, warps: int, stages: int) -> str:
+    sig = dict(SIG, **{k: "constexpr" for k in consts if k not in SIG})
+    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in DIV16}
+    src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
+    options = {"num_warps": warps, "num_stages": stages}
+    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(kernel.asm["cubin"])
+    try:
+        done = subprocess.run([BIN / "nvdisasm", "-c", f.name], capture_output=True, text=True, check=True)
+        return done.stdout
+    finally:
+        os.unlink(f.name)
+
+
+def main_loop(text: str) -> list[str]:
+    """The longest span closed by a backward branch: the K loop."""
+    labels, instrs = {}, []
+    for line in text.splitlines():
+        if m := re.match(r"\.(L_x_\d+):", line.strip()):
+            labels[m.group(1)] = len(instrs)
+        if m := re.match(r"\s*/\*[0-9a-f]+\*/\s+(.*)", line):
+            instrs.append(m.group(1))
+    best = (0, len(instrs) - 1)
+    spans = [
+        (labels[m.group(1)], j)
+        for j, ins in enumerate(instrs)
+        if (m := re.search(r"BRA\s+`?\(?\.?(L_x_\d+)", ins)) and labels.get(m.group(1), j) < j
+    ]
+    if spans:
+        best = max(spans, key=lambda s: s[1] - s[0])
+    return instrs[best[0] : best[1] + 1]
+
+
+def main() -> None:
+    variants = [
+        ("gemv (v1): cast-free magic, 2 logic ops", tw.w4k_gemv_kernel, {}),
+        ("gemv2, no asm (as the interpreter runs it)", tw.w4k_gemv2_kernel, {"ASM": False}),
+        ("gemv2: one lop3 a code, bias by row sums", tw.w4k_gemv2_kernel, {"ASM": True}),
+    ]
+    print("| kernel | BLOCK_N x warps | loop instructions / weight | LOP3 | FADD | FFMA | LDG | other |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, fn, extra in variants:
+        for bn, warps in ((64, 4), (128, 4), (256, 8)):
+            body = main_loop(sass(fn, {"GROUP": 128, "BLOCK_N": bn, "ATOMIC": True, **extra}, warps, 2))
+            ops = collections.Counter(re.match(r"(@!?U?P\w+\s+)?([A-Z0-9_]+)", i).group(2) for i in body)
+            per = 128 * bn / (32 * warps)  # weights a thread dequantizes per loop step (one group of K)
+            main4 = [ops[o] / per for o in ("LOP3", "FADD", "FFMA", "LDG")]
+            rest = (len(body) - sum(ops[o] for o in ("LOP3", "FADD", "FFMA", "LDG"))) / per
+            cells = " | ".join(f"{v:.2f}" for v in main4)
+            print(f"| {name} | {bn} x {warps} | {len(body) / per:.2f} | {cells} | {rest:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
