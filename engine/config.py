@@ -103,6 +103,9 @@ class EngineConfig:
     enable_prefix_cache: bool = True  # False: always recompute (benchmark baseline)
     write_back_idle_s: float = 0.2  # idle time before cached blocks are written to the disk tier
     cuda_graphs: bool = True  # capture decode steps per (batch, table width) on CUDA
+    # capture them all at start, up to this context (tokens; capped by the model's max_position): a request
+    # then never waits for a capture; 0 captures lazily, on first use
+    cuda_graph_precapture_tokens: int = 16384
     kv_dtype: str = "auto"  # "auto": the model dtype; "int8": per-(block, head) scales, half the bytes
     attn_backend: str = (
         "auto"  # "auto": Triton paged kernel on CUDA bf16/fp16, else gather; "gather"; "triton"

@@ -99,6 +99,14 @@ def kv_pool_blocks(model: LlamaForCausalLM, cfg: EngineConfig, device: torch.dev
     return n
 
 
+def graph_batches(max_num_seqs: int) -> list[int]:
+    """Batch sizes decode graphs are captured for: powers of two to 16, then steps of 16. A step pads its
+    batch up to the next one (decode is memory-bound: padded rows cost little), so a few dozen graphs
+    serve every batch instead of one per batch size and table width."""
+    sizes = [b for b in (1, 2, 4, 8, 16) if b < max_num_seqs] + list(range(32, max_num_seqs, 16))
+    return sizes + [max_num_seqs]
+
+
 class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, cfg: EngineConfig, device: torch.device) -> None:
         self.model = model
@@ -130,8 +138,27 @@ class ModelRunner:
         self.use_graphs = cfg.cuda_graphs and device.type == "cuda"
         self.graphs: dict[tuple[int, int], dict] = {}
         self.graph_pool = None
+        self.batch_buckets = graph_batches(cfg.max_num_seqs)
+        self.logits_out: torch.Tensor | None = None  # one buffer every decode graph writes its logits into
         self.last_prefill: tuple[int, float] = (0, 0.0)
         self.force_static = False  # tests: run the graph path's static buffers eagerly on CPU
+
+    def bucket(self, batch: int) -> int:
+        """The graph batch size that serves ``batch`` running sequences (itself beyond the largest)."""
+        return next((b for b in self.batch_buckets if b >= batch), batch)
+
+    def precapture(self, max_len: int) -> int:
+        """Capture the decode graph of every (batch bucket, table width) a context of ``max_len`` tokens
+        can need, now, so that no request waits for a capture (tens of ms each on an 8B model, seen as
+        TTFT spikes under load in bench/RESULTS.md); returns how many were captured."""
+        if not self.use_graphs:
+            return 0
+        top = min(-(-max_len // self.bs), self.scratch)
+        widths = [1 << i for i in range(max(top - 1, 0).bit_length() + 1)]
+        todo = [(b, w) for b in self.batch_buckets for w in widths if (b, w) not in self.graphs]
+        for key in todo:
+            self._make_static(*key)
+        return len(todo)
 
     def _static_decode(self, ids, pos, slots, tables, lens) -> torch.Tensor:
         """Decode through fixed-shape buffers; on CUDA, replay a captured graph per (batch, width).
@@ -184,6 +211,9 @@ class ModelRunner:
                 "max_ctx": width * self.bs,  # static per graph: the kernel's KV split count depends on it
             }
         if self.use_graphs:
+            if self.logits_out is None or self.logits_out.shape[0] < b:  # earlier graphs keep their view
+                rows, vocab = max(self.batch_buckets[-1], b), self.model.cfg.vocab_size
+                self.logits_out = torch.empty(rows, vocab, dtype=torch.float32, device=self.device)
             s = torch.cuda.Stream(self.device)
             s.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(s):
@@ -197,7 +227,10 @@ class ModelRunner:
             # pinned copies) during the capture must not invalidate it, as the default "global" mode lets
             # them (seen on an H200: cudaErrorStreamCaptureInvalidated in bench/engine_check.py)
             with torch.cuda.graph(g, pool=self.graph_pool, capture_error_mode="thread_local"):
-                st["out"] = self._static_forward(st)
+                # the logits go to the shared buffer: a graph's own output would stay allocated per graph
+                # (~0.5 MB a row at a 128K vocabulary), while its intermediates return to the shared pool
+                self.logits_out[:b].copy_(self._static_forward(st))
+            st["out"] = self.logits_out[:b]
             st["graph"] = g
         self.graphs[(b, width)] = st
         return st
@@ -234,7 +267,12 @@ class ModelRunner:
             width = max(len(s[3]) for s in seqs)
             width = 1 << (width - 1).bit_length()  # power-of-two buckets bound the graph count
             tables = [s[3] + [self.scratch] * (width - len(s[3])) for s in seqs]
-            return self._static_decode(ids, pos, slots, tables, [s[2] for s in seqs])
+            lens = [s[2] for s in seqs]
+            pad = self.bucket(len(seqs)) - len(seqs)  # padded rows write and read only the scratch block
+            ids, pos, lens = ids + [0] * pad, pos + [0] * pad, lens + [1] * pad
+            slots = slots + [self.scratch * self.bs] * pad
+            tables = tables + [[self.scratch] * width] * pad
+            return self._static_decode(ids, pos, slots, tables, lens)[: len(seqs)]
         ab = self._ab(self._tensor(slots))
         ab.decode = decode
         if self.triton:
