@@ -4,6 +4,7 @@
 #   call 1: bash bench/gpu_pending.sh 1   (carry: .whl bench/out/chat_gpu_bundle)
 #   call 2: bash bench/gpu_pending.sh 2   (carry: .whl bench/out/quant_kernels.json from call 1's $OUT)
 #   kernels only: bash bench/gpu_pending.sh kernels   (no carry; KINDS=..., SWEEP_S=... to narrow it)
+#   check: bash bench/gpu_pending.sh check   (no carry; compiled tests, engine_check, e2e with shipped configs)
 # .whl holds the py3.12 wheels of fastapi/starlette/pydantic/uvicorn that `kb engine-serve` needs and the
 # GPU image lacks; bench/out/chat_gpu_bundle comes from `.venv/bin/python -m bench.chat_gpu prepare` here.
 set -uo pipefail
@@ -37,6 +38,16 @@ case "${1:-1}" in
     timeout 220 python3 -m bench.chat_gpu run --bundle bench/out/chat_gpu_bundle --out "$OUT" 2>&1 | grep -vi warn | tail -16
     echo "== issue 6: quantized GEMV kernels (bench/quant_gpu.py kernels)"
     timeout 300 python3 bench/quant_gpu.py kernels --out "$OUT" 2>&1 | grep -v "^  skip" | tail -60
+    ;;
+  check)  # first call of a GPU session: everything unmeasured since the last one, < 5 min
+    echo "== compiled kernel and fused-op tests"
+    timeout 150 python3 -m pytest --noconftest -q -p no:cacheprovider tests/engine/quant/test_gpu_kernels.py \
+      tests/engine/quant/test_tuning.py tests/engine/test_fused_ops.py 2>&1 | tail -6
+    echo "== issue 3: teacher-forced logits vs transformers, with graphs captured at start"
+    timeout 90 python3 bench/engine_check.py --out "$OUT" 2>&1 | grep -vi warn | tail -10
+    echo "== issue 6: whole model with the shipped configs (no --tune), int4 and int8 prefill"
+    timeout 200 python3 bench/quant_e2e.py --out "$OUT" --modes int4,int8,bf16 --compile-budget-s 60 2>&1 \
+      | grep -vi warn | tail -8
     ;;
   kernels)  # issue 6: the kernel tests compiled on the GPU, then the K-packed int4 / int8 sweep
     echo "== kernel and fused-op tests, compiled (pytest --noconftest: the root conftest needs the DB stack)"
