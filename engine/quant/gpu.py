@@ -102,8 +102,9 @@ def prepare(layer: Any) -> GpuWeight:
 
 
 def _asm(t: torch.Tensor) -> bool:
-    """Inline PTX (`triton_w4k._magic`) when compiled for a GPU; Triton's interpreter cannot run it."""
-    return t.is_cuda and os.environ.get("TRITON_INTERPRET") != "1"
+    """Inline PTX (`triton_w4k._magic`) when compiled for an NVIDIA GPU; Triton's interpreter and ROCm
+    (where ``is_cuda`` is also true) take the plain two-op form."""
+    return t.is_cuda and torch.version.hip is None and os.environ.get("TRITON_INTERPRET") != "1"
 
 
 @functools.cache
