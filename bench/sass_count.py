@@ -34,9 +34,17 @@ SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp16", "b_ptr": "*fp16", "y
        "ATOMIC": "constexpr"}  # fmt: skip
 
 
+SIG_MM = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp16", "b_ptr": "*fp16", "y_ptr": "*fp32", "M": "i32",
+          "N": "i32", "K": "i32", "stride_xm": "i32", "stride_ym": "i32", "rows_per_split": "i32",
+          "GROUP": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "BLOCK_R": "constexpr",
+          "ATOMIC": "constexpr"}  # fmt: skip
+
+
 def sass(fn, consts: dict, warps: int, stages: int) -> str:
-    sig = dict(SIG, **{k: "constexpr" for k in consts if k not in SIG})
-    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in DIV16}
+    base = SIG_MM if "BLOCK_R" in consts else SIG
+    sig = dict(base, **{k: "constexpr" for k in consts if k not in base})
+    div = DIV16 + (("stride_xm", "stride_ym") if base is SIG_MM else ())
+    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in div}
     src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
     options = {"num_warps": warps, "num_stages": stages}
     kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
@@ -74,17 +82,24 @@ def main() -> None:
         ("gemv2, no asm (as the interpreter runs it)", tw.w4k_gemv2_kernel, {"ASM": False}),
         ("gemv2: one lop3 a code, bias by row sums", tw.w4k_gemv2_kernel, {"ASM": True}),
     ]
+    mm = {"BLOCK_M": 16, "BLOCK_R": 16}
+    tensor_core = [  # 16 rows: the weights a thread converts per step are the same count
+        ("mm, M=16: magic floats, no asm", tw.w4k_mm_kernel, {**mm, "ASM": False}),
+        ("mm, M=16: one lop3 a code", tw.w4k_mm_kernel, {**mm, "ASM": True}),
+        ("mm2, M=16: bf16 pairs from one lop3", tw.w4k_mm2_kernel, {**mm, "ASM": True}),
+    ]
     print("| kernel | BLOCK_N x warps | loop instructions / weight | LOP3 | FADD | FFMA | LDG | other |")
     print("|---|---|---|---|---|---|---|---|")
-    for name, fn, extra in variants:
-        for bn, warps in ((64, 4), (128, 4), (256, 8)):
-            body = main_loop(sass(fn, {"GROUP": 128, "BLOCK_N": bn, "ATOMIC": True, **extra}, warps, 2))
-            ops = collections.Counter(re.match(r"(@!?U?P\w+\s+)?([A-Z0-9_]+)", i).group(2) for i in body)
-            per = 128 * bn / (32 * warps)  # weights a thread dequantizes per loop step (one group of K)
-            main4 = [ops[o] / per for o in ("LOP3", "FADD", "FFMA", "LDG")]
-            rest = (len(body) - sum(ops[o] for o in ("LOP3", "FADD", "FFMA", "LDG"))) / per
-            cells = " | ".join(f"{v:.2f}" for v in main4)
-            print(f"| {name} | {bn} x {warps} | {len(body) / per:.2f} | {cells} | {rest:.2f} |", flush=True)
+    runs = [(v, bn, w, 2) for v in variants for bn, w in ((64, 4), (128, 4), (256, 8))]
+    runs += [(v, bn, w, 3) for v in tensor_core for bn, w in ((128, 4), (256, 4))]
+    for (name, fn, extra), bn, warps, stages in runs:
+        body = main_loop(sass(fn, {"GROUP": 128, "BLOCK_N": bn, "ATOMIC": True, **extra}, warps, stages))
+        ops = collections.Counter(re.match(r"(@!?U?P\w+\s+)?([A-Z0-9_]+)", i).group(2) for i in body)
+        per = 128 * bn / (32 * warps)  # weights a thread dequantizes per loop step (one group of K)
+        main4 = [ops[o] / per for o in ("LOP3", "FADD", "FFMA", "LDG")]
+        rest = (len(body) - sum(ops[o] for o in ("LOP3", "FADD", "FFMA", "LDG"))) / per
+        cells = " | ".join(f"{v:.2f}" for v in main4)
+        print(f"| {name} | {bn} x {warps} | {len(body) / per:.2f} | {cells} | {rest:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

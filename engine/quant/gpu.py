@@ -24,8 +24,8 @@ SMALL_M = 16
 # (kind, N, K) -> (block_n, split, num_warps, num_stages[, block_m for one-token inputs[, gather
 # [, block_k]]]); block_m 0 = the one-token GEMV with a 2-D accumulator; for int8 the "gather" slot says
 # the magic-number conversion (`w8_kernel` MAGIC). int4k: (block_n, split, warps,
-# stages, 0 | 2 = the CUDA-core GEMV (2: `w4k_gemv2_kernel`) for one token | 16 = tensor cores, block_r word
-# rows per tensor-core step).
+# stages, 0 | 2 = the CUDA-core GEMV (2: `w4k_gemv2_kernel`) for one token | 16 = tensor cores (18: codes
+# made as bf16 pairs, `w4k_mm2_kernel`, where a step stays in one group), block_r word rows per step).
 # Set by the benchmarks (bench/quant_gpu.py kernels); the product reads the shipped `engine.quant.tuning`
 TUNING: dict[tuple, tuple[int, ...]] = {}
 
@@ -182,6 +182,12 @@ def matmul_small(g: GpuWeight, x: torch.Tensor, thresh: float | None = None) -> 
             x, t["w"], t["s"], t["b"], y, g.n, g.k, per,
             GROUP=g.group, BLOCK_N=block_n, ATOMIC=atomic, ASM=_asm(x),
             num_warps=warps, num_stages=stages,
+        )  # fmt: skip
+    elif g.kind == "int4k" and cfg[4] == 18 and g.group % (8 * cfg[5]) == 0:  # bf16 pairs, no float math
+        tw4k.w4k_mm2_kernel[grid](
+            x, t["w"], t["s"], t["b"], y, m, g.n, g.k, x.stride(0), y.stride(0), per * cfg[5],
+            GROUP=g.group, BLOCK_M=SMALL_M, BLOCK_N=block_n, BLOCK_R=cfg[5], ATOMIC=atomic,
+            ASM=_asm(x), num_warps=warps, num_stages=stages,
         )  # fmt: skip
     elif g.kind == "int4k":
         tw4k.w4k_mm_kernel[grid](

@@ -186,6 +186,83 @@ def w4k_mm_kernel(
         tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=omask)
 
 
+_PAIR = "{ .reg .b32 t; %s lop3.b32 t, %s, 0x000F000F, 0x43004300, 0xEA; mov.b32 {$0, $1}, t; }"
+PAIR_ASM = tl.constexpr(
+    tuple([_PAIR % ("", "$2")] + [_PAIR % (f"shr.u32 t, $2, {4 * j};", "t") for j in (1, 2, 3)])
+)  # nibbles (j, j + 4) of a word -> bf16x2 (128 + q_j, 128 + q_j+4)
+
+
+@triton.jit
+def _pair(words, j: tl.constexpr, ASM: tl.constexpr):
+    """Nibbles ``j`` and ``j + 4`` of each word as bf16 ``128 + q``, two codes from one shift and one
+    ``lop3``: nibbles 16 bits apart land in the two halves of ``0x43004300`` (bf16 128.0, 7 mantissa bits),
+    so the pair is a packed bf16x2 with no float arithmetic and no conversion instruction."""
+    if ASM:
+        if j == 0:
+            asm: tl.constexpr = PAIR_ASM[0]
+        elif j == 1:
+            asm: tl.constexpr = PAIR_ASM[1]
+        elif j == 2:
+            asm: tl.constexpr = PAIR_ASM[2]
+        else:
+            asm: tl.constexpr = PAIR_ASM[3]
+        lo, hi = tl.inline_asm_elementwise(
+            asm, "=h,=h,r", [words], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=1
+        )
+    else:  # the same values, plainly (Triton's interpreter cannot run PTX)
+        lo = (((words >> (4 * j)) & 0xF) + 128).to(tl.float32).to(tl.bfloat16)
+        hi = (((words >> (4 * j + 16)) & 0xF) + 128).to(tl.float32).to(tl.bfloat16)
+    return lo, hi
+
+
+@triton.jit
+def w4k_mm2_kernel(
+    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym, rows_per_split,
+    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    ATOMIC: tl.constexpr, ASM: tl.constexpr,
+):  # fmt: skip
+    """`w4k_mm_kernel` (group identity form, ``BLOCK_R * 8`` dividing ``GROUP``) with the codes made by
+    `_pair`: ``x . (128 + q) - 128 * sum(x)`` is ``x . q``, so the 128 goes into the bias term. About one
+    instruction a code for the conversion instead of 2.5 (bench/sass_count.py)."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rm = tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rr = tl.arange(0, BLOCK_R)
+    mmask = rm < M
+    nmask = rn < N
+    r0 = pid_k * rows_per_split
+    r1 = tl.minimum(r0 + rows_per_split, K // 8)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    xrow = x_ptr + rm[:, None] * stride_xm
+    for r in range(r0, r1, BLOCK_R):
+        rows = r + rr
+        words = tl.load(w_ptr + rows[:, None] * N + rn[None, :], mask=nmask[None, :], other=0)
+        step = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for j in tl.static_range(4):
+            lo, hi = _pair(words, j, ASM)
+            x_lo = tl.load(xrow + (rows * 8 + j)[None, :], mask=mmask[:, None], other=0.0)
+            x_hi = tl.load(xrow + (rows * 8 + j + 4)[None, :], mask=mmask[:, None], other=0.0)
+            if x_ptr.dtype.element_ty == tl.float32:  # tests: TF32 would round x against the 128 offset
+                step = tl.dot(x_lo, lo.to(tl.float32), step, input_precision="ieee")
+                step = tl.dot(x_hi, hi.to(tl.float32), step, input_precision="ieee")
+            else:  # bf16/fp16 products of 128 + q are exact
+                step = tl.dot(x_lo, lo.to(x_ptr.dtype.element_ty), step)
+                step = tl.dot(x_hi, hi.to(x_ptr.dtype.element_ty), step)
+        g = (r * 8) // GROUP
+        xk = r * 8 + tl.arange(0, BLOCK_R * 8)
+        xs = tl.sum(tl.load(xrow + xk[None, :], mask=mmask[:, None], other=0.0).to(tl.float32), axis=1)
+        s = tl.load(s_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
+        b = tl.load(b_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
+        acc += step * s[None, :] + xs[:, None] * (b - 128.0 * s)[None, :]
+    out = y_ptr + rm[:, None] * stride_ym + rn[None, :]
+    omask = mmask[:, None] & nmask[None, :]
+    if ATOMIC:
+        tl.atomic_add(out, acc, mask=omask)
+    else:
+        tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=omask)
+
+
 @triton.jit
 def dequant_w4k_kernel(
     w_ptr, s_ptr, b_ptr, out_ptr, N, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, ASM: tl.constexpr = False

@@ -80,13 +80,15 @@ def test_k_packed_layout_holds_eight_k_codes_per_word() -> None:
 @pytest.mark.parametrize("group", [64, 128])
 @pytest.mark.parametrize("split", [1, 2])
 @pytest.mark.parametrize(
-    "m, mode, block_r", [(1, 0, 16), (1, 2, 16), (1, 16, 16), (5, 16, 16), (16, 16, 32), (3, 16, 32)]
+    "m, mode, block_r",
+    [(1, 0, 16), (1, 2, 16), (1, 16, 16), (5, 16, 16), (16, 16, 32), (3, 16, 32), (5, 18, 16), (16, 18, 16)],
 )
 def test_k_packed_gemv_and_tensor_core_paths_agree(
     group: int, split: int, m: int, mode: int, block_r: int
 ) -> None:
     """The one-token CUDA-core GEMVs (mode 0, and 2: one logic op a code, bias by row sums) and the
-    per-nibble tensor-core GEMM, with split-K, with the group
+    per-nibble tensor-core GEMMs (16; 18: codes as bf16 pairs, the dequantizing form where a step spans
+    groups), with split-K, with the group
     identity (a step inside one group) and with dequantization before the dot (steps across groups)."""
     q = quantize_int4(_weight(8), group=group)
     gpu.TUNING[("int4k", N, K)] = (32, split, 4, 2, mode, block_r)
