@@ -33,6 +33,15 @@ def _write_tile(y_ptr, acc, rm, rn, mmask, nmask, stride_ym, ATOMIC: tl.constexp
 
 
 @triton.jit
+def _write_row(y_ptr, out, rn, nmask, ATOMIC: tl.constexpr):
+    """`_write_tile` for one token's output row."""
+    if ATOMIC:
+        tl.atomic_add(y_ptr + rn, out, mask=nmask)
+    else:
+        tl.store(y_ptr + rn, out.to(y_ptr.dtype.element_ty), mask=nmask)
+
+
+@triton.jit
 def w4_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym, thresh, groups_per_split,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ATOMIC: tl.constexpr,
@@ -128,11 +137,7 @@ def w4_gemv_kernel(
         s = tl.load(s_ptr + gi * N + rn, mask=nmask, other=0.0).to(tl.float32)
         b = tl.load(b_ptr + gi * N + rn, mask=nmask, other=0.0).to(tl.float32)
         acc += x[:, None] * (q * s[None, :] + b[None, :])
-    out = tl.sum(acc, axis=0)
-    if ATOMIC:
-        tl.atomic_add(y_ptr + rn, out, mask=nmask)
-    else:
-        tl.store(y_ptr + rn, out.to(y_ptr.dtype.element_ty), mask=nmask)
+    _write_row(y_ptr, tl.sum(acc, axis=0), rn, nmask, ATOMIC)
 
 
 @triton.jit

@@ -20,6 +20,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from engine.quant.triton_kernels import _write_row, _write_tile
+
 MAGIC_BITS = tl.constexpr(0x4B000000)  # 2**23 as float32 bits: OR a value < 2**23 into the mantissa
 MAGIC = tl.constexpr(8388608.0)  # ... then subtract 2**23
 
@@ -87,11 +89,7 @@ def w4k_gemv_kernel(
         xs = tl.sum(tl.load(x_ptr + g * GROUP + tl.arange(0, GROUP)).to(tl.float32), axis=0)
         acc += part * s[None, :]
         bacc += xs * b
-    out = tl.sum(acc, axis=0) + bacc
-    if ATOMIC:
-        tl.atomic_add(y_ptr + rn, out, mask=nmask)
-    else:
-        tl.store(y_ptr + rn, out.to(y_ptr.dtype.element_ty), mask=nmask)
+    _write_row(y_ptr, tl.sum(acc, axis=0) + bacc, rn, nmask, ATOMIC)
 
 
 @triton.jit
@@ -123,11 +121,18 @@ def w4k_gemv2_kernel(
         s = tl.load(s_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
         b = tl.load(b_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
         acc += part * s[None, :] + xr[:, None] * b[None, :]
-    out = tl.sum(acc, axis=0)
-    if ATOMIC:
-        tl.atomic_add(y_ptr + rn, out, mask=nmask)
-    else:
-        tl.store(y_ptr + rn, out.to(y_ptr.dtype.element_ty), mask=nmask)
+    _write_row(y_ptr, tl.sum(acc, axis=0), rn, nmask, ATOMIC)
+
+
+@triton.jit
+def _step_terms(xrow, s_ptr, b_ptr, r, g, rn, mmask, nmask, N, BLOCK_R: tl.constexpr):
+    """For a dot step of ``BLOCK_R`` word rows inside group ``g``: each row's sum of x over the step's K
+    (for the bias), and the group's scales and biases as float32."""
+    xk = r * 8 + tl.arange(0, BLOCK_R * 8)
+    xs = tl.sum(tl.load(xrow + xk[None, :], mask=mmask[:, None], other=0.0).to(tl.float32), axis=1)
+    s = tl.load(s_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
+    return xs, s, b
 
 
 @triton.jit
@@ -165,10 +170,7 @@ def w4k_mm_kernel(
                 xi = tl.load(xrow + (rows * 8 + i)[None, :], mask=mmask[:, None], other=0.0)
                 xi = (xi.to(tl.float32) * _unit(i)).to(x_ptr.dtype.element_ty)
                 step = tl.dot(xi, _code(words, hi, i, ASM).to(x_ptr.dtype.element_ty), step)
-            xk = r * 8 + tl.arange(0, BLOCK_R * 8)
-            xs = tl.sum(tl.load(xrow + xk[None, :], mask=mmask[:, None], other=0.0).to(tl.float32), axis=1)
-            s = tl.load(s_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
-            b = tl.load(b_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
+            xs, s, b = _step_terms(xrow, s_ptr, b_ptr, r, g, rn, mmask, nmask, N, BLOCK_R)
             acc += step * s[None, :] + xs[:, None] * b[None, :]
         else:
             grp = (rows * 8) // GROUP
@@ -178,12 +180,7 @@ def w4k_mm_kernel(
                 xi = tl.load(xrow + (rows * 8 + i)[None, :], mask=mmask[:, None], other=0.0)
                 w = _code(words, hi, i, ASM) * (s * _unit(i)) + b
                 acc = tl.dot(xi, w.to(x_ptr.dtype.element_ty), acc)
-    out = y_ptr + rm[:, None] * stride_ym + rn[None, :]
-    omask = mmask[:, None] & nmask[None, :]
-    if ATOMIC:
-        tl.atomic_add(out, acc, mask=omask)
-    else:
-        tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=omask)
+    _write_tile(y_ptr, acc, rm, rn, mmask, nmask, stride_ym, ATOMIC)
 
 
 _PAIR = "{ .reg .b32 t; %s lop3.b32 t, %s, 0x000F000F, 0x43004300, 0xEA; mov.b32 {$0, $1}, t; }"
@@ -249,18 +246,9 @@ def w4k_mm2_kernel(
             else:  # bf16/fp16 products of 128 + q are exact
                 step = tl.dot(x_lo, lo.to(x_ptr.dtype.element_ty), step)
                 step = tl.dot(x_hi, hi.to(x_ptr.dtype.element_ty), step)
-        g = (r * 8) // GROUP
-        xk = r * 8 + tl.arange(0, BLOCK_R * 8)
-        xs = tl.sum(tl.load(xrow + xk[None, :], mask=mmask[:, None], other=0.0).to(tl.float32), axis=1)
-        s = tl.load(s_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
-        b = tl.load(b_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
+        xs, s, b = _step_terms(xrow, s_ptr, b_ptr, r, (r * 8) // GROUP, rn, mmask, nmask, N, BLOCK_R)
         acc += step * s[None, :] + xs[:, None] * (b - 128.0 * s)[None, :]
-    out = y_ptr + rm[:, None] * stride_ym + rn[None, :]
-    omask = mmask[:, None] & nmask[None, :]
-    if ATOMIC:
-        tl.atomic_add(out, acc, mask=omask)
-    else:
-        tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=omask)
+    _write_tile(y_ptr, acc, rm, rn, mmask, nmask, stride_ym, ATOMIC)
 
 
 @triton.jit
