@@ -79,8 +79,8 @@ def main_loop(text: str) -> list[str]:
 def main() -> None:
     variants = [
         ("gemv (v1): cast-free magic, 2 logic ops", tw.w4k_gemv_kernel, {}),
-        ("gemv2, no asm (as the interpreter runs it)", tw.w4k_gemv2_kernel, {"ASM": False}),
-        ("gemv2: one lop3 a code, bias by row sums", tw.w4k_gemv2_kernel, {"ASM": True}),
+        ("gemv2, no asm (as the interpreter runs it)", tw.w4k_gemv_kernel, {"ASM": False, "ROW_SUMS": True}),
+        ("gemv2: one lop3 a code, bias by row sums", tw.w4k_gemv_kernel, {"ASM": True, "ROW_SUMS": True}),
     ]
     mm = {"BLOCK_M": 16, "BLOCK_R": 16}
     tensor_core = [  # 16 rows: the weights a thread converts per step are the same count

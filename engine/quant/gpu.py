@@ -23,8 +23,8 @@ from engine.quant.formats import Int4Weight, Int8Weight
 SMALL_M = 16
 # (kind, N, K) -> (block_n, split, num_warps, num_stages[, block_m for one-token inputs[, gather
 # [, block_k]]]); block_m 0 = the one-token GEMV with a 2-D accumulator; for int8 the "gather" slot says
-# the magic-number conversion (`w8_kernel` MAGIC). int4k: (block_n, split, warps,
-# stages, 0 | 2 = the CUDA-core GEMV (2: `w4k_gemv2_kernel`) for one token | 16 = tensor cores (18: codes
+# the magic-number conversion (`w8_kernel` MAGIC). int4k: (block_n, split, warps, stages, 0 | 2 = the
+# CUDA-core GEMV for one token (2: gemv2, `w4k_gemv_kernel` ASM + ROW_SUMS) | 16 = tensor cores (18: codes
 # made as bf16 pairs, `w4k_mm2_kernel`, where a step stays in one group), block_r word rows per step).
 # Set by the benchmarks (bench/quant_gpu.py kernels); the product reads the shipped `engine.quant.tuning`
 TUNING: dict[tuple, tuple[int, ...]] = {}
@@ -172,15 +172,10 @@ def matmul_small(g: GpuWeight, x: torch.Tensor, thresh: float | None = None) -> 
     y = torch.zeros(m, g.n, device=x.device, dtype=torch.float32) if atomic else x.new_empty(m, g.n)
     grid = (-(-g.n // block_n), split)
     t = g.tensors
-    if g.kind == "int4k" and m == 1 and cfg[4] == 0:
+    if g.kind == "int4k" and m == 1 and cfg[4] in (0, 2):  # 2: gemv2 (one lop3 a code, bias by row sums)
         tw4k.w4k_gemv_kernel[grid](
             x, t["w"], t["s"], t["b"], y, g.n, g.k, per,
-            GROUP=g.group, BLOCK_N=block_n, ATOMIC=atomic, num_warps=warps, num_stages=stages,
-        )  # fmt: skip
-    elif g.kind == "int4k" and m == 1 and cfg[4] == 2:
-        tw4k.w4k_gemv2_kernel[grid](
-            x, t["w"], t["s"], t["b"], y, g.n, g.k, per,
-            GROUP=g.group, BLOCK_N=block_n, ATOMIC=atomic, ASM=_asm(x),
+            GROUP=g.group, BLOCK_N=block_n, ATOMIC=atomic, ASM=cfg[4] == 2 and _asm(x), ROW_SUMS=cfg[4] == 2,
             num_warps=warps, num_stages=stages,
         )  # fmt: skip
     elif g.kind == "int4k" and cfg[4] == 18 and g.group % (8 * cfg[5]) == 0:  # bf16 pairs, no float math

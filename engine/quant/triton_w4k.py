@@ -63,9 +63,14 @@ def _unit(i: tl.constexpr):
 def w4k_gemv_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, N, K, groups_per_split,
     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, ATOMIC: tl.constexpr,
+    ASM: tl.constexpr = False, ROW_SUMS: tl.constexpr = False,
 ):  # fmt: skip
     """One token on CUDA cores: ``y[N] (+)= x[K] @ dequant(w)``, a ``[GROUP // 8, BLOCK_N]`` accumulator
-    reduced over K once after the loop (no cross-warp reduction per step)."""
+    reduced over K once after the loop (no cross-warp reduction per step for the codes).
+
+    ``ROW_SUMS`` (gemv2, with ``ASM``: one logic op a code): the bias goes through per-row sums of x into
+    the same 2-D accumulator, so a group step has no cross-thread reduction at all; otherwise the group's
+    sum of x is reduced each step and the bias kept apart."""
     RW: tl.constexpr = GROUP // 8
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -81,47 +86,21 @@ def w4k_gemv_kernel(
         hi = words >> 20
         xg = x_ptr + g * GROUP + rr * 8
         part = tl.zeros((RW, BLOCK_N), dtype=tl.float32)
-        for i in tl.static_range(8):
-            xi = tl.load(xg + i).to(tl.float32) * _unit(i)
-            part += xi[:, None] * _code(words, hi, i)
-        s = tl.load(s_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
-        b = tl.load(b_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
-        xs = tl.sum(tl.load(x_ptr + g * GROUP + tl.arange(0, GROUP)).to(tl.float32), axis=0)
-        acc += part * s[None, :]
-        bacc += xs * b
-    _write_row(y_ptr, tl.sum(acc, axis=0) + bacc, rn, nmask, ATOMIC)
-
-
-@triton.jit
-def w4k_gemv2_kernel(
-    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, N, K, groups_per_split,
-    GROUP: tl.constexpr, BLOCK_N: tl.constexpr, ATOMIC: tl.constexpr, ASM: tl.constexpr,
-):  # fmt: skip
-    """`w4k_gemv_kernel` with one logic op per code (``ASM``) and the bias applied through per-row sums of
-    x in the same 2-D accumulator, so a group step has no cross-thread reduction."""
-    RW: tl.constexpr = GROUP // 8
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rr = tl.arange(0, RW)
-    nmask = rn < N
-    g0 = pid_k * groups_per_split
-    g1 = tl.minimum(g0 + groups_per_split, K // GROUP)
-    acc = tl.zeros((RW, BLOCK_N), dtype=tl.float32)
-    for g in range(g0, g1):
-        words = tl.load(w_ptr + (g * RW + rr)[:, None] * N + rn[None, :], mask=nmask[None, :], other=0)
-        hi = words >> 20
-        xg = x_ptr + g * GROUP + rr * 8
-        part = tl.zeros((RW, BLOCK_N), dtype=tl.float32)
         xr = tl.zeros((RW,), dtype=tl.float32)
         for i in tl.static_range(8):
             xi = tl.load(xg + i).to(tl.float32)
-            xr += xi
+            if ROW_SUMS:
+                xr += xi
             part += (xi * _unit(i))[:, None] * _code(words, hi, i, ASM)
         s = tl.load(s_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
         b = tl.load(b_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
-        acc += part * s[None, :] + xr[:, None] * b[None, :]
-    _write_row(y_ptr, tl.sum(acc, axis=0), rn, nmask, ATOMIC)
+        if ROW_SUMS:
+            acc += part * s[None, :] + xr[:, None] * b[None, :]
+        else:
+            xs = tl.sum(tl.load(x_ptr + g * GROUP + tl.arange(0, GROUP)).to(tl.float32), axis=0)
+            acc += part * s[None, :]
+            bacc += xs * b
+    _write_row(y_ptr, tl.sum(acc, axis=0) + bacc, rn, nmask, ATOMIC)
 
 
 @triton.jit
