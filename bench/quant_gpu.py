@@ -37,8 +37,6 @@ SHAPES = {  # name: (N, K) of y = x @ W.T, Llama-3-8B (q/k/v and gate/up fused a
     "down": (4096, 14336),
     "lm_head": (128256, 4096),
 }
-MS = (1, 4, 16)
-GEMV_ONLY = [False]  # --gemv-only: one-token CUDA-core kernels only (a short sweep)
 
 
 def bench_ms(fn) -> float:
@@ -117,7 +115,12 @@ def grid_for(g: gpu.GpuWeight, m: int, stages_grid: tuple[int, ...], one_only: b
 
 
 def sweep(
-    kind: str, gs: list[gpu.GpuWeight], x: torch.Tensor, thresh: float | None, stages_grid: tuple[int, ...]
+    kind: str,
+    gs: list[gpu.GpuWeight],
+    x: torch.Tensor,
+    thresh: float | None,
+    stages_grid: tuple[int, ...],
+    one_only: bool = False,
 ) -> tuple[float, tuple]:
     """Fastest launch config for this weight and batch: (ms, config)."""
     g = gs[0]
@@ -139,7 +142,7 @@ def sweep(
         if ms < best[0]:
             best = (ms, cfg)
 
-    for cfg in grid_for(g, m, stages_grid, GEMV_ONLY[0]):
+    for cfg in grid_for(g, m, stages_grid, one_only):
         trial(cfg)
     if g.kind == "int4k" and best[1] is not None:
         top = best[1]
@@ -168,6 +171,7 @@ def tinygemm_ms(w: torch.Tensor, x: torch.Tensor) -> float | None:
 
 
 def kernels(args: argparse.Namespace) -> dict:
+    ms_list = tuple(int(v) for v in args.ms.split(","))
     torch.manual_seed(0)
     bw = copy_gbps()
     print(f"copy bandwidth {bw:.0f} GB/s", flush=True)
@@ -178,9 +182,10 @@ def kernels(args: argparse.Namespace) -> dict:
         if args.shapes and name not in args.shapes.split(","):
             continue
         w = (torch.randn(n, k, device="cuda") * 0.02).bfloat16()
-        xs = {m: torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for m in MS}
+        # one token's input always exists: tinygemm and the TEAL threshold are measured on it
+        xs = {m: torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for m in sorted({1, *ms_list})}
         ws = [w] + [w.clone() for _ in range(copies(w.numel() * 2) - 1)]
-        base = {m: graph_ms([lambda m=m, c=c, xs=xs: F.linear(xs[m], c) for c in ws]) for m in MS}
+        base = {m: graph_ms([lambda m=m, c=c, xs=xs: F.linear(xs[m], c) for c in ws]) for m in ms_list}
         del ws
         tg = tinygemm_ms(w, xs[1]) if name != "lm_head" else None
         for kind in kinds:
@@ -191,14 +196,15 @@ def kernels(args: argparse.Namespace) -> dict:
             thresh = None
             if kind.endswith("_teal"):
                 thresh = float(xs[1].float().abs().quantile(args.teal))  # TEAL-style: drop the smallest
-            for m in MS:
+            for m in ms_list:
                 x = xs[m]
                 xr = x if thresh is None else x.masked_fill(x.abs() < thresh, 0)
                 want = F.linear(xr, dense).float()
                 got = gpu.matmul_small(g, x, thresh).float()
                 err = ((got - want).norm() / want.norm()).item()
                 gs = [g] + [clone_weight(g) for _ in range(copies(g.nbytes()) - 1)]
-                ms, cfg = sweep(kind, gs, x, thresh, tuple(int(v) for v in args.stages.split(",")))
+                stages = tuple(int(v) for v in args.stages.split(","))
+                ms, cfg = sweep(kind, gs, x, thresh, stages, args.gemv_only)
                 del gs
                 read = g.nbytes() * ((1 - args.teal) if thresh and m == 1 else 1) + x.numel() * 2
                 row = {
@@ -259,9 +265,6 @@ def main() -> None:
     if args.phase == "ship":
         ship(args)
         return
-    global MS
-    MS = tuple(int(v) for v in args.ms.split(","))
-    GEMV_ONLY[0] = args.gemv_only
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     args.out_path = out / "quant_kernels.json"
