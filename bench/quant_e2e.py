@@ -119,6 +119,8 @@ def one_mode(b: Bench, name: str, spec: str, a: argparse.Namespace, bw: float) -
         "weight_sparsity": report.get("weight_sparsity", 0.0),
         "act_sparsity": report.get("act_sparsity", 0.0),
         "kv_tokens": eng.bm.num_blocks * a.block_size,
+        "graphs_at_start": eng.precaptured[0],
+        "graph_capture_s": round(eng.precaptured[1], 1),
     }
     for batch in a.batches:
         tok_s = decode(b, eng, batch, a.decode_tokens)

@@ -99,7 +99,8 @@ def grid_for(g: gpu.GpuWeight, m: int, stages_grid: tuple[int, ...], one_only: b
     """Launch configs to try: the K-packed int4 kernels get a coarse grid here and a warps x stages
     refinement of the winner in `sweep`; the older kernels keep the grid their earlier sweeps settled on."""
     if g.kind == "int4k":
-        modes = ([(0, 16), (2, 16)] if m == 1 else []) + [(16, 16), (16, 32), (18, 16)] * (not one_only)
+        one = [(0, 16), (2, 16), (3, 16), (3, 32), (3, 64)] if m == 1 else []
+        modes = one + [(16, 16), (16, 32), (18, 16)] * (not one_only)
         sizes = itertools.product((64, 128, 256), (1, 2, 4, 8), modes)
         return [(bn, split, 4, 3, mode, br) for bn, split, (mode, br) in sizes]
     blocks = (32, 64, 128) if g.kind == "int4_24" else (64, 128, 256)

@@ -30,7 +30,7 @@ from engine.quant import triton_w4k as tw  # noqa: E402
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 DIV16 = ("x_ptr", "w_ptr", "s_ptr", "b_ptr", "y_ptr", "N", "K")  # what the launcher specialises at 8B shapes
 SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp16", "b_ptr": "*fp16", "y_ptr": "*fp32", "N": "i32",
-       "K": "i32", "groups_per_split": "i32", "GROUP": "constexpr", "BLOCK_N": "constexpr",
+       "K": "i32", "rows_per_split": "i32", "GROUP": "constexpr", "BLOCK_N": "constexpr",
        "ATOMIC": "constexpr"}  # fmt: skip
 
 
@@ -41,7 +41,7 @@ SIG_MM = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp16", "b_ptr": "*fp16",
 
 
 def sass(fn, consts: dict, warps: int, stages: int) -> str:
-    base = SIG_MM if "BLOCK_R" in consts else SIG
+    base = SIG_MM if "M" in fn.arg_names else SIG
     sig = dict(base, **{k: "constexpr" for k in consts if k not in base})
     div = DIV16 + (("stride_xm", "stride_ym") if base is SIG_MM else ())
     attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in div}
@@ -77,10 +77,13 @@ def main_loop(text: str) -> list[str]:
 
 
 def main() -> None:
+    g2 = {"ASM": True, "ROW_SUMS": True}
     variants = [
         ("gemv (v1): cast-free magic, 2 logic ops", tw.w4k_gemv_kernel, {}),
         ("gemv2, no asm (as the interpreter runs it)", tw.w4k_gemv_kernel, {"ASM": False, "ROW_SUMS": True}),
         ("gemv2: one lop3 a code, bias by row sums", tw.w4k_gemv_kernel, {"ASM": True, "ROW_SUMS": True}),
+        ("gemv3: gemv2 + per-row scales, 16 rows", tw.w4k_gemv_kernel, {**g2, "BLOCK_R": 16}),
+        ("gemv3: 32 rows (2 groups) a step", tw.w4k_gemv_kernel, {**g2, "BLOCK_R": 32}),
     ]
     mm = {"BLOCK_M": 16, "BLOCK_R": 16}
     tensor_core = [  # 16 rows: the weights a thread converts per step are the same count
@@ -95,7 +98,7 @@ def main() -> None:
     for (name, fn, extra), bn, warps, stages in runs:
         body = main_loop(sass(fn, {"GROUP": 128, "BLOCK_N": bn, "ATOMIC": True, **extra}, warps, stages))
         ops = collections.Counter(re.match(r"(@!?U?P\w+\s+)?([A-Z0-9_]+)", i).group(2) for i in body)
-        per = 128 * bn / (32 * warps)  # weights a thread dequantizes per loop step (one group of K)
+        per = 8 * extra.get("BLOCK_R", 16) * bn / (32 * warps)  # weights a thread dequantizes per loop step
         main4 = [ops[o] / per for o in ("LOP3", "FADD", "FFMA", "LDG")]
         rest = (len(body) - sum(ops[o] for o in ("LOP3", "FADD", "FFMA", "LDG"))) / per
         cells = " | ".join(f"{v:.2f}" for v in main4)

@@ -122,10 +122,12 @@ class Engine:
         self._closed = False
         self._detok: dict[int, IncrementalDetokenizer] = {}
         self._text: dict[int, tuple[str, int]] = {}
+        self.precaptured = (0, 0.0)  # (graphs, seconds) captured at start, for start-up reports
         if config.cuda_graph_precapture_tokens > 0 and self.runner.use_graphs:
             t0 = time.perf_counter()
             n = self.runner.precapture(min(config.cuda_graph_precapture_tokens, self.model.cfg.max_position))
-            log.info("captured %d decode CUDA graphs in %.1f s", n, time.perf_counter() - t0)
+            self.precaptured = (n, time.perf_counter() - t0)
+            log.info("captured %d decode CUDA graphs in %.1f s", *self.precaptured)
         self._thread = threading.Thread(target=self._loop, daemon=True, name="kb-engine")
         self._thread.start()
 

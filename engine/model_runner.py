@@ -18,7 +18,7 @@ import torch
 from engine.attention import AttnBatch, pack_meta
 from engine.config import EngineConfig
 from engine.model import LlamaForCausalLM
-from engine.quant.memory import check_budget, weight_bytes
+from engine.quant.memory import check_budget, dequant_reserve, weight_bytes
 from engine.sequence import Sequence
 
 GiB = 1024**3
@@ -73,11 +73,13 @@ def kv_pool_blocks(model: LlamaForCausalLM, cfg: EngineConfig, device: torch.dev
         return cfg.num_kv_blocks
     m = model.cfg
     per_block = kv_block_bytes(m, cfg.block_size, dtype, cfg.kv_dtype == "int8")
-    # activations: logits of a full token budget in fp32 + MLP intermediates, plus slack (reserved when the
-    # KV pool is derived on CUDA; otherwise the budget bounds the weights alone: on CPU the pool is
-    # kv_cache_gb or 1 GiB of RAM, and an explicit kv_cache_gb is the operator's call)
+    # activations: logits of a full token budget in fp32 + MLP intermediates + the largest weight a
+    # quantized prefill dequantizes, plus slack (reserved when the KV pool is derived on CUDA; otherwise the
+    # budget bounds the weights alone: on CPU the pool is kv_cache_gb or 1 GiB of RAM, and an explicit
+    # kv_cache_gb is the operator's call)
     derive = device.type == "cuda" and cfg.kv_cache_gb is None
     act = cfg.max_batch_tokens * (m.vocab_size * 4 + 4 * m.intermediate_size * 2) + GiB if derive else 0
+    act += dequant_reserve(model, cfg.max_num_seqs, torch.finfo(dtype).bits // 8) if derive else 0
     weights = weight_bytes(model)  # quantized layers count their packed bytes
     left = check_budget(weights, act, cfg.gpu_memory_gb, str(device))
     if cfg.kv_cache_gb is not None:

@@ -1,8 +1,9 @@
 """CUDA path of `QuantLinear`: pack the canonical formats for `engine.quant.triton_kernels` and dispatch.
 
 Decode-sized inputs (<= 16 rows) go to the fused-dequantization kernels, which read each weight byte once;
-larger inputs (prefill) dequantize the weight to the model dtype and use the tensor-core GEMM, which is
-compute-bound there, so the extra pass over the weight costs little (measured in bench/RESULTS.md).
+decode batches up to `CHUNK_ROWS` run them once per 16 rows; larger inputs (prefill) dequantize the weight
+to the model dtype and use the tensor-core GEMM, which is compute-bound there, so the extra pass over the
+weight costs little (measured in bench/RESULTS.md).
 Split-K: a decode GEMV of a 4096-wide output has too few output tiles to keep 132 SMs busy, so the K
 range is split over programs that add into an fp32 buffer.
 """
@@ -21,10 +22,16 @@ from engine.quant import tuning
 from engine.quant.formats import Int4Weight, Int8Weight
 
 SMALL_M = 16
+# Decode batches of up to this many rows take the fused kernels 16 rows at a time. Why: the dense path
+# makes a bf16 copy of the weight (the LM head's is 1 GiB at Llama-3-8B), which a CUDA graph captured for a
+# batch of 64 keeps in its pool (OOM at a 24 GiB cap on the H200); 4 passes of int4 (2 B a weight) also
+# move less than dequantize + GEMM (4.5 B a weight).
+CHUNK_ROWS = 64
 # (kind, N, K) -> (block_n, split, num_warps, num_stages[, block_m for one-token inputs[, gather
 # [, block_k]]]); block_m 0 = the one-token GEMV with a 2-D accumulator; for int8 the "gather" slot says
 # the magic-number conversion (`w8_kernel` MAGIC). int4k: (block_n, split, warps, stages, 0 | 2 = the
-# CUDA-core GEMV for one token (2: gemv2, `w4k_gemv_kernel` ASM + ROW_SUMS) | 16 = tensor cores (18: codes
+# CUDA-core GEMV for one token (2: gemv2, `w4k_gemv_kernel` ASM + ROW_SUMS; 3: gemv3, steps of block_r
+# rows with per-row scales) | 16 = tensor cores (18: codes
 # made as bf16 pairs, `w4k_mm2_kernel`, where a step stays in one group), block_r word rows per step).
 # Set by the benchmarks (bench/quant_gpu.py kernels); the product reads the shipped `engine.quant.tuning`
 TUNING: dict[tuple, tuple[int, ...]] = {}
@@ -144,7 +151,7 @@ def _config(kind: str, n: int, k: int, group: int, m: int) -> tuple[int, ...]:
 
 def _chunks(g: GpuWeight, cfg: tuple[int, ...], m: int) -> int:
     """Units of K that split-K hands out: groups, or ``block_r`` word rows for the K-packed GEMM."""
-    if g.kind == "int4k" and (m > 1 or cfg[4] >= SMALL_M):
+    if g.kind == "int4k" and (m > 1 or cfg[4] >= SMALL_M or cfg[4] == 3):
         return g.k // 8 // cfg[5]
     return (g.k // g.group) if g.group else -(-g.k // 128)
 
@@ -158,6 +165,8 @@ def matmul_small(g: GpuWeight, x: torch.Tensor, thresh: float | None = None) -> 
     if thresh and g.kind != "int4":
         raise ValueError(f"activation sparsity needs the N-packed int4 layout, not {g.kind}")
     cfg = _config(g.kind + ("_teal" if thresh else ""), g.n, g.k, g.group or 128, m)
+    if g.kind == "int4k" and m == 1 and cfg[4] == 3 and (g.k // 8) % cfg[5]:
+        cfg = (*cfg[:4], 2, 16)  # gemv3's steps must tile K: gemv2 takes other shapes
     block_n, split, warps, stages = cfg[:4]
     if g.kind == "int4_24":  # rows are looped over: no more than the batch needs
         block_m = 1 << (m - 1).bit_length()
@@ -172,11 +181,12 @@ def matmul_small(g: GpuWeight, x: torch.Tensor, thresh: float | None = None) -> 
     y = torch.zeros(m, g.n, device=x.device, dtype=torch.float32) if atomic else x.new_empty(m, g.n)
     grid = (-(-g.n // block_n), split)
     t = g.tensors
-    if g.kind == "int4k" and m == 1 and cfg[4] in (0, 2):  # 2: gemv2 (one lop3 a code, bias by row sums)
+    if g.kind == "int4k" and m == 1 and cfg[4] in (0, 2, 3):  # 2: gemv2 (one lop3 a code, bias by row sums)
+        rows = cfg[5] if cfg[4] == 3 else g.group // 8  # 3: gemv3, steps of cfg[5] word rows
         tw4k.w4k_gemv_kernel[grid](
-            x, t["w"], t["s"], t["b"], y, g.n, g.k, per,
-            GROUP=g.group, BLOCK_N=block_n, ATOMIC=atomic, ASM=cfg[4] == 2 and _asm(x), ROW_SUMS=cfg[4] == 2,
-            num_warps=warps, num_stages=stages,
+            x, t["w"], t["s"], t["b"], y, g.n, g.k, per * rows,
+            GROUP=g.group, BLOCK_N=block_n, ATOMIC=atomic, ASM=cfg[4] >= 2 and _asm(x), ROW_SUMS=cfg[4] >= 2,
+            BLOCK_R=rows if cfg[4] == 3 else 0, num_warps=warps, num_stages=stages,
         )  # fmt: skip
     elif g.kind == "int4k" and cfg[4] == 18 and g.group % (8 * cfg[5]) == 0:  # bf16 pairs, no float math
         tw4k.w4k_mm2_kernel[grid](
@@ -255,11 +265,12 @@ def cuda_linear(layer: Any, x: torch.Tensor) -> torch.Tensor:
     x2 = x.reshape(-1, g.k)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    if x2.shape[0] <= SMALL_M and g.kind != "fallback":
+    if x2.shape[0] <= CHUNK_ROWS and g.kind != "fallback":
         thresh = layer.act_threshold if g.kind == "int4" else None  # int4 is N-packed only for TEAL
         if layer.act_threshold is not None and g.kind != "int4":
             x2 = layer.sparsify(x2)
-        y = matmul_small(g, x2, thresh)
+        parts = [matmul_small(g, x2[i : i + SMALL_M], thresh) for i in range(0, x2.shape[0], SMALL_M)]
+        y = parts[0] if len(parts) == 1 else torch.cat(parts)
     elif g.kind == "int8":  # cast only: the per-channel scale goes on the [T, N] output, the smaller side
         y = F.linear(layer.sparsify(x2), g.tensors["w"].t().to(x.dtype))
         y = (y.float() * g.tensors["s"]).to(x.dtype)

@@ -37,6 +37,23 @@ def weight_bytes(model: nn.Module) -> int:
     return total
 
 
+def dequant_reserve(model: nn.Module, max_num_seqs: int, elt: int) -> int:
+    """Bytes of the largest weight a prefill dequantizes at once (`engine.quant.gpu.dense_weight`).
+
+    Inputs of more than `CHUNK_ROWS` rows get a transient ``elt``-byte copy of their layer's weight; the
+    LM head sees one row per sequence, so it is counted only when ``max_num_seqs`` exceeds that."""
+    from engine.quant.gpu import CHUNK_ROWS
+    from engine.quant.linear import QuantLinear
+
+    head = getattr(model, "lm_head", None)
+    sizes = [
+        m.out_features * m.in_features * elt
+        for m in model.modules()
+        if isinstance(m, QuantLinear) and (m is not head or max_num_seqs > CHUNK_ROWS)
+    ]
+    return max(sizes, default=0)
+
+
 def check_budget(weights: int, act_reserve: int, budget_gb: float, device: str) -> int:
     """Bytes left for the KV pool; raises `ModelTooLarge` with the numbers when nothing is left."""
     budget = budget_gb * GiB

@@ -61,45 +61,59 @@ def _unit(i: tl.constexpr):
 
 @triton.jit
 def w4k_gemv_kernel(
-    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, N, K, groups_per_split,
+    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, N, K, rows_per_split,
     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, ATOMIC: tl.constexpr,
-    ASM: tl.constexpr = False, ROW_SUMS: tl.constexpr = False,
+    ASM: tl.constexpr = False, ROW_SUMS: tl.constexpr = False, BLOCK_R: tl.constexpr = 0,
 ):  # fmt: skip
-    """One token on CUDA cores: ``y[N] (+)= x[K] @ dequant(w)``, a ``[GROUP // 8, BLOCK_N]`` accumulator
-    reduced over K once after the loop (no cross-warp reduction per step for the codes).
+    """One token on CUDA cores: ``y[N] (+)= x[K] @ dequant(w)``, a ``[rows, BLOCK_N]`` accumulator reduced
+    over K once after the loop (no cross-warp reduction per step for the codes). A step takes one group
+    (``GROUP // 8`` word rows), or ``BLOCK_R`` rows (with ``ROW_SUMS``).
 
     ``ROW_SUMS`` (gemv2, with ``ASM``: one logic op a code): the bias goes through per-row sums of x into
     the same 2-D accumulator, so a group step has no cross-thread reduction at all; otherwise the group's
-    sum of x is reduced each step and the bias kept apart."""
-    RW: tl.constexpr = GROUP // 8
+    sum of x is reduced each step and the bias kept apart.
+
+    ``BLOCK_R`` (gemv3): each row's scale and bias are loaded in the accumulator's own layout (no shuffle
+    through shared memory), so a step may span several groups. Why: Triton does not software-pipeline a
+    loop without a ``tl.dot``: its SASS loads a step's words at the top and waits (and ptxas sinks loads
+    written a step ahead back to their use), so a step pays an HBM round trip; a step of 2-4 groups loads
+    2-4x the bytes per round trip."""
+    R: tl.constexpr = BLOCK_R if BLOCK_R else GROUP // 8
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rr = tl.arange(0, RW)
+    rr = tl.arange(0, R)
     nmask = rn < N
-    g0 = pid_k * groups_per_split
-    g1 = tl.minimum(g0 + groups_per_split, K // GROUP)
-    acc = tl.zeros((RW, BLOCK_N), dtype=tl.float32)
+    r0 = pid_k * rows_per_split
+    r1 = tl.minimum(r0 + rows_per_split, K // 8)
+    acc = tl.zeros((R, BLOCK_N), dtype=tl.float32)
     bacc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for g in range(g0, g1):
-        words = tl.load(w_ptr + (g * RW + rr)[:, None] * N + rn[None, :], mask=nmask[None, :], other=0)
+    for r in range(r0, r1, R):
+        words = tl.load(w_ptr + (r + rr)[:, None] * N + rn[None, :], mask=nmask[None, :], other=0)
         hi = words >> 20
-        xg = x_ptr + g * GROUP + rr * 8
-        part = tl.zeros((RW, BLOCK_N), dtype=tl.float32)
-        xr = tl.zeros((RW,), dtype=tl.float32)
+        xg = x_ptr + (r + rr) * 8
+        part = tl.zeros((R, BLOCK_N), dtype=tl.float32)
+        xr = tl.zeros((R,), dtype=tl.float32)
         for i in tl.static_range(8):
             xi = tl.load(xg + i).to(tl.float32)
             if ROW_SUMS:
                 xr += xi
             part += (xi * _unit(i))[:, None] * _code(words, hi, i, ASM)
-        s = tl.load(s_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
-        b = tl.load(b_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
-        if ROW_SUMS:
-            acc += part * s[None, :] + xr[:, None] * b[None, :]
+        if BLOCK_R:  # per-row group index: [R, BLOCK_N] scales and biases, no layout conversion
+            sb = ((r + rr) * 8 // GROUP)[:, None] * N + rn[None, :]
+            s2 = tl.load(s_ptr + sb, mask=nmask[None, :], other=0.0).to(tl.float32)
+            b2 = tl.load(b_ptr + sb, mask=nmask[None, :], other=0.0).to(tl.float32)
+            acc += part * s2 + xr[:, None] * b2
         else:
-            xs = tl.sum(tl.load(x_ptr + g * GROUP + tl.arange(0, GROUP)).to(tl.float32), axis=0)
-            acc += part * s[None, :]
-            bacc += xs * b
+            g = r // R
+            s = tl.load(s_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
+            b = tl.load(b_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
+            if ROW_SUMS:
+                acc += part * s[None, :] + xr[:, None] * b[None, :]
+            else:
+                xs = tl.sum(tl.load(x_ptr + g * GROUP + tl.arange(0, GROUP)).to(tl.float32), axis=0)
+                acc += part * s[None, :]
+                bacc += xs * b
     _write_row(y_ptr, tl.sum(acc, axis=0) + bacc, rn, nmask, ATOMIC)
 
 

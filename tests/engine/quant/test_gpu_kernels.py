@@ -81,15 +81,27 @@ def test_k_packed_layout_holds_eight_k_codes_per_word() -> None:
 @pytest.mark.parametrize("split", [1, 2])
 @pytest.mark.parametrize(
     "m, mode, block_r",
-    [(1, 0, 16), (1, 2, 16), (1, 16, 16), (5, 16, 16), (16, 16, 32), (3, 16, 32), (5, 18, 16), (16, 18, 16)],
+    [
+        (1, 0, 16),
+        (1, 2, 16),
+        (1, 3, 8),
+        (1, 3, 32),
+        (1, 16, 16),
+        (5, 16, 16),
+        (16, 16, 32),
+        (3, 16, 32),
+        (5, 18, 16),
+        (16, 18, 16),
+    ],  # fmt: skip
 )
 def test_k_packed_gemv_and_tensor_core_paths_agree(
     group: int, split: int, m: int, mode: int, block_r: int
 ) -> None:
-    """The one-token CUDA-core GEMVs (mode 0, and 2: one logic op a code, bias by row sums) and the
-    per-nibble tensor-core GEMMs (16; 18: codes as bf16 pairs, the dequantizing form where a step spans
-    groups), with split-K, with the group
-    identity (a step inside one group) and with dequantization before the dot (steps across groups)."""
+    """The one-token CUDA-core GEMVs (mode 0; 2: one logic op a code, bias by row sums; 3: steps of
+    ``block_r`` word rows with per-row scales, within and across groups) and the per-nibble tensor-core
+    GEMMs (16; 18: codes as bf16 pairs, the dequantizing form where a step spans groups), with split-K,
+    with the group identity (a step inside one group) and with dequantization before the dot (steps
+    across groups)."""
     q = quantize_int4(_weight(8), group=group)
     gpu.TUNING[("int4k", N, K)] = (32, split, 4, 2, mode, block_r)
     try:
@@ -187,12 +199,12 @@ def test_unpackable_shapes_fall_back_and_bad_masks_are_refused() -> None:
         gpu.pack(Int4Weight(q4.q, q4.scale, q4.zero, 64, bad))
 
 
-@pytest.mark.parametrize("rows", [2, 20])
+@pytest.mark.parametrize("rows", [2, 20, gpu.CHUNK_ROWS + 6])
 @pytest.mark.parametrize("fmt", ["int4", "int8"])
-def test_quant_linear_dispatch_after_packing(rows: int, fmt: str) -> None:
-    """`prepare_model` packs and frees the canonical tensors; decode rows use the fused kernel, longer
-    inputs the dequantize (int8: cast, scale on the output) + GEMM path, both with the bias and the same
-    numbers."""
+def test_quant_linear_dispatch_after_packing(rows: int, fmt: str, monkeypatch) -> None:
+    """`prepare_model` packs and frees the canonical tensors; decode batches use the fused kernel (16
+    rows a launch up to `CHUNK_ROWS`, no dense copy of the weight), longer inputs the dequantize (int8:
+    cast, scale on the output) + GEMM path, both with the bias and the same numbers."""
     from engine.quant.linear import QuantLinear
 
     q = quantize_int4(_weight(7), group=64) if fmt == "int4" else quantize_int8(_weight(7))
@@ -203,5 +215,15 @@ def test_quant_linear_dispatch_after_packing(rows: int, fmt: str) -> None:
     assert packed == layer.gpu.nbytes() > 0
     assert layer.qweight.q.device.type == "meta"  # the canonical copy no longer holds memory
     x = torch.randn(rows, K)
+    launches = []
+    small = gpu.matmul_small
+
+    def counted(g, xs, thresh=None):
+        launches.append(len(xs))
+        return small(g, xs, thresh)
+
+    monkeypatch.setattr(gpu, "matmul_small", counted)
     got = gpu.cuda_linear(layer, x.to(DEVICE)).cpu()
     torch.testing.assert_close(got, x @ want_w.t() + bias, **TOL)
+    fused = [min(16, rows - i) for i in range(0, rows, 16)] if rows <= gpu.CHUNK_ROWS else []
+    assert launches == fused

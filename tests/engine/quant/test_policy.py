@@ -126,3 +126,19 @@ def test_check_budget_reserves_activations_and_reports_the_numbers() -> None:
         ModelTooLarge, match=r"weights 10\.000 GiB \+ activation reserve 2\.000 GiB = 12\.000 GiB"
     ):
         check_budget(10 * gib, 2 * gib, 11.0, "cuda:0")
+
+
+def test_dequant_reserve_is_the_largest_prefill_weight_and_the_head_only_for_wide_batches() -> None:
+    """The KV pool leaves room for the bf16 copy a prefill makes of one quantized weight; the LM head
+    (one row per sequence) joins only when more sequences run than the fused kernels take in chunks."""
+    from engine.quant.gpu import CHUNK_ROWS
+    from engine.quant.memory import dequant_reserve
+
+    m = tiny(tied=False)
+    assert dequant_reserve(m, 64, 2) == 0  # nothing quantized: no copy is ever made
+    apply_policy(m, "int4:g64")
+    c = m.cfg
+    body = max(2 * c.intermediate_size * c.hidden_size, c.hidden_size * c.hidden_size) * 2
+    assert dequant_reserve(m, CHUNK_ROWS, 2) == body
+    head = c.vocab_size * c.hidden_size * 2
+    assert dequant_reserve(m, CHUNK_ROWS + 1, 2) == max(body, head)
