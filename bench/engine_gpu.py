@@ -274,6 +274,7 @@ class Bench(PoolPhasesMixin, ReportMixin, BenchBase):
         kw = dict(gpu_memory_gb=a.cap_gib - 2, cpu_cache_gb=a.cpu_cache_gb)
         eng = self.engine(model, disk_dir=str(disk), **kw)
         self.res["pool_blocks"] = eng.bm.num_blocks
+        self.res["graphs_at_start"] = [eng.precaptured[0], round(eng.precaptured[1], 1)]  # count, seconds
         self.section("ours_decode", lambda eng=eng: self.ours_decode(eng, BATCHES, a.decode_tokens))
         self.section("warmup", lambda eng=eng: self.warm(eng))
         mt = self.section("ours_multiturn", lambda eng=eng: self.ours_multiturn(eng, turns, "ours_turn"))
