@@ -152,8 +152,12 @@ class ModelRunner:
     def precapture(self, max_len: int) -> int:
         """Capture the decode graph of every (batch bucket, table width) a context of ``max_len`` tokens
         can need, now, so that no request waits for a capture (tens of ms each on an 8B model, seen as
-        TTFT spikes under load in bench/RESULTS.md); returns how many were captured."""
-        if not self.use_graphs:
+        TTFT spikes under load in bench/RESULTS.md); returns how many were captured.
+
+        Only for the in-place Triton reader: the gather path (CPU's reader, on CUDA only for checks)
+        materializes each sequence's K/V, so its graph for 64 sequences x 16K tokens would pin gigabytes
+        in the graph pool (an H200 run ran out of memory that way); it keeps capturing on first use."""
+        if not self.use_graphs or not self.triton:
             return 0
         top = min(-(-max_len // self.bs), self.scratch)
         widths = [1 << i for i in range(max(top - 1, 0).bit_length() + 1)]

@@ -30,6 +30,9 @@ def test_precapture_plans_every_bucket_and_width_once(engine, monkeypatch) -> No
     r = engine.runner
     made: list[tuple[int, int]] = []
     monkeypatch.setattr(r, "use_graphs", True)
+    monkeypatch.setattr(r, "triton", False)
+    assert r.precapture(10_000) == 0  # the gather reader captures on first use only
+    monkeypatch.setattr(r, "triton", True)
     monkeypatch.setattr(r, "graphs", {(1, 1): {}})  # already captured: not again
     monkeypatch.setattr(r, "_make_static", lambda b, w: made.append((b, w)))
     n = r.precapture(5 * r.bs + 1)  # 6 blocks: widths 1, 2, 4, 8
