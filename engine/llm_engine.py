@@ -71,6 +71,7 @@ class Engine:
             self.model, self.tokenizer = model, tokenizer
             if fingerprint is None:
                 raise ValueError("an in-memory model needs an explicit fingerprint")
+        self.model.requires_grad_(False)  # an in-memory model may come with trainable parameters
         # weight quantization (engine.quant): before the KV pool is sized from the remaining budget
         self.quant = apply_policy(self.model, config.quant, tokenizer=self.tokenizer, source=config.model)
         if self.device.type == "cuda" and self.quant.get("layers"):

@@ -149,6 +149,7 @@ class ModelRunner:
         """The graph batch size that serves ``batch`` running sequences (itself beyond the largest)."""
         return next((b for b in self.batch_buckets if b >= batch), batch)
 
+    @torch.inference_mode()
     def precapture(self, max_len: int) -> int:
         """Capture the decode graph of every (batch bucket, table width) a context of ``max_len`` tokens
         can need, now, so that no request waits for a capture (tens of ms each on an 8B model, seen as
@@ -156,7 +157,9 @@ class ModelRunner:
 
         Only for the in-place Triton reader: the gather path (CPU's reader, on CUDA only for checks)
         materializes each sequence's K/V, so its graph for 64 sequences x 16K tokens would pin gigabytes
-        in the graph pool (an H200 run ran out of memory that way); it keeps capturing on first use."""
+        in the graph pool (an H200 run ran out of memory that way); it keeps capturing on first use.
+        Inference mode as in `run`: a capture with autograd on, over weights that require grad, made the
+        KV pool itself require grad, and the CPU tier's copies of it then failed (H200, engine_gpu)."""
         if not self.use_graphs or not self.triton:
             return 0
         top = min(-(-max_len // self.bs), self.scratch)

@@ -7,6 +7,7 @@ run eagerly on CPU (``force_static``), and the capture plan is checked without c
 from __future__ import annotations
 
 import pytest
+import torch
 
 from engine.model_runner import graph_batches
 from engine.sampling import SamplingParams
@@ -34,6 +35,11 @@ def test_precapture_plans_every_bucket_and_width_once(engine, monkeypatch) -> No
     assert r.precapture(10_000) == 0  # the gather reader captures on first use only
     monkeypatch.setattr(r, "triton", True)
     monkeypatch.setattr(r, "graphs", {(1, 1): {}})  # already captured: not again
+    assert not torch.is_inference_mode_enabled()
+    spy = []
+    monkeypatch.setattr(r, "_make_static", lambda b, w: spy.append(torch.is_inference_mode_enabled()))
+    r.precapture(1)
+    assert spy and all(spy)  # captured like `run`: autograd never records writes into the KV pool
     monkeypatch.setattr(r, "_make_static", lambda b, w: made.append((b, w)))
     n = r.precapture(5 * r.bs + 1)  # 6 blocks: widths 1, 2, 4, 8
     widths = [1, 2, 4, 8]
