@@ -4,7 +4,9 @@
 #   call 1: bash bench/gpu_pending.sh 1   (carry: .whl bench/out/chat_gpu_bundle)
 #   call 2: bash bench/gpu_pending.sh 2   (carry: .whl bench/out/quant_kernels.json from call 1's $OUT)
 #   kernels only: bash bench/gpu_pending.sh kernels   (no carry; KINDS=..., SWEEP_S=... to narrow it)
-#   check: bash bench/gpu_pending.sh check   (no carry; compiled tests, engine_check, e2e with shipped configs)
+#   check: bash bench/gpu_pending.sh check   (no carry; compiled tests, engine_check, e2e with shipped configs
+#          and each mode's prefill kernels)
+#   engine: bash bench/gpu_pending.sh engine   (no carry; issue 3's reuse, sessions and restart figures)
 # .whl holds the py3.12 wheels of fastapi/starlette/pydantic/uvicorn that `kb engine-serve` needs and the
 # GPU image lacks; bench/out/chat_gpu_bundle comes from `.venv/bin/python -m bench.chat_gpu prepare` here.
 set -uo pipefail
@@ -46,8 +48,11 @@ case "${1:-1}" in
     echo "== issue 3: teacher-forced logits vs transformers, with graphs captured at start"
     timeout 90 python3 bench/engine_check.py --out "$OUT" 2>&1 | grep -vi warn | tail -10
     echo "== issue 6: whole model with the shipped configs (no --tune), int4 and int8 prefill"
-    timeout 200 python3 bench/quant_e2e.py --out "$OUT" --modes int4,int8,bf16 --compile-budget-s 60 2>&1 \
-      | grep -vi warn | tail -8
+    timeout 200 python3 bench/quant_e2e.py --out "$OUT" --modes int4,int8,bf16 --compile-budget-s 60 --profile \
+      2>&1 | grep -vi warn | tail -70
+    ;;
+  engine)  # issue 3 without the transformers baselines (those: bench/engine_gpu.py --phase all), ~9 min
+    timeout 560 python3 bench/engine_gpu.py --phase ours --no-compile --out "$OUT" 2>&1 | grep -vi warn | tail -30
     ;;
   kernels)  # issue 6: the kernel tests compiled on the GPU, then the K-packed int4 / int8 sweep
     echo "== kernel and fused-op tests, compiled (pytest --noconftest: the root conftest needs the DB stack)"

@@ -95,6 +95,17 @@ def decode(b: Bench, eng: Engine, batch: int, n_new: int) -> float:
     return batch * (n_new - 1) / ((tn - t1) / 1e3)
 
 
+def profile_prefill(name: str, fn) -> None:
+    """The GPU kernels of one prefill, by total time: where a quantized prefill loses to bf16."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    print(f"== {name}: prefill kernels")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=60))
+
+
 def one_mode(b: Bench, name: str, spec: str, a: argparse.Namespace, bw: float) -> dict:
     if b.dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -142,6 +153,10 @@ def one_mode(b: Bench, name: str, spec: str, a: argparse.Namespace, bw: float) -
         ttft.append(b.timed(lambda e=eng: e.complete(ids, one)))
         eng.scheduler.prefix_cache = True
     row["prefill_ttft_ms"] = round(sorted(ttft)[1], 1)
+    if a.profile and b.dev.type == "cuda":
+        eng.scheduler.prefix_cache = False
+        profile_prefill(name, lambda e=eng: e.complete(ids, one))
+        eng.scheduler.prefix_cache = True
     if b.dev.type == "cuda":
         row["peak_gib"] = round(torch.cuda.max_memory_allocated() / GiB, 2)
     eng.close()
@@ -165,6 +180,7 @@ def main() -> None:
     p.add_argument("--compile-budget-s", type=float, default=150)
     p.add_argument("--no-hf", action="store_true")
     p.add_argument("--tune", default=None)
+    p.add_argument("--profile", action="store_true", help="prefill kernels (torch.profiler)")
     a = p.parse_args()
     a.batches = [int(x) for x in a.batches.split(",")]
     b = Bench(a)

@@ -236,7 +236,10 @@ def dense_weight(g: GpuWeight, dtype: torch.dtype) -> torch.Tensor:
 
     t = g.tensors
     if g.kind == "int8":
-        return (t["w"].to(dtype) * t["s"].to(dtype)).t()
+        out = torch.empty(g.k, g.n, device=t["w"].device, dtype=dtype)
+        grid = (-(-g.k // 64), -(-g.n // 128))
+        tk.dequant_w8_kernel[grid](t["w"], t["s"], out, g.k, g.n, BLOCK_K=64, BLOCK_N=128)
+        return out.t()
     if g.kind == "int4k":
         out = torch.empty(g.k, g.n, device=t["w"].device, dtype=dtype)
         tw4k.dequant_w4k_kernel[(-(-g.n // 128), g.k // g.group)](
@@ -271,9 +274,6 @@ def cuda_linear(layer: Any, x: torch.Tensor) -> torch.Tensor:
             x2 = layer.sparsify(x2)
         parts = [matmul_small(g, x2[i : i + SMALL_M], thresh) for i in range(0, x2.shape[0], SMALL_M)]
         y = parts[0] if len(parts) == 1 else torch.cat(parts)
-    elif g.kind == "int8":  # cast only: the per-channel scale goes on the [T, N] output, the smaller side
-        y = F.linear(layer.sparsify(x2), g.tensors["w"].t().to(x.dtype))
-        y = (y.float() * g.tensors["s"]).to(x.dtype)
     else:
         y = F.linear(layer.sparsify(x2), dense_weight(g, x.dtype))
     if layer.bias is not None:

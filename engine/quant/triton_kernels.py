@@ -263,3 +263,20 @@ def dequant_w4_24_kernel(
     b = tl.load(b_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
     w = v.to(tl.float32) * s[:, None] + b[:, None]
     tl.store(out_ptr + rn[:, None] * K + kabs, w.to(out_ptr.dtype.element_ty), mask=nmask[:, None])
+
+
+@triton.jit
+def dequant_w8_kernel(w_ptr, s_ptr, out_ptr, K, N, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    """int8 ``w [K, N]`` times its per-column scale -> ``out [K, N]`` in the model dtype (prefill's GEMM).
+
+    One read of a byte and one write a weight. Why not a cast and the scale on the GEMM's output: that
+    path added 36 ms to a 2K prefill on the H200 (86 vs 50 ms bf16, bench/RESULTS.md), where the int4
+    dequantize kernel adds 5."""
+    rk = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = rn < N
+    mask = (rk < K)[:, None] & nmask[None, :]
+    offs = rk[:, None] * N + rn[None, :]
+    w = tl.load(w_ptr + offs, mask=mask, other=0).to(tl.float32)
+    s = tl.load(s_ptr + rn, mask=nmask, other=0.0)
+    tl.store(out_ptr + offs, (w * s[None, :]).to(out_ptr.dtype.element_ty), mask=mask)

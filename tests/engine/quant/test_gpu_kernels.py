@@ -204,7 +204,7 @@ def test_unpackable_shapes_fall_back_and_bad_masks_are_refused() -> None:
 def test_quant_linear_dispatch_after_packing(rows: int, fmt: str, monkeypatch) -> None:
     """`prepare_model` packs and frees the canonical tensors; decode batches use the fused kernel (16
     rows a launch up to `CHUNK_ROWS`, no dense copy of the weight), longer inputs the dequantize (int8:
-    cast, scale on the output) + GEMM path, both with the bias and the same numbers."""
+    weight times its scale in one kernel) + GEMM path, both with the bias and the same numbers."""
     from engine.quant.linear import QuantLinear
 
     q = quantize_int4(_weight(7), group=64) if fmt == "int4" else quantize_int8(_weight(7))
