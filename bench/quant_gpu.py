@@ -99,10 +99,13 @@ def grid_for(g: gpu.GpuWeight, m: int, stages_grid: tuple[int, ...], one_only: b
     """Launch configs to try: the K-packed int4 kernels get a coarse grid here and a warps x stages
     refinement of the winner in `sweep`; the older kernels keep the grid their earlier sweeps settled on."""
     if g.kind == "int4k":
-        one = [(0, 16), (2, 16), (3, 16), (3, 32), (3, 64)] if m == 1 else []
+        # 4, 5: the packed-fp16 GEMV, (mode, block_r[, chain, cols]); 64 rows with 2 column tiles had
+        # the fewest SASS instructions a weight at every block_n (bench/sass_count.py)
+        h2 = [(4, 16), (4, 32), (4, 64, 2, 2), (4, 64, 4, 2), (5, 64, 2, 2), (5, 64, 4, 2)]
+        one = [(0, 16), (2, 16), (3, 16), (3, 32), (3, 64), *h2] if m == 1 else []
         modes = one + [(16, 16), (16, 32), (18, 16)] * (not one_only)
         sizes = itertools.product((64, 128, 256), (1, 2, 4, 8), modes)
-        return [(bn, split, 4, 3, mode, br) for bn, split, (mode, br) in sizes]
+        return [(bn, split, 4, 3, *mode) for bn, split, mode in sizes]
     blocks = (32, 64, 128) if g.kind == "int4_24" else (64, 128, 256)
     # one token: int4 reduces without tensor cores (per step, or once with a 2-D accumulator: block_m 0),
     # int8 pads to 16 rows (each won every shape in an earlier full sweep)
@@ -201,12 +204,12 @@ def kernels(args: argparse.Namespace) -> dict:
                 x = xs[m]
                 xr = x if thresh is None else x.masked_fill(x.abs() < thresh, 0)
                 want = F.linear(xr, dense).float()
-                got = gpu.matmul_small(g, x, thresh).float()
-                err = ((got - want).norm() / want.norm()).item()
                 gs = [g] + [clone_weight(g) for _ in range(copies(g.nbytes()) - 1)]
                 stages = tuple(int(v) for v in args.stages.split(","))
                 ms, cfg = sweep(kind, gs, x, thresh, stages, args.gemv_only)
                 del gs
+                got = gpu.matmul_small(g, x, thresh).float()  # the winner's error: sweep left it in TUNING
+                err = ((got - want).norm() / want.norm()).item()
                 read = g.nbytes() * ((1 - args.teal) if thresh and m == 1 else 1) + x.numel() * 2
                 row = {
                     "layer": name, "N": n, "K": k, "kind": kind, "M": m, "rel_err": err, "us": ms * 1e3,

@@ -26,6 +26,7 @@ from triton.compiler import ASTSource
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.quant import triton_w4k as tw  # noqa: E402
+from engine.quant import triton_w4k_h2 as th2  # noqa: E402
 
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 DIV16 = ("x_ptr", "w_ptr", "s_ptr", "b_ptr", "y_ptr", "N", "K")  # what the launcher specialises at 8B shapes
@@ -78,12 +79,18 @@ def main_loop(text: str) -> list[str]:
 
 def main() -> None:
     g2 = {"ASM": True, "ROW_SUMS": True}
+    h2 = {"ASM": True, "DENORM": False, "CHAIN": 2, "COLS": 1, "EVEN": True}  # EVEN: N % BLOCK_N == 0
+    c4 = {"BLOCK_R": 64, "CHAIN": 4, "COLS": 2}
     variants = [
         ("gemv (v1): cast-free magic, 2 logic ops", tw.w4k_gemv_kernel, {}),
         ("gemv2, no asm (as the interpreter runs it)", tw.w4k_gemv_kernel, {"ASM": False, "ROW_SUMS": True}),
         ("gemv2: one lop3 a code, bias by row sums", tw.w4k_gemv_kernel, {"ASM": True, "ROW_SUMS": True}),
         ("gemv3: gemv2 + per-row scales, 16 rows", tw.w4k_gemv_kernel, {**g2, "BLOCK_R": 16}),
         ("gemv3: 32 rows (2 groups) a step", tw.w4k_gemv_kernel, {**g2, "BLOCK_R": 32}),
+        ("fp16 (mode 4): lop3 + sub + fma a pair, 32 rows", th2.w4k_gemv_h2_kernel, {**h2, "BLOCK_R": 32}),
+        ("fp16: 64 rows, 2 column tiles", th2.w4k_gemv_h2_kernel, {**h2, "BLOCK_R": 64, "COLS": 2}),
+        ("fp16: 64 rows, chains of 4, 2 column tiles", th2.w4k_gemv_h2_kernel, {**h2, **c4}),
+        ("fp16 (mode 5): subnormal codes, as above", th2.w4k_gemv_h2_kernel, {**h2, **c4, "DENORM": True}),
     ]
     mm = {"BLOCK_M": 16, "BLOCK_R": 16}
     tensor_core = [  # 16 rows: the weights a thread converts per step are the same count

@@ -31,7 +31,9 @@ CHUNK_ROWS = 64
 # [, block_k]]]); block_m 0 = the one-token GEMV with a 2-D accumulator; for int8 the "gather" slot says
 # the magic-number conversion (`w8_kernel` MAGIC). int4k: (block_n, split, warps, stages, 0 | 2 = the
 # CUDA-core GEMV for one token (2: gemv2, `w4k_gemv_kernel` ASM + ROW_SUMS; 3: gemv3, steps of block_r
-# rows with per-row scales) | 16 = tensor cores (18: codes
+# rows with per-row scales; 4 | 5: packed-fp16 multiply-adds, `w4k_gemv_h2_kernel`, 5 with the codes as
+# fp16 subnormals, optionally followed by chain (words a column per fp16 sum, default 2) and cols (column
+# tiles sharing the activations, default 1)) | 16 = tensor cores (18: codes
 # made as bf16 pairs, `w4k_mm2_kernel`, where a step stays in one group), block_r word rows per step).
 # Set by the benchmarks (bench/quant_gpu.py kernels); the product reads the shipped `engine.quant.tuning`
 TUNING: dict[tuple, tuple[int, ...]] = {}
@@ -151,7 +153,7 @@ def _config(kind: str, n: int, k: int, group: int, m: int) -> tuple[int, ...]:
 
 def _chunks(g: GpuWeight, cfg: tuple[int, ...], m: int) -> int:
     """Units of K that split-K hands out: groups, or ``block_r`` word rows for the K-packed GEMM."""
-    if g.kind == "int4k" and (m > 1 or cfg[4] >= SMALL_M or cfg[4] == 3):
+    if g.kind == "int4k" and (m > 1 or cfg[4] >= SMALL_M or cfg[4] in (3, 4, 5)):
         return g.k // 8 // cfg[5]
     return (g.k // g.group) if g.group else -(-g.k // 128)
 
@@ -160,13 +162,17 @@ def matmul_small(g: GpuWeight, x: torch.Tensor, thresh: float | None = None) -> 
     """``x [M <= 16, K] @ W.T`` with the fused kernel of ``g.kind``."""
     from engine.quant import triton_kernels as tk
     from engine.quant import triton_w4k as tw4k
+    from engine.quant import triton_w4k_h2 as tw4k_h2
 
     m = x.shape[0]
     if thresh and g.kind != "int4":
         raise ValueError(f"activation sparsity needs the N-packed int4 layout, not {g.kind}")
     cfg = _config(g.kind + ("_teal" if thresh else ""), g.n, g.k, g.group or 128, m)
-    if g.kind == "int4k" and m == 1 and cfg[4] == 3 and (g.k // 8) % cfg[5]:
-        cfg = (*cfg[:4], 2, 16)  # gemv3's steps must tile K: gemv2 takes other shapes
+    h2 = (1, 1)  # fp16 GEMV (modes 4, 5): (chain, cols)
+    if g.kind == "int4k" and m == 1 and cfg[4] in (3, 4, 5):
+        h2 = (cfg[6] if len(cfg) > 6 else 2, cfg[7] if len(cfg) > 7 else 1) if cfg[4] > 3 else h2
+        if (g.k // 8) % cfg[5] or cfg[5] % h2[0] or (g.group // 8) % h2[0]:
+            cfg = (*cfg[:4], 2, 16)  # steps must tile K and chains a group: gemv2 takes other shapes
     block_n, split, warps, stages = cfg[:4]
     if g.kind == "int4_24":  # rows are looped over: no more than the batch needs
         block_m = 1 << (m - 1).bit_length()
@@ -187,6 +193,13 @@ def matmul_small(g: GpuWeight, x: torch.Tensor, thresh: float | None = None) -> 
             x, t["w"], t["s"], t["b"], y, g.n, g.k, per * rows,
             GROUP=g.group, BLOCK_N=block_n, ATOMIC=atomic, ASM=cfg[4] >= 2 and _asm(x), ROW_SUMS=cfg[4] >= 2,
             BLOCK_R=rows if cfg[4] == 3 else 0, num_warps=warps, num_stages=stages,
+        )  # fmt: skip
+    elif g.kind == "int4k" and m == 1 and cfg[4] in (4, 5):  # fp16 pairs (5: codes as subnormals)
+        xa = x if x.data_ptr() % 4 == 0 else x.clone()  # bf16 x is read two values an int32
+        tw4k_h2.w4k_gemv_h2_kernel[grid](
+            xa, t["w"], t["s"], t["b"], y, g.n, g.k, per * cfg[5],
+            GROUP=g.group, BLOCK_N=block_n, BLOCK_R=cfg[5], ATOMIC=atomic, ASM=_asm(x), DENORM=cfg[4] == 5,
+            CHAIN=h2[0], COLS=h2[1], EVEN=g.n % block_n == 0, num_warps=warps, num_stages=stages,
         )  # fmt: skip
     elif g.kind == "int4k" and cfg[4] == 18 and g.group % (8 * cfg[5]) == 0:  # bf16 pairs, no float math
         tw4k.w4k_mm2_kernel[grid](

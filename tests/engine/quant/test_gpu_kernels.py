@@ -110,6 +110,48 @@ def test_k_packed_gemv_and_tensor_core_paths_agree(
         gpu.TUNING.pop(("int4k", N, K))
 
 
+@pytest.mark.parametrize("group", [64, 128])
+@pytest.mark.parametrize("split", [1, 2])
+@pytest.mark.parametrize(
+    "mode, block_r, chain, cols, block_n",
+    [
+        (4, 8, 2, 1, 32),
+        (4, 16, 2, 1, 32),
+        (4, 32, 2, 1, 32),
+        (4, 16, 1, 1, 32),
+        (4, 32, 4, 2, 32),
+        (4, 16, 2, 2, 128),
+        (5, 16, 2, 1, 32),
+        (5, 32, 4, 2, 32),
+        (5, 16, 2, 2, 128),
+    ],  # fmt: skip
+)
+def test_k_packed_fp16_gemv_keeps_large_and_small_activations_in_range(
+    group: int, split: int, mode: int, block_r: int, chain: int, cols: int, block_n: int
+) -> None:
+    """The packed-fp16 one-token GEMVs (4: codes under 1024.0; 5: codes as fp16 subnormals), with chains
+    of 1-4 words a column, column tiles sharing the activations and a partial tile (block_n 128 > N): a
+    fp16 sum of unscaled x * q overflows for an activation of 3000 and underflows for ones near 1e-6, so
+    this checks the per-program power-of-two scaling. The interpreter emulates the fp16 roundings, so the
+    tolerance is fp16's (the output is bf16 on a GPU anyway), not float32's."""
+    q = quantize_int4(_weight(9), group=group)
+    gw, ref = _on_device(gpu.pack(q)), _ref(q)
+    big = _x(1, seed=2)
+    big[0, 5] = 3000.0
+    gpu.TUNING[("int4k", N, K)] = (block_n, split, 4, 2, mode, block_r, chain, cols)
+    try:
+        for x in (_x(1), big, _x(1, seed=3) * 1e-6):
+            want = x @ ref.t()
+            got = gpu.matmul_small(gw, x.to(DEVICE)).cpu()
+            assert torch.isfinite(got).all()
+            assert float((got - want).abs().max() / want.abs().max()) < 4e-3
+        xb = big.bfloat16().to(DEVICE)  # read two values an int32: the float32 copy's sums, in bf16
+        got, want = gpu.matmul_small(gw, xb).float(), gpu.matmul_small(gw, xb.float())
+        torch.testing.assert_close(got.cpu(), want.cpu(), rtol=2**-7, atol=0)  # the interpreter truncates
+    finally:
+        gpu.TUNING.pop(("int4k", N, K))
+
+
 @pytest.mark.parametrize("split", [1, 2])
 @pytest.mark.parametrize("m, block_m", [(3, 16), (1, 16), (1, 1), (1, 0)])
 @pytest.mark.parametrize("gather", [0, 1])

@@ -1,0 +1,152 @@
+"""The one-token int4 GEMV with packed-fp16 multiply-adds (sweep modes 4 and 5), on the K-packed layout of
+`engine.quant.triton_w4k` (``w [K // 8, N]`` int32, 8 codes of one column a word).
+
+Why a second GEMV: the float32 ones (gemv2/gemv3) spend about 4.8 SASS instructions a weight (a ``lop3``, the
+magic-number add and an FFMA a code, plus activation work), so the 132 SMs of an H200 cannot issue fast
+enough to read int4 at HBM speed (bench/RESULTS.md). Two codes in one f16x2 word cost a ``lop3``, a
+``sub.f16x2`` and an ``fma.f16x2``: about 2.2-2.5 instructions a weight by `bench/sass_count.py`.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from engine.quant.triton_kernels import _write_row
+
+# The packed-fp16 step of `w4k_gemv_h2_kernel`: ``$0 = codes($1 & $2) * $3 + $4`` on f16x2 words. OFFSET
+# ORs the nibbles under 1024.0 (0x6400, whose ulp is 1) and subtracts it; DENORM reads them as subnormals.
+H2_OFFSET = tl.constexpr(
+    "{ .reg .b32 t, k; mov.b32 k, 0x64006400; lop3.b32 t, $1, $2, k, 0xEA; sub.f16x2 t, t, k; "
+    "fma.rn.f16x2 $0, t, $3, $4; }"
+)
+H2_DENORM = tl.constexpr("{ .reg .b32 t; and.b32 t, $1, $2; fma.rn.f16x2 $0, t, $3, $4; }")
+
+
+@triton.jit
+def _h2_fma(src, xp, acc, j: tl.constexpr, DENORM: tl.constexpr, ASM: tl.constexpr):
+    """``acc += (q_lo, q_hi) * xp`` in fp16 for the nibbles at bits ``4j`` and ``16 + 4j`` of ``src`` (j = 0,
+    1), the codes made exact fp16 ``q * 16**j`` (DENORM: times 2**-24) by the mask alone. Without ``ASM``
+    (the interpreter) the same roundings with plain ops: exact products in float32, each sum to fp16."""
+    if ASM:
+        mask = tl.full(src.shape, 0x000F000F << (4 * j), tl.int32)
+        asm: tl.constexpr = H2_DENORM if DENORM else H2_OFFSET
+        out = tl.inline_asm_elementwise(
+            asm, "=r,r,r,r,r", [src, mask, xp[:, None], acc], dtype=tl.int32, is_pure=True, pack=1
+        )
+    else:
+        unit: tl.constexpr = (1 << (4 * j)) / (16777216.0 if DENORM else 1.0)
+        codes = tl.join((src >> (4 * j)) & 0xF, (src >> (16 + 4 * j)) & 0xF).to(tl.float32) * unit
+        out = (codes * xp[:, None, :] + acc).to(tl.float16).to(tl.float32)
+    return out
+
+
+@triton.jit
+def _h2_xpair(xl, xh, ASM: tl.constexpr):
+    """``(xl, xh)`` rounded to fp16: one ``cvt.rn.f16x2.f32`` to an f16x2 word, or a trailing pair axis."""
+    if ASM:
+        out = tl.inline_asm_elementwise(
+            "cvt.rn.f16x2.f32 $0, $2, $1;", "=r,f,f", [xl, xh], dtype=tl.int32, is_pure=True, pack=1
+        )
+    else:
+        out = tl.join(xl, xh).to(tl.float16).to(tl.float32)
+    return out
+
+
+@triton.jit
+def _h2_sum(acc, ASM: tl.constexpr):
+    """The two fp16 halves of each accumulator, summed in float32."""
+    if ASM:
+        lo, hi = tl.inline_asm_elementwise(
+            "mov.b32 {$0, $1}, $2;", "=h,=h,r", [acc], dtype=(tl.float16, tl.float16), is_pure=True, pack=1
+        )
+    else:
+        lo, hi = tl.split(acc)
+    return lo.to(tl.float32) + hi.to(tl.float32)
+
+
+@triton.jit
+def _x8(x_ptr, rows):
+    """``x[8 * rows + i]``, i = 0..7, as float32; bf16 as four int32 loads of two (a shift or a mask each
+    to float32 either way): half the load instructions (the dispatch keeps x 4-byte aligned)."""
+    out = ()
+    if x_ptr.dtype.element_ty == tl.bfloat16:
+        for m in tl.static_range(4):
+            w2 = tl.load(x_ptr.to(tl.pointer_type(tl.int32)) + rows * 4 + m)  # x[2m], x[2m + 1]
+            out = out + ((w2 << 16).to(tl.float32, bitcast=True), (w2 & -65536).to(tl.float32, bitcast=True))
+    else:
+        for i in tl.static_range(8):
+            out = out + (tl.load(x_ptr + rows * 8 + i).to(tl.float32),)
+    return out
+
+
+@triton.jit
+def _h2_scale(x_ptr, lo, hi, TX: tl.constexpr, LCU: tl.constexpr):
+    """``v``, the power of two with ``max |x[lo:hi]| * v`` in ``[2**(TX - 1), 2**TX)``, and ``2**LCU / v``,
+    from the exponent bits of the absmax: exact, where ``exp2(-log2(.))`` may round. 2048 values a pass, as
+    each pass waits for its loads (an L2 round trip) before the main loop can start."""
+    ar, amax = tl.arange(0, 2048), tl.zeros((2048,), dtype=tl.float32)
+    for k in range(lo, hi, 2048):
+        amax = tl.maximum(amax, tl.abs(tl.load(x_ptr + k + ar, mask=k + ar < hi, other=0.0).to(tl.float32)))
+    e = (tl.max(amax, axis=0).to(tl.int32, bitcast=True) >> 23) & 0xFF
+    e = tl.minimum(tl.maximum(e, TX), 230)  # both results stay normal floats
+    v = ((TX + 253 - e) << 23).to(tl.float32, bitcast=True)
+    return v, ((e + 1 - TX + LCU) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def w4k_gemv_h2_kernel(
+    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, N, K, rows_per_split,
+    GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, ATOMIC: tl.constexpr,
+    ASM: tl.constexpr, DENORM: tl.constexpr, CHAIN: tl.constexpr, COLS: tl.constexpr, EVEN: tl.constexpr,
+):  # fmt: skip
+    """gemv3 (steps of ``BLOCK_R`` word rows, scales in the accumulator's layout) with packed-fp16 FMAs: a
+    pair of weights costs a ``lop3``, ``sub.f16x2`` and ``fma.f16x2`` (DENORM: ``and``, ``fma``), not ~7.
+
+    Nibbles ``j`` and ``j + 4`` of a word lie 16 bits apart: one mask makes both halves of an f16x2 (codes
+    times 16 still fit the 10-bit mantissa, so words >> 8 for j = 2, 3). Precision: fp16 sums only span
+    ``CHAIN`` words of one column and group (rows ``CHAIN`` apart in tiles of their own, so one thread holds
+    them), 4 * CHAIN products a half, then float32 for scale and bias (row sums of x, as gemv2). Range:
+    fp16 ends at 65504 and activations reach thousands (down_proj inputs), so x is scaled by a power of
+    two fitted to the program's absmax (a pass over its K slice before the loop) that keeps those products
+    in range (DENORM: x * 2**24 within fp16); exact, and undone at the end. ``COLS`` column tiles share a
+    row's x work (~32 instructions), which Triton's layout (8 columns a thread) pays per 8 words otherwise."""
+    RP: tl.constexpr = BLOCK_R // CHAIN
+    BC: tl.constexpr = BLOCK_N // COLS
+    LCU: tl.constexpr = 24 if DENORM else 0  # the codes are q * 2**-LCU
+    cols0 = tl.program_id(0) * BLOCK_N + tl.arange(0, BC)
+    rr = tl.arange(0, RP) * CHAIN
+    r0 = tl.program_id(1) * rows_per_split
+    r1 = tl.minimum(r0 + rows_per_split, K // 8)
+    v, inv = _h2_scale(x_ptr, r0 * 8, r1 * 8, 15 if DENORM else 10 - CHAIN // 2, LCU)
+    acc = (tl.zeros((RP, BC), dtype=tl.float32),) * COLS
+    for r in range(r0, r1, BLOCK_R):
+        words = ()  # EVEN (N a multiple of BLOCK_N): a true mask, folded away, so no zeroing of the lanes
+        for p in tl.static_range(CHAIN):
+            for c in tl.static_range(COLS):
+                ptrs = w_ptr + (r + rr + p)[:, None] * N + (cols0 + c * BC)[None, :]
+                words = words + (tl.load(ptrs, mask=((cols0 + c * BC < N) | EVEN)[None, :], other=0),)
+        h = (tl.zeros((RP, BC), dtype=tl.int32) if ASM else tl.zeros((RP, BC, 2), tl.float32),) * COLS
+        xs = tl.zeros((RP,), dtype=tl.float32)
+        for p in tl.static_range(CHAIN):
+            x8 = _x8(x_ptr, r + rr + p)
+            for j in tl.static_range(4):
+                xs += x8[j] + x8[j + 4]
+                f = v / (1 << (4 * (j % 2)))
+                xp = _h2_xpair(x8[j] * f, x8[j + 4] * f, ASM)  # once a row, for every column tile
+                hn = ()
+                for c in tl.static_range(COLS):
+                    src = words[p * COLS + c] if j < 2 else words[p * COLS + c] >> 8
+                    hn = hn + (_h2_fma(src, xp, h[c], j % 2, DENORM, ASM),)
+                h = hn
+        xb = (xs * (v / (1 << LCU)))[:, None]
+        an = ()
+        for c in tl.static_range(COLS):
+            cols = cols0 + c * BC
+            sb = ((r + rr) * 8 // GROUP)[:, None] * N + cols[None, :]
+            s2 = tl.load(s_ptr + sb, mask=((cols < N) | EVEN)[None, :], other=0.0).to(tl.float32)
+            b2 = tl.load(b_ptr + sb, mask=((cols < N) | EVEN)[None, :], other=0.0).to(tl.float32)
+            an = an + (acc[c] + _h2_sum(h[c], ASM) * s2 + xb * b2,)
+        acc = an
+    for c in tl.static_range(COLS):
+        _write_row(y_ptr, tl.sum(acc[c], axis=0) * inv, cols0 + c * BC, cols0 + c * BC < N, ATOMIC)
