@@ -3,7 +3,7 @@
 #   here, first: bash bench/gpu_pending.sh prepare   (wheels into .whl, the chat bundle; CPU, ~3 min)
 #   call 1: bash bench/gpu_pending.sh 1   (carry: .whl bench/out/chat_gpu_bundle)
 #   call 2: bash bench/gpu_pending.sh 2   (carry: .whl bench/out/quant_kernels.json from call 1's $OUT)
-#   kernels only: bash bench/gpu_pending.sh kernels   (no carry; KINDS=..., SWEEP_S=... to narrow it)
+#   kernels only: bash bench/gpu_pending.sh kernels   (no carry; KINDS=..., MS=..., SWEEP_S=... to narrow it)
 #   check: bash bench/gpu_pending.sh check   (no carry; compiled tests, engine_check, e2e with shipped configs
 #          and each mode's prefill kernels)
 #   engine: bash bench/gpu_pending.sh engine   (no carry; issue 3's reuse, sessions and restart figures)
@@ -59,7 +59,7 @@ case "${1:-1}" in
     timeout 120 python3 -m pytest --noconftest -q -p no:cacheprovider -x tests/engine/quant/test_gpu_kernels.py \
       tests/engine/test_fused_ops.py 2>&1 | tail -8
     echo "== issue 6: quantized GEMV kernels (bench/quant_gpu.py kernels)"
-    timeout "${SWEEP_S:-420}" python3 bench/quant_gpu.py kernels --kinds "${KINDS:-int8,int4k_g128,int4k_g64}" \
+    timeout "${SWEEP_S:-420}" python3 bench/quant_gpu.py kernels --kinds "${KINDS:-int8,int4k_g128,int4k_g64}" --ms "${MS:-1,4,16}" \
       --out "$OUT" 2>&1 | grep -v "^  skip" | tail -60
     ;;
   2)
