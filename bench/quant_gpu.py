@@ -102,7 +102,8 @@ def grid_for(g: gpu.GpuWeight, m: int, stages_grid: tuple[int, ...], one_only: b
         # 4, 5: the packed-fp16 GEMV, (mode, block_r[, chain, cols]); 64 rows with 2 column tiles had
         # the fewest SASS instructions a weight at every block_n (bench/sass_count.py)
         h2 = [(4, 16), (4, 32), (4, 64, 2, 2), (4, 64, 4, 2), (5, 64, 2, 2), (5, 64, 4, 2)]
-        one = [(0, 16), (2, 16), (3, 16), (3, 32), (3, 64), *h2] if m == 1 else []
+        # 2-4 rows: the same fp16 GEMV with a row's FMA per code pair (M_ROWS), against the tensor cores
+        one = [(0, 16), (2, 16), (3, 16), (3, 32), (3, 64), *h2] if m == 1 else h2 if m <= 4 else []
         modes = one + [(16, 16), (16, 32), (18, 16)] * (not one_only)
         sizes = itertools.product((64, 128, 256), (1, 2, 4, 8), modes)
         return [(bn, split, 4, 3, *mode) for bn, split, mode in sizes]

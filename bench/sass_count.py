@@ -80,7 +80,9 @@ def main_loop(text: str) -> list[str]:
 def main() -> None:
     g2 = {"ASM": True, "ROW_SUMS": True}
     h2 = {"ASM": True, "DENORM": False, "CHAIN": 2, "COLS": 1, "EVEN": True}  # EVEN: N % BLOCK_N == 0
+    h2 |= {"stride_xm": 4096, "stride_ym": 4096, "M_ROWS": 1}  # strides: constants (not in SIG)
     c4 = {"BLOCK_R": 64, "CHAIN": 4, "COLS": 2}
+    r4 = {"M_ROWS": 4}  # per weight, not per weight and row: 4 rows' FMAs count against one weight
     variants = [
         ("gemv (v1): cast-free magic, 2 logic ops", tw.w4k_gemv_kernel, {}),
         ("gemv2, no asm (as the interpreter runs it)", tw.w4k_gemv_kernel, {"ASM": False, "ROW_SUMS": True}),
@@ -91,6 +93,9 @@ def main() -> None:
         ("fp16: 64 rows, 2 column tiles", th2.w4k_gemv_h2_kernel, {**h2, "BLOCK_R": 64, "COLS": 2}),
         ("fp16: 64 rows, chains of 4, 2 column tiles", th2.w4k_gemv_h2_kernel, {**h2, **c4}),
         ("fp16 (mode 5): subnormal codes, as above", th2.w4k_gemv_h2_kernel, {**h2, **c4, "DENORM": True}),
+        ("fp16, 4 rows (M_ROWS): 32 rows", th2.w4k_gemv_h2_kernel, {**h2, **r4, "BLOCK_R": 32}),
+        ("fp16, 4 rows: 64 rows, chains of 4, 2 tiles", th2.w4k_gemv_h2_kernel, {**h2, **c4, **r4}),
+        ("fp16, 4 rows: subnormal codes", th2.w4k_gemv_h2_kernel, {**h2, **c4, **r4, "DENORM": True}),
     ]
     mm = {"BLOCK_M": 16, "BLOCK_R": 16}
     tensor_core = [  # 16 rows: the weights a thread converts per step are the same count

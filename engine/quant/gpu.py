@@ -33,7 +33,8 @@ CHUNK_ROWS = 64
 # CUDA-core GEMV for one token (2: gemv2, `w4k_gemv_kernel` ASM + ROW_SUMS; 3: gemv3, steps of block_r
 # rows with per-row scales; 4 | 5: packed-fp16 multiply-adds, `w4k_gemv_h2_kernel`, 5 with the codes as
 # fp16 subnormals, optionally followed by chain (words a column per fp16 sum, default 2) and cols (column
-# tiles sharing the activations, default 1)) | 16 = tensor cores (18: codes
+# tiles sharing the activations, default 1); 4 | 5 also serve batches of 2-4 rows, keyed by that m, one
+# fp16 FMA a row per code pair) | 16 = tensor cores (18: codes
 # made as bf16 pairs, `w4k_mm2_kernel`, where a step stays in one group), block_r word rows per step).
 # Set by the benchmarks (bench/quant_gpu.py kernels); the product reads the shipped `engine.quant.tuning`
 TUNING: dict[tuple, tuple[int, ...]] = {}
@@ -169,10 +170,15 @@ def matmul_small(g: GpuWeight, x: torch.Tensor, thresh: float | None = None) -> 
         raise ValueError(f"activation sparsity needs the N-packed int4 layout, not {g.kind}")
     cfg = _config(g.kind + ("_teal" if thresh else ""), g.n, g.k, g.group or 128, m)
     h2 = (1, 1)  # fp16 GEMV (modes 4, 5): (chain, cols)
-    if g.kind == "int4k" and m == 1 and cfg[4] in (3, 4, 5):
+    # the fp16 GEMV takes 1-4 rows (M_ROWS accumulators a code pair); 5-16 always pad to the tensor cores
+    rows_h2 = g.kind == "int4k" and cfg[4] in (4, 5) and m <= 4
+    if g.kind == "int4k" and ((m == 1 and cfg[4] == 3) or rows_h2):
         h2 = (cfg[6] if len(cfg) > 6 else 2, cfg[7] if len(cfg) > 7 else 1) if cfg[4] > 3 else h2
         if (g.k // 8) % cfg[5] or cfg[5] % h2[0] or (g.group // 8) % h2[0]:
-            cfg = (*cfg[:4], 2, 16)  # steps must tile K and chains a group: gemv2 takes other shapes
+            # steps must tile K and chains a group: gemv2 takes other shapes, the tensor cores other batches
+            cfg, rows_h2 = ((*cfg[:4], 2, 16) if m == 1 else (*cfg[:4], SMALL_M, 16)), False
+    if g.kind == "int4k" and m > 1 and cfg[4] < SMALL_M and not rows_h2:  # a one-token config for a batch
+        cfg = (*cfg[:4], SMALL_M, 16)  # (a table measured at fewer rows than this batch): the tensor cores
     block_n, split, warps, stages = cfg[:4]
     if g.kind == "int4_24":  # rows are looped over: no more than the batch needs
         block_m = 1 << (m - 1).bit_length()
@@ -194,12 +200,13 @@ def matmul_small(g: GpuWeight, x: torch.Tensor, thresh: float | None = None) -> 
             GROUP=g.group, BLOCK_N=block_n, ATOMIC=atomic, ASM=cfg[4] >= 2 and _asm(x), ROW_SUMS=cfg[4] >= 2,
             BLOCK_R=rows if cfg[4] == 3 else 0, num_warps=warps, num_stages=stages,
         )  # fmt: skip
-    elif g.kind == "int4k" and m == 1 and cfg[4] in (4, 5):  # fp16 pairs (5: codes as subnormals)
-        xa = x if x.data_ptr() % 4 == 0 else x.clone()  # bf16 x is read two values an int32
+    elif rows_h2:  # fp16 pairs (5: codes as subnormals), m rows sharing each code pair
+        aligned = x.data_ptr() % 4 == 0 and x.stride(-1) == 1 and (m == 1 or x.stride(0) % 2 == 0)
+        xa = x if aligned else x.clone(memory_format=torch.contiguous_format)  # bf16: two values an int32
         tw4k_h2.w4k_gemv_h2_kernel[grid](
-            xa, t["w"], t["s"], t["b"], y, g.n, g.k, per * cfg[5],
+            xa, t["w"], t["s"], t["b"], y, g.n, g.k, per * cfg[5], xa.stride(0), y.stride(0),
             GROUP=g.group, BLOCK_N=block_n, BLOCK_R=cfg[5], ATOMIC=atomic, ASM=_asm(x), DENORM=cfg[4] == 5,
-            CHAIN=h2[0], COLS=h2[1], EVEN=g.n % block_n == 0, num_warps=warps, num_stages=stages,
+            CHAIN=h2[0], COLS=h2[1], EVEN=g.n % block_n == 0, M_ROWS=m, num_warps=warps, num_stages=stages,
         )  # fmt: skip
     elif g.kind == "int4k" and cfg[4] == 18 and g.group % (8 * cfg[5]) == 0:  # bf16 pairs, no float math
         tw4k.w4k_mm2_kernel[grid](

@@ -21,6 +21,11 @@ H2_OFFSET = tl.constexpr(
     "fma.rn.f16x2 $0, t, $3, $4; }"
 )
 H2_DENORM = tl.constexpr("{ .reg .b32 t; and.b32 t, $1, $2; fma.rn.f16x2 $0, t, $3, $4; }")
+# The code pair alone (``$0 = codes($1 & $2)``), for several rows (`_h2_codes`, `_h2_fma_row`).
+H2_OFFSET_CODES = tl.constexpr(
+    "{ .reg .b32 k; mov.b32 k, 0x64006400; lop3.b32 $0, $1, $2, k, 0xEA; sub.f16x2 $0, $0, k; }"
+)
+H2_DENORM_CODES = tl.constexpr("and.b32 $0, $1, $2;")
 
 
 @triton.jit
@@ -37,6 +42,34 @@ def _h2_fma(src, xp, acc, j: tl.constexpr, DENORM: tl.constexpr, ASM: tl.constex
     else:
         unit: tl.constexpr = (1 << (4 * j)) / (16777216.0 if DENORM else 1.0)
         codes = tl.join((src >> (4 * j)) & 0xF, (src >> (16 + 4 * j)) & 0xF).to(tl.float32) * unit
+        out = (codes * xp[:, None, :] + acc).to(tl.float16).to(tl.float32)
+    return out
+
+
+@triton.jit
+def _h2_codes(src, j: tl.constexpr, DENORM: tl.constexpr, ASM: tl.constexpr):
+    """The code pair of `_h2_fma` alone (``lop3`` + ``sub.f16x2``, DENORM: ``and``), for `_h2_fma_row` to
+    multiply into several rows' accumulators: made once a weight pair, not once a row."""
+    if ASM:
+        mask = tl.full(src.shape, 0x000F000F << (4 * j), tl.int32)
+        asm: tl.constexpr = H2_DENORM_CODES if DENORM else H2_OFFSET_CODES
+        out = tl.inline_asm_elementwise(asm, "=r,r,r", [src, mask], dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        unit: tl.constexpr = (1 << (4 * j)) / (16777216.0 if DENORM else 1.0)
+        out = tl.join((src >> (4 * j)) & 0xF, (src >> (16 + 4 * j)) & 0xF).to(tl.float32) * unit
+    return out
+
+
+@triton.jit
+def _h2_fma_row(codes, xp, acc, ASM: tl.constexpr):
+    """``acc += codes * xp`` for one row: an ``fma.rn.f16x2`` (the interpreter: exact products in float32,
+    each sum rounded to fp16, as `_h2_fma`)."""
+    if ASM:
+        out = tl.inline_asm_elementwise(
+            "fma.rn.f16x2 $0, $1, $2, $3;", "=r,r,r,r", [codes, xp[:, None], acc], dtype=tl.int32,
+            is_pure=True, pack=1,
+        )  # fmt: skip
+    else:
         out = (codes * xp[:, None, :] + acc).to(tl.float16).to(tl.float32)
     return out
 
@@ -96,9 +129,10 @@ def _h2_scale(x_ptr, lo, hi, TX: tl.constexpr, LCU: tl.constexpr):
 
 @triton.jit
 def w4k_gemv_h2_kernel(
-    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, N, K, rows_per_split,
+    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, N, K, rows_per_split, stride_xm, stride_ym,
     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, ATOMIC: tl.constexpr,
     ASM: tl.constexpr, DENORM: tl.constexpr, CHAIN: tl.constexpr, COLS: tl.constexpr, EVEN: tl.constexpr,
+    M_ROWS: tl.constexpr,
 ):  # fmt: skip
     """gemv3 (steps of ``BLOCK_R`` word rows, scales in the accumulator's layout) with packed-fp16 FMAs: a
     pair of weights costs a ``lop3``, ``sub.f16x2`` and ``fma.f16x2`` (DENORM: ``and``, ``fma``), not ~7.
@@ -110,7 +144,13 @@ def w4k_gemv_h2_kernel(
     fp16 ends at 65504 and activations reach thousands (down_proj inputs), so x is scaled by a power of
     two fitted to the program's absmax (a pass over its K slice before the loop) that keeps those products
     in range (DENORM: x * 2**24 within fp16); exact, and undone at the end. ``COLS`` column tiles share a
-    row's x work (~32 instructions), which Triton's layout (8 columns a thread) pays per 8 words otherwise."""
+    row's x work (~32 instructions), which Triton's layout (8 columns a thread) pays per 8 words otherwise.
+
+    ``M_ROWS`` (1-4) rows of x (``y [M_ROWS, N]``, row strides ``stride_xm``, ``stride_ym``) share each
+    word load and code pair: one ``fma.f16x2`` a row per pair, so a decode batch of 2-4 reads the weights
+    once at about a GEMV's cost per weight. Each row has its own power-of-two scale: one shared scale
+    fitted to a row with an activation of thousands would push another row's small products into fp16
+    subnormals; the extra cost is one absmax pass a row before the loop and none inside it."""
     RP: tl.constexpr = BLOCK_R // CHAIN
     BC: tl.constexpr = BLOCK_N // COLS
     LCU: tl.constexpr = 24 if DENORM else 0  # the codes are q * 2**-LCU
@@ -118,35 +158,56 @@ def w4k_gemv_h2_kernel(
     rr = tl.arange(0, RP) * CHAIN
     r0 = tl.program_id(1) * rows_per_split
     r1 = tl.minimum(r0 + rows_per_split, K // 8)
-    v, inv = _h2_scale(x_ptr, r0 * 8, r1 * 8, 15 if DENORM else 10 - CHAIN // 2, LCU)
-    acc = (tl.zeros((RP, BC), dtype=tl.float32),) * COLS
+    xr, v, inv = (), (), ()  # per row of x: its pointer, scale and the scale's inverse (times 2**LCU)
+    for m in tl.static_range(M_ROWS):
+        xm = x_ptr if m == 0 else x_ptr + m * stride_xm
+        vm, im = _h2_scale(xm, r0 * 8, r1 * 8, 15 if DENORM else 10 - CHAIN // 2, LCU)
+        xr, v, inv = xr + (xm,), v + (vm,), inv + (im,)
+    acc = (tl.zeros((RP, BC), dtype=tl.float32),) * (COLS * M_ROWS)  # index c * M_ROWS + m, as h
     for r in range(r0, r1, BLOCK_R):
         words = ()  # EVEN (N a multiple of BLOCK_N): a true mask, folded away, so no zeroing of the lanes
         for p in tl.static_range(CHAIN):
             for c in tl.static_range(COLS):
                 ptrs = w_ptr + (r + rr + p)[:, None] * N + (cols0 + c * BC)[None, :]
                 words = words + (tl.load(ptrs, mask=((cols0 + c * BC < N) | EVEN)[None, :], other=0),)
-        h = (tl.zeros((RP, BC), dtype=tl.int32) if ASM else tl.zeros((RP, BC, 2), tl.float32),) * COLS
-        xs = tl.zeros((RP,), dtype=tl.float32)
+        h = (tl.zeros((RP, BC), dtype=tl.int32) if ASM else tl.zeros((RP, BC, 2), tl.float32),)
+        h = h * (COLS * M_ROWS)
+        xs = (tl.zeros((RP,), dtype=tl.float32),) * M_ROWS
         for p in tl.static_range(CHAIN):
-            x8 = _x8(x_ptr, r + rr + p)
+            x8 = ()
+            for m in tl.static_range(M_ROWS):
+                x8 = x8 + _x8(xr[m], r + rr + p)  # row m's x at x8[8 * m + i]
             for j in tl.static_range(4):
-                xs += x8[j] + x8[j + 4]
-                f = v / (1 << (4 * (j % 2)))
-                xp = _h2_xpair(x8[j] * f, x8[j + 4] * f, ASM)  # once a row, for every column tile
+                xp, xn = (), ()
+                for m in tl.static_range(M_ROWS):
+                    xn = xn + (xs[m] + (x8[8 * m + j] + x8[8 * m + j + 4]),)
+                    f = v[m] / (1 << (4 * (j % 2)))
+                    xp = xp + (_h2_xpair(x8[8 * m + j] * f, x8[8 * m + j + 4] * f, ASM),)  # once a row
+                xs = xn
                 hn = ()
                 for c in tl.static_range(COLS):
                     src = words[p * COLS + c] if j < 2 else words[p * COLS + c] >> 8
-                    hn = hn + (_h2_fma(src, xp, h[c], j % 2, DENORM, ASM),)
+                    if M_ROWS == 1:  # one asm: the code as before the rows
+                        hn = hn + (_h2_fma(src, xp[0], h[c], j % 2, DENORM, ASM),)
+                    else:
+                        codes = _h2_codes(src, j % 2, DENORM, ASM)
+                        for m in tl.static_range(M_ROWS):
+                            hn = hn + (_h2_fma_row(codes, xp[m], h[c * M_ROWS + m], ASM),)
                 h = hn
-        xb = (xs * (v / (1 << LCU)))[:, None]
+        xb = ()
+        for m in tl.static_range(M_ROWS):
+            xb = xb + ((xs[m] * (v[m] / (1 << LCU)))[:, None],)
         an = ()
         for c in tl.static_range(COLS):
             cols = cols0 + c * BC
             sb = ((r + rr) * 8 // GROUP)[:, None] * N + cols[None, :]
             s2 = tl.load(s_ptr + sb, mask=((cols < N) | EVEN)[None, :], other=0.0).to(tl.float32)
             b2 = tl.load(b_ptr + sb, mask=((cols < N) | EVEN)[None, :], other=0.0).to(tl.float32)
-            an = an + (acc[c] + _h2_sum(h[c], ASM) * s2 + xb * b2,)
+            for m in tl.static_range(M_ROWS):
+                an = an + (acc[c * M_ROWS + m] + _h2_sum(h[c * M_ROWS + m], ASM) * s2 + xb[m] * b2,)
         acc = an
     for c in tl.static_range(COLS):
-        _write_row(y_ptr, tl.sum(acc[c], axis=0) * inv, cols0 + c * BC, cols0 + c * BC < N, ATOMIC)
+        for m in tl.static_range(M_ROWS):
+            out = tl.sum(acc[c * M_ROWS + m], axis=0) * inv[m]
+            ym = y_ptr if m == 0 else y_ptr + m * stride_ym
+            _write_row(ym, out, cols0 + c * BC, cols0 + c * BC < N, ATOMIC)

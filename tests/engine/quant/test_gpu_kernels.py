@@ -152,6 +152,68 @@ def test_k_packed_fp16_gemv_keeps_large_and_small_activations_in_range(
         gpu.TUNING.pop(("int4k", N, K))
 
 
+@pytest.mark.parametrize("m", [2, 3, 4])
+@pytest.mark.parametrize("split", [1, 2])
+@pytest.mark.parametrize(
+    "mode, block_r, chain, cols, block_n",
+    [(4, 16, 2, 1, 32), (4, 32, 4, 2, 32), (4, 16, 2, 2, 128), (5, 16, 2, 1, 32), (5, 32, 4, 2, 128)],
+)
+def test_k_packed_fp16_gemv_takes_two_to_four_rows_each_in_range(
+    m: int, split: int, mode: int, block_r: int, chain: int, cols: int, block_n: int
+) -> None:
+    """The packed-fp16 GEMV with ``M_ROWS`` = m (2-4) rows sharing each code pair: an activation of 3000
+    in the first row and ones near 1e-6 in the last, so a scale shared by the rows would overflow or
+    flush one of them; each row has its own, and is checked against its own magnitude. Rows read with a
+    stride (a view of a wider tensor), steps across groups (64), a partial tile (block_n 128 > N), split-K;
+    bf16 x as in the one-row test."""
+    q = quantize_int4(_weight(9), group=64)
+    gw, ref = _on_device(gpu.pack(q)), _ref(q)
+    x = _x(m, seed=4)
+    x[0, 5] = 3000.0
+    x[m - 1] *= 1e-6
+    wide = torch.zeros(m, K + 8)
+    wide[:, :K] = x
+    gpu.TUNING[("int4k", N, K, m)] = (block_n, split, 4, 2, mode, block_r, chain, cols)
+    try:
+        for xi in (x, wide[:, :K], _x(m, seed=5)):
+            want = xi @ ref.t()
+            got = gpu.matmul_small(gw, xi.to(DEVICE)).cpu()
+            assert got.shape == (m, N) and torch.isfinite(got).all()
+            err = (got - want).abs().amax(1) / want.abs().amax(1)
+            assert float(err.max()) < 4e-3, err
+        xb = x.bfloat16().to(DEVICE)
+        got, want = gpu.matmul_small(gw, xb).float(), gpu.matmul_small(gw, xb.float())
+        torch.testing.assert_close(got.cpu(), want.cpu(), rtol=2**-7, atol=0)
+    finally:
+        gpu.TUNING.pop(("int4k", N, K, m))
+
+
+@pytest.mark.parametrize("m", [1, 2, 4, 5, 16])
+def test_fp16_gemv_config_reaches_only_one_to_four_rows(m: int, monkeypatch) -> None:
+    """A mode 4 config under the shape-wide key: batches of 1-4 take the fp16 GEMV (M_ROWS = m), 5-16 the
+    tensor cores with the same steps, as the fp16 GEMV is written for at most 4 rows."""
+    from engine.quant import triton_w4k_h2 as th2
+
+    calls, kernel = [], th2.w4k_gemv_h2_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            calls.append(grid)
+            return kernel[grid]
+
+    monkeypatch.setattr(th2, "w4k_gemv_h2_kernel", Spy())
+    q = quantize_int4(_weight(3), group=64)
+    gpu.TUNING[("int4k", N, K)] = (32, 2, 4, 2, 4, 16, 2, 1)
+    try:
+        x = _x(m)
+        got = gpu.matmul_small(_on_device(gpu.pack(q)), x.to(DEVICE)).cpu()
+        want = x @ _ref(q).t()
+        assert float((got - want).abs().max() / want.abs().max()) < 4e-3
+        assert bool(calls) == (m <= 4)
+    finally:
+        gpu.TUNING.pop(("int4k", N, K))
+
+
 @pytest.mark.parametrize("split", [1, 2])
 @pytest.mark.parametrize("m, block_m", [(3, 16), (1, 16), (1, 1), (1, 0)])
 @pytest.mark.parametrize("gather", [0, 1])
