@@ -159,6 +159,23 @@ def _chunks(g: GpuWeight, cfg: tuple[int, ...], m: int) -> int:
     return (g.k // g.group) if g.group else -(-g.k // 128)
 
 
+def _int4k_config(g: GpuWeight, cfg: tuple[int, ...], m: int) -> tuple[tuple[int, ...], tuple | None]:
+    """``cfg`` made runnable for this shape and batch, and ``(chain, cols)`` when it is the fp16 GEMV.
+
+    The fp16 GEMV (modes 4, 5) takes 1-4 rows, gemv3 (3) one; their steps must tile K and a chain must
+    stay in a group, else gemv2 takes one token and the tensor cores a batch. A one-token config met by a
+    batch (a table measured at fewer rows than it) goes to the tensor cores too; 5-16 rows always do."""
+    mode = cfg[4]
+    if (mode in (4, 5) and m <= 4) or (mode == 3 and m == 1):
+        chain, cols = (cfg[6] if len(cfg) > 6 else 2, cfg[7] if len(cfg) > 7 else 1) if mode > 3 else (1, 1)
+        if not ((g.k // 8) % cfg[5] or cfg[5] % chain or (g.group // 8) % chain):
+            return cfg, ((chain, cols) if mode > 3 else None)
+        return ((*cfg[:4], 2, 16) if m == 1 else (*cfg[:4], SMALL_M, 16)), None
+    if m > 1 and mode < SMALL_M:
+        return (*cfg[:4], SMALL_M, 16), None
+    return cfg, None
+
+
 def matmul_small(g: GpuWeight, x: torch.Tensor, thresh: float | None = None) -> torch.Tensor:
     """``x [M <= 16, K] @ W.T`` with the fused kernel of ``g.kind``."""
     from engine.quant import triton_kernels as tk
@@ -169,16 +186,9 @@ def matmul_small(g: GpuWeight, x: torch.Tensor, thresh: float | None = None) -> 
     if thresh and g.kind != "int4":
         raise ValueError(f"activation sparsity needs the N-packed int4 layout, not {g.kind}")
     cfg = _config(g.kind + ("_teal" if thresh else ""), g.n, g.k, g.group or 128, m)
-    h2 = (1, 1)  # fp16 GEMV (modes 4, 5): (chain, cols)
-    # the fp16 GEMV takes 1-4 rows (M_ROWS accumulators a code pair); 5-16 always pad to the tensor cores
-    rows_h2 = g.kind == "int4k" and cfg[4] in (4, 5) and m <= 4
-    if g.kind == "int4k" and ((m == 1 and cfg[4] == 3) or rows_h2):
-        h2 = (cfg[6] if len(cfg) > 6 else 2, cfg[7] if len(cfg) > 7 else 1) if cfg[4] > 3 else h2
-        if (g.k // 8) % cfg[5] or cfg[5] % h2[0] or (g.group // 8) % h2[0]:
-            # steps must tile K and chains a group: gemv2 takes other shapes, the tensor cores other batches
-            cfg, rows_h2 = ((*cfg[:4], 2, 16) if m == 1 else (*cfg[:4], SMALL_M, 16)), False
-    if g.kind == "int4k" and m > 1 and cfg[4] < SMALL_M and not rows_h2:  # a one-token config for a batch
-        cfg = (*cfg[:4], SMALL_M, 16)  # (a table measured at fewer rows than this batch): the tensor cores
+    h2 = None
+    if g.kind == "int4k":
+        cfg, h2 = _int4k_config(g, cfg, m)
     block_n, split, warps, stages = cfg[:4]
     if g.kind == "int4_24":  # rows are looped over: no more than the batch needs
         block_m = 1 << (m - 1).bit_length()
@@ -200,7 +210,7 @@ def matmul_small(g: GpuWeight, x: torch.Tensor, thresh: float | None = None) -> 
             GROUP=g.group, BLOCK_N=block_n, ATOMIC=atomic, ASM=cfg[4] >= 2 and _asm(x), ROW_SUMS=cfg[4] >= 2,
             BLOCK_R=rows if cfg[4] == 3 else 0, num_warps=warps, num_stages=stages,
         )  # fmt: skip
-    elif rows_h2:  # fp16 pairs (5: codes as subnormals), m rows sharing each code pair
+    elif h2 is not None:  # fp16 pairs (5: codes as subnormals), m rows sharing each code pair
         aligned = x.data_ptr() % 4 == 0 and x.stride(-1) == 1 and (m == 1 or x.stride(0) % 2 == 0)
         xa = x if aligned else x.clone(memory_format=torch.contiguous_format)  # bf16: two values an int32
         tw4k_h2.w4k_gemv_h2_kernel[grid](
