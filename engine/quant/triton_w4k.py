@@ -129,6 +129,18 @@ def _step_terms(xrow, s_ptr, b_ptr, r, g, rn, mmask, nmask, N, BLOCK_R: tl.const
 
 
 @triton.jit
+def _mm_tile(x_ptr, M, N, K, stride_xm, rows_per_split, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+             BLOCK_R: tl.constexpr):  # fmt: skip
+    """A tensor-core program's indices: its rows and columns with their masks, the step's word rows, its
+    split-K range of word rows ``[r0, r1)`` and the pointers to its activation rows."""
+    rm = tl.arange(0, BLOCK_M)
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    r0 = tl.program_id(1) * rows_per_split
+    r1 = tl.minimum(r0 + rows_per_split, K // 8)
+    return rm, rn, tl.arange(0, BLOCK_R), rm < M, rn < N, r0, r1, x_ptr + rm[:, None] * stride_xm
+
+
+@triton.jit
 def w4k_mm_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym, rows_per_split,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
@@ -141,17 +153,10 @@ def w4k_mm_kernel(
     group (``BLOCK_R * 8 <= GROUP``) the dots take the integer codes (exact in bf16, the ``16**j`` moved
     onto x) and scale/bias apply once per step; otherwise each weight is dequantized before its dot."""
     IDENTITY: tl.constexpr = (BLOCK_R * 8) <= GROUP
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    rm = tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rr = tl.arange(0, BLOCK_R)
-    mmask = rm < M
-    nmask = rn < N
-    r0 = pid_k * rows_per_split
-    r1 = tl.minimum(r0 + rows_per_split, K // 8)
+    rm, rn, rr, mmask, nmask, r0, r1, xrow = _mm_tile(
+        x_ptr, M, N, K, stride_xm, rows_per_split, BLOCK_M, BLOCK_N, BLOCK_R
+    )
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    xrow = x_ptr + rm[:, None] * stride_xm
     for r in range(r0, r1, BLOCK_R):
         rows = r + rr
         words = tl.load(w_ptr + rows[:, None] * N + rn[None, :], mask=nmask[None, :], other=0)
@@ -214,17 +219,10 @@ def w4k_mm2_kernel(
     """`w4k_mm_kernel` (group identity form, ``BLOCK_R * 8`` dividing ``GROUP``) with the codes made by
     `_pair`: ``x . (128 + q) - 128 * sum(x)`` is ``x . q``, so the 128 goes into the bias term. About one
     instruction a code for the conversion instead of 2.5 (bench/sass_count.py)."""
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    rm = tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rr = tl.arange(0, BLOCK_R)
-    mmask = rm < M
-    nmask = rn < N
-    r0 = pid_k * rows_per_split
-    r1 = tl.minimum(r0 + rows_per_split, K // 8)
+    rm, rn, rr, mmask, nmask, r0, r1, xrow = _mm_tile(
+        x_ptr, M, N, K, stride_xm, rows_per_split, BLOCK_M, BLOCK_N, BLOCK_R
+    )
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    xrow = x_ptr + rm[:, None] * stride_xm
     for r in range(r0, r1, BLOCK_R):
         rows = r + rr
         words = tl.load(w_ptr + rows[:, None] * N + rn[None, :], mask=nmask[None, :], other=0)
