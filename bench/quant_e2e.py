@@ -95,15 +95,21 @@ def decode(b: Bench, eng: Engine, batch: int, n_new: int) -> float:
     return batch * (n_new - 1) / ((tn - t1) / 1e3)
 
 
-def profile_prefill(name: str, fn) -> None:
-    """The GPU kernels of one prefill, by total time: where a quantized prefill loses to bf16."""
+def profile_kernels(title: str, fn, per: int = 1) -> None:
+    """The GPU kernels of ``fn`` by total time, and their sum against the wall time: where a quantized
+    prefill loses to bf16, and how much of a decode step is kernels rather than gaps between them."""
     from torch.profiler import ProfilerActivity, profile
 
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
-    print(f"== {name}: prefill kernels")
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=60))
+    wall_us = (time.perf_counter() - t0) * 1e6
+    events = prof.key_averages()
+    busy_us = sum(e.device_time_total for e in events if e.device_time_total > 0)
+    print(f"== {title}: kernels {busy_us / per:.0f} us / step of {wall_us / per:.0f} us wall (profiled)")
+    print(events.table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
 
 
 def one_mode(b: Bench, name: str, spec: str, a: argparse.Namespace, bw: float) -> dict:
@@ -144,6 +150,15 @@ def one_mode(b: Bench, name: str, spec: str, a: argparse.Namespace, bw: float) -
             "roofline_tok_s": round(roof, 1),
             "pct": round(100 * tok_s / roof, 1),
         }
+    if a.profile and b.dev.type == "cuda":
+        prompt = b.rand_ids(128)
+        eng.scheduler.prefix_cache = False
+        profile_kernels(
+            f"{name}: decode 32 tokens at batch 1",
+            lambda e=eng: e.complete(prompt, SamplingParams(max_tokens=33, ignore_eos=True)),
+            33,
+        )
+        eng.scheduler.prefix_cache = True
     ids = b.rand_ids(a.prefill_tokens)
     eng.complete(ids, SamplingParams(max_tokens=1, ignore_eos=True))  # warm
     ttft = []
@@ -155,7 +170,7 @@ def one_mode(b: Bench, name: str, spec: str, a: argparse.Namespace, bw: float) -
     row["prefill_ttft_ms"] = round(sorted(ttft)[1], 1)
     if a.profile and b.dev.type == "cuda":
         eng.scheduler.prefix_cache = False
-        profile_prefill(name, lambda e=eng: e.complete(ids, one))
+        profile_kernels(f"{name}: prefill {len(ids)} tokens", lambda e=eng: e.complete(ids, one))
         eng.scheduler.prefix_cache = True
     if b.dev.type == "cuda":
         row["peak_gib"] = round(torch.cuda.max_memory_allocated() / GiB, 2)
@@ -180,7 +195,7 @@ def main() -> None:
     p.add_argument("--compile-budget-s", type=float, default=150)
     p.add_argument("--no-hf", action="store_true")
     p.add_argument("--tune", default=None)
-    p.add_argument("--profile", action="store_true", help="prefill kernels (torch.profiler)")
+    p.add_argument("--profile", action="store_true", help="prefill and decode kernels (torch.profiler)")
     a = p.parse_args()
     a.batches = [int(x) for x in a.batches.split(",")]
     b = Bench(a)
