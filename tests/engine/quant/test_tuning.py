@@ -10,7 +10,7 @@ import torch
 
 from engine.quant import gpu, tuning
 from engine.quant.quantize import quantize_int4, quantize_int8
-from tests.engine.quant.test_gpu_kernels import K, N, _check, _interpreter, _ref, _weight  # noqa: F401
+from tests.engine.quant.test_gpu_kernels import DEVICE, K, N, _check, _interpreter, _on_device, _ref  # noqa: F401
 
 SWEEP = {
     "gpu": "NVIDIA H200",
@@ -83,13 +83,25 @@ def _shipped_configs() -> list[tuple[str, int, tuple[int, ...]]]:
 @pytest.mark.parametrize("kind, group, cfg", _shipped_configs())
 def test_every_shipped_config_computes_the_right_product(kind: str, group: int, cfg: tuple[int, ...]) -> None:
     """A config changes only the speed: each one in the table gives the reference result (on a small
-    shape, where its tile is wider than the matrix and its split-K is clipped)."""
-    w = _weight(9)
+    shape, where its tile is wider than the matrix and its split-K is clipped). The packed-fp16 GEMV
+    (modes 4, 5) gets a K its steps tile, so that it runs rather than its fallback, and the error bound of
+    fp16 products (4e-3 of a row's largest output, as in test_gpu_kernels)."""
+    h2 = kind == "int4k" and cfg[4] in (4, 5)
+    k = 1024 if h2 else K
+    w = torch.randn(N, k, generator=torch.Generator().manual_seed(9)) * 0.05
     q = quantize_int8(w) if kind == "int8" else quantize_int4(w, group=group)
-    want = q.dequantize(torch.float32) if kind == "int8" else _ref(q)
-    gpu.TUNING[(kind, N, K)] = cfg
+    want_w = q.dequantize(torch.float32) if kind == "int8" else _ref(q)
+    gpu.TUNING[(kind, N, k)] = cfg
     try:
         for m in (1, 3):
-            _check(gpu.pack(q), want, m)
+            if not h2:
+                _check(gpu.pack(q), want_w, m)
+                continue
+            assert gpu._int4k_config(gpu.pack(q), cfg, m)[1] is not None  # the fp16 GEMV, not a fallback
+            x = torch.randn(m, k, generator=torch.Generator().manual_seed(1))
+            got = gpu.matmul_small(_on_device(gpu.pack(q)), x.to(DEVICE)).cpu()
+            want = x @ want_w.t()
+            err = (got - want).abs().amax(1) / want.abs().amax(1)
+            assert float(err.max()) < 4e-3, err
     finally:
-        gpu.TUNING.pop((kind, N, K))
+        gpu.TUNING.pop((kind, N, k))
