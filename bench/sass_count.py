@@ -30,12 +30,14 @@ from engine.quant import triton_w4k_h2 as th2  # noqa: E402
 
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 DIV16 = ("x_ptr", "w_ptr", "s_ptr", "b_ptr", "y_ptr", "N", "K")  # what the launcher specialises at 8B shapes
-SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp16", "b_ptr": "*fp16", "y_ptr": "*fp32", "N": "i32",
+SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp16", "b_ptr": "*fp16", "y_ptr": "*bf16",
+       "ws_ptr": "*fp32", "lock_ptr": "*i32", "N": "i32",
        "K": "i32", "rows_per_split": "i32", "GROUP": "constexpr", "BLOCK_N": "constexpr",
        "ATOMIC": "constexpr"}  # fmt: skip
 
 
-SIG_MM = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp16", "b_ptr": "*fp16", "y_ptr": "*fp32", "M": "i32",
+SIG_MM = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp16", "b_ptr": "*fp16", "y_ptr": "*bf16",
+          "ws_ptr": "*fp32", "lock_ptr": "*i32", "M": "i32",
           "N": "i32", "K": "i32", "stride_xm": "i32", "stride_ym": "i32", "rows_per_split": "i32",
           "GROUP": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "BLOCK_R": "constexpr",
           "ATOMIC": "constexpr"}  # fmt: skip

@@ -5,7 +5,8 @@ decode batches up to `CHUNK_ROWS` run them once per 16 rows; larger inputs (pref
 to the model dtype and use the tensor-core GEMM, which is compute-bound there, so the extra pass over the
 weight costs little (measured in bench/RESULTS.md).
 Split-K: a decode GEMV of a 4096-wide output has too few output tiles to keep 132 SMs busy, so the K
-range is split over programs that add into an fp32 buffer.
+range is split over programs; each stores its partial tile in an fp32 workspace and the last program of a
+column tile adds them (`triton_kernels._finish_split`, counters in `split_locks`).
 """
 
 from __future__ import annotations
@@ -102,10 +103,30 @@ def pack(w: Int8Weight | Int4Weight, n_major: bool = False) -> GpuWeight:
     return GpuWeight("int4_24", n, k, tensors, w.group)
 
 
+_LOCKS: dict[torch.device, torch.Tensor] = {}
+LOCK_TILES = 1 << 14  # column tiles a split-K launch may have: N / block_n, 8016 for a 128K vocabulary at 16
+
+
+def split_locks(device: torch.device) -> torch.Tensor:
+    """The split-K arrival counters of ``device``, zero between launches (each launch's last programs
+    reset theirs). One buffer serves every layer: launches on a stream run one after another. Allocated
+    outside CUDA-graph capture (a zeroing captured into a graph would live in the graph's pool)."""
+    device = torch.device(device)
+    locks = _LOCKS.get(device)
+    if locks is None:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("split-K counters must be allocated before CUDA graph capture (gpu.prepare)")
+        locks = _LOCKS[device] = torch.zeros(LOCK_TILES, dtype=torch.int32, device=device)
+    return locks
+
+
 def prepare(layer: Any) -> GpuWeight:
     """Pack ``layer.qweight`` on its device and drop the canonical tensors (keep shapes on ``meta``)."""
     if layer.gpu is None:
         layer.gpu = pack(layer.qweight, n_major=getattr(layer, "act_threshold", None) is not None)
+        packed = next(iter(layer.gpu.tensors.values()), None)
+        if packed is not None and packed.is_cuda:
+            split_locks(packed.device)
         if layer.gpu.kind != "fallback":
             layer.qweight = layer.qweight.apply(lambda t: t.to("meta"))
     return layer.gpu
@@ -200,13 +221,17 @@ def matmul_small(g: GpuWeight, x: torch.Tensor, thresh: float | None = None) -> 
     per = -(-chunks // split)
     split = -(-chunks // per)
     atomic = split > 1
-    y = torch.zeros(m, g.n, device=x.device, dtype=torch.float32) if atomic else x.new_empty(m, g.n)
     grid = (-(-g.n // block_n), split)
+    y = x.new_empty(m, g.n)
+    locks = split_locks(x.device)
+    ws = x.new_empty(split, m, g.n, dtype=torch.float32) if atomic else y  # partial tiles of split-K
+    if grid[0] > LOCK_TILES:
+        raise ValueError(f"{grid[0]} column tiles exceed the {LOCK_TILES} split-K counters")
     t = g.tensors
     if g.kind == "int4k" and m == 1 and cfg[4] in (0, 2, 3):  # 2: gemv2 (one lop3 a code, bias by row sums)
         rows = cfg[5] if cfg[4] == 3 else g.group // 8  # 3: gemv3, steps of cfg[5] word rows
         tw4k.w4k_gemv_kernel[grid](
-            x, t["w"], t["s"], t["b"], y, g.n, g.k, per * rows,
+            x, t["w"], t["s"], t["b"], y, ws, locks, g.n, g.k, per * rows,
             GROUP=g.group, BLOCK_N=block_n, ATOMIC=atomic, ASM=cfg[4] >= 2 and _asm(x), ROW_SUMS=cfg[4] >= 2,
             BLOCK_R=rows if cfg[4] == 3 else 0, num_warps=warps, num_stages=stages,
         )  # fmt: skip
@@ -214,49 +239,50 @@ def matmul_small(g: GpuWeight, x: torch.Tensor, thresh: float | None = None) -> 
         aligned = x.data_ptr() % 4 == 0 and x.stride(-1) == 1 and (m == 1 or x.stride(0) % 2 == 0)
         xa = x if aligned else x.clone(memory_format=torch.contiguous_format)  # bf16: two values an int32
         tw4k_h2.w4k_gemv_h2_kernel[grid](
-            xa, t["w"], t["s"], t["b"], y, g.n, g.k, per * cfg[5], xa.stride(0), y.stride(0),
+            xa, t["w"], t["s"], t["b"], y, ws, locks, g.n, g.k, per * cfg[5], xa.stride(0), y.stride(0),
             GROUP=g.group, BLOCK_N=block_n, BLOCK_R=cfg[5], ATOMIC=atomic, ASM=_asm(x), DENORM=cfg[4] == 5,
             CHAIN=h2[0], COLS=h2[1], EVEN=g.n % block_n == 0, M_ROWS=m, num_warps=warps, num_stages=stages,
         )  # fmt: skip
     elif g.kind == "int4k" and cfg[4] == 18 and g.group % (8 * cfg[5]) == 0:  # bf16 pairs, no float math
         tw4k.w4k_mm2_kernel[grid](
-            x, t["w"], t["s"], t["b"], y, m, g.n, g.k, x.stride(0), y.stride(0), per * cfg[5],
+            x, t["w"], t["s"], t["b"], y, ws, locks, m, g.n, g.k, x.stride(0), y.stride(0), per * cfg[5],
             GROUP=g.group, BLOCK_M=SMALL_M, BLOCK_N=block_n, BLOCK_R=cfg[5], ATOMIC=atomic,
             ASM=_asm(x), num_warps=warps, num_stages=stages,
         )  # fmt: skip
     elif g.kind == "int4k":
         tw4k.w4k_mm_kernel[grid](
-            x, t["w"], t["s"], t["b"], y, m, g.n, g.k, x.stride(0), y.stride(0), per * cfg[5],
+            x, t["w"], t["s"], t["b"], y, ws, locks, m, g.n, g.k, x.stride(0), y.stride(0), per * cfg[5],
             GROUP=g.group, BLOCK_M=SMALL_M, BLOCK_N=block_n, BLOCK_R=cfg[5], ATOMIC=atomic,
             ASM=_asm(x), num_warps=warps, num_stages=stages,
         )  # fmt: skip
     elif g.kind == "int4" and m == 1 and block_m == 0:  # (..., 0, gather, block_k): 2-D accumulator GEMV
         tk.w4_gemv_kernel[grid](
-            x, t["w"], t["s"], t["b"], y, g.n, g.k, float(thresh or 0.0), per,
+            x, t["w"], t["s"], t["b"], y, ws, locks, g.n, g.k, float(thresh or 0.0), per,
             GROUP=g.group, BLOCK_K=min(cfg[6], g.group), BLOCK_N=block_n, ATOMIC=atomic, SPARSE=bool(thresh),
             GATHER=gather, num_warps=warps, num_stages=stages,
         )  # fmt: skip
     elif g.kind == "int4":
         tk.w4_kernel[grid](
-            x, t["w"], t["s"], t["b"], y, m, g.n, g.k, x.stride(0), y.stride(0), float(thresh or 0.0), per,
+            x, t["w"], t["s"], t["b"], y, ws, locks, m, g.n, g.k, x.stride(0), y.stride(0),
+            float(thresh or 0.0), per,
             GROUP=g.group, BLOCK_M=block_m, BLOCK_N=block_n, ATOMIC=atomic, SPARSE=bool(thresh),
             GATHER=gather, num_warps=warps, num_stages=stages,
         )  # fmt: skip
     elif g.kind == "int8":
         tk.w8_kernel[grid](
-            x, t["w"], t["s"], y, m, g.n, g.k, x.stride(0), y.stride(0), per,
+            x, t["w"], t["s"], y, ws, locks, m, g.n, g.k, x.stride(0), y.stride(0), per,
             BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=128, ATOMIC=atomic, MAGIC=len(cfg) > 5 and bool(cfg[5]),
             num_warps=warps, num_stages=stages,
         )  # fmt: skip
     elif g.kind == "int4_24":
         tk.w4_24_kernel[grid](
-            x, t["v"], t["i"], t["s"], t["b"], y, m, g.n, g.k, x.stride(0), y.stride(0), per,
+            x, t["v"], t["i"], t["s"], t["b"], y, ws, locks, m, g.n, g.k, x.stride(0), y.stride(0), per,
             GROUP=g.group, BLOCK_M=block_m, BLOCK_N=block_n, ATOMIC=atomic, GATHER=gather,
             num_warps=warps, num_stages=stages,
         )  # fmt: skip
     else:
         raise ValueError(f"no small-M kernel for {g.kind}")
-    return y.to(x.dtype) if atomic else y
+    return y
 
 
 def dense_weight(g: GpuWeight, dtype: torch.dtype) -> torch.Tensor:

@@ -22,28 +22,57 @@ import triton.language as tl
 
 
 @triton.jit
-def _write_tile(y_ptr, acc, rm, rn, mmask, nmask, stride_ym, ATOMIC: tl.constexpr):
-    """Store an output tile, or add it into the fp32 buffer when K is split over programs."""
-    out = y_ptr + rm[:, None] * stride_ym + rn[None, :]
+def _write_tile(y_ptr, ws_ptr, lock_ptr, acc, rm, rn, mmask, nmask, M, N, stride_ym, ATOMIC: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+    """Store an output tile, or, when K is split over programs, this split's partial tile into the fp32
+    workspace ``[split, M, N]`` (row stride ``stride_ym``), summed by the tile's last program."""
+    offs = rm[:, None] * stride_ym + rn[None, :]
     omask = mmask[:, None] & nmask[None, :]
     if ATOMIC:
-        tl.atomic_add(out, acc, mask=omask)
+        tl.store(ws_ptr + tl.program_id(1) * M * stride_ym + offs, acc, mask=omask)
+        _finish_split(y_ptr, ws_ptr, lock_ptr, M, N, stride_ym, BLOCK_M, BLOCK_N)
     else:
-        tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=omask)
+        tl.store(y_ptr + offs, acc.to(y_ptr.dtype.element_ty), mask=omask)
 
 
 @triton.jit
-def _write_row(y_ptr, out, rn, nmask, ATOMIC: tl.constexpr):
-    """`_write_tile` for one token's output row."""
+def _write_row(y_ptr, part_ptr, out, rn, nmask, ATOMIC: tl.constexpr):
+    """`_write_tile` for one output row, without the split's sum (a program may write several rows: it
+    calls `_finish_split` once after the last); ``part_ptr``: the row's place in the workspace."""
     if ATOMIC:
-        tl.atomic_add(y_ptr + rn, out, mask=nmask)
+        tl.store(part_ptr + rn, out, mask=nmask)
     else:
         tl.store(y_ptr + rn, out.to(y_ptr.dtype.element_ty), mask=nmask)
 
 
 @triton.jit
+def _finish_split(y_ptr, ws_ptr, lock_ptr, M, N, stride_ym, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Split-K's sum without an fp32 output to zero before and cast after (two graph nodes a GEMV, each a
+    few microseconds against GEMVs of 10-30): every program stores its partial tile, takes a ticket from
+    its column tile's counter, and the last to arrive adds the partials in split order (the same result
+    whichever program finishes first, unlike atomic adds), writes the model dtype and resets the counter
+    for the next launch. The barrier puts all of the program's stores before its release; the partials
+    are read through L2 (``.cg``), where the other SMs' stores are."""
+    pid_n = tl.program_id(0)
+    splits = tl.num_programs(1)
+    tl.debug_barrier()
+    ticket = tl.atomic_add(lock_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
+    if ticket == splits - 1:
+        rm = tl.arange(0, BLOCK_M)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs = rm[:, None] * stride_ym + rn[None, :]
+        omask = (rm < M)[:, None] & (rn < N)[None, :]
+        total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k in range(0, splits):
+            total += tl.load(ws_ptr + k * M * stride_ym + offs, mask=omask, other=0.0, cache_modifier=".cg")
+        tl.store(y_ptr + offs, total.to(y_ptr.dtype.element_ty), mask=omask)
+        tl.atomic_xchg(lock_ptr + pid_n, 0)
+
+
+@triton.jit
 def w4_kernel(
-    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym, thresh, groups_per_split,
+    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, M, N, K, stride_xm, stride_ym, thresh,
+    groups_per_split,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ATOMIC: tl.constexpr,
     SPARSE: tl.constexpr, GATHER: tl.constexpr,
 ):  # fmt: skip
@@ -90,12 +119,12 @@ def w4_kernel(
         s = tl.load(s_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
         b = tl.load(b_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
         acc += part * s[None, :] + xs[:, None] * b[None, :]
-    _write_tile(y_ptr, acc, rm, rn, mmask, nmask, stride_ym, ATOMIC)
+    _write_tile(y_ptr, ws_ptr, lock_ptr, acc, rm, rn, mmask, nmask, M, N, stride_ym, ATOMIC, BLOCK_M, BLOCK_N)
 
 
 @triton.jit
 def w4_gemv_kernel(
-    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, N, K, thresh, groups_per_split,
+    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, N, K, thresh, groups_per_split,
     GROUP: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, ATOMIC: tl.constexpr,
     SPARSE: tl.constexpr, GATHER: tl.constexpr,
 ):  # fmt: skip
@@ -137,12 +166,14 @@ def w4_gemv_kernel(
         s = tl.load(s_ptr + gi * N + rn, mask=nmask, other=0.0).to(tl.float32)
         b = tl.load(b_ptr + gi * N + rn, mask=nmask, other=0.0).to(tl.float32)
         acc += x[:, None] * (q * s[None, :] + b[None, :])
-    _write_row(y_ptr, tl.sum(acc, axis=0), rn, nmask, ATOMIC)
+    _write_row(y_ptr, ws_ptr + pid_k * N, tl.sum(acc, axis=0), rn, nmask, ATOMIC)
+    if ATOMIC:
+        _finish_split(y_ptr, ws_ptr, lock_ptr, 1, N, N, 1, BLOCK_N)
 
 
 @triton.jit
 def w8_kernel(
-    x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, stride_xm, stride_ym, blocks_per_split,
+    x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, lock_ptr, M, N, K, stride_xm, stride_ym, blocks_per_split,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ATOMIC: tl.constexpr,
     MAGIC: tl.constexpr = False,
 ):  # fmt: skip
@@ -177,12 +208,13 @@ def w8_kernel(
             acc += tl.dot(x, wf.to(x_ptr.dtype.element_ty))
     s = tl.load(s_ptr + rn, mask=nmask, other=0.0)
     acc = acc * s[None, :]
-    _write_tile(y_ptr, acc, rm, rn, mmask, nmask, stride_ym, ATOMIC)
+    _write_tile(y_ptr, ws_ptr, lock_ptr, acc, rm, rn, mmask, nmask, M, N, stride_ym, ATOMIC, BLOCK_M, BLOCK_N)
 
 
 @triton.jit
 def w4_24_kernel(
-    x_ptr, v_ptr, i_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym, groups_per_split,
+    x_ptr, v_ptr, i_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, M, N, K, stride_xm, stride_ym,
+    groups_per_split,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ATOMIC: tl.constexpr,
     GATHER: tl.constexpr,
 ):  # fmt: skip
@@ -222,7 +254,9 @@ def w4_24_kernel(
             xg = tl.load(x_ptr + m * stride_xm + kabs, mask=nmask[:, None] & live, other=0.0).to(tl.float32)
             row = tl.sum(v * xg, axis=1) * s + tl.sum(xg, axis=1) * b
             acc += tl.where(rm[:, None] == m, row[None, :], 0.0)
-    _write_tile(y_ptr, acc, rm, rn, rm < M, nmask, stride_ym, ATOMIC)
+    _write_tile(
+        y_ptr, ws_ptr, lock_ptr, acc, rm, rn, rm < M, nmask, M, N, stride_ym, ATOMIC, BLOCK_M, BLOCK_N
+    )
 
 
 @triton.jit

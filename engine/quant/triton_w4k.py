@@ -20,7 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from engine.quant.triton_kernels import _write_row, _write_tile
+from engine.quant.triton_kernels import _finish_split, _write_row, _write_tile
 
 MAGIC_BITS = tl.constexpr(0x4B000000)  # 2**23 as float32 bits: OR a value < 2**23 into the mantissa
 MAGIC = tl.constexpr(8388608.0)  # ... then subtract 2**23
@@ -61,7 +61,7 @@ def _unit(i: tl.constexpr):
 
 @triton.jit
 def w4k_gemv_kernel(
-    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, N, K, rows_per_split,
+    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, N, K, rows_per_split,
     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, ATOMIC: tl.constexpr,
     ASM: tl.constexpr = False, ROW_SUMS: tl.constexpr = False, BLOCK_R: tl.constexpr = 0,
 ):  # fmt: skip
@@ -114,7 +114,9 @@ def w4k_gemv_kernel(
                 xs = tl.sum(tl.load(x_ptr + g * GROUP + tl.arange(0, GROUP)).to(tl.float32), axis=0)
                 acc += part * s[None, :]
                 bacc += xs * b
-    _write_row(y_ptr, tl.sum(acc, axis=0) + bacc, rn, nmask, ATOMIC)
+    _write_row(y_ptr, ws_ptr + pid_k * N, tl.sum(acc, axis=0) + bacc, rn, nmask, ATOMIC)
+    if ATOMIC:
+        _finish_split(y_ptr, ws_ptr, lock_ptr, 1, N, N, 1, BLOCK_N)
 
 
 @triton.jit
@@ -142,7 +144,7 @@ def _mm_tile(x_ptr, M, N, K, stride_xm, rows_per_split, BLOCK_M: tl.constexpr, B
 
 @triton.jit
 def w4k_mm_kernel(
-    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym, rows_per_split,
+    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, M, N, K, stride_xm, stride_ym, rows_per_split,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
     ATOMIC: tl.constexpr, ASM: tl.constexpr = False,
 ):  # fmt: skip
@@ -178,7 +180,7 @@ def w4k_mm_kernel(
                 xi = tl.load(xrow + (rows * 8 + i)[None, :], mask=mmask[:, None], other=0.0)
                 w = _code(words, hi, i, ASM) * (s * _unit(i)) + b
                 acc = tl.dot(xi, w.to(x_ptr.dtype.element_ty), acc)
-    _write_tile(y_ptr, acc, rm, rn, mmask, nmask, stride_ym, ATOMIC)
+    _write_tile(y_ptr, ws_ptr, lock_ptr, acc, rm, rn, mmask, nmask, M, N, stride_ym, ATOMIC, BLOCK_M, BLOCK_N)
 
 
 _PAIR = "{ .reg .b32 t; %s lop3.b32 t, %s, 0x000F000F, 0x43004300, 0xEA; mov.b32 {$0, $1}, t; }"
@@ -212,7 +214,7 @@ def _pair(words, j: tl.constexpr, ASM: tl.constexpr):
 
 @triton.jit
 def w4k_mm2_kernel(
-    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym, rows_per_split,
+    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, M, N, K, stride_xm, stride_ym, rows_per_split,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
     ATOMIC: tl.constexpr, ASM: tl.constexpr,
 ):  # fmt: skip
@@ -239,7 +241,7 @@ def w4k_mm2_kernel(
                 step = tl.dot(x_hi, hi.to(x_ptr.dtype.element_ty), step)
         xs, s, b = _step_terms(xrow, s_ptr, b_ptr, r, (r * 8) // GROUP, rn, mmask, nmask, N, BLOCK_R)
         acc += step * s[None, :] + xs[:, None] * (b - 128.0 * s)[None, :]
-    _write_tile(y_ptr, acc, rm, rn, mmask, nmask, stride_ym, ATOMIC)
+    _write_tile(y_ptr, ws_ptr, lock_ptr, acc, rm, rn, mmask, nmask, M, N, stride_ym, ATOMIC, BLOCK_M, BLOCK_N)
 
 
 @triton.jit

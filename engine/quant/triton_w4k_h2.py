@@ -12,7 +12,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from engine.quant.triton_kernels import _write_row
+from engine.quant.triton_kernels import _finish_split, _write_row
 
 # The packed-fp16 step of `w4k_gemv_h2_kernel`: ``$0 = codes($1 & $2) * $3 + $4`` on f16x2 words. OFFSET
 # ORs the nibbles under 1024.0 (0x6400, whose ulp is 1) and subtracts it; DENORM reads them as subnormals.
@@ -129,7 +129,7 @@ def _h2_scale(x_ptr, lo, hi, TX: tl.constexpr, LCU: tl.constexpr):
 
 @triton.jit
 def w4k_gemv_h2_kernel(
-    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, N, K, rows_per_split, stride_xm, stride_ym,
+    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, N, K, rows_per_split, stride_xm, stride_ym,
     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, ATOMIC: tl.constexpr,
     ASM: tl.constexpr, DENORM: tl.constexpr, CHAIN: tl.constexpr, COLS: tl.constexpr, EVEN: tl.constexpr,
     M_ROWS: tl.constexpr,
@@ -210,4 +210,7 @@ def w4k_gemv_h2_kernel(
         for m in tl.static_range(M_ROWS):
             out = tl.sum(acc[c * M_ROWS + m], axis=0) * inv[m]
             ym = y_ptr if m == 0 else y_ptr + m * stride_ym
-            _write_row(ym, out, cols0 + c * BC, cols0 + c * BC < N, ATOMIC)
+            part = ws_ptr + (tl.program_id(1) * M_ROWS + m) * stride_ym
+            _write_row(ym, part, out, cols0 + c * BC, cols0 + c * BC < N, ATOMIC)
+    if ATOMIC:
+        _finish_split(y_ptr, ws_ptr, lock_ptr, M_ROWS, N, stride_ym, M_ROWS + (M_ROWS == 3), BLOCK_N)

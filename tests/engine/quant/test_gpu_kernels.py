@@ -331,3 +331,36 @@ def test_quant_linear_dispatch_after_packing(rows: int, fmt: str, monkeypatch) -
     torch.testing.assert_close(got, x @ want_w.t() + bias, **TOL)
     fused = [min(16, rows - i) for i in range(0, rows, 16)] if rows <= gpu.CHUNK_ROWS else []
     assert launches == fused
+
+
+@pytest.mark.parametrize(
+    "kind, cfg, m",
+    [
+        ("int4k", (32, 4, 4, 2, 3, 8), 1),  # gemv3: one row per program
+        ("int4k", (32, 4, 4, 2, 4, 8, 2, 1), 3),  # the fp16 GEMV: 3 rows, a 4-row workspace tile
+        ("int4k", (32, 4, 4, 2, 16, 8), 5),  # tensor cores
+        ("int8", (32, 2, 4, 2, 16, 0), 2),
+        ("int4", (32, 2, 4, 2, 0, 0, 32), 1),  # the N-packed 2-D accumulator GEMV
+    ],
+)
+def test_split_k_partials_are_summed_once_in_order_and_counters_reset(kind: str, cfg: tuple, m: int) -> None:
+    """Split-K's last program per column tile adds the partial tiles: the result equals the unsplit one,
+    comes out in x's dtype, is the same on every launch (a fixed order, not atomic adds), and each
+    launch leaves the shared arrival counters at zero for the next (a left-over count would make a
+    later launch sum too early or never)."""
+    w = _weight(11)
+    q = quantize_int8(w) if kind == "int8" else quantize_int4(w, group=64)
+    gw = _on_device(gpu.pack(q, n_major=kind == "int4"))
+    x = _x(m, seed=6).to(DEVICE)
+    locks = gpu.split_locks(x.device)
+    gpu.TUNING[(kind, N, K)] = (cfg[0], 1, *cfg[2:])
+    try:
+        whole = gpu.matmul_small(gw, x)
+        gpu.TUNING[(kind, N, K)] = cfg
+        first, second = gpu.matmul_small(gw, x), gpu.matmul_small(gw, x)
+    finally:
+        gpu.TUNING.pop((kind, N, K))
+    assert first.dtype == x.dtype and first.shape == (m, N)
+    assert torch.equal(first, second)
+    torch.testing.assert_close(first, whole, rtol=4e-3, atol=1e-3)
+    assert int(locks.count_nonzero()) == 0
