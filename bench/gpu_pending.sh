@@ -7,6 +7,7 @@
 #   check: bash bench/gpu_pending.sh check   (no carry; compiled tests, engine_check, e2e with shipped configs
 #          and each mode's prefill kernels)
 #   engine: bash bench/gpu_pending.sh engine   (no carry; issue 3's reuse, sessions and restart figures)
+#   tune: bash bench/gpu_pending.sh tune   (no carry; TEST_K=... narrows the compiled tests, MODES=int4,bf16)
 # .whl holds the py3.12 wheels of fastapi/starlette/pydantic/uvicorn that `kb engine-serve` needs and the
 # GPU image lacks; bench/out/chat_gpu_bundle comes from `.venv/bin/python -m bench.chat_gpu prepare` here.
 set -uo pipefail
@@ -50,6 +51,19 @@ case "${1:-1}" in
     echo "== issue 6: whole model with the shipped configs (no --tune), int4 and int8 prefill"
     timeout 200 python3 bench/quant_e2e.py --out "$OUT" --modes int4,int8,bf16 --compile-budget-s 60 --profile \
       2>&1 | grep -vi warn | tail -70
+    ;;
+  tune)  # after a kernel change: compiled tests (log in $OUT), the one-token int4 sweep, the model with its winners
+    echo "== compiled kernel and fused-op tests (-k \"${TEST_K:-}\")"
+    timeout "${TEST_S:-170}" python3 -m pytest --noconftest -q -p no:cacheprovider tests/engine/quant/test_gpu_kernels.py \
+      tests/engine/quant/test_tuning.py tests/engine/test_fused_ops.py ${TEST_K:+-k "$TEST_K"} > "$OUT/tests.log" 2>&1
+    echo "pytest rc=$?"; grep -E "passed|failed|error" "$OUT/tests.log" | tail -5
+    echo "== issue 6: one-token int4 GEMV sweep (bench/quant_gpu.py kernels --ms 1 --gemv-only)"
+    timeout "${SWEEP_S:-230}" python3 bench/quant_gpu.py kernels --kinds int4k_g128 --ms 1 --gemv-only --out "$OUT" \
+      2>&1 | grep -v "^  skip" | tail -8
+    echo "== issue 6: whole model with the sweep's one-token winners"
+    timeout "${E2E_S:-200}" python3 bench/quant_e2e.py --out "$OUT" --modes "${MODES:-int4,bf16}" --compile-budget-s 60 \
+      --tune "$OUT/quant_kernels.json" > "$OUT/e2e.log" 2>&1
+    grep -vi warn "$OUT/e2e.log" | grep -E "^\||HF|^== " | tail -12
     ;;
   engine)  # issue 3 without the transformers baselines (those: bench/engine_gpu.py --phase all), ~9 min
     timeout 560 python3 bench/engine_gpu.py --phase ours --no-compile --out "$OUT" 2>&1 | grep -vi warn | tail -30

@@ -92,18 +92,22 @@ class Attention(nn.Module):
         q = q.view(t, self.nh, self.hd)
         k = k.view(t, self.kvh, self.hd)
         v = v.view(t, self.kvh, self.hd)
-        if _fused(q):
-            from engine.fused_ops import rope_qk
-
-            q, k = rope_qk(q, k, cos, sin)
-        else:
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
         kc, vc = ab.k_cache[self.layer], ab.v_cache[self.layer]
         ks = ab.k_scale[self.layer] if ab.k_scale is not None else None
         vs = ab.v_scale[self.layer] if ab.v_scale is not None else None
-        write_kv(kc, ks, ab.slot_mapping, k, ab.decode)
-        write_kv(vc, vs, ab.slot_mapping, v, ab.decode)
+        into = None  # the fused kernel also stores K and V when the cache holds the model dtype
+        if _fused(q):
+            from engine.fused_ops import rope_qk
+
+            if ks is None and kc.is_contiguous() and vc.is_contiguous() and kc.dtype == vc.dtype == k.dtype:
+                into = (kc, vc, ab.slot_mapping, v)
+            q, k = rope_qk(q, k, cos, sin, into)
+        else:
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+        if into is None:
+            write_kv(kc, ks, ab.slot_mapping, k, ab.decode)
+            write_kv(vc, vs, ab.slot_mapping, v, ab.decode)
         mode = ab.meta.get("mode", "paged") if ab.meta is not None else "gather"
         if mode == "dense":  # one fresh sequence: its own contiguous K/V, SDPA causal (as transformers)
             out = attend_dense(q, k, v)

@@ -92,6 +92,32 @@ def test_rope_qk_matches_torch(dtype, t, nh, kvh, hd) -> None:
     assert got_q.is_contiguous() and got_k.is_contiguous()
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize(("t", "kvh", "hd"), [(1, 3, 64), (5, 2, 32), (16, 1, 128)])
+def test_rope_qk_stores_k_and_v_in_the_paged_cache_as_write_kv(dtype, t, kvh, hd) -> None:
+    """With ``cache``, the rotated K and V land at their slots exactly as `write_kv` stores them (the
+    decode step's two index_put launches this replaces), other slots untouched; the returned q, k are
+    those of the plain call. Slots in any order, across blocks; a cache of another dtype is refused."""
+    from engine.attention import write_kv
+
+    nh, blocks, bs = 2 * kvh, 6, 4
+    qkv = _rand(t, (nh + 2 * kvh) * hd, dtype=dtype, scale=2.0, seed=3)
+    q, k, v = (x.view(t, -1, hd) for x in qkv.split([nh * hd, kvh * hd, kvh * hd], dim=-1))
+    emb = torch.cat([torch.outer(torch.arange(t).float() + 7, torch.rand(hd // 2))] * 2, dim=-1).to(DEV)
+    cos, sin = emb.cos().to(dtype).unsqueeze(1), emb.sin().to(dtype).unsqueeze(1)
+    slots = torch.randperm(blocks * bs, generator=torch.Generator().manual_seed(t))[:t].to(DEV)
+    kc, vc = _rand(blocks, bs, kvh, hd, dtype=dtype, seed=8), _rand(blocks, bs, kvh, hd, dtype=dtype, seed=9)
+    want_kc, want_vc = kc.clone(), vc.clone()
+    plain_q, plain_k = fused_ops.rope_qk(q, k, cos, sin)
+    write_kv(want_kc, None, slots, plain_k, False)
+    write_kv(want_vc, None, slots, v, False)
+    got_q, got_k = fused_ops.rope_qk(q, k, cos, sin, (kc, vc, slots, v))
+    assert torch.equal(got_q, plain_q) and torch.equal(got_k, plain_k)
+    assert torch.equal(kc, want_kc) and torch.equal(vc, want_vc)
+    with pytest.raises(ValueError, match="model dtype"):
+        fused_ops.rope_qk(q, k, cos, sin, (kc.half(), vc.half(), slots, v))
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize(("t", "inter"), [(1, 1536), (3, 1536), (16, 96), (2, 3000)])
 def test_silu_mul_matches_torch(dtype, t, inter) -> None:
