@@ -338,7 +338,7 @@ def test_quant_linear_dispatch_after_packing(rows: int, fmt: str, monkeypatch) -
     [
         ("int4k", (32, 4, 4, 2, 3, 8), 1),  # gemv3: one row per program
         ("int4k", (32, 4, 4, 2, 4, 8, 2, 1), 3),  # the fp16 GEMV: 3 rows, a 4-row workspace tile
-        ("int4k", (32, 4, 4, 2, 16, 8), 5),  # tensor cores
+        ("int4k", (32, 2, 4, 2, 16, 16), 5),  # tensor cores (tl.dot: steps of 16 word rows)
         ("int8", (32, 2, 4, 2, 16, 0), 2),
         ("int4", (32, 2, 4, 2, 0, 0, 32), 1),  # the N-packed 2-D accumulator GEMV
     ],
