@@ -49,7 +49,7 @@ case "${1:-1}" in
     echo "== issue 3: teacher-forced logits vs transformers, with graphs captured at start"
     timeout 90 python3 bench/engine_check.py --out "$OUT" 2>&1 | grep -vi warn | tail -10
     echo "== issue 6: whole model with the shipped configs (no --tune), int4 and int8 prefill"
-    timeout 200 python3 bench/quant_e2e.py --out "$OUT" --modes int4,int8,bf16 --compile-budget-s 60 --profile \
+    timeout 240 python3 bench/quant_e2e.py --out "$OUT" --modes int4,int8,bf16 --compile-budget-s 60 --profile --overlap \
       2>&1 | grep -vi warn | tail -70
     ;;
   tune)  # after a kernel change: compiled tests (log in $OUT), the one-token int4 sweep, the model with its winners
@@ -62,7 +62,7 @@ case "${1:-1}" in
       2>&1 | grep -v "^  skip" | tail -8
     echo "== issue 6: whole model with the sweep's one-token winners"
     timeout "${E2E_S:-200}" python3 bench/quant_e2e.py --out "$OUT" --modes "${MODES:-int4,bf16}" --compile-budget-s 60 \
-      --tune "$OUT/quant_kernels.json" > "$OUT/e2e.log" 2>&1
+      --tune "$OUT/quant_kernels.json" --overlap > "$OUT/e2e.log" 2>&1
     grep -vi warn "$OUT/e2e.log" | grep -E "^\||HF|^== " | tail -12
     ;;
   engine)  # issue 3 without the transformers baselines (those: bench/engine_gpu.py --phase all), ~9 min

@@ -103,6 +103,9 @@ class EngineConfig:
     enable_prefix_cache: bool = True  # False: always recompute (benchmark baseline)
     write_back_idle_s: float = 0.2  # idle time before cached blocks are written to the disk tier
     cuda_graphs: bool = True  # capture decode steps per (batch, table width) on CUDA
+    # launch a greedy decode batch's next step from the device's argmax before its tokens reach the host
+    # (engine.lookahead); off until its GPU A/B is in bench/RESULTS.md
+    overlap_decode: bool = False
     # capture them all at start, up to this context (tokens; capped by the model's max_position): a request
     # then never waits for a capture; 0 captures lazily, on first use
     cuda_graph_precapture_tokens: int = 16384

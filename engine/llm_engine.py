@@ -21,13 +21,15 @@ from engine.block_manager import BlockManager, block_hash, chain_hashes
 from engine.config import EngineConfig
 from engine.kv_tiers import CostModel, CpuTier, DiskTier
 from engine.loader import load_model, resolve_model_dir, weight_fingerprint
+from engine.lookahead import Lookahead
 from engine.model import LlamaForCausalLM
 from engine.model_runner import GiB, ModelRunner
 from engine.quant.policy import apply_policy
 from engine.sampling import SamplingParams, make_generator, sample_batch
 from engine.scheduler import Scheduler
 from engine.sequence import Event, Sequence, Status
-from engine.tokenizer import IncrementalDetokenizer, Tokenizer
+from engine.text_stream import TextStreams
+from engine.tokenizer import Tokenizer
 from engine.write_back import WriteBack
 
 log = logging.getLogger(__name__)
@@ -121,8 +123,8 @@ class Engine:
         self._inbox: list[Sequence] = []
         self._cancels: list[Sequence] = []
         self._closed = False
-        self._detok: dict[int, IncrementalDetokenizer] = {}
-        self._text: dict[int, tuple[str, int]] = {}
+        self.streams = TextStreams(self.tokenizer, set(self.model.cfg.eos_token_ids))
+        self.ahead = Lookahead(self.runner, self.scheduler)
         self.precaptured = (0, 0.0)  # (graphs, seconds) captured at start, for start-up reports
         if config.cuda_graph_precapture_tokens > 0 and self.runner.use_graphs:
             t0 = time.perf_counter()
@@ -306,10 +308,14 @@ class Engine:
                     self._cv.notify_all()
 
     def _step(self) -> None:
-        batch = self.scheduler.schedule()
-        if not batch:
-            return
-        logits = self.runner.run(batch)
+        pending = self.ahead.take()  # a step launched ahead last time: its logits are this step's
+        if pending is not None:
+            batch, logits = pending
+        else:
+            batch = self.scheduler.schedule()
+            if not batch:
+                return
+            logits = self.runner.run(batch)
         if self.runner.last_prefill[0]:
             self.cost.observe_prefill(*self.runner.last_prefill)
             self.runner.last_prefill = (0, 0.0)
@@ -318,16 +324,20 @@ class Engine:
             s.num_computed += n
         rows = [i for i, (s, n) in enumerate(batch) if s.num_computed == len(s.tokens)]
         assert len(rows) == len(done)
-        toks = sample_batch(
-            logits[rows] if len(rows) != len(batch) else logits,
-            [s.params for s, _ in done],
-            [s.generator for s, _ in done],
-        )
+        waiting = bool(self.scheduler.waiting or self._inbox or self._cancels)
+        if self.config.overlap_decode and len(rows) == len(batch) and self.ahead.eligible(batch, waiting):
+            toks = self.ahead.launch(batch, logits)
+        else:
+            toks = sample_batch(
+                logits[rows] if len(rows) != len(batch) else logits,
+                [s.params for s, _ in done],
+                [s.generator for s, _ in done],
+            )
         finished = []
         for (s, _), tok in zip(done, toks, strict=True):
             if s.cancelled:
                 continue
-            reason = self._append(s, tok)
+            reason = self.streams.push(s, tok)
             if reason:
                 finished.append((s, reason))
         for s, _ in batch:
@@ -337,33 +347,6 @@ class Engine:
                 for s, reason in finished:
                     self._finish(s, reason)
                 self._cv.notify_all()
-
-    def _append(self, s: Sequence, tok: int) -> str | None:
-        """Add a sampled token, stream its text; return a finish reason or None."""
-        s.tokens.append(tok)
-        if s.first_token_time is None:
-            s.first_token_time = time.perf_counter()
-        p = s.params
-        text, sent = self._text.get(s.id, ("", 0))
-        eos_ids = self.tokenizer.eos_ids if self.tokenizer else set(self.model.cfg.eos_token_ids)
-        eos = tok in eos_ids and not p.ignore_eos
-        det = None
-        if self.tokenizer is not None:
-            det = self._detok.setdefault(s.id, IncrementalDetokenizer(self.tokenizer))
-            if not eos:
-                text += det.push(tok)
-        reason = "stop" if eos else ("length" if s.num_completion >= p.max_tokens else None)
-        if reason and det is not None:
-            text += det.flush()
-        if p.stop:
-            hits = [i for i in (text.find(x, max(0, sent - len(x))) for x in p.stop) if i >= 0]
-            if hits:
-                text, reason = text[: min(hits)], "stop"
-        hold = 0 if reason or not p.stop else max(len(x) for x in p.stop) - 1
-        upto = max(sent, len(text) - hold)
-        s.events.put(Event("token", text[sent:upto], [tok]))
-        self._text[s.id] = (text, upto)
-        return reason
 
     def _commit_blocks(self, s: Sequence) -> None:
         """Register newly full blocks under their content keys; write them through to disk."""
@@ -390,7 +373,6 @@ class Engine:
             self._commit_blocks(s)
             self.scheduler.free(s)
         s.status = Status.FINISHED
-        self._detok.pop(s.id, None)
-        text, sent = self._text.pop(s.id, ("", 0))
+        rest = self.streams.close(s)
         if emit:
-            s.events.put(Event("finish", text[sent:], [], reason, s.usage()))
+            s.events.put(Event("finish", rest, [], reason, s.usage()))

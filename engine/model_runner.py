@@ -169,7 +169,9 @@ class ModelRunner:
             self._make_static(*key)
         return len(todo)
 
-    def _static_decode(self, ids, pos, slots, tables, lens) -> torch.Tensor:
+    def _static_decode(
+        self, ids, pos, slots, tables, lens, ahead: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Decode through fixed-shape buffers; on CUDA, replay a captured graph per (batch, width).
 
         Why: at batch 1 an 8B model's decode step is ~5 ms of GPU time but hundreds of small kernel
@@ -180,6 +182,8 @@ class ModelRunner:
         if st is None:
             st = self._make_static(*key)
         st["ids"].copy_(torch.tensor(ids), non_blocking=True)
+        if ahead is not None:  # the tokens the previous step sampled, still on the device
+            st["ids"][: ahead.shape[0]].copy_(ahead)
         st["pos"].copy_(torch.tensor(pos), non_blocking=True)
         st["slots"].copy_(torch.tensor(slots), non_blocking=True)
         st["tables"].copy_(torch.tensor(tables), non_blocking=True)
@@ -251,8 +255,11 @@ class ModelRunner:
         return torch.tensor(data, dtype=torch.long).to(self.device, non_blocking=True)
 
     @torch.inference_mode()
-    def run(self, batch: list[tuple[Sequence, int]]) -> torch.Tensor:
-        """Forward the scheduled tokens; returns fp32 logits of each sequence's last new token."""
+    def run(self, batch: list[tuple[Sequence, int]], ahead: torch.Tensor | None = None) -> torch.Tensor:
+        """Forward the scheduled tokens; returns fp32 logits of each sequence's last new token.
+
+        ``ahead``: a decode step whose input tokens are not on the host yet (`engine.lookahead`), one per
+        sequence on the device, at each sequence's position ``num_computed``."""
         t0 = time.perf_counter()
         ids: list[int] = []
         pos: list[int] = []
@@ -262,7 +269,7 @@ class ModelRunner:
         for seq, n in batch:
             start = seq.num_computed
             q_start = len(ids)
-            ids.extend(seq.tokens[start : start + n])
+            ids.extend(seq.tokens[start : start + n] if ahead is None else [0])
             rng = range(start, start + n)
             pos.extend(rng)
             slots.extend(seq.block_table[p // self.bs] * self.bs + p % self.bs for p in rng)
@@ -281,7 +288,7 @@ class ModelRunner:
             ids, pos, lens = ids + [0] * pad, pos + [0] * pad, lens + [1] * pad
             slots = slots + [self.scratch * self.bs] * pad
             tables = tables + [[self.scratch] * width] * pad
-            return self._static_decode(ids, pos, slots, tables, lens)[: len(seqs)]
+            return self._static_decode(ids, pos, slots, tables, lens, ahead)[: len(seqs)]
         ab = self._ab(self._tensor(slots))
         ab.decode = decode
         if self.triton:
@@ -297,7 +304,7 @@ class ModelRunner:
             ab.context_lens = self._tensor([s[2] for s in seqs])
         else:
             ab.seqs = [(a, b, c, self._tensor(t)) for a, b, c, t in seqs]
-        hidden = self.model(self._tensor(ids), self._tensor(pos), ab)
+        hidden = self.model(self._tensor(ids) if ahead is None else ahead, self._tensor(pos), ab)
         logits = self.model.logits(hidden[self._tensor(last_rows)])
         if not decode:
             if self.device.type == "cuda":

@@ -84,18 +84,18 @@ class Scheduler:
         counts = {"gpu": 0, "cpu": 0, "disk": 0}
         disk_keys = [k for t, k in plan if t == "disk"]
         t0 = time.perf_counter()
-        loaded = dict(zip(disk_keys, self.disk.get_many(disk_keys), strict=True)) if disk_keys else {}
-        if disk_keys:
-            got = [d for d in loaded.values() if d is not None]
-            self.cost.observe_disk(sum(d.numel() * d.element_size() for d in got), time.perf_counter() - t0)
+        loaded = self.disk.iter_many(disk_keys) if disk_keys else iter(())  # in plan order, as read
+        disk_bytes = 0
         for tier, k in plan:
             if tier == "gpu":
                 b = self.bm.lookup(k)
                 self.bm.acquire(b)
             else:
-                data = self.cpu.get(k) if tier == "cpu" else loaded.get(k)
+                data = self.cpu.get(k) if tier == "cpu" else next(loaded)
                 if data is None:  # vanished or corrupt: recompute from here
                     break
+                if tier == "disk":
+                    disk_bytes += data.numel() * data.element_size()
                 b = self.bm.allocate()
                 self.bm.write_block(b, data)
                 self.bm.register(b, k)
@@ -104,6 +104,8 @@ class Scheduler:
             table.append(b)
             hit_keys.append(k)
             counts[tier] += self.bs
+        if disk_bytes:  # the disk's rate as a restore sees it: reads overlapped with the copies to the pool
+            self.cost.observe_disk(disk_bytes, time.perf_counter() - t0)
         while len(table) < total_blocks:
             table.append(self.bm.allocate())
         seq.block_table, seq.block_keys = table, hit_keys
@@ -115,7 +117,8 @@ class Scheduler:
         return True
 
     # --- per-step plan ----------------------------------------------------------------------
-    def _ensure_slots(self, seq: Sequence, upto: int) -> None:
+    def ensure_slots(self, seq: Sequence, upto: int) -> None:
+        """Blocks for the first ``upto`` positions of ``seq`` (raises `NoFreeBlocks`)."""
         while len(seq.block_table) * self.bs < upto:
             seq.block_table.append(self.bm.allocate())
 
@@ -142,7 +145,7 @@ class Scheduler:
             n = min(seq.remaining, budget)
             while True:
                 try:
-                    self._ensure_slots(seq, seq.num_computed + n)
+                    self.ensure_slots(seq, seq.num_computed + n)
                     break
                 except NoFreeBlocks:
                     victims = [s for s in self.running if s is not seq and s not in dict(batch)]
