@@ -13,7 +13,7 @@
 set -uo pipefail
 if [ "${1:-}" = prepare ]; then  # on the CPU box, with .venv set up
   grep -qs '^/.whl/' .git/info/exclude || { mkdir -p .git/info; echo /.whl/ >> .git/info/exclude; }
-  for p in fastapi starlette pydantic pydantic-core annotated-types typing-inspection python-multipart uvicorn sniffio \
+  for p in fastapi starlette pydantic pydantic-core annotated-types typing-inspection python-multipart uvicorn sniffio xxhash \
       opentelemetry-api; do
     v=$(.venv/bin/pip show "$p" | awk '/^Version/{print $2}')
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -44,6 +44,40 @@ def test_corrupt_truncated_and_foreign_files_are_skipped(tmp_path, caplog):
     d2.close()
 
 
+def test_earlier_sha256_files_still_verify_and_unknown_checksums_are_kept_not_used(
+    tmp_path, monkeypatch, caplog
+):
+    """New files carry xxh3-128; files written with SHA-256 (earlier versions, or a box without xxhash)
+    still verify, corrupt ones still fail; a checksum this process cannot compute means recompute, and
+    the file stays for a process that can."""
+    from engine import kv_tiers
+
+    assert kv_tiers.CHECKSUM == "xxh3_128"
+    monkeypatch.setattr(kv_tiers, "CHECKSUM", "sha256")
+    old = DiskTier(tmp_path, 1 << 20, "fp")
+    old.put("aa" * 32, _blk(1))
+    old.put("bb" * 32, _blk(2))
+    old.close()
+    assert b'"checksum": "sha256"' in old.path("aa" * 32).read_bytes()
+    raw = old.path("bb" * 32).read_bytes()
+    old.path("bb" * 32).write_bytes(raw[:-3] + bytes([raw[-3] ^ 1]) + raw[-2:])
+    monkeypatch.setattr(kv_tiers, "CHECKSUM", "xxh3_128")
+    d = DiskTier(tmp_path, 1 << 20, "fp")
+    assert torch.equal(d.get("aa" * 32), _blk(1))
+    with caplog.at_level(logging.WARNING):
+        assert d.get("bb" * 32) is None
+    d.put("cc" * 32, _blk(3))
+    d.flush()
+    assert b'"checksum": "xxh3_128"' in d.path("cc" * 32).read_bytes()
+    monkeypatch.setattr(kv_tiers, "CHECKSUM", "sha256")  # as on a box without xxhash
+    d2 = DiskTier(tmp_path, 1 << 20, "fp")
+    with caplog.at_level(logging.WARNING):
+        assert d2.get("cc" * 32) is None
+    assert "unavailable" in caplog.text and d2.path("cc" * 32).exists()
+    d.close()
+    d2.close()
+
+
 def test_disk_size_limit_evicts_oldest(tmp_path):
     one = DiskTier(tmp_path / "probe", 1 << 20, "fp")
     one.put("aa" * 32, _blk())
