@@ -263,6 +263,7 @@ class Engine:
             "waiting": len(self.scheduler.waiting),
             "running": len(self.scheduler.running),
             "cost_model": asdict(self.cost),
+            "steps_ahead": {"launched": self.ahead.launched, "dropped_rows": self.ahead.dropped},
         }
 
     # --- step loop --------------------------------------------------------------------------
