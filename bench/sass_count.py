@@ -33,14 +33,14 @@ DIV16 = ("x_ptr", "w_ptr", "s_ptr", "b_ptr", "y_ptr", "N", "K")  # what the laun
 SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp16", "b_ptr": "*fp16", "y_ptr": "*bf16",
        "ws_ptr": "*fp32", "lock_ptr": "*i32", "N": "i32",
        "K": "i32", "rows_per_split": "i32", "GROUP": "constexpr", "BLOCK_N": "constexpr",
-       "ATOMIC": "constexpr"}  # fmt: skip
+       "SPLIT": "constexpr"}  # fmt: skip
 
 
 SIG_MM = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp16", "b_ptr": "*fp16", "y_ptr": "*bf16",
           "ws_ptr": "*fp32", "lock_ptr": "*i32", "M": "i32",
           "N": "i32", "K": "i32", "stride_xm": "i32", "stride_ym": "i32", "rows_per_split": "i32",
           "GROUP": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "BLOCK_R": "constexpr",
-          "ATOMIC": "constexpr"}  # fmt: skip
+          "SPLIT": "constexpr"}  # fmt: skip
 
 
 def sass(fn, consts: dict, warps: int, stages: int) -> str:
@@ -110,7 +110,7 @@ def main() -> None:
     runs = [(v, bn, w, 2) for v in variants for bn, w in ((64, 4), (128, 4), (256, 8))]
     runs += [(v, bn, w, 3) for v in tensor_core for bn, w in ((128, 4), (256, 4))]
     for (name, fn, extra), bn, warps, stages in runs:
-        body = main_loop(sass(fn, {"GROUP": 128, "BLOCK_N": bn, "ATOMIC": True, **extra}, warps, stages))
+        body = main_loop(sass(fn, {"GROUP": 128, "BLOCK_N": bn, "SPLIT": True, **extra}, warps, stages))
         ops = collections.Counter(re.match(r"(@!?U?P\w+\s+)?([A-Z0-9_]+)", i).group(2) for i in body)
         per = 8 * extra.get("BLOCK_R", 16) * bn / (32 * warps)  # weights a thread dequantizes per loop step
         main4 = [ops[o] / per for o in ("LOP3", "FADD", "FFMA", "LDG")]

@@ -22,13 +22,13 @@ import triton.language as tl
 
 
 @triton.jit
-def _write_tile(y_ptr, ws_ptr, lock_ptr, acc, rm, rn, mmask, nmask, M, N, stride_ym, ATOMIC: tl.constexpr,
+def _write_tile(y_ptr, ws_ptr, lock_ptr, acc, rm, rn, mmask, nmask, M, N, stride_ym, SPLIT: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
     """Store an output tile, or, when K is split over programs, this split's partial tile into the fp32
     workspace ``[split, M, N]`` (row stride ``stride_ym``), summed by the tile's last program."""
     offs = rm[:, None] * stride_ym + rn[None, :]
     omask = mmask[:, None] & nmask[None, :]
-    if ATOMIC:
+    if SPLIT:
         tl.store(ws_ptr + tl.program_id(1) * M * stride_ym + offs, acc, mask=omask)
         _finish_split(y_ptr, ws_ptr, lock_ptr, M, N, stride_ym, BLOCK_M, BLOCK_N)
     else:
@@ -36,10 +36,10 @@ def _write_tile(y_ptr, ws_ptr, lock_ptr, acc, rm, rn, mmask, nmask, M, N, stride
 
 
 @triton.jit
-def _write_row(y_ptr, part_ptr, out, rn, nmask, ATOMIC: tl.constexpr):
+def _write_row(y_ptr, part_ptr, out, rn, nmask, SPLIT: tl.constexpr):
     """`_write_tile` for one output row, without the split's sum (a program may write several rows: it
     calls `_finish_split` once after the last); ``part_ptr``: the row's place in the workspace."""
-    if ATOMIC:
+    if SPLIT:
         tl.store(part_ptr + rn, out, mask=nmask)
     else:
         tl.store(y_ptr + rn, out.to(y_ptr.dtype.element_ty), mask=nmask)
@@ -73,10 +73,10 @@ def _finish_split(y_ptr, ws_ptr, lock_ptr, M, N, stride_ym, BLOCK_M: tl.constexp
 def w4_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, M, N, K, stride_xm, stride_ym, thresh,
     groups_per_split,
-    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ATOMIC: tl.constexpr,
+    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
     SPARSE: tl.constexpr, GATHER: tl.constexpr,
 ):  # fmt: skip
-    """``y[M, N] (+)= x[M, K] @ dequant(w4)``; with ``SPARSE``, |x| < thresh is zero and its row unread.
+    """``y[M, N] = x[M, K] @ dequant(w4)``; with ``SPARSE``, |x| < thresh is zero and its row unread.
 
     ``GATHER``: each output column loads the word holding its nibble (8 neighbours share it through L1)
     and shifts by its own offset, so the codes come out in column order with no register shuffle;
@@ -119,16 +119,16 @@ def w4_kernel(
         s = tl.load(s_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
         b = tl.load(b_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
         acc += part * s[None, :] + xs[:, None] * b[None, :]
-    _write_tile(y_ptr, ws_ptr, lock_ptr, acc, rm, rn, mmask, nmask, M, N, stride_ym, ATOMIC, BLOCK_M, BLOCK_N)
+    _write_tile(y_ptr, ws_ptr, lock_ptr, acc, rm, rn, mmask, nmask, M, N, stride_ym, SPLIT, BLOCK_M, BLOCK_N)
 
 
 @triton.jit
 def w4_gemv_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, N, K, thresh, groups_per_split,
-    GROUP: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, ATOMIC: tl.constexpr,
+    GROUP: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
     SPARSE: tl.constexpr, GATHER: tl.constexpr,
 ):  # fmt: skip
-    """One token: ``y[N] (+)= x[K] @ dequant(w4)`` with a ``[BLOCK_K, BLOCK_N]`` accumulator.
+    """One token: ``y[N] = x[K] @ dequant(w4)`` with a ``[BLOCK_K, BLOCK_N]`` accumulator.
 
     Why a 2-D accumulator: reducing over K inside the loop costs a cross-warp reduction per step; here
     each element is dequantized (``q * s + b``, one FMA) and multiply-added in place, and the single
@@ -166,18 +166,18 @@ def w4_gemv_kernel(
         s = tl.load(s_ptr + gi * N + rn, mask=nmask, other=0.0).to(tl.float32)
         b = tl.load(b_ptr + gi * N + rn, mask=nmask, other=0.0).to(tl.float32)
         acc += x[:, None] * (q * s[None, :] + b[None, :])
-    _write_row(y_ptr, ws_ptr + pid_k * N, tl.sum(acc, axis=0), rn, nmask, ATOMIC)
-    if ATOMIC:
+    _write_row(y_ptr, ws_ptr + pid_k * N, tl.sum(acc, axis=0), rn, nmask, SPLIT)
+    if SPLIT:
         _finish_split(y_ptr, ws_ptr, lock_ptr, 1, N, N, 1, BLOCK_N)
 
 
 @triton.jit
 def w8_kernel(
     x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, lock_ptr, M, N, K, stride_xm, stride_ym, blocks_per_split,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ATOMIC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr,
     MAGIC: tl.constexpr = False,
 ):  # fmt: skip
-    """``y[M, N] (+)= (x[M, K] @ w8[K, N]) * s[N]``.
+    """``y[M, N] = (x[M, K] @ w8[K, N]) * s[N]``.
 
     ``MAGIC``: int8 -> float without I2F (1/8 of the FMA rate on Hopper): ``(v & 0xFF) ^ 0x4B000080`` is the
     float bits of ``2**23 + 128 + v`` (one logic op), minus ``2**23 + 128``; measured against the cast."""
@@ -208,14 +208,14 @@ def w8_kernel(
             acc += tl.dot(x, wf.to(x_ptr.dtype.element_ty))
     s = tl.load(s_ptr + rn, mask=nmask, other=0.0)
     acc = acc * s[None, :]
-    _write_tile(y_ptr, ws_ptr, lock_ptr, acc, rm, rn, mmask, nmask, M, N, stride_ym, ATOMIC, BLOCK_M, BLOCK_N)
+    _write_tile(y_ptr, ws_ptr, lock_ptr, acc, rm, rn, mmask, nmask, M, N, stride_ym, SPLIT, BLOCK_M, BLOCK_N)
 
 
 @triton.jit
 def w4_24_kernel(
     x_ptr, v_ptr, i_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, M, N, K, stride_xm, stride_ym,
     groups_per_split,
-    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ATOMIC: tl.constexpr,
+    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
     GATHER: tl.constexpr,
 ):  # fmt: skip
     """2:4 int4: read the kept codes and their positions, gather the matching activations."""
@@ -254,9 +254,7 @@ def w4_24_kernel(
             xg = tl.load(x_ptr + m * stride_xm + kabs, mask=nmask[:, None] & live, other=0.0).to(tl.float32)
             row = tl.sum(v * xg, axis=1) * s + tl.sum(xg, axis=1) * b
             acc += tl.where(rm[:, None] == m, row[None, :], 0.0)
-    _write_tile(
-        y_ptr, ws_ptr, lock_ptr, acc, rm, rn, rm < M, nmask, M, N, stride_ym, ATOMIC, BLOCK_M, BLOCK_N
-    )
+    _write_tile(y_ptr, ws_ptr, lock_ptr, acc, rm, rn, rm < M, nmask, M, N, stride_ym, SPLIT, BLOCK_M, BLOCK_N)
 
 
 @triton.jit

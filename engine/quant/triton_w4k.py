@@ -62,10 +62,10 @@ def _unit(i: tl.constexpr):
 @triton.jit
 def w4k_gemv_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, N, K, rows_per_split,
-    GROUP: tl.constexpr, BLOCK_N: tl.constexpr, ATOMIC: tl.constexpr,
+    GROUP: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
     ASM: tl.constexpr = False, ROW_SUMS: tl.constexpr = False, BLOCK_R: tl.constexpr = 0,
 ):  # fmt: skip
-    """One token on CUDA cores: ``y[N] (+)= x[K] @ dequant(w)``, a ``[rows, BLOCK_N]`` accumulator reduced
+    """One token on CUDA cores: ``y[N] = x[K] @ dequant(w)``, a ``[rows, BLOCK_N]`` accumulator reduced
     over K once after the loop (no cross-warp reduction per step for the codes). A step takes one group
     (``GROUP // 8`` word rows), or ``BLOCK_R`` rows (with ``ROW_SUMS``).
 
@@ -114,8 +114,8 @@ def w4k_gemv_kernel(
                 xs = tl.sum(tl.load(x_ptr + g * GROUP + tl.arange(0, GROUP)).to(tl.float32), axis=0)
                 acc += part * s[None, :]
                 bacc += xs * b
-    _write_row(y_ptr, ws_ptr + pid_k * N, tl.sum(acc, axis=0) + bacc, rn, nmask, ATOMIC)
-    if ATOMIC:
+    _write_row(y_ptr, ws_ptr + pid_k * N, tl.sum(acc, axis=0) + bacc, rn, nmask, SPLIT)
+    if SPLIT:
         _finish_split(y_ptr, ws_ptr, lock_ptr, 1, N, N, 1, BLOCK_N)
 
 
@@ -146,9 +146,9 @@ def _mm_tile(x_ptr, M, N, K, stride_xm, rows_per_split, BLOCK_M: tl.constexpr, B
 def w4k_mm_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, M, N, K, stride_xm, stride_ym, rows_per_split,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    ATOMIC: tl.constexpr, ASM: tl.constexpr = False,
+    SPLIT: tl.constexpr, ASM: tl.constexpr = False,
 ):  # fmt: skip
-    """``y[M, N] (+)= x[M, K] @ dequant(w)`` on tensor cores, one ``tl.dot`` per nibble position.
+    """``y[M, N] = x[M, K] @ dequant(w)`` on tensor cores, one ``tl.dot`` per nibble position.
 
     Each dot pairs nibble ``i`` of ``BLOCK_R`` word rows with the activations ``x[:, 8r + i]``: the sum
     over K is the same in any order, so the codes never need interleaving. When a step stays inside one
@@ -180,7 +180,7 @@ def w4k_mm_kernel(
                 xi = tl.load(xrow + (rows * 8 + i)[None, :], mask=mmask[:, None], other=0.0)
                 w = _code(words, hi, i, ASM) * (s * _unit(i)) + b
                 acc = tl.dot(xi, w.to(x_ptr.dtype.element_ty), acc)
-    _write_tile(y_ptr, ws_ptr, lock_ptr, acc, rm, rn, mmask, nmask, M, N, stride_ym, ATOMIC, BLOCK_M, BLOCK_N)
+    _write_tile(y_ptr, ws_ptr, lock_ptr, acc, rm, rn, mmask, nmask, M, N, stride_ym, SPLIT, BLOCK_M, BLOCK_N)
 
 
 _PAIR = "{ .reg .b32 t; %s lop3.b32 t, %s, 0x000F000F, 0x43004300, 0xEA; mov.b32 {$0, $1}, t; }"
@@ -216,7 +216,7 @@ def _pair(words, j: tl.constexpr, ASM: tl.constexpr):
 def w4k_mm2_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, M, N, K, stride_xm, stride_ym, rows_per_split,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    ATOMIC: tl.constexpr, ASM: tl.constexpr,
+    SPLIT: tl.constexpr, ASM: tl.constexpr,
 ):  # fmt: skip
     """`w4k_mm_kernel` (group identity form, ``BLOCK_R * 8`` dividing ``GROUP``) with the codes made by
     `_pair`: ``x . (128 + q) - 128 * sum(x)`` is ``x . q``, so the 128 goes into the bias term. About one
@@ -241,7 +241,7 @@ def w4k_mm2_kernel(
                 step = tl.dot(x_hi, hi.to(x_ptr.dtype.element_ty), step)
         xs, s, b = _step_terms(xrow, s_ptr, b_ptr, r, (r * 8) // GROUP, rn, mmask, nmask, N, BLOCK_R)
         acc += step * s[None, :] + xs[:, None] * (b - 128.0 * s)[None, :]
-    _write_tile(y_ptr, ws_ptr, lock_ptr, acc, rm, rn, mmask, nmask, M, N, stride_ym, ATOMIC, BLOCK_M, BLOCK_N)
+    _write_tile(y_ptr, ws_ptr, lock_ptr, acc, rm, rn, mmask, nmask, M, N, stride_ym, SPLIT, BLOCK_M, BLOCK_N)
 
 
 @triton.jit

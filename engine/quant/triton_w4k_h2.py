@@ -130,7 +130,7 @@ def _h2_scale(x_ptr, lo, hi, TX: tl.constexpr, LCU: tl.constexpr):
 @triton.jit
 def w4k_gemv_h2_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, N, K, rows_per_split, stride_xm, stride_ym,
-    GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, ATOMIC: tl.constexpr,
+    GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, SPLIT: tl.constexpr,
     ASM: tl.constexpr, DENORM: tl.constexpr, CHAIN: tl.constexpr, COLS: tl.constexpr, EVEN: tl.constexpr,
     M_ROWS: tl.constexpr,
 ):  # fmt: skip
@@ -211,6 +211,6 @@ def w4k_gemv_h2_kernel(
             out = tl.sum(acc[c * M_ROWS + m], axis=0) * inv[m]
             ym = y_ptr if m == 0 else y_ptr + m * stride_ym
             part = ws_ptr + (tl.program_id(1) * M_ROWS + m) * stride_ym
-            _write_row(ym, part, out, cols0 + c * BC, cols0 + c * BC < N, ATOMIC)
-    if ATOMIC:
+            _write_row(ym, part, out, cols0 + c * BC, cols0 + c * BC < N, SPLIT)
+    if SPLIT:
         _finish_split(y_ptr, ws_ptr, lock_ptr, M_ROWS, N, stride_ym, M_ROWS + (M_ROWS == 3), BLOCK_N)
