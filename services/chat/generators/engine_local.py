@@ -66,6 +66,7 @@ class EngineGenerator(Generator):
             disk_dir=str(settings.data_dir / "kv_cache") if settings.engine_disk_cache else None,
             max_queue=settings.engine_max_queue,
             enable_prefix_cache=settings.engine_prefix_cache,
+            overlap_decode=settings.engine_overlap_decode,
             quant=settings.engine_quant,
             gpu_memory_gb=settings.engine_gpu_memory_gb,
         )

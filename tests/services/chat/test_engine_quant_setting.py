@@ -1,4 +1,5 @@
-"""`KB_ENGINE_QUANT` reaches the in-process engine, and a bad policy fails at start with its reason."""
+"""`KB_ENGINE_QUANT` (and `KB_ENGINE_OVERLAP_DECODE`) reach the in-process engine, and a bad policy fails at
+start with its reason."""
 
 from __future__ import annotations
 
@@ -20,7 +21,11 @@ def test_bad_policy_is_refused_when_settings_load(tmp_path) -> None:
 @pytest.mark.anyio
 async def test_int8_policy_quantizes_the_packaged_model_and_answers(tmp_path) -> None:
     settings = Settings(
-        data_dir=tmp_path, engine_quant="int8", engine_disk_cache=False, engine_cpu_cache_gb=0
+        data_dir=tmp_path,
+        engine_quant="int8",
+        engine_disk_cache=False,
+        engine_cpu_cache_gb=0,
+        engine_overlap_decode=True,
     )
     gen = EngineGenerator.from_settings(settings)
     try:
@@ -35,5 +40,6 @@ async def test_int8_policy_quantizes_the_packaged_model_and_answers(tmp_path) ->
         generation = await gen.start(request)
         text = "".join([d.text async for d in generation])
         assert "Paris" in text
+        assert gen.engine.stats()["steps_ahead"]["launched"] > 0  # greedy steps ran ahead
     finally:
         await gen.aclose()
