@@ -81,7 +81,7 @@ class Lookahead:
                 host = self._host[len(batch)] = torch.empty(len(batch), dtype=torch.long, pin_memory=True)
             host.copy_(ids, non_blocking=True)
             done = torch.cuda.Event()
-            done.record()
+            done.record(torch.cuda.current_stream(ids.device))  # the stream the copy went to
         try:
             for s, _ in batch:
                 self.scheduler.ensure_slots(s, s.num_computed + 1)

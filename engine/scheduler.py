@@ -83,29 +83,30 @@ class Scheduler:
         hit_keys: list[str] = []
         counts = {"gpu": 0, "cpu": 0, "disk": 0}
         disk_keys = [k for t, k in plan if t == "disk"]
-        t0 = time.perf_counter()
         loaded = self.disk.iter_many(disk_keys) if disk_keys else iter(())  # in plan order, as read
-        disk_bytes = 0
+        disk_bytes, disk_s = 0, 0.0  # the disk's rate as a restore sees it: reads overlapped with copies
         for tier, k in plan:
             if tier == "gpu":
                 b = self.bm.lookup(k)
                 self.bm.acquire(b)
             else:
+                t0 = time.perf_counter()
                 data = self.cpu.get(k) if tier == "cpu" else next(loaded)
                 if data is None:  # vanished or corrupt: recompute from here
                     break
-                if tier == "disk":
-                    disk_bytes += data.numel() * data.element_size()
                 b = self.bm.allocate()
                 self.bm.write_block(b, data)
                 self.bm.register(b, k)
-                if tier == "disk" and self.cpu is not None:
-                    self.cpu.put(k, data)
+                if tier == "disk":
+                    disk_bytes += data.numel() * data.element_size()
+                    disk_s += time.perf_counter() - t0  # wait for the read + copy into the pool
+                    if self.cpu is not None:
+                        self.cpu.put(k, data)
             table.append(b)
             hit_keys.append(k)
             counts[tier] += self.bs
-        if disk_bytes:  # the disk's rate as a restore sees it: reads overlapped with the copies to the pool
-            self.cost.observe_disk(disk_bytes, time.perf_counter() - t0)
+        if disk_bytes:
+            self.cost.observe_disk(disk_bytes, disk_s)
         while len(table) < total_blocks:
             table.append(self.bm.allocate())
         seq.block_table, seq.block_keys = table, hit_keys

@@ -109,8 +109,9 @@ LOCK_TILES = 1 << 14  # column tiles a split-K launch may have: N / block_n, 801
 
 def split_locks(device: torch.device) -> torch.Tensor:
     """The split-K arrival counters of ``device``, zero between launches (each launch's last programs
-    reset theirs). One buffer serves every layer: launches on a stream run one after another. Allocated
-    outside CUDA-graph capture (a zeroing captured into a graph would live in the graph's pool)."""
+    reset theirs). One buffer serves every layer: launches on a stream run one after another, so split-K
+    GEMVs must not run on two streams of one device at once (kb runs one engine, on one stream, per GPU).
+    Allocated outside CUDA-graph capture (a zeroing captured into a graph would live in the graph's pool)."""
     device = torch.device(device)
     locks = _LOCKS.get(device)
     if locks is None:
@@ -225,7 +226,7 @@ def matmul_small(g: GpuWeight, x: torch.Tensor, thresh: float | None = None) -> 
     y = x.new_empty(m, g.n)
     locks = split_locks(x.device)
     ws = x.new_empty(split, m, g.n, dtype=torch.float32) if is_split else y  # partial tiles of split-K
-    if grid[0] > LOCK_TILES:
+    if is_split and grid[0] > LOCK_TILES:
         raise ValueError(f"{grid[0]} column tiles exceed the {LOCK_TILES} split-K counters")
     t = g.tensors
     if g.kind == "int4k" and m == 1 and cfg[4] in (0, 2, 3):  # 2: gemv2 (one lop3 a code, bias by row sums)
