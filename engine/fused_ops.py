@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-__all__ = ["add_rmsnorm", "rmsnorm", "rope_qk", "silu_mul"]
+__all__ = ["add_rmsnorm", "rmsnorm", "rope_qk", "silu_mul", "stores_kv"]
 
 
 def _interpreted() -> bool:
@@ -138,6 +138,12 @@ def _rope_kernel(Q, K, V, QO, KO, KC, VC, SLOTS, C, S, sqt, sqh, skt, skh, svt, 
         tl.store(VC + row, tl.load(V + t * svt + h * svh + d, mask=m, other=0.0), mask=m)
 
 
+def stores_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether `rope_qk` can store K and V into these caches: contiguous and of the model dtype (an int8
+    cache rescales whole blocks on a write, `attention.write_kv`)."""
+    return k_cache.is_contiguous() and v_cache.is_contiguous() and k_cache.dtype == v_cache.dtype == dtype
+
+
 def rope_qk(
     q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: tuple | None = None
 ):
@@ -160,7 +166,7 @@ def rope_qk(
     ko = torch.empty((t, kvh, hd), dtype=k.dtype, device=k.device)
     kc, vc, slots, v = cache if cache is not None else (ko, ko, ko, ko)
     if cache is not None:
-        if not (kc.is_contiguous() and vc.is_contiguous() and kc.dtype == vc.dtype == k.dtype == v.dtype):
+        if not (stores_kv(kc, vc, k.dtype) and v.dtype == k.dtype):
             raise ValueError("rope_qk writes only contiguous caches of the model dtype")
         if v.stride(2) != 1:
             v = v.contiguous()

@@ -326,7 +326,7 @@ class Engine:
         rows = [i for i, (s, n) in enumerate(batch) if s.num_computed == len(s.tokens)]
         assert len(rows) == len(done)
         waiting = bool(self.scheduler.waiting or self._inbox or self._cancels)
-        if self.config.overlap_decode and len(rows) == len(batch) and self.ahead.eligible(batch, waiting):
+        if self.config.overlap_decode and self.ahead.eligible(batch, waiting):  # every row samples
             toks = self.ahead.launch(batch, logits)
         else:
             toks = sample_batch(

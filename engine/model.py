@@ -97,9 +97,9 @@ class Attention(nn.Module):
         vs = ab.v_scale[self.layer] if ab.v_scale is not None else None
         into = None  # the fused kernel also stores K and V when the cache holds the model dtype
         if _fused(q):
-            from engine.fused_ops import rope_qk
+            from engine.fused_ops import rope_qk, stores_kv
 
-            if ks is None and kc.is_contiguous() and vc.is_contiguous() and kc.dtype == vc.dtype == k.dtype:
+            if ks is None and stores_kv(kc, vc, k.dtype):
                 into = (kc, vc, ab.slot_mapping, v)
             q, k = rope_qk(q, k, cos, sin, into)
         else:

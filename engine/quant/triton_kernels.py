@@ -46,6 +46,14 @@ def _write_row(y_ptr, part_ptr, out, rn, nmask, SPLIT: tl.constexpr):
 
 
 @triton.jit
+def _write_vec(y_ptr, ws_ptr, lock_ptr, out, rn, nmask, N, SPLIT: tl.constexpr, BLOCK_N: tl.constexpr):
+    """`_write_tile` for a one-token kernel's output row (its split's row of the workspace ``[split, N]``)."""
+    _write_row(y_ptr, ws_ptr + tl.program_id(1) * N, out, rn, nmask, SPLIT)
+    if SPLIT:
+        _finish_split(y_ptr, ws_ptr, lock_ptr, 1, N, N, 1, BLOCK_N)
+
+
+@triton.jit
 def _finish_split(y_ptr, ws_ptr, lock_ptr, M, N, stride_ym, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Split-K's sum without an fp32 output to zero before and cast after (two graph nodes a GEMV, each a
     few microseconds against GEMVs of 10-30): every program stores its partial tile, takes a ticket from
@@ -166,9 +174,7 @@ def w4_gemv_kernel(
         s = tl.load(s_ptr + gi * N + rn, mask=nmask, other=0.0).to(tl.float32)
         b = tl.load(b_ptr + gi * N + rn, mask=nmask, other=0.0).to(tl.float32)
         acc += x[:, None] * (q * s[None, :] + b[None, :])
-    _write_row(y_ptr, ws_ptr + pid_k * N, tl.sum(acc, axis=0), rn, nmask, SPLIT)
-    if SPLIT:
-        _finish_split(y_ptr, ws_ptr, lock_ptr, 1, N, N, 1, BLOCK_N)
+    _write_vec(y_ptr, ws_ptr, lock_ptr, tl.sum(acc, axis=0), rn, nmask, N, SPLIT, BLOCK_N)
 
 
 @triton.jit

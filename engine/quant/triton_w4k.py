@@ -20,7 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from engine.quant.triton_kernels import _finish_split, _write_row, _write_tile
+from engine.quant.triton_kernels import _write_tile, _write_vec
 
 MAGIC_BITS = tl.constexpr(0x4B000000)  # 2**23 as float32 bits: OR a value < 2**23 into the mantissa
 MAGIC = tl.constexpr(8388608.0)  # ... then subtract 2**23
@@ -114,9 +114,7 @@ def w4k_gemv_kernel(
                 xs = tl.sum(tl.load(x_ptr + g * GROUP + tl.arange(0, GROUP)).to(tl.float32), axis=0)
                 acc += part * s[None, :]
                 bacc += xs * b
-    _write_row(y_ptr, ws_ptr + pid_k * N, tl.sum(acc, axis=0) + bacc, rn, nmask, SPLIT)
-    if SPLIT:
-        _finish_split(y_ptr, ws_ptr, lock_ptr, 1, N, N, 1, BLOCK_N)
+    _write_vec(y_ptr, ws_ptr, lock_ptr, tl.sum(acc, axis=0) + bacc, rn, nmask, N, SPLIT, BLOCK_N)
 
 
 @triton.jit
