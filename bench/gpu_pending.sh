@@ -31,6 +31,15 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+compiled_tests() {  # $1: seconds; $2: pytest -k (empty: all); log in $OUT/tests.log, summary here
+  echo "== compiled kernel and fused-op tests (-k \"$2\"; log in \$OUT/tests.log)"
+  timeout "$1" python3 -m pytest --noconftest -q -p no:cacheprovider tests/engine/quant/test_gpu_kernels.py \
+    tests/engine/quant/test_tuning.py tests/engine/test_fused_ops.py ${2:+-k "$2"} > "$OUT/tests.log" 2>&1
+  echo "pytest rc=$?"; grep -E "passed|failed|error" "$OUT/tests.log" | tail -5
+}
+e2e_summary() {  # the table lines of $OUT/e2e.log
+  grep -vi warn "$OUT/e2e.log" | grep -E "^\||HF|^== " | tail -16
+}
 case "${1:-1}" in
   1)
     if [ -z "${SKIP_CHECK:-}" ]; then
@@ -43,30 +52,23 @@ case "${1:-1}" in
     timeout 300 python3 bench/quant_gpu.py kernels --out "$OUT" 2>&1 | grep -v "^  skip" | tail -60
     ;;
   check)  # first call of a GPU session: everything unmeasured since the last one, < 9 min
-    echo "== compiled kernel and fused-op tests (log in \$OUT/tests.log; the full set takes > 4 min compiled)"
-    timeout "${TEST_S:-120}" python3 -m pytest --noconftest -q -p no:cacheprovider tests/engine/quant/test_gpu_kernels.py \
-      tests/engine/quant/test_tuning.py tests/engine/test_fused_ops.py -k "${TEST_K:-partials or write_kv or shipped}" \
-      > "$OUT/tests.log" 2>&1
-    echo "pytest rc=$?"; grep -E "passed|failed|error" "$OUT/tests.log" | tail -5
+    compiled_tests "${TEST_S:-120}" "${TEST_K:-partials or write_kv or shipped}"  # all of them: > 4 min compiled
     echo "== issue 3: teacher-forced logits vs transformers, with graphs captured at start"
     timeout 90 python3 bench/engine_check.py --out "$OUT" 2>&1 | grep -vi warn | tail -10
     echo "== issue 6: whole model with the shipped configs, prefill/decode profiles, decode with and without lookahead"
     timeout 260 python3 bench/quant_e2e.py --out "$OUT" --modes int4,int8,bf16 --compile-budget-s 60 --profile --overlap \
       > "$OUT/e2e.log" 2>&1
-    grep -vi warn "$OUT/e2e.log" | grep -E "^\||HF|^== " | tail -16
+    e2e_summary
     ;;
   tune)  # after a kernel change: compiled tests (log in $OUT), the one-token int4 sweep, the model with its winners
-    echo "== compiled kernel and fused-op tests (-k \"${TEST_K:-}\")"
-    timeout "${TEST_S:-170}" python3 -m pytest --noconftest -q -p no:cacheprovider tests/engine/quant/test_gpu_kernels.py \
-      tests/engine/quant/test_tuning.py tests/engine/test_fused_ops.py ${TEST_K:+-k "$TEST_K"} > "$OUT/tests.log" 2>&1
-    echo "pytest rc=$?"; grep -E "passed|failed|error" "$OUT/tests.log" | tail -5
+    compiled_tests "${TEST_S:-170}" "${TEST_K:-}"
     echo "== issue 6: one-token int4 GEMV sweep (bench/quant_gpu.py kernels --ms 1 --gemv-only)"
     timeout "${SWEEP_S:-230}" python3 bench/quant_gpu.py kernels --kinds int4k_g128 --ms 1 --gemv-only --out "$OUT" \
       2>&1 | grep -v "^  skip" | tail -8
     echo "== issue 6: whole model with the sweep's one-token winners"
     timeout "${E2E_S:-200}" python3 bench/quant_e2e.py --out "$OUT" --modes "${MODES:-int4,bf16}" --compile-budget-s 60 \
       --tune "$OUT/quant_kernels.json" --overlap > "$OUT/e2e.log" 2>&1
-    grep -vi warn "$OUT/e2e.log" | grep -E "^\||HF|^== " | tail -12
+    e2e_summary
     ;;
   engine)  # issue 3 without the transformers baselines (those: bench/engine_gpu.py --phase all), ~9 min
     timeout 560 python3 bench/engine_gpu.py --phase ours --no-compile --out "$OUT" 2>&1 | grep -vi warn | tail -30

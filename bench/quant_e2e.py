@@ -15,10 +15,12 @@ baseline, `transformers` bf16 with a static cache + torch.compile, runs in the s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -77,6 +79,16 @@ def build(b: Bench, spec: str, tiny: bool) -> tuple[torch.nn.Module, dict]:
     return model, report
 
 
+@contextlib.contextmanager
+def recomputing(eng: Engine) -> Iterator[None]:
+    """Prefix reuse off inside: every timed prompt is computed, not found in the cache of an earlier run."""
+    eng.scheduler.prefix_cache = False
+    try:
+        yield
+    finally:
+        eng.scheduler.prefix_cache = True
+
+
 def decode(b: Bench, eng: Engine, batch: int, n_new: int) -> float:
     prompts = [b.rand_ids(128) for _ in range(batch)]
 
@@ -86,12 +98,11 @@ def decode(b: Bench, eng: Engine, batch: int, n_new: int) -> float:
             while s.events.get().type != "finish":
                 pass
 
-    eng.scheduler.prefix_cache = False
-    run(n_new)
-    run(n_new)
-    t1 = b.timed(lambda: run(1), 3)
-    tn = b.timed(lambda: run(n_new), 3)
-    eng.scheduler.prefix_cache = True
+    with recomputing(eng):
+        run(n_new)
+        run(n_new)
+        t1 = b.timed(lambda: run(1), 3)
+        tn = b.timed(lambda: run(n_new), 3)
     return batch * (n_new - 1) / ((tn - t1) / 1e3)
 
 
@@ -160,26 +171,23 @@ def one_mode(b: Bench, name: str, spec: str, a: argparse.Namespace, bw: float) -
             }
     if a.profile and b.dev.type == "cuda":
         prompt = b.rand_ids(128)
-        eng.scheduler.prefix_cache = False
-        profile_kernels(
-            f"{name}: decode 32 tokens at batch 1",
-            lambda e=eng: e.complete(prompt, SamplingParams(max_tokens=33, ignore_eos=True)),
-            33,
-        )
-        eng.scheduler.prefix_cache = True
+        with recomputing(eng):
+            profile_kernels(
+                f"{name}: decode 32 tokens at batch 1",
+                lambda e=eng: e.complete(prompt, SamplingParams(max_tokens=33, ignore_eos=True)),
+                33,
+            )
     ids = b.rand_ids(a.prefill_tokens)
     eng.complete(ids, SamplingParams(max_tokens=1, ignore_eos=True))  # warm
     ttft = []
     one = SamplingParams(max_tokens=1, ignore_eos=True)
     for _ in range(3):
-        eng.scheduler.prefix_cache = False
-        ttft.append(b.timed(lambda e=eng: e.complete(ids, one)))
-        eng.scheduler.prefix_cache = True
+        with recomputing(eng):
+            ttft.append(b.timed(lambda e=eng: e.complete(ids, one)))
     row["prefill_ttft_ms"] = round(sorted(ttft)[1], 1)
     if a.profile and b.dev.type == "cuda":
-        eng.scheduler.prefix_cache = False
-        profile_kernels(f"{name}: prefill {len(ids)} tokens", lambda e=eng: e.complete(ids, one))
-        eng.scheduler.prefix_cache = True
+        with recomputing(eng):
+            profile_kernels(f"{name}: prefill {len(ids)} tokens", lambda e=eng: e.complete(ids, one))
     if b.dev.type == "cuda":
         row["peak_gib"] = round(torch.cuda.max_memory_allocated() / GiB, 2)
     eng.close()
