@@ -137,7 +137,15 @@ def enumerate_dump(path: Path, limits: ArchiveLimits = ArchiveLimits()) -> list[
         else:
             listing = _archive_members(path, kind, limits)
         _collect(listing, "", 0, budget, out)
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as exc:
+    except (
+        zipfile.BadZipFile,
+        tarfile.TarError,
+        EOFError,
+        OSError,
+        ValueError,
+        NotImplementedError,
+        zlib.error,
+    ) as exc:
         raise ArchiveError(f"{path.name}: cannot read the archive ({exc})") from exc
     return out
 
@@ -190,7 +198,14 @@ def _collect(members: Iterable[_Member], prefix: str, depth: int, budget: _Budge
                 budget.bytes -= m.size
                 inner = _archive_members_from(io.BytesIO(data), kind, limits)
                 _collect(inner, path + NEST, depth + 1, budget, out)
-            except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, ValueError) as exc:
+            except (
+                zipfile.BadZipFile,
+                tarfile.TarError,
+                EOFError,
+                OSError,
+                ValueError,
+                NotImplementedError,
+            ) as exc:
                 out.append(Entry(path, m.size, f"cannot read the nested archive ({exc})"))
             if budget.exhausted:
                 return
