@@ -255,6 +255,12 @@ class Bench(PoolPhasesMixin, ReportMixin, BenchBase):
             self.section("hf_static_compile", lambda hf=hf: self.hf_decode(hf, BATCHES, n, True))
         (self.out / "engine_gpu_hf.json").write_text(json.dumps(self.res, indent=1))
 
+    def section(self, name, fn):
+        """`gpu_base.Bench.section`, unless ``--skip`` names it (a rerun of only what changed)."""
+        if name in self.args.skip.split(","):
+            return None
+        return super().section(name, fn)
+
     def run_ours(self) -> None:
         a = self.args
         self.res.setdefault("copy_gbps", round(self.copy_bandwidth(), 1))
@@ -324,6 +330,7 @@ def main() -> None:
     p.add_argument("--turn-sizes", default="1536,256")
     p.add_argument("--compile-budget-s", type=float, default=150)
     p.add_argument("--phase", choices=["all", "hf", "ours"], default="all")
+    p.add_argument("--skip", default="", help="sections of ours to leave out, e.g. correctness,int8_kv")
     a = p.parse_args()
     Bench(a).run()
 

@@ -6,7 +6,8 @@
 #   kernels only: bash bench/gpu_pending.sh kernels   (no carry; KINDS=..., MS=..., SWEEP_S=... to narrow it)
 #   check: bash bench/gpu_pending.sh check   (no carry; compiled tests, engine_check, e2e with shipped configs
 #          and each mode's prefill kernels)
-#   engine: bash bench/gpu_pending.sh engine   (no carry; issue 3's reuse, sessions and restart figures)
+#   engine: bash bench/gpu_pending.sh engine   (carry .whl for xxhash; issue 3's reuse, sessions and restart figures;
+#           ENGINE_ARGS="--skip correctness,ours_decode,int8_kv --turn-sizes 1536" reruns what a change touched)
 #   tune: bash bench/gpu_pending.sh tune   (no carry; TEST_K=... narrows the compiled tests, MODES=int4,bf16)
 # .whl holds the py3.12 wheels of fastapi/starlette/pydantic/uvicorn that `kb engine-serve` needs and the
 # GPU image lacks; bench/out/chat_gpu_bundle comes from `.venv/bin/python -m bench.chat_gpu prepare` here.
@@ -71,7 +72,8 @@ case "${1:-1}" in
     e2e_summary
     ;;
   engine)  # issue 3 without the transformers baselines (those: bench/engine_gpu.py --phase all), ~9 min
-    timeout 560 python3 bench/engine_gpu.py --phase ours --no-compile --out "$OUT" 2>&1 | grep -vi warn | tail -30
+    timeout "${ENGINE_S:-560}" python3 bench/engine_gpu.py --phase ours --no-compile --out "$OUT" ${ENGINE_ARGS:-} 2>&1 \
+      | grep -vi warn | tail -30
     ;;
   kernels)  # issue 6: the kernel tests compiled on the GPU, then the K-packed int4 / int8 sweep
     echo "== kernel and fused-op tests, compiled (pytest --noconftest: the root conftest needs the DB stack)"

@@ -136,6 +136,7 @@ def one_mode(b: Bench, name: str, spec: str, a: argparse.Namespace, bw: float) -
         gpu_memory_gb=a.cap_gib - 1.5,
         num_kv_blocks=64 if a.tiny else None,
         max_batch_tokens=2048,
+        overlap_decode=False,  # the plain step; --overlap times the lookahead beside it
     )
     eng = Engine(cfg, model=model, fingerprint=f"random-llama3-8b-seed0-{name}")
     emb = model.model.embed_tokens.weight
@@ -150,6 +151,8 @@ def one_mode(b: Bench, name: str, spec: str, a: argparse.Namespace, bw: float) -
         "graphs_at_start": eng.precaptured[0],
         "graph_capture_s": round(eng.precaptured[1], 1),
     }
+    with recomputing(eng):  # a fixed prompt's greedy tokens: the same across runs of the same kernels
+        row["greedy_ids"] = eng.complete(list(range(100, 228)), SamplingParams(max_tokens=16)).token_ids
     for batch in a.batches:
         tok_s = decode(b, eng, batch, a.decode_tokens)
         kv = batch * (128 + a.decode_tokens / 2) * model.cfg.kv_bytes_per_token(2)

@@ -254,6 +254,13 @@ class Engine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def overlaps(self) -> bool:
+        """Whether greedy decode runs a step ahead: ``config.overlap_decode``, or on CUDA when unset (read
+        each step, so a benchmark can flip it between runs)."""
+        on = self.config.overlap_decode
+        return self.device.type == "cuda" if on is None else on
+
     def stats(self) -> dict[str, Any]:
         return {
             "num_blocks": self.bm.num_blocks,
@@ -326,7 +333,7 @@ class Engine:
         rows = [i for i, (s, n) in enumerate(batch) if s.num_computed == len(s.tokens)]
         assert len(rows) == len(done)
         waiting = bool(self.scheduler.waiting or self._inbox or self._cancels)
-        if self.config.overlap_decode and self.ahead.eligible(batch, waiting):  # every row samples
+        if self.overlaps and self.ahead.eligible(batch, waiting):  # every row samples
             toks = self.ahead.launch(batch, logits)
         else:
             toks = sample_batch(

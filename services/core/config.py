@@ -62,9 +62,10 @@ class Settings(BaseSettings):
     engine_disk_cache: bool = Field(default=True, description="KV disk tier under data_dir/kv_cache.")
     engine_prefix_cache: bool = Field(default=True, description="False: recompute every prompt (baseline).")
     engine_max_queue: int = Field(default=256, ge=1, description="Waiting requests before 429.")
-    engine_overlap_decode: bool = Field(
-        default=False,
-        description="Launch a greedy decode step before the previous one's tokens reach the host.",
+    engine_overlap_decode: bool | None = Field(
+        default=None,
+        description="Launch a greedy decode step before the previous one's tokens reach the host "
+        "(unset: on for CUDA, off on CPU).",
     )
     engine_quant: str = Field(
         default="none",

@@ -84,3 +84,20 @@ def test_cancel_while_a_step_runs_ahead_frees_every_block(model_dir) -> None:
         for g in streams:
             assert [e.type for e in g][-1] == "finish"
         assert eng.stats()["referenced_blocks"] == 0
+
+
+def test_running_ahead_is_on_by_default_for_cuda_only(model_dir, monkeypatch) -> None:
+    """Unset, ``overlap_decode`` follows the device: on CPU the model runs in the engine's thread, so a
+    step ahead would only hold back each token's text; on CUDA it hides the host's work (bench/RESULTS.md).
+    An explicit setting wins either way."""
+    import torch
+
+    with _small_engine(model_dir) as eng:
+        assert eng.config.overlap_decode is None and not eng.overlaps
+        eng.complete(PROMPTS[1], PARAMS[1])
+        assert eng.ahead.launched == 0
+        monkeypatch.setattr(eng, "device", torch.device("cuda"))
+        assert eng.overlaps
+        eng.config.overlap_decode = False
+        assert not eng.overlaps
+        monkeypatch.undo()
