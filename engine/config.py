@@ -97,7 +97,7 @@ class EngineConfig:
     max_queue: int = 256  # waiting requests before QueueFull
     max_num_seqs: int = 64  # running sequences per step
     max_batch_tokens: int = 2048  # tokens per step (chunked prefill budget)
-    disk_read_gbps: float | None = None  # measured at start when None
+    disk_read_gbps: float | None = None  # None: 2 GB/s until the first restore (CostModel.observe_disk)
     cpu_restore_gbps: float = 10.0  # host->device (or host copy) rate used by the cost model
     seed: int = 0
     enable_prefix_cache: bool = True  # False: always recompute (benchmark baseline)
