@@ -28,6 +28,9 @@ from typing import BinaryIO
 
 NEST = "!/"
 _ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+# what zipfile/tarfile raise on a damaged or unsupported archive (NotImplementedError: a zip version or
+# compression method zipfile cannot read); any of them fails that archive alone, with its reason
+_UNREADABLE = (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, ValueError, NotImplementedError)
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
@@ -137,15 +140,7 @@ def enumerate_dump(path: Path, limits: ArchiveLimits = ArchiveLimits()) -> list[
         else:
             listing = _archive_members(path, kind, limits)
         _collect(listing, "", 0, budget, out)
-    except (
-        zipfile.BadZipFile,
-        tarfile.TarError,
-        EOFError,
-        OSError,
-        ValueError,
-        NotImplementedError,
-        zlib.error,
-    ) as exc:
+    except (*_UNREADABLE, zlib.error) as exc:
         raise ArchiveError(f"{path.name}: cannot read the archive ({exc})") from exc
     return out
 
@@ -198,14 +193,7 @@ def _collect(members: Iterable[_Member], prefix: str, depth: int, budget: _Budge
                 budget.bytes -= m.size
                 inner = _archive_members_from(io.BytesIO(data), kind, limits)
                 _collect(inner, path + NEST, depth + 1, budget, out)
-            except (
-                zipfile.BadZipFile,
-                tarfile.TarError,
-                EOFError,
-                OSError,
-                ValueError,
-                NotImplementedError,
-            ) as exc:
+            except _UNREADABLE as exc:
                 out.append(Entry(path, m.size, f"cannot read the nested archive ({exc})"))
             if budget.exhausted:
                 return
