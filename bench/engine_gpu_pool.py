@@ -4,13 +4,12 @@ and a restart from the disk tier. Mixed into `bench.engine_gpu.Bench`."""
 from __future__ import annotations
 
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import torch
 
-from bench.gpu_base import USAGE_KEYS, GiB
+from bench.gpu_base import USAGE_KEYS, GiB, drop_page_cache
 from engine.llm_engine import Engine
 from engine.sampling import SamplingParams
 
@@ -87,13 +86,12 @@ class PoolPhasesMixin:
         new = self.rand_ids(self.args.turn_tokens)
         prompt = self._hist + new
         nbytes = sum(p.stat().st_size for p in disk.glob("*/*.kvb"))
-        dropped = subprocess.run("sync; echo 3 > /proc/sys/vm/drop_caches", shell=True, capture_output=True)
-        out["page_cache_dropped"] = dropped.returncode == 0
+        out["page_cache_dropped"] = drop_page_cache()
         t0 = time.perf_counter()
         for p in disk.glob("*/*.kvb"):
             p.read_bytes()
         out["disk_read_gbps"] = round(nbytes / (time.perf_counter() - t0) / 1e9, 2)
-        subprocess.run("sync; echo 3 > /proc/sys/vm/drop_caches", shell=True, capture_output=True)
+        drop_page_cache()
         for label, extra in (("cost_model", {}), ("forced_restore", {"disk_read_gbps": 1e6})):
             # explicit 2.5 GiB pool: a turn-11 prompt (~17K tokens) needs ~2.1 GiB
             opts = {**kw, "cpu_cache_gb": 0, "kv_cache_gb": 2.5, **extra}
@@ -110,7 +108,7 @@ class PoolPhasesMixin:
             eng.close()
             del eng
             self.free()
-            subprocess.run("sync; echo 3 > /proc/sys/vm/drop_caches", shell=True, capture_output=True)
+            drop_page_cache()
         eng = self.engine(model, **{**kw, "enable_prefix_cache": False, "kv_cache_gb": 2.5})
         out["recompute_ttft_ms"] = eng.complete(prompt, SamplingParams(max_tokens=1)).usage["ttft_ms"]
         eng.close()

@@ -11,6 +11,7 @@ import argparse
 import gc
 import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,14 @@ from engine.loader import load_tensors  # noqa: E402
 from engine.model import LlamaForCausalLM  # noqa: E402
 
 GiB = 1024**3
+
+
+def drop_page_cache() -> bool:
+    """Flush and drop the OS page cache (root only), so the next file reads come from the disk."""
+    done = subprocess.run("sync; echo 3 > /proc/sys/vm/drop_caches", shell=True, capture_output=True)
+    return done.returncode == 0
+
+
 USAGE_KEYS = ("prompt_tokens", "cached_tokens", "cached_from", "ttft_ms")
 LLAMA3_8B = dict(
     vocab_size=128256,

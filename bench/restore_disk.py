@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,21 +27,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.gpu_base import drop_page_cache  # noqa: E402
 from engine import kv_tiers  # noqa: E402
 from engine.kv_tiers import DiskTier  # noqa: E402
 
 SHAPE = (32, 2, 64, 8, 128)  # layers, K/V, block tokens, KV heads, head dim
 
 
-def drop_cache() -> bool:
-    return (
-        subprocess.run("sync; echo 3 > /proc/sys/vm/drop_caches", shell=True, capture_output=True).returncode
-        == 0
-    )
-
-
 def timed(fn) -> float:
-    drop_cache()
+    drop_page_cache()
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
@@ -86,7 +79,8 @@ def main() -> None:
     for algo, tier in tiers.items():
         runs[f"{algo}, read all then copy"] = lambda t=tier: read_all_then_copy(t)
         runs[f"{algo}, copy as read"] = lambda t=tier: copy_as_read(t)
-    res: dict = {"blocks": a.blocks, "bytes": nbytes, "cache_dropped": drop_cache(), "cpus": os.cpu_count()}
+    res: dict = {"blocks": a.blocks, "bytes": nbytes, "cpus": os.cpu_count()}
+    res["cache_dropped"] = drop_page_cache()
     for name, fn in runs.items():
         pool.zero_()
         res[name + "_s"] = sorted(timed(fn) for _ in range(a.repeats))[a.repeats // 2]
