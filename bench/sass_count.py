@@ -110,7 +110,7 @@ def main() -> None:
     runs = [(v, bn, w, 2) for v in variants for bn, w in ((64, 4), (128, 4), (256, 8))]
     runs += [(v, bn, w, 3) for v in tensor_core for bn, w in ((128, 4), (256, 4))]
     for (name, fn, extra), bn, warps, stages in runs:
-        body = main_loop(sass(fn, {"GROUP": 128, "BLOCK_N": bn, "SPLIT": True, **extra}, warps, stages))
+        body = main_loop(sass(fn, {"GROUP": 128, "BLOCK_N": bn, "SPLIT": 8, **extra}, warps, stages))
         ops = collections.Counter(re.match(r"(@!?U?P\w+\s+)?([A-Z0-9_]+)", i).group(2) for i in body)
         per = 8 * extra.get("BLOCK_R", 16) * bn / (32 * warps)  # weights a thread dequantizes per loop step
         main4 = [ops[o] / per for o in ("LOP3", "FADD", "FFMA", "LDG")]

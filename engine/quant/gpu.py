@@ -222,6 +222,7 @@ def matmul_small(g: GpuWeight, x: torch.Tensor, thresh: float | None = None) -> 
     per = -(-chunks // split)
     split = -(-chunks // per)
     is_split = split > 1
+    nsplit = split if is_split else 0  # the kernels' SPLIT: how many partial tiles to add (0: none)
     grid = (-(-g.n // block_n), split)
     y = x.new_empty(m, g.n)
     locks = split_locks(x.device)
@@ -233,7 +234,7 @@ def matmul_small(g: GpuWeight, x: torch.Tensor, thresh: float | None = None) -> 
         rows = cfg[5] if cfg[4] == 3 else g.group // 8  # 3: gemv3, steps of cfg[5] word rows
         tw4k.w4k_gemv_kernel[grid](
             x, t["w"], t["s"], t["b"], y, ws, locks, g.n, g.k, per * rows,
-            GROUP=g.group, BLOCK_N=block_n, SPLIT=is_split, ASM=cfg[4] >= 2 and _asm(x), ROW_SUMS=cfg[4] >= 2,
+            GROUP=g.group, BLOCK_N=block_n, SPLIT=nsplit, ASM=cfg[4] >= 2 and _asm(x), ROW_SUMS=cfg[4] >= 2,
             BLOCK_R=rows if cfg[4] == 3 else 0, num_warps=warps, num_stages=stages,
         )  # fmt: skip
     elif h2 is not None:  # fp16 pairs (5: codes as subnormals), m rows sharing each code pair
@@ -241,44 +242,44 @@ def matmul_small(g: GpuWeight, x: torch.Tensor, thresh: float | None = None) -> 
         xa = x if aligned else x.clone(memory_format=torch.contiguous_format)  # bf16: two values an int32
         tw4k_h2.w4k_gemv_h2_kernel[grid](
             xa, t["w"], t["s"], t["b"], y, ws, locks, g.n, g.k, per * cfg[5], xa.stride(0), y.stride(0),
-            GROUP=g.group, BLOCK_N=block_n, BLOCK_R=cfg[5], SPLIT=is_split, ASM=_asm(x), DENORM=cfg[4] == 5,
+            GROUP=g.group, BLOCK_N=block_n, BLOCK_R=cfg[5], SPLIT=nsplit, ASM=_asm(x), DENORM=cfg[4] == 5,
             CHAIN=h2[0], COLS=h2[1], EVEN=g.n % block_n == 0, M_ROWS=m, num_warps=warps, num_stages=stages,
         )  # fmt: skip
     elif g.kind == "int4k" and cfg[4] == 18 and g.group % (8 * cfg[5]) == 0:  # bf16 pairs, no float math
         tw4k.w4k_mm2_kernel[grid](
             x, t["w"], t["s"], t["b"], y, ws, locks, m, g.n, g.k, x.stride(0), y.stride(0), per * cfg[5],
-            GROUP=g.group, BLOCK_M=SMALL_M, BLOCK_N=block_n, BLOCK_R=cfg[5], SPLIT=is_split,
+            GROUP=g.group, BLOCK_M=SMALL_M, BLOCK_N=block_n, BLOCK_R=cfg[5], SPLIT=nsplit,
             ASM=_asm(x), num_warps=warps, num_stages=stages,
         )  # fmt: skip
     elif g.kind == "int4k":
         tw4k.w4k_mm_kernel[grid](
             x, t["w"], t["s"], t["b"], y, ws, locks, m, g.n, g.k, x.stride(0), y.stride(0), per * cfg[5],
-            GROUP=g.group, BLOCK_M=SMALL_M, BLOCK_N=block_n, BLOCK_R=cfg[5], SPLIT=is_split,
+            GROUP=g.group, BLOCK_M=SMALL_M, BLOCK_N=block_n, BLOCK_R=cfg[5], SPLIT=nsplit,
             ASM=_asm(x), num_warps=warps, num_stages=stages,
         )  # fmt: skip
     elif g.kind == "int4" and m == 1 and block_m == 0:  # (..., 0, gather, block_k): 2-D accumulator GEMV
         tk.w4_gemv_kernel[grid](
             x, t["w"], t["s"], t["b"], y, ws, locks, g.n, g.k, float(thresh or 0.0), per,
-            GROUP=g.group, BLOCK_K=min(cfg[6], g.group), BLOCK_N=block_n, SPLIT=is_split, SPARSE=bool(thresh),
+            GROUP=g.group, BLOCK_K=min(cfg[6], g.group), BLOCK_N=block_n, SPLIT=nsplit, SPARSE=bool(thresh),
             GATHER=gather, num_warps=warps, num_stages=stages,
         )  # fmt: skip
     elif g.kind == "int4":
         tk.w4_kernel[grid](
             x, t["w"], t["s"], t["b"], y, ws, locks, m, g.n, g.k, x.stride(0), y.stride(0),
             float(thresh or 0.0), per,
-            GROUP=g.group, BLOCK_M=block_m, BLOCK_N=block_n, SPLIT=is_split, SPARSE=bool(thresh),
+            GROUP=g.group, BLOCK_M=block_m, BLOCK_N=block_n, SPLIT=nsplit, SPARSE=bool(thresh),
             GATHER=gather, num_warps=warps, num_stages=stages,
         )  # fmt: skip
     elif g.kind == "int8":
         tk.w8_kernel[grid](
             x, t["w"], t["s"], y, ws, locks, m, g.n, g.k, x.stride(0), y.stride(0), per,
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=128, SPLIT=is_split,
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=128, SPLIT=nsplit,
             MAGIC=len(cfg) > 5 and bool(cfg[5]), num_warps=warps, num_stages=stages,
         )  # fmt: skip
     elif g.kind == "int4_24":
         tk.w4_24_kernel[grid](
             x, t["v"], t["i"], t["s"], t["b"], y, ws, locks, m, g.n, g.k, x.stride(0), y.stride(0), per,
-            GROUP=g.group, BLOCK_M=block_m, BLOCK_N=block_n, SPLIT=is_split, GATHER=gather,
+            GROUP=g.group, BLOCK_M=block_m, BLOCK_N=block_n, SPLIT=nsplit, GATHER=gather,
             num_warps=warps, num_stages=stages,
         )  # fmt: skip
     else:

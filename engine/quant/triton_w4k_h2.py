@@ -213,4 +213,4 @@ def w4k_gemv_h2_kernel(
             part = ws_ptr + (tl.program_id(1) * M_ROWS + m) * stride_ym
             _write_row(ym, part, out, cols0 + c * BC, cols0 + c * BC < N, SPLIT)
     if SPLIT:
-        _finish_split(y_ptr, ws_ptr, lock_ptr, M_ROWS, N, stride_ym, M_ROWS + (M_ROWS == 3), BLOCK_N)
+        _finish_split(y_ptr, ws_ptr, lock_ptr, M_ROWS, N, stride_ym, M_ROWS + (M_ROWS == 3), BLOCK_N, SPLIT)
