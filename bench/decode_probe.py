@@ -1,11 +1,11 @@
 """Decode-step microbenchmarks that pick between kernel variants, timed as decode runs them (CUDA graphs).
 
-    python3 bench/decode_probe.py --out $OUT [--h2-ref FILE] [--parts h2,attn]
+    python3 bench/decode_probe.py --out $OUT [--h2-ref FILE[,FILE...]] [--parts h2,attn]
 
 Why: at batch 1 the int4 decode step is a chain of ~290 small kernels, so a variant's worth is its time
 inside a graph replay, where launch overhead is ~1 us, not under ``do_bench`` of single launches.
 - ``h2``: the packed-fp16 int4 GEMV (`engine.quant.triton_w4k_h2`) at its shipped configs for the
-  Llama-3-8B layers, against the kernel of ``--h2-ref`` (an earlier version of that module, same
+  Llama-3-8B layers, against the kernels of ``--h2-ref`` (earlier versions of that module, same
   signature) in the same process: both checked against the bf16 GEMM of the dequantized weight.
 - ``attn``: the paged decode attention (`engine.paged_attn_triton`) at short and long contexts, batch 1
   and 16, over tile widths, warps and KV splits, with the table width a decode graph gives it.
@@ -32,7 +32,7 @@ from engine.quant import triton_w4k_h2 as th2  # noqa: E402
 
 
 def _load(path: str):
-    spec = importlib.util.spec_from_file_location("h2_ref", path)
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -43,8 +43,8 @@ def h2_ab(ref_path: str | None, ms: tuple[int, ...]) -> list[dict]:
     bw = copy_gbps()
     current = th2.w4k_gemv_h2_kernel
     variants = {"current": current}
-    if ref_path:
-        variants["ref"] = _load(ref_path).w4k_gemv_h2_kernel
+    for path in filter(None, (ref_path or "").split(",")):  # each reference file, named by its stem
+        variants[Path(path).stem] = _load(path).w4k_gemv_h2_kernel
     rows = []
     for name, (n, k) in SHAPES.items():
         if name == "lm_head":

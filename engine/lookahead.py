@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from engine.block_manager import NoFreeBlocks
+from engine.sampling import argmax_rows
 from engine.sequence import Sequence, Status
 
 Batch = list[tuple[Sequence, int]]
@@ -72,7 +73,7 @@ class Lookahead:
         """This step's greedy tokens; the next step is launched first (on the device's argmax) unless the
         pool has no block for a sequence's next position, where the caller's next step schedules as usual.
         ``batch``'s ``num_computed`` already counts this step."""
-        ids = logits.argmax(-1)
+        ids = argmax_rows(logits)
         host = ids
         done = None
         if ids.is_cuda:

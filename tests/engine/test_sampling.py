@@ -3,7 +3,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.sampling import SamplingParams, make_generator, sample_batch, sample_one
+from engine.sampling import (
+    SamplingParams,
+    argmax_rows,
+    make_generator,
+    sample_batch,
+    sample_one,
+    sliced_argmax,
+)
 
 
 def _logits():
@@ -39,3 +46,22 @@ def test_greedy_batch_and_validation():
         SamplingParams(top_p=0.0)
     with pytest.raises(ValueError):
         SamplingParams(max_tokens=0)
+
+
+@pytest.mark.parametrize("parts", [64, 8])
+def test_sliced_argmax_is_argmax_with_ties_and_nan(parts: int):
+    """The two-step argmax of greedy decode on CUDA gives torch's index everywhere: the first maximum,
+    for ties inside a slice, across slices, at slice edges, for -inf rows and NaN (which argmax takes)."""
+    v = 64 * 520
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, v, generator=g)
+    x[1, [5, 900, v - 1]] = 50.0  # a tie across slices: the first wins
+    x[2, [1000, 1001]] = 60.0  # a tie inside one slice
+    x[3, [v // parts - 1, v // parts]] = 70.0  # both sides of a slice edge
+    x[4] = float("-inf")
+    x[5, 4321] = float("nan")
+    x[6] = x[6].round()  # many ties
+    want = x.argmax(-1)
+    assert torch.equal(sliced_argmax(x, parts), want)
+    assert torch.equal(argmax_rows(x), want)  # CPU: argmax itself
+    assert argmax_rows(torch.randn(3, 97)).shape == (3,)  # no slicing fits: argmax
