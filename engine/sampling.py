@@ -54,7 +54,7 @@ def argmax_rows(logits: torch.Tensor) -> torch.Tensor:
 def sliced_argmax(logits: torch.Tensor, parts: int) -> torch.Tensor:
     """`argmax_rows` through ``parts`` equal slices of each row (``V % parts == 0``)."""
     b, v = logits.shape
-    vals, idx = logits.view(b, parts, v // parts).max(-1)  # each slice's first maximum
+    vals, idx = logits.reshape(b, parts, v // parts).max(-1)  # each slice's first maximum
     best = vals.argmax(-1, keepdim=True)  # the first slice holding the row's maximum
     return (best * (v // parts) + idx.gather(1, best)).squeeze(1)
 
