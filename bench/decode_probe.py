@@ -39,7 +39,7 @@ def _load(path: str):
 
 
 def h2_ab(ref_path: str | None, ms: tuple[int, ...]) -> list[dict]:
-    """Each layer at each batch: microseconds of the current kernel and of the reference, same config."""
+    """Each layer at each batch: microseconds of the current kernel and of each reference, same config."""
     bw = copy_gbps()
     current = th2.w4k_gemv_h2_kernel
     variants = {"current": current}
@@ -126,7 +126,7 @@ def attn_probe() -> list[dict]:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", default="bench/out")
-    p.add_argument("--h2-ref", default=None)
+    p.add_argument("--h2-ref", default=None, help="earlier triton_w4k_h2.py files, comma-separated")
     p.add_argument("--ms", default="1,4")
     p.add_argument("--parts", default="h2,attn")
     a = p.parse_args()

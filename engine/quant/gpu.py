@@ -221,13 +221,12 @@ def matmul_small(g: GpuWeight, x: torch.Tensor, thresh: float | None = None) -> 
     split = min(split, chunks)
     per = -(-chunks // split)
     split = -(-chunks // per)
-    is_split = split > 1
-    nsplit = split if is_split else 0  # the kernels' SPLIT: how many partial tiles to add (0: none)
+    nsplit = split if split > 1 else 0  # the kernels' SPLIT: how many partial tiles to add (0: none)
     grid = (-(-g.n // block_n), split)
     y = x.new_empty(m, g.n)
     locks = split_locks(x.device)
-    ws = x.new_empty(split, m, g.n, dtype=torch.float32) if is_split else y  # partial tiles of split-K
-    if is_split and grid[0] > LOCK_TILES:
+    ws = x.new_empty(split, m, g.n, dtype=torch.float32) if nsplit else y  # partial tiles of split-K
+    if nsplit and grid[0] > LOCK_TILES:
         raise ValueError(f"{grid[0]} column tiles exceed the {LOCK_TILES} split-K counters")
     t = g.tensors
     if g.kind == "int4k" and m == 1 and cfg[4] in (0, 2, 3):  # 2: gemv2 (one lop3 a code, bias by row sums)
