@@ -7,6 +7,7 @@ inside a graph replay, where launch overhead is ~1 us, not under ``do_bench`` of
 - ``h2``: the packed-fp16 int4 GEMV (`engine.quant.triton_w4k_h2`) at its shipped configs for the
   Llama-3-8B layers, against the kernels of ``--h2-ref`` (earlier versions of that module, same
   signature) in the same process: both checked against the bf16 GEMM of the dequantized weight.
+- ``chain``: whether PDL (`engine.pdl`) shortens chains of dependent kernels in a graph.
 - ``attn``: the paged decode attention (`engine.paged_attn_triton`) at short and long contexts, batch 1
   and 16, over tile widths, warps and KV splits, with the table width a decode graph gives it.
 """
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.quant_gpu import SHAPES, clone_weight, copies, copy_gbps, graph_ms, make  # noqa: E402
+from engine import pdl  # noqa: E402
 from engine.quant import gpu  # noqa: E402
 from engine.quant import triton_w4k_h2 as th2  # noqa: E402
 
@@ -38,13 +40,16 @@ def _load(path: str):
     return mod
 
 
-def h2_ab(ref_path: str | None, ms: tuple[int, ...]) -> list[dict]:
-    """Each layer at each batch: microseconds of the current kernel and of each reference, same config."""
+def h2_ab(ref_path: str | None, ms: tuple[int, ...], launches: str = "") -> list[dict]:
+    """Each layer at each batch: microseconds of the current kernel and of each reference, same config
+    (references launch without PDL); ``launches`` ("0,1"): the current kernel also with PDL off / on."""
     bw = copy_gbps()
     current = th2.w4k_gemv_h2_kernel
-    variants = {"current": current}
+    variants = {"current": (current, pdl.ENABLED)}
     for path in filter(None, (ref_path or "").split(",")):  # each reference file, named by its stem
-        variants[Path(path).stem] = _load(path).w4k_gemv_h2_kernel
+        variants[Path(path).stem] = (_load(path).w4k_gemv_h2_kernel, False)
+    for item in filter(None, launches.split(",")):
+        variants[f"pdl{item}"] = (current, bool(int(item)))
     rows = []
     for name, (n, k) in SHAPES.items():
         if name == "lm_head":
@@ -58,8 +63,9 @@ def h2_ab(ref_path: str | None, ms: tuple[int, ...]) -> list[dict]:
             x[:, 7] = 900.0  # a down_proj-like outlier: the scaling must keep the rest exact
             want = F.linear(x, dense).float()
             row = {"layer": name, "M": m, "config": list(gpu._config("int4k", n, k, 128, m))}
-            for label, kern in variants.items():
+            for label, (kern, on) in variants.items():
                 th2.w4k_gemv_h2_kernel = kern
+                pdl.ENABLED = on
                 try:
                     got = gpu.matmul_small(g, x).float()
                     row[label + "_err"] = float(((got - want).norm() / want.norm()).item())
@@ -68,10 +74,48 @@ def h2_ab(ref_path: str | None, ms: tuple[int, ...]) -> list[dict]:
                     row[label + "_pct_bw"] = round(100 * g.nbytes() / us / 1e3 / bw, 1)
                 finally:
                     th2.w4k_gemv_h2_kernel = current
+                    pdl.ENABLED = variants["current"][1]
             rows.append(row)
             print(json.dumps(row), flush=True)
         del gs, g, dense, w
         torch.cuda.empty_cache()
+    return rows
+
+
+def chain_probe() -> list[dict]:
+    """Whether PDL takes effect inside a CUDA graph, per kernel: 256 dependent one-row RMSNorms, and 4 MLP
+    blocks (add + RMSNorm -> int4 gate_up -> SiLU * up -> int4 down) on their own weights, each timed
+    with PDL off and on, twice, alternating."""
+    from engine import fused_ops
+
+    hidden, inter = 4096, 14336
+    w = torch.rand(hidden, device="cuda", dtype=torch.bfloat16) + 0.5
+    x = torch.randn(1, hidden, device="cuda", dtype=torch.bfloat16)
+    gus = [make("int4k_g128", (torch.randn(2 * inter, hidden, device="cuda") * 0.02)) for _ in range(4)]
+    downs = [make("int4k_g128", (torch.randn(hidden, inter, device="cuda") * 0.02)) for _ in range(4)]
+
+    def norms() -> None:
+        y = x
+        for _ in range(256):
+            y = fused_ops.rmsnorm(y, w, 1e-5)
+
+    def mlps() -> None:
+        y = x
+        for gu, dn in zip(gus, downs, strict=True):
+            h = fused_ops.add_rmsnorm(y, y, w, 1e-5)[0]
+            y = gpu.matmul_small(dn, fused_ops.silu_mul(gpu.matmul_small(gu, h), inter))
+
+    rows = []
+    for name, fn, per in (("rmsnorm x256", norms, 256), ("mlp x4", mlps, 4)):
+        row = {"chain": name}
+        for on in (False, True, False, True):
+            pdl.ENABLED = on
+            try:
+                row.setdefault(f"pdl{int(on)}_us", []).append(round(graph_ms([fn]) * 1e3 / per, 2))
+            finally:
+                pdl.ENABLED = None
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     return rows
 
 
@@ -128,13 +172,16 @@ def main() -> None:
     p.add_argument("--out", default="bench/out")
     p.add_argument("--h2-ref", default=None, help="earlier triton_w4k_h2.py files, comma-separated")
     p.add_argument("--ms", default="1,4")
+    p.add_argument("--launches", default="", help="h2 also with PDL off/on: '0,1'")
     p.add_argument("--parts", default="h2,attn")
     a = p.parse_args()
     torch.manual_seed(0)
     res = {"gpu": torch.cuda.get_device_name(0)}
     parts = a.parts.split(",")
     if "h2" in parts:
-        res["h2"] = h2_ab(a.h2_ref, tuple(int(v) for v in a.ms.split(",")))
+        res["h2"] = h2_ab(a.h2_ref, tuple(int(v) for v in a.ms.split(",")), a.launches)
+    if "chain" in parts:
+        res["chain"] = chain_probe()
     if "attn" in parts:
         res["attn"] = attn_probe()
     Path(a.out).mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@
 #          and each mode's prefill kernels)
 #   engine: bash bench/gpu_pending.sh engine   (carry .whl for xxhash; issue 3's reuse, sessions and restart figures;
 #           ENGINE_ARGS="--skip correctness,ours_decode,int8_kv --turn-sizes 1536" reruns what a change touched)
+#   pdl: bash bench/gpu_pending.sh pdl   (carry .whl; LAUNCHES="0,1,0,1": PDL off/on A/B, ~6 min)
 #   tune: bash bench/gpu_pending.sh tune   (no carry; TEST_K=... narrows the compiled tests, MODES=int4,bf16)
 # .whl holds the py3.12 wheels of fastapi/starlette/pydantic/uvicorn that `kb engine-serve` needs and the
 # GPU image lacks; bench/out/chat_gpu_bundle comes from `.venv/bin/python -m bench.chat_gpu prepare` here.
@@ -35,7 +36,8 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 compiled_tests() {  # $1: seconds; $2: pytest -k (empty: all); log in $OUT/tests.log, summary here
   echo "== compiled kernel and fused-op tests (-k \"$2\"; log in \$OUT/tests.log)"
   timeout "$1" python3 -m pytest --noconftest -q -p no:cacheprovider tests/engine/quant/test_gpu_kernels.py \
-    tests/engine/quant/test_tuning.py tests/engine/test_fused_ops.py ${2:+-k "$2"} > "$OUT/tests.log" 2>&1
+    tests/engine/quant/test_tuning.py tests/engine/test_fused_ops.py tests/engine/test_pdl.py ${2:+-k "$2"} \
+    > "$OUT/tests.log" 2>&1
   echo "pytest rc=$?"; grep -E "passed|failed|error" "$OUT/tests.log" | tail -5
 }
 e2e_summary() {  # the table lines of $OUT/e2e.log
@@ -60,6 +62,24 @@ case "${1:-1}" in
     timeout 260 python3 bench/quant_e2e.py --out "$OUT" --modes int4,int8,bf16 --compile-budget-s 60 --profile --overlap \
       > "$OUT/e2e.log" 2>&1
     e2e_summary
+    ;;
+  pdl)  # issue 6: programmatic dependent launch, A/B inside one process; the whole model with it on
+    compiled_tests "${TEST_S:-150}" "${TEST_K:-test_pdl or test_fused_ops or fp16_gemv or partials}"
+    sed -n '/FAILED\|Error/p' "$OUT/tests.log" | head -5
+    L=${LAUNCHES:-0,1,0,1}  # PDL off / on, twice: the drift
+    if [ -z "${SKIP_PROBE:-}" ]; then
+      echo "== the int4 GEMVs alone and chains of kernels, graph timing, PDL off / on"
+      timeout 150 python3 bench/decode_probe.py --out "$OUT" --parts chain,h2 --ms 1 --launches "$L" 2>&1 \
+        | grep -vi warn | tail -8
+    fi
+    echo "== whole model (PDL on), then batch 1 with PDL off / on on the same engine (graphs captured again)"
+    timeout "${E2E_S:-300}" python3 bench/quant_e2e.py --out "$OUT" --modes "${MODES:-int4}" --batches "${BATCHES:-1}" \
+      --prefill-tokens "${PREFILL:-512}" --compile-budget-s 45 --overlap --launches "$L" ${E2E_EXTRA:-} > "$OUT/e2e.log" 2>&1
+    grep "launch \|^hf" "$OUT/e2e.log"; e2e_summary
+    if [ -n "${CHECK:-}" ]; then
+      echo "== issue 3: teacher-forced logits vs transformers, graphs captured at start (PDL on)"
+      timeout 100 python3 bench/engine_check.py --out "$OUT" 2>&1 | grep -vi warn | tail -10
+    fi
     ;;
   tune)  # after a kernel change: compiled tests (log in $OUT), the one-token int4 sweep, the model with its winners
     compiled_tests "${TEST_S:-170}" "${TEST_K:-}"

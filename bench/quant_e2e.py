@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.chat_gpu import random_llama8b  # noqa: E402
 from bench.engine_gpu import Bench  # noqa: E402
+from engine import pdl  # noqa: E402
 from engine.config import EngineConfig  # noqa: E402
 from engine.llm_engine import Engine  # noqa: E402
 from engine.quant import gpu  # noqa: E402
@@ -123,6 +124,56 @@ def profile_kernels(title: str, fn, per: int = 1) -> None:
     print(events.table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
 
 
+def graph_step_us(eng: Engine, replays: int = 200) -> float | None:
+    """GPU time of one batch-1 decode step: its captured graph replayed back to back (no host work between,
+    so the host's jitter, which moves tok/s by several percent between runs, drops out)."""
+    st = next((v for k, v in sorted(eng.runner.graphs.items()) if k[0] == 1 and v.get("graph")), None)
+    if st is None:
+        return None
+    st["graph"].replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    best = float("inf")
+    for _ in range(3):
+        start.record()
+        for _ in range(replays):
+            st["graph"].replay()
+        end.record()
+        end.synchronize()
+        best = min(best, start.elapsed_time(end) * 1e3 / replays)
+    return round(best, 1)
+
+
+def launch_variants(b: Bench, eng: Engine, a: argparse.Namespace) -> dict:
+    """Batch-1 decode (and with the lookahead) with PDL (`engine.pdl`) off or on, per item of
+    ``--launches`` ("0,1,0,1"), graphs captured again for each, on the same engine: an A/B free of the
+    run-to-run spread between machines, and of the weights' RNG (the greedy tokens must match)."""
+    out = {}
+    default = pdl.ENABLED
+    try:
+        for item in a.launches.split(","):
+            on = int(item)
+            pdl.ENABLED = bool(on)
+            # a fresh pool: torch refuses to capture into one whose graphs are gone while it holds blocks
+            eng.runner.graphs.clear()
+            eng.runner.graph_pool = None
+            with recomputing(eng):
+                ids = eng.complete(list(range(100, 228)), SamplingParams(max_tokens=16)).token_ids
+            res = {"tok_s": round(decode(b, eng, 1, a.decode_tokens), 1), "greedy_ids": ids}
+            res["graph_step_us"] = graph_step_us(eng)
+            if a.overlap:
+                eng.config.overlap_decode = True
+                res["overlap_tok_s"] = round(decode(b, eng, 1, a.decode_tokens), 1)
+                eng.config.overlap_decode = False
+            name = f"pdl{on}"
+            out[name if name not in out else f"{name}_again"] = res
+            print(f"  launch {name}: {json.dumps(res)}", flush=True)
+    finally:
+        pdl.ENABLED = default
+        eng.runner.graphs.clear()
+        eng.runner.graph_pool = None
+    return out
+
+
 def one_mode(b: Bench, name: str, spec: str, a: argparse.Namespace, bw: float) -> dict:
     if b.dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -193,6 +244,8 @@ def one_mode(b: Bench, name: str, spec: str, a: argparse.Namespace, bw: float) -
             profile_kernels(f"{name}: prefill {len(ids)} tokens", lambda e=eng: e.complete(ids, one))
     if b.dev.type == "cuda":
         row["peak_gib"] = round(torch.cuda.max_memory_allocated() / GiB, 2)
+    if a.launches:  # last: graphs captured again may hold more memory. CPU (--tiny --cpu): the script only
+        row["launches"] = launch_variants(b, eng, a)
     eng.close()
     del eng, model
     b.free()
@@ -216,6 +269,7 @@ def main() -> None:
     p.add_argument("--tune", default=None)
     p.add_argument("--profile", action="store_true", help="prefill and decode kernels (torch.profiler)")
     p.add_argument("--overlap", action="store_true", help="decode also with engine.lookahead (A/B)")
+    p.add_argument("--launches", default="", help="batch 1 also with PDL off/on: '0,1,...' (A/B)")
     a = p.parse_args()
     a.batches = [int(x) for x in a.batches.split(",")]
     b = Bench(a)

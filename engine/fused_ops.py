@@ -13,7 +13,8 @@ sums the squares in another order (an fp32 ulp in the statistic, rarely a bf16 u
 the kernels use correctly rounded division and libdevice ``exp`` (as torch's CUDA kernels do) and are
 compiled without FMA contraction, which would fuse a product into the following sum and so skip the
 rounding in between; under ``TRITON_INTERPRET=1`` (CI, CPU tensors) numpy's equivalents run. The CPU path
-of engine/model.py does not call this module.
+of engine/model.py does not call this module. On Hopper each kernel launches with PDL (`engine.pdl`): it
+lets the next kernel launch at once, then waits for the previous one before reading anything.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 from triton.language.extra import libdevice
+
+from engine import pdl
 
 __all__ = ["add_rmsnorm", "rmsnorm", "rope_qk", "silu_mul", "stores_kv"]
 
@@ -45,7 +48,9 @@ def _round(x, dt: tl.constexpr, CUDA: tl.constexpr):
 
 @triton.jit
 def _rmsnorm_kernel(X, R, W, OUT, ROUT, sx, sr, so, sro, n, eps, inv_n,
-                    HAS_RES: tl.constexpr, CUDA: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
+                    HAS_RES: tl.constexpr, CUDA: tl.constexpr, BLOCK: tl.constexpr,
+                    PDL: tl.constexpr = False):  # fmt: skip
+    pdl.start(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     m = offs < n
@@ -79,11 +84,12 @@ def _norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, 
     else:
         r2 = rout = x2  # unused
     if x2.shape[0] > 0:
+        on = pdl.enabled(x2)
         strides = (x2.stride(0), r2.stride(0), out.stride(0), rout.stride(0))
         _rmsnorm_kernel[(x2.shape[0],)](
             x2, r2, weight, out, rout, *strides, n, eps, 1.0 / n,
             HAS_RES=residual is not None, CUDA=not _interpreted(), BLOCK=triton.next_power_of_2(n),
-            num_warps=4 if n <= 2048 else 8, enable_fp_fusion=False,
+            num_warps=4 if n <= 2048 else 8, enable_fp_fusion=False, PDL=on, **pdl.launch_kw(on),
         )  # fmt: skip
     out = out.view(shape)
     return out if residual is None else (out, rout.view(shape))
@@ -128,7 +134,8 @@ def _rope_heads(
 @triton.jit
 def _rope_kernel(Q, K, V, QO, KO, KC, VC, SLOTS, C, S, sqt, sqh, skt, skh, svt, svh, nh, kvh, hd,
                  CUDA: tl.constexpr, CACHE: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr,
-                 BLOCK_D: tl.constexpr):  # fmt: skip
+                 BLOCK_D: tl.constexpr, PDL: tl.constexpr = False):  # fmt: skip
+    pdl.start(PDL)
     t = tl.program_id(0).to(tl.int64)
     _rope_heads(Q, QO, C, S, t, sqt, sqh, nh, hd, CUDA, BLOCK_HQ, BLOCK_D)
     k, h, d, m = _rope_heads(K, KO, C, S, t, skt, skh, kvh, hd, CUDA, BLOCK_HK, BLOCK_D)
@@ -171,17 +178,21 @@ def rope_qk(
         if v.stride(2) != 1:
             v = v.contiguous()
     if t > 0:
+        on = pdl.enabled(q)
         _rope_kernel[(t,)](
             q, k, v, qo, ko, kc, vc, slots, cos, sin, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
             v.stride(0), v.stride(1), nh, kvh, hd, CUDA=not _interpreted(), CACHE=cache is not None,
             BLOCK_HQ=triton.next_power_of_2(nh), BLOCK_HK=triton.next_power_of_2(kvh),
-            BLOCK_D=triton.next_power_of_2(hd), num_warps=4, enable_fp_fusion=False,
+            BLOCK_D=triton.next_power_of_2(hd), num_warps=4, enable_fp_fusion=False, PDL=on,
+            **pdl.launch_kw(on),
         )  # fmt: skip
     return qo, ko
 
 
 @triton.jit
-def _silu_mul_kernel(GU, OUT, sg, so, inter, CUDA: tl.constexpr, BLOCK: tl.constexpr):
+def _silu_mul_kernel(GU, OUT, sg, so, inter, CUDA: tl.constexpr, BLOCK: tl.constexpr,
+                     PDL: tl.constexpr = False):  # fmt: skip
+    pdl.start(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     m = offs < inter
@@ -205,15 +216,10 @@ def silu_mul(gu: torch.Tensor, inter: int) -> torch.Tensor:
     out = torch.empty((gu2.shape[0], inter), dtype=gu.dtype, device=gu.device)
     block = min(1024, triton.next_power_of_2(inter))
     if gu2.shape[0] > 0:
+        on = pdl.enabled(gu2)
         _silu_mul_kernel[(gu2.shape[0], triton.cdiv(inter, block))](
-            gu2,
-            out,
-            gu2.stride(0),
-            out.stride(0),
-            inter,
-            CUDA=not _interpreted(),
-            BLOCK=block,
-            num_warps=4,
-            enable_fp_fusion=False,
-        )
+            gu2, out, gu2.stride(0), out.stride(0), inter,
+            CUDA=not _interpreted(), BLOCK=block, num_warps=4, enable_fp_fusion=False, PDL=on,
+            **pdl.launch_kw(on),
+        )  # fmt: skip
     return out.view(*gu.shape[:-1], inter)

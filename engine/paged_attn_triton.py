@@ -31,6 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
+from engine import pdl
+
 # Overrides for benchmarks/tests: keys of `plan`'s result (block_m, block_n, num_warps, num_stages, splits).
 OVERRIDE: dict = {}
 
@@ -80,7 +82,8 @@ def _paged_attn_kernel(Q, K, V, KS, VS, Out, PO, PM, PL, TABLES, Q_STARTS, Q_LEN
                        splits, t_total,
                        sm_scale, NH: tl.constexpr, GROUP: tl.constexpr, HD: tl.constexpr, BS: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, INT8: tl.constexpr,
-                       SPLIT: tl.constexpr):  # fmt: skip
+                       SPLIT: tl.constexpr, PDL: tl.constexpr = False):  # fmt: skip
+    pdl.start(PDL)
     pid_m = tl.program_id(0)
     kvh = tl.program_id(1)
     sid = tl.program_id(2) // splits
@@ -131,8 +134,9 @@ def _paged_attn_kernel(Q, K, V, KS, VS, Out, PO, PM, PL, TABLES, Q_STARTS, Q_LEN
 
 @triton.jit(do_not_specialize=["splits", "t_total"])
 def _combine_kernel(Out, PO, PM, PL, stride_ot, stride_oh, splits, t_total, NH: tl.constexpr,
-                    HD: tl.constexpr, MAX_S: tl.constexpr):  # fmt: skip
+                    HD: tl.constexpr, MAX_S: tl.constexpr, PDL: tl.constexpr = False):  # fmt: skip
     """Merge split partials of one (token, head): weights 2^(m_s - max m); empty splits weigh 0."""
+    pdl.start(PDL)
     t = tl.program_id(0)
     h = tl.program_id(1)
     s = tl.arange(0, MAX_S)
@@ -211,7 +215,9 @@ def paged_attention(
     else:
         po = pm = pl = out
     grid = (triton.cdiv(meta["max_q"] * group, cfg["block_m"]), kvh, n_seqs * splits)
+    on = pdl.enabled(q)  # launched with PDL (Hopper): see engine.pdl
     kw = {} if q.device.type == "cpu" else {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
+    kw |= pdl.launch_kw(on)
     _paged_attn_kernel[grid](
         q, k_cache, v_cache, ks, vs, out, po, pm, pl,
         meta["tables"], meta["q_starts"], meta["q_lens"], meta["ctx_lens"],
@@ -219,12 +225,12 @@ def paged_attention(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), ks.stride(0) if int8 else 0,
         meta["tables"].stride(0), splits, t, 1.0 / math.sqrt(hd),
         NH=nh, GROUP=group, HD=hd, BS=bs, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], INT8=int8,
-        SPLIT=splits > 1, **kw,
+        SPLIT=splits > 1, PDL=on, **kw,
     )  # fmt: skip
     if splits > 1:
         ckw = {} if q.device.type == "cpu" else {"num_warps": 4}
         _combine_kernel[(t, nh)](
             out, po, pm, pl, out.stride(0), out.stride(1), splits, t,
-            NH=nh, HD=hd, MAX_S=triton.next_power_of_2(splits), **ckw,
+            NH=nh, HD=hd, MAX_S=triton.next_power_of_2(splits), PDL=on, **ckw, **pdl.launch_kw(on),
         )  # fmt: skip
     return out

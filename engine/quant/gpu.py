@@ -200,6 +200,7 @@ def _int4k_config(g: GpuWeight, cfg: tuple[int, ...], m: int) -> tuple[tuple[int
 
 def matmul_small(g: GpuWeight, x: torch.Tensor, thresh: float | None = None) -> torch.Tensor:
     """``x [M <= 16, K] @ W.T`` with the fused kernel of ``g.kind``."""
+    from engine import pdl
     from engine.quant import triton_kernels as tk
     from engine.quant import triton_w4k as tw4k
     from engine.quant import triton_w4k_h2 as tw4k_h2
@@ -229,12 +230,14 @@ def matmul_small(g: GpuWeight, x: torch.Tensor, thresh: float | None = None) -> 
     if nsplit and grid[0] > LOCK_TILES:
         raise ValueError(f"{grid[0]} column tiles exceed the {LOCK_TILES} split-K counters")
     t = g.tensors
+    # PDL (engine.pdl) for the kernels that wait before their first load: K-packed int4 and int8
+    pdl_kw = {"PDL": True, **pdl.launch_kw(True)} if pdl.enabled(x) else {}
     if g.kind == "int4k" and m == 1 and cfg[4] in (0, 2, 3):  # 2: gemv2 (one lop3 a code, bias by row sums)
         rows = cfg[5] if cfg[4] == 3 else g.group // 8  # 3: gemv3, steps of cfg[5] word rows
         tw4k.w4k_gemv_kernel[grid](
             x, t["w"], t["s"], t["b"], y, ws, locks, g.n, g.k, per * rows,
             GROUP=g.group, BLOCK_N=block_n, SPLIT=nsplit, ASM=cfg[4] >= 2 and _asm(x), ROW_SUMS=cfg[4] >= 2,
-            BLOCK_R=rows if cfg[4] == 3 else 0, num_warps=warps, num_stages=stages,
+            BLOCK_R=rows if cfg[4] == 3 else 0, num_warps=warps, num_stages=stages, **pdl_kw,
         )  # fmt: skip
     elif h2 is not None:  # fp16 pairs (5: codes as subnormals), m rows sharing each code pair
         aligned = x.data_ptr() % 4 == 0 and x.stride(-1) == 1 and (m == 1 or x.stride(0) % 2 == 0)
@@ -243,18 +246,19 @@ def matmul_small(g: GpuWeight, x: torch.Tensor, thresh: float | None = None) -> 
             xa, t["w"], t["s"], t["b"], y, ws, locks, g.n, g.k, per * cfg[5], xa.stride(0), y.stride(0),
             GROUP=g.group, BLOCK_N=block_n, BLOCK_R=cfg[5], SPLIT=nsplit, ASM=_asm(x), DENORM=cfg[4] == 5,
             CHAIN=h2[0], COLS=h2[1], EVEN=g.n % block_n == 0, M_ROWS=m, num_warps=warps, num_stages=stages,
+            **pdl_kw,
         )  # fmt: skip
     elif g.kind == "int4k" and cfg[4] == 18 and g.group % (8 * cfg[5]) == 0:  # bf16 pairs, no float math
         tw4k.w4k_mm2_kernel[grid](
             x, t["w"], t["s"], t["b"], y, ws, locks, m, g.n, g.k, x.stride(0), y.stride(0), per * cfg[5],
             GROUP=g.group, BLOCK_M=SMALL_M, BLOCK_N=block_n, BLOCK_R=cfg[5], SPLIT=nsplit,
-            ASM=_asm(x), num_warps=warps, num_stages=stages,
+            ASM=_asm(x), num_warps=warps, num_stages=stages, **pdl_kw,
         )  # fmt: skip
     elif g.kind == "int4k":
         tw4k.w4k_mm_kernel[grid](
             x, t["w"], t["s"], t["b"], y, ws, locks, m, g.n, g.k, x.stride(0), y.stride(0), per * cfg[5],
             GROUP=g.group, BLOCK_M=SMALL_M, BLOCK_N=block_n, BLOCK_R=cfg[5], SPLIT=nsplit,
-            ASM=_asm(x), num_warps=warps, num_stages=stages,
+            ASM=_asm(x), num_warps=warps, num_stages=stages, **pdl_kw,
         )  # fmt: skip
     elif g.kind == "int4" and m == 1 and block_m == 0:  # (..., 0, gather, block_k): 2-D accumulator GEMV
         tk.w4_gemv_kernel[grid](
@@ -273,7 +277,7 @@ def matmul_small(g: GpuWeight, x: torch.Tensor, thresh: float | None = None) -> 
         tk.w8_kernel[grid](
             x, t["w"], t["s"], y, ws, locks, m, g.n, g.k, x.stride(0), y.stride(0), per,
             BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=128, SPLIT=nsplit,
-            MAGIC=len(cfg) > 5 and bool(cfg[5]), num_warps=warps, num_stages=stages,
+            MAGIC=len(cfg) > 5 and bool(cfg[5]), num_warps=warps, num_stages=stages, **pdl_kw,
         )  # fmt: skip
     elif g.kind == "int4_24":
         tk.w4_24_kernel[grid](

@@ -20,6 +20,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from engine import pdl
+
 
 @triton.jit
 def _write_tile(y_ptr, ws_ptr, lock_ptr, acc, rm, rn, mmask, nmask, M, N, stride_ym, SPLIT: tl.constexpr,
@@ -190,9 +192,9 @@ def w4_gemv_kernel(
 def w8_kernel(
     x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, lock_ptr, M, N, K, stride_xm, stride_ym, blocks_per_split,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr,
-    MAGIC: tl.constexpr = False,
+    MAGIC: tl.constexpr = False, PDL: tl.constexpr = False,
 ):  # fmt: skip
-    """``y[M, N] = (x[M, K] @ w8[K, N]) * s[N]``.
+    """``y[M, N] = (x[M, K] @ w8[K, N]) * s[N]``; ``PDL`` (`engine.pdl`): wait first, release after the loop.
 
     ``MAGIC``: int8 -> float without I2F (1/8 of the FMA rate on Hopper): ``(v & 0xFF) ^ 0x4B000080`` is the
     float bits of ``2**23 + 128 + v`` (one logic op), minus ``2**23 + 128``; measured against the cast."""
@@ -206,6 +208,7 @@ def w8_kernel(
     b0 = pid_k * blocks_per_split
     b1 = tl.minimum(b0 + blocks_per_split, tl.cdiv(K, BLOCK_K))
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    pdl.wait(PDL)
     for blk in range(b0, b1):
         kk = blk * BLOCK_K + rk
         kmask = kk < K
@@ -221,6 +224,7 @@ def w8_kernel(
             acc += tl.sum(x.to(tl.float32)[:, :, None] * wf[None, :, :], axis=1)
         else:
             acc += tl.dot(x, wf.to(x_ptr.dtype.element_ty))
+    pdl.release(PDL)
     s = tl.load(s_ptr + rn, mask=nmask, other=0.0)
     acc = acc * s[None, :]
     _write_tile(y_ptr, ws_ptr, lock_ptr, acc, rm, rn, mmask, nmask, M, N, stride_ym, SPLIT, BLOCK_M, BLOCK_N)

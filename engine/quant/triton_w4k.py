@@ -20,6 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from engine import pdl
 from engine.quant.triton_kernels import _write_tile, _write_vec
 
 MAGIC_BITS = tl.constexpr(0x4B000000)  # 2**23 as float32 bits: OR a value < 2**23 into the mantissa
@@ -64,6 +65,7 @@ def w4k_gemv_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, N, K, rows_per_split,
     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
     ASM: tl.constexpr = False, ROW_SUMS: tl.constexpr = False, BLOCK_R: tl.constexpr = 0,
+    PDL: tl.constexpr = False,
 ):  # fmt: skip
     """One token on CUDA cores: ``y[N] = x[K] @ dequant(w)``, a ``[rows, BLOCK_N]`` accumulator reduced
     over K once after the loop (no cross-warp reduction per step for the codes). A step takes one group
@@ -88,6 +90,7 @@ def w4k_gemv_kernel(
     r1 = tl.minimum(r0 + rows_per_split, K // 8)
     acc = tl.zeros((R, BLOCK_N), dtype=tl.float32)
     bacc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    pdl.wait(PDL)  # PDL: `engine.pdl`
     for r in range(r0, r1, R):
         words = tl.load(w_ptr + (r + rr)[:, None] * N + rn[None, :], mask=nmask[None, :], other=0)
         hi = words >> 20
@@ -114,6 +117,7 @@ def w4k_gemv_kernel(
                 xs = tl.sum(tl.load(x_ptr + g * GROUP + tl.arange(0, GROUP)).to(tl.float32), axis=0)
                 acc += part * s[None, :]
                 bacc += xs * b
+    pdl.release(PDL)
     _write_vec(y_ptr, ws_ptr, lock_ptr, tl.sum(acc, axis=0) + bacc, rn, nmask, N, SPLIT, BLOCK_N)
 
 
@@ -144,7 +148,7 @@ def _mm_tile(x_ptr, M, N, K, stride_xm, rows_per_split, BLOCK_M: tl.constexpr, B
 def w4k_mm_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, M, N, K, stride_xm, stride_ym, rows_per_split,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    SPLIT: tl.constexpr, ASM: tl.constexpr = False,
+    SPLIT: tl.constexpr, ASM: tl.constexpr = False, PDL: tl.constexpr = False,
 ):  # fmt: skip
     """``y[M, N] = x[M, K] @ dequant(w)`` on tensor cores, one ``tl.dot`` per nibble position.
 
@@ -157,6 +161,7 @@ def w4k_mm_kernel(
         x_ptr, M, N, K, stride_xm, rows_per_split, BLOCK_M, BLOCK_N, BLOCK_R
     )
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    pdl.wait(PDL)  # PDL: `engine.pdl`
     for r in range(r0, r1, BLOCK_R):
         rows = r + rr
         words = tl.load(w_ptr + rows[:, None] * N + rn[None, :], mask=nmask[None, :], other=0)
@@ -178,6 +183,7 @@ def w4k_mm_kernel(
                 xi = tl.load(xrow + (rows * 8 + i)[None, :], mask=mmask[:, None], other=0.0)
                 w = _code(words, hi, i, ASM) * (s * _unit(i)) + b
                 acc = tl.dot(xi, w.to(x_ptr.dtype.element_ty), acc)
+    pdl.release(PDL)
     _write_tile(y_ptr, ws_ptr, lock_ptr, acc, rm, rn, mmask, nmask, M, N, stride_ym, SPLIT, BLOCK_M, BLOCK_N)
 
 
@@ -214,7 +220,7 @@ def _pair(words, j: tl.constexpr, ASM: tl.constexpr):
 def w4k_mm2_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, M, N, K, stride_xm, stride_ym, rows_per_split,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    SPLIT: tl.constexpr, ASM: tl.constexpr,
+    SPLIT: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr = False,
 ):  # fmt: skip
     """`w4k_mm_kernel` (group identity form, ``BLOCK_R * 8`` dividing ``GROUP``) with the codes made by
     `_pair`: ``x . (128 + q) - 128 * sum(x)`` is ``x . q``, so the 128 goes into the bias term. About one
@@ -223,6 +229,7 @@ def w4k_mm2_kernel(
         x_ptr, M, N, K, stride_xm, rows_per_split, BLOCK_M, BLOCK_N, BLOCK_R
     )
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    pdl.wait(PDL)  # PDL: `engine.pdl`
     for r in range(r0, r1, BLOCK_R):
         rows = r + rr
         words = tl.load(w_ptr + rows[:, None] * N + rn[None, :], mask=nmask[None, :], other=0)
@@ -239,6 +246,7 @@ def w4k_mm2_kernel(
                 step = tl.dot(x_hi, hi.to(x_ptr.dtype.element_ty), step)
         xs, s, b = _step_terms(xrow, s_ptr, b_ptr, r, (r * 8) // GROUP, rn, mmask, nmask, N, BLOCK_R)
         acc += step * s[None, :] + xs[:, None] * (b - 128.0 * s)[None, :]
+    pdl.release(PDL)
     _write_tile(y_ptr, ws_ptr, lock_ptr, acc, rm, rn, mmask, nmask, M, N, stride_ym, SPLIT, BLOCK_M, BLOCK_N)
 
 

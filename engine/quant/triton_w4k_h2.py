@@ -12,6 +12,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from engine import pdl
 from engine.quant.triton_kernels import _finish_split, _write_row
 
 # The packed-fp16 step of `w4k_gemv_h2_kernel`: ``$0 = codes($1 & $2) * $3 + $4`` on f16x2 words. OFFSET
@@ -132,7 +133,7 @@ def w4k_gemv_h2_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, N, K, rows_per_split, stride_xm, stride_ym,
     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, SPLIT: tl.constexpr,
     ASM: tl.constexpr, DENORM: tl.constexpr, CHAIN: tl.constexpr, COLS: tl.constexpr, EVEN: tl.constexpr,
-    M_ROWS: tl.constexpr,
+    M_ROWS: tl.constexpr, PDL: tl.constexpr = False,
 ):  # fmt: skip
     """gemv3 (steps of ``BLOCK_R`` word rows, scales in the accumulator's layout) with packed-fp16 FMAs: a
     pair of weights costs a ``lop3``, ``sub.f16x2`` and ``fma.f16x2`` (DENORM: ``and``, ``fma``), not ~7.
@@ -150,7 +151,10 @@ def w4k_gemv_h2_kernel(
     word load and code pair: one ``fma.f16x2`` a row per pair, so a decode batch of 2-4 reads the weights
     once at about a GEMV's cost per weight. Each row has its own power-of-two scale: one shared scale
     fitted to a row with an activation of thousands would push another row's small products into fp16
-    subnormals; the extra cost is one absmax pass a row before the loop and none inside it."""
+    subnormals; the extra cost is one absmax pass a row before the loop and none inside it.
+
+    ``PDL`` (`engine.pdl`): wait for the previous kernel before the first load; release the next one
+    after the main loop, so that it launches during this one's split-K tail."""
     RP: tl.constexpr = BLOCK_R // CHAIN
     BC: tl.constexpr = BLOCK_N // COLS
     LCU: tl.constexpr = 24 if DENORM else 0  # the codes are q * 2**-LCU
@@ -158,6 +162,7 @@ def w4k_gemv_h2_kernel(
     rr = tl.arange(0, RP) * CHAIN
     r0 = tl.program_id(1) * rows_per_split
     r1 = tl.minimum(r0 + rows_per_split, K // 8)
+    pdl.wait(PDL)
     xr, v, inv = (), (), ()  # per row of x: its pointer, scale and the scale's inverse (times 2**LCU)
     for m in tl.static_range(M_ROWS):
         xm = x_ptr if m == 0 else x_ptr + m * stride_xm
@@ -206,6 +211,7 @@ def w4k_gemv_h2_kernel(
             for m in tl.static_range(M_ROWS):
                 an = an + (acc[c * M_ROWS + m] + _h2_sum(h[c * M_ROWS + m], ASM) * s2 + xb[m] * b2,)
         acc = an
+    pdl.release(PDL)
     for c in tl.static_range(COLS):
         for m in tl.static_range(M_ROWS):
             out = tl.sum(acc[c * M_ROWS + m], axis=0) * inv[m]
