@@ -17,7 +17,7 @@ is off) start only after the kernel ahead has finished, as always; a library ker
 waits in the same way (cuBLAS's), checked by identical greedy tokens with and without PDL.
 
 CUDA graphs keep it: stream capture turns the launch attribute into a programmatic edge (CUDA >= 12.3).
-``KB_PDL=0`` turns it off (for A/B runs); Triton's interpreter and GPUs before sm_90 never use it.
+``KB_ENGINE_PDL=0`` turns it off (for A/B runs); Triton's interpreter and GPUs before sm_90 never use it.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def enabled(t: torch.Tensor) -> bool:
     """Whether kernels on ``t``'s device launch with PDL (their ``PDL`` constexpr and ``launch_pdl``)."""
     if ENABLED is False or not t.is_cuda or torch.version.hip is not None:
         return False
-    if os.environ.get("TRITON_INTERPRET") == "1" or os.environ.get("KB_PDL", "1") == "0":
+    if os.environ.get("TRITON_INTERPRET") == "1" or os.environ.get("KB_ENGINE_PDL", "1") == "0":
         return False
     return _supported(t.device.index if t.device.index is not None else torch.cuda.current_device())
 

@@ -24,9 +24,9 @@ def test_pdl_is_off_on_cpu_under_the_interpreter_and_when_disabled(monkeypatch) 
     assert pdl.launch_kw(False) == {} and pdl.launch_kw(True) == {"launch_pdl": True}
     if torch.cuda.is_available():
         x = torch.zeros(1, device="cuda")
-        monkeypatch.setenv("KB_PDL", "0")
+        monkeypatch.setenv("KB_ENGINE_PDL", "0")
         assert not pdl.enabled(x)
-        monkeypatch.setenv("KB_PDL", "1")
+        monkeypatch.setenv("KB_ENGINE_PDL", "1")
         monkeypatch.setattr(pdl, "ENABLED", False)
         assert not pdl.enabled(x)
 
