@@ -66,6 +66,7 @@ case "${1:-1}" in
   pdl)  # issue 6: programmatic dependent launch, A/B inside one process; the whole model with it on
     compiled_tests "${TEST_S:-150}" "${TEST_K:-test_pdl or test_fused_ops or fp16_gemv or partials}"
     sed -n '/FAILED\|Error/p' "$OUT/tests.log" | head -5
+    timeout 120 python3 bench/pdl_check.py 2>&1 | grep -vi warn | tail -3
     L=${LAUNCHES:-0,1,0,1}  # PDL off / on, twice: the drift
     if [ -z "${SKIP_PROBE:-}" ]; then
       echo "== the int4 GEMVs alone and chains of kernels, graph timing, PDL off / on"
