@@ -138,6 +138,10 @@ class ModelRunner:
         self.pool_kv = self.kv[:, :, :n]  # what the block manager hands out
         self.scratch = n
         self.use_graphs = cfg.cuda_graphs and device.type == "cuda"
+        if device.type == "cuda":  # one engine a process (as split-K's counters assume)
+            from engine import pdl  # Triton: imported only where the CUDA kernels run
+
+            pdl.LIBRARY_MATMULS = pdl.uses_library_matmuls(model)
         self.graphs: dict[tuple[int, int], dict] = {}
         self.graph_pool = None
         self.batch_buckets = graph_batches(cfg.max_num_seqs)

@@ -13,8 +13,9 @@ made the step slower (2.75-2.87 ms): HBM is already busy with the kernel ahead.
 The rule that keeps it correct: a kernel launched with PDL reads nothing a previous kernel writes, and
 writes nothing, before its `wait`. Waits chain: a kernel's predecessor finished only after its own wait,
 so every earlier kernel has finished too. Kernels launched without PDL (torch's, and ours where the flag
-is off) start only after the kernel ahead has finished, as always; a library kernel launched with PDL
-waits in the same way (cuBLAS's), checked by identical greedy tokens with and without PDL.
+is off) start only after the kernel ahead has finished, as always. A library kernel launched with PDL
+would be safe only if it waits too; that is unchecked for cuBLAS, so models that run cuBLAS GEMMs (bf16
+layers) keep PDL off (`uses_library_matmuls`), and quantized ones, all our kernels, use it.
 
 CUDA graphs keep it: stream capture turns the launch attribute into a programmatic edge (CUDA >= 12.3).
 ``KB_ENGINE_PDL=0`` turns it off (for A/B runs); Triton's interpreter and GPUs before sm_90 never use it.
@@ -30,6 +31,21 @@ import triton
 import triton.language as tl
 
 ENABLED: bool | None = None  # None: on where supported (set False/True by benchmarks and tests)
+# Set by the model runner: the loaded model also runs library matmuls (cuBLAS for bf16/fp16 layers).
+LIBRARY_MATMULS = False
+
+
+def uses_library_matmuls(model: torch.nn.Module) -> bool:
+    """Whether ``model`` runs a matmul that is not one of our kernels: a plain ``nn.Linear`` (bf16/fp16
+    layers; quantized ones are `QuantLinear`) or logits through the tied embeddings (``F.linear``).
+
+    Why it matters: our small kernels release the next kernel as they start. Every kernel we launch with
+    PDL waits before its first load, so that is safe for ours; a cuBLAS GEMM launched with PDL right after
+    one of them would be safe only if it waits too, which this project has not checked on a GPU. So PDL
+    stays off for such models (the unquantized default) until it is; quantized models, whose every matmul
+    is ours, run with it."""
+    linear = any(type(m) is torch.nn.Linear for m in model.modules())
+    return linear or getattr(model, "lm_head", None) is None
 
 
 @functools.cache
@@ -40,6 +56,8 @@ def _supported(index: int) -> bool:
 def enabled(t: torch.Tensor) -> bool:
     """Whether kernels on ``t``'s device launch with PDL (their ``PDL`` constexpr and ``launch_pdl``)."""
     if ENABLED is False or not t.is_cuda or torch.version.hip is not None:
+        return False
+    if LIBRARY_MATMULS and ENABLED is None:
         return False
     if os.environ.get("TRITON_INTERPRET") == "1" or os.environ.get("KB_ENGINE_PDL", "1") == "0":
         return False

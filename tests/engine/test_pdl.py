@@ -66,3 +66,22 @@ def test_gemv_waits_before_its_first_load_and_releases_before_its_stores() -> No
     assert release > wait and stores and min(stores) > release
     plain = _sass({"PDL": False})
     assert not any(re.search(r"\b(ACQBULK|PREEXIT)\b", ins) for ins in plain)
+
+
+def test_pdl_is_kept_for_models_whose_every_matmul_is_ours() -> None:
+    """A bf16 model runs cuBLAS GEMMs after our early-releasing kernels (not checked on a GPU with PDL),
+    so it keeps PDL off; a quantized one with a quantized LM head runs only our kernels. Tied embeddings
+    without a quantized head compute logits with ``F.linear``: a library matmul too."""
+    from engine.quant.policy import QuantPolicy, apply_policy
+    from tests.engine.quant.test_policy import tiny
+
+    assert pdl.uses_library_matmuls(tiny(tied=False))
+    quant = tiny(tied=False)
+    apply_policy(quant, QuantPolicy.parse("int8,lm_head=int8"))
+    assert not pdl.uses_library_matmuls(quant)
+    tied = tiny(tied=True)
+    apply_policy(tied, QuantPolicy.parse("int8"))  # lm_head stays the embeddings' F.linear
+    assert pdl.uses_library_matmuls(tied)
+    head = tiny(tied=False)
+    apply_policy(head, QuantPolicy.parse("int8,lm_head=bf16"))
+    assert pdl.uses_library_matmuls(head)
