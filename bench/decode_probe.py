@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.pdl_check import mlp_block  # noqa: E402
 from bench.quant_gpu import SHAPES, clone_weight, copies, copy_gbps, graph_ms, make  # noqa: E402
 from engine import pdl  # noqa: E402
 from engine.quant import gpu  # noqa: E402
@@ -84,8 +85,8 @@ def h2_ab(ref_path: str | None, ms: tuple[int, ...], launches: str = "") -> list
 
 def chain_probe() -> list[dict]:
     """Whether PDL takes effect inside a CUDA graph, per kernel: 256 dependent one-row RMSNorms, and 4 MLP
-    blocks (add + RMSNorm -> int4 gate_up -> SiLU * up -> int4 down) on their own weights, each timed
-    with PDL off and on, twice, alternating."""
+    blocks (`bench.pdl_check.mlp_block`: add + RMSNorm -> int4 gate_up -> SiLU * up -> int4 down -> add +
+    RMSNorm) on their own weights, each timed with PDL off and on, twice, alternating."""
     from engine import fused_ops
 
     hidden, inter = 4096, 14336
@@ -102,10 +103,9 @@ def chain_probe() -> list[dict]:
     def mlps() -> None:
         y = x
         for gu, dn in zip(gus, downs, strict=True):
-            h = fused_ops.add_rmsnorm(y, y, w, 1e-5)[0]
-            y = gpu.matmul_small(dn, fused_ops.silu_mul(gpu.matmul_small(gu, h), inter))
+            y = mlp_block(y, w, gu, dn, inter)
 
-    rows = []
+    rows, default = [], pdl.ENABLED
     for name, fn, per in (("rmsnorm x256", norms, 256), ("mlp x4", mlps, 4)):
         row = {"chain": name}
         for on in (False, True, False, True):
@@ -113,7 +113,7 @@ def chain_probe() -> list[dict]:
             try:
                 row.setdefault(f"pdl{int(on)}_us", []).append(round(graph_ms([fn]) * 1e3 / per, 2))
             finally:
-                pdl.ENABLED = None
+                pdl.ENABLED = default
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows

@@ -30,6 +30,14 @@ def _weight(n: int, k: int) -> gpu.GpuWeight:
     return gpu.GpuWeight(g.kind, g.n, g.k, {k: t.cuda() for k, t in g.tensors.items()}, g.group)
 
 
+def mlp_block(x: torch.Tensor, w: torch.Tensor, gu: gpu.GpuWeight, down: gpu.GpuWeight, inter: int):
+    """add + RMSNorm -> int4 gate_up -> SiLU x up -> int4 down -> add + RMSNorm, as a decoder layer's MLP
+    half runs them at one token (the norm weight ``w`` shared, for brevity)."""
+    h, res = fused_ops.add_rmsnorm(x, x, w, 1e-5)
+    a = fused_ops.silu_mul(gpu.matmul_small(gu, h), inter)
+    return fused_ops.add_rmsnorm(gpu.matmul_small(down, a), res, w, 1e-5)[0]
+
+
 def main() -> int:
     torch.manual_seed(0)
     gu, down = _weight(2 * INTER, HIDDEN), _weight(HIDDEN, INTER)
@@ -40,9 +48,7 @@ def main() -> int:
     gpu.split_locks(x0.device)
 
     def step(x: torch.Tensor) -> torch.Tensor:
-        h, res = fused_ops.add_rmsnorm(x, x, w, 1e-5)
-        a = fused_ops.silu_mul(gpu.matmul_small(gu, h), INTER)
-        return fused_ops.add_rmsnorm(gpu.matmul_small(down, a), res, w, 1e-5)[0]
+        return mlp_block(x, w, gu, down, INTER)
 
     outs = {}
     for on in (False, True):

@@ -143,6 +143,13 @@ def graph_step_us(eng: Engine, replays: int = 200) -> float | None:
     return round(best, 1)
 
 
+def drop_graphs(eng: Engine) -> None:
+    """Forget the engine's decode graphs, to be captured again on next use, into a fresh pool: torch refuses
+    to capture into a pool whose graphs are gone while it still holds their blocks."""
+    eng.runner.graphs.clear()
+    eng.runner.graph_pool = None
+
+
 def launch_variants(b: Bench, eng: Engine, a: argparse.Namespace) -> dict:
     """Batch-1 decode (and with the lookahead) with PDL (`engine.pdl`) off or on, per item of
     ``--launches`` ("0,1,0,1"), graphs captured again for each, on the same engine: an A/B free of the
@@ -153,9 +160,7 @@ def launch_variants(b: Bench, eng: Engine, a: argparse.Namespace) -> dict:
         for item in a.launches.split(","):
             on = int(item)
             pdl.ENABLED = bool(on)
-            # a fresh pool: torch refuses to capture into one whose graphs are gone while it holds blocks
-            eng.runner.graphs.clear()
-            eng.runner.graph_pool = None
+            drop_graphs(eng)
             with recomputing(eng):
                 ids = eng.complete(list(range(100, 228)), SamplingParams(max_tokens=16)).token_ids
             res = {"tok_s": round(decode(b, eng, 1, a.decode_tokens), 1), "greedy_ids": ids}
@@ -169,8 +174,7 @@ def launch_variants(b: Bench, eng: Engine, a: argparse.Namespace) -> dict:
             print(f"  launch {name}: {json.dumps(res)}", flush=True)
     finally:
         pdl.ENABLED = default
-        eng.runner.graphs.clear()
-        eng.runner.graph_pool = None
+        drop_graphs(eng)
     return out
 
 

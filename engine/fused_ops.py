@@ -84,12 +84,11 @@ def _norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, 
     else:
         r2 = rout = x2  # unused
     if x2.shape[0] > 0:
-        on = pdl.enabled(x2)
         strides = (x2.stride(0), r2.stride(0), out.stride(0), rout.stride(0))
         _rmsnorm_kernel[(x2.shape[0],)](
             x2, r2, weight, out, rout, *strides, n, eps, 1.0 / n,
             HAS_RES=residual is not None, CUDA=not _interpreted(), BLOCK=triton.next_power_of_2(n),
-            num_warps=4 if n <= 2048 else 8, enable_fp_fusion=False, PDL=on, **pdl.launch_kw(on),
+            num_warps=4 if n <= 2048 else 8, enable_fp_fusion=False, **pdl.kwargs(x2),
         )  # fmt: skip
     out = out.view(shape)
     return out if residual is None else (out, rout.view(shape))
@@ -178,13 +177,11 @@ def rope_qk(
         if v.stride(2) != 1:
             v = v.contiguous()
     if t > 0:
-        on = pdl.enabled(q)
         _rope_kernel[(t,)](
             q, k, v, qo, ko, kc, vc, slots, cos, sin, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
             v.stride(0), v.stride(1), nh, kvh, hd, CUDA=not _interpreted(), CACHE=cache is not None,
             BLOCK_HQ=triton.next_power_of_2(nh), BLOCK_HK=triton.next_power_of_2(kvh),
-            BLOCK_D=triton.next_power_of_2(hd), num_warps=4, enable_fp_fusion=False, PDL=on,
-            **pdl.launch_kw(on),
+            BLOCK_D=triton.next_power_of_2(hd), num_warps=4, enable_fp_fusion=False, **pdl.kwargs(q),
         )  # fmt: skip
     return qo, ko
 
@@ -216,10 +213,8 @@ def silu_mul(gu: torch.Tensor, inter: int) -> torch.Tensor:
     out = torch.empty((gu2.shape[0], inter), dtype=gu.dtype, device=gu.device)
     block = min(1024, triton.next_power_of_2(inter))
     if gu2.shape[0] > 0:
-        on = pdl.enabled(gu2)
         _silu_mul_kernel[(gu2.shape[0], triton.cdiv(inter, block))](
             gu2, out, gu2.stride(0), out.stride(0), inter,
-            CUDA=not _interpreted(), BLOCK=block, num_warps=4, enable_fp_fusion=False, PDL=on,
-            **pdl.launch_kw(on),
+            CUDA=not _interpreted(), BLOCK=block, num_warps=4, enable_fp_fusion=False, **pdl.kwargs(gu2),
         )  # fmt: skip
     return out.view(*gu.shape[:-1], inter)

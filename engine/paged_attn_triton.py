@@ -215,9 +215,8 @@ def paged_attention(
     else:
         po = pm = pl = out
     grid = (triton.cdiv(meta["max_q"] * group, cfg["block_m"]), kvh, n_seqs * splits)
-    on = pdl.enabled(q)  # launched with PDL (Hopper): see engine.pdl
+    pdl_kw = pdl.kwargs(q)  # launched with PDL (Hopper): see engine.pdl
     kw = {} if q.device.type == "cpu" else {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
-    kw |= pdl.launch_kw(on)
     _paged_attn_kernel[grid](
         q, k_cache, v_cache, ks, vs, out, po, pm, pl,
         meta["tables"], meta["q_starts"], meta["q_lens"], meta["ctx_lens"],
@@ -225,12 +224,12 @@ def paged_attention(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), ks.stride(0) if int8 else 0,
         meta["tables"].stride(0), splits, t, 1.0 / math.sqrt(hd),
         NH=nh, GROUP=group, HD=hd, BS=bs, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], INT8=int8,
-        SPLIT=splits > 1, PDL=on, **kw,
+        SPLIT=splits > 1, **kw, **pdl_kw,
     )  # fmt: skip
     if splits > 1:
         ckw = {} if q.device.type == "cpu" else {"num_warps": 4}
         _combine_kernel[(t, nh)](
             out, po, pm, pl, out.stride(0), out.stride(1), splits, t,
-            NH=nh, HD=hd, MAX_S=triton.next_power_of_2(splits), PDL=on, **ckw, **pdl.launch_kw(on),
+            NH=nh, HD=hd, MAX_S=triton.next_power_of_2(splits), **ckw, **pdl_kw,
         )  # fmt: skip
     return out

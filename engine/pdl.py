@@ -64,9 +64,11 @@ def enabled(t: torch.Tensor) -> bool:
     return _supported(t.device.index if t.device.index is not None else torch.cuda.current_device())
 
 
-def launch_kw(on: bool) -> dict:
-    """The launch option that goes with ``PDL=on`` (none when off: the interpreter knows no such option)."""
-    return {"launch_pdl": True} if on else {}
+def kwargs(t: torch.Tensor) -> dict:
+    """A launch's PDL arguments for a kernel reading ``t``: the kernel's ``PDL`` constexpr and Triton's
+    ``launch_pdl`` together (a kernel launched with PDL must wait), or none (every ``PDL`` defaults to off,
+    and the interpreter knows no ``launch_pdl``)."""
+    return {"PDL": True, "launch_pdl": True} if enabled(t) else {}
 
 
 @triton.jit

@@ -231,7 +231,7 @@ def matmul_small(g: GpuWeight, x: torch.Tensor, thresh: float | None = None) -> 
         raise ValueError(f"{grid[0]} column tiles exceed the {LOCK_TILES} split-K counters")
     t = g.tensors
     # PDL (engine.pdl) for the kernels that wait before their first load: K-packed int4 and int8
-    pdl_kw = {"PDL": True, **pdl.launch_kw(True)} if pdl.enabled(x) else {}
+    pdl_kw = pdl.kwargs(x)
     if g.kind == "int4k" and m == 1 and cfg[4] in (0, 2, 3):  # 2: gemv2 (one lop3 a code, bias by row sums)
         rows = cfg[5] if cfg[4] == 3 else g.group // 8  # 3: gemv3, steps of cfg[5] word rows
         tw4k.w4k_gemv_kernel[grid](

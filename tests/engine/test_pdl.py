@@ -21,7 +21,10 @@ from engine import pdl
 
 def test_pdl_is_off_on_cpu_under_the_interpreter_and_when_disabled(monkeypatch) -> None:
     assert not pdl.enabled(torch.zeros(1))
-    assert pdl.launch_kw(False) == {} and pdl.launch_kw(True) == {"launch_pdl": True}
+    assert pdl.kwargs(torch.zeros(1)) == {}
+    with monkeypatch.context() as m:  # on: the kernel's constexpr and Triton's launch option together
+        m.setattr(pdl, "enabled", lambda t: True)
+        assert pdl.kwargs(torch.zeros(1)) == {"PDL": True, "launch_pdl": True}
     if torch.cuda.is_available():
         x = torch.zeros(1, device="cuda")
         monkeypatch.setenv("KB_ENGINE_PDL", "0")
