@@ -150,16 +150,30 @@ def drop_graphs(eng: Engine) -> None:
     eng.runner.graph_pool = None
 
 
+def _apply(eng: Engine, item: str) -> str:
+    """One A/B setting: '0'/'1' or 'pdl0'/'pdl1' (PDL, `engine.pdl`), 'argmax0'/'argmax1' (the decode
+    graph's own argmax and packed input copy, `engine.graph_inputs`, against the argmax after the replay)."""
+    name = f"pdl{item}" if item.isdigit() else item
+    flag, on = name[:-1], bool(int(name[-1]))
+    if flag == "pdl":
+        pdl.ENABLED = on
+    elif flag == "argmax":
+        eng.runner.argmax_in_graph = on
+    else:
+        raise ValueError(f"unknown --launches item {item!r}")
+    return name
+
+
 def launch_variants(b: Bench, eng: Engine, a: argparse.Namespace) -> dict:
-    """Batch-1 decode (and with the lookahead) with PDL (`engine.pdl`) off or on, per item of
-    ``--launches`` ("0,1,0,1"), graphs captured again for each, on the same engine: an A/B free of the
-    run-to-run spread between machines, and of the weights' RNG (the greedy tokens must match)."""
+    """Batch-1 decode (and with the lookahead) under each setting of ``--launches`` ("0,1,0,1": PDL off
+    and on; "argmax0,argmax1": the graph's argmax), graphs captured again for each, on the same engine: an
+    A/B free of the run-to-run spread between machines, and of the weights' RNG (the greedy tokens must
+    match)."""
     out = {}
-    default = pdl.ENABLED
+    default = pdl.ENABLED, eng.runner.argmax_in_graph
     try:
         for item in a.launches.split(","):
-            on = int(item)
-            pdl.ENABLED = bool(on)
+            name = _apply(eng, item)
             drop_graphs(eng)
             with recomputing(eng):
                 ids = eng.complete(list(range(100, 228)), SamplingParams(max_tokens=16)).token_ids
@@ -169,11 +183,10 @@ def launch_variants(b: Bench, eng: Engine, a: argparse.Namespace) -> dict:
                 eng.config.overlap_decode = True
                 res["overlap_tok_s"] = round(decode(b, eng, 1, a.decode_tokens), 1)
                 eng.config.overlap_decode = False
-            name = f"pdl{on}"
             out[name if name not in out else f"{name}_again"] = res
             print(f"  launch {name}: {json.dumps(res)}", flush=True)
     finally:
-        pdl.ENABLED = default
+        pdl.ENABLED, eng.runner.argmax_in_graph = default
         drop_graphs(eng)
     return out
 
@@ -273,7 +286,7 @@ def main() -> None:
     p.add_argument("--tune", default=None)
     p.add_argument("--profile", action="store_true", help="prefill and decode kernels (torch.profiler)")
     p.add_argument("--overlap", action="store_true", help="decode also with engine.lookahead (A/B)")
-    p.add_argument("--launches", default="", help="batch 1 also with PDL off/on: '0,1,...' (A/B)")
+    p.add_argument("--launches", default="", help="A/B at batch 1: PDL '0,1', graph argmax 'argmax0,argmax1'")
     a = p.parse_args()
     a.batches = [int(x) for x in a.batches.split(",")]
     b = Bench(a)

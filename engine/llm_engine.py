@@ -336,10 +336,12 @@ class Engine:
         if self.overlaps and self.ahead.eligible(batch, waiting):  # every row samples
             toks = self.ahead.launch(batch, logits)
         else:
+            rows_logits = logits[rows] if len(rows) != len(batch) else logits
             toks = sample_batch(
-                logits[rows] if len(rows) != len(batch) else logits,
+                rows_logits,
                 [s.params for s, _ in done],
                 [s.generator for s, _ in done],
+                greedy_ids=self.runner.graph_argmax(rows_logits),
             )
         finished = []
         for (s, _), tok in zip(done, toks, strict=True):

@@ -73,8 +73,9 @@ class Lookahead:
         """This step's greedy tokens; the next step is launched first (on the device's argmax) unless the
         pool has no block for a sequence's next position, where the caller's next step schedules as usual.
         ``batch``'s ``num_computed`` already counts this step."""
-        ids = argmax_rows(logits)
-        host = ids
+        ids = self.runner.graph_argmax(logits)  # the decode graph's own argmax when it has one
+        if ids is None:
+            ids = argmax_rows(logits)
         done = None
         if ids.is_cuda:
             host = self._host.get(len(batch))
@@ -83,6 +84,8 @@ class Lookahead:
             host.copy_(ids, non_blocking=True)
             done = torch.cuda.Event()
             done.record(torch.cuda.current_stream(ids.device))  # the stream the copy went to
+        else:
+            host = ids.clone()  # ids may be the runner's ids buffer, which the next step overwrites
         try:
             for s, _ in batch:
                 self.scheduler.ensure_slots(s, s.num_computed + 1)

@@ -13,12 +13,15 @@ from __future__ import annotations
 import logging
 import time
 
+import numpy as np
 import torch
 
 from engine.attention import AttnBatch, pack_meta
 from engine.config import EngineConfig
+from engine.graph_inputs import PinnedRing, StaticInputs
 from engine.model import LlamaForCausalLM
 from engine.quant.memory import check_budget, dequant_reserve, weight_bytes
+from engine.sampling import argmax_rows
 from engine.sequence import Sequence
 
 GiB = 1024**3
@@ -146,6 +149,13 @@ class ModelRunner:
         self.graph_pool = None
         self.batch_buckets = graph_batches(cfg.max_num_seqs)
         self.logits_out: torch.Tensor | None = None  # one buffer every decode graph writes its logits into
+        # token ids every decode graph reads, and (argmax_in_graph) its greedy argmax written back at its end:
+        # a greedy step launched ahead finds its input already there (engine.graph_inputs says why)
+        self.tokens = torch.zeros(self.batch_buckets[-1], dtype=torch.long, device=device)
+        self.argmax_in_graph = True
+        self.staging = PinnedRing(device)
+        self._graph_logits: torch.Tensor | None = None  # what the last static decode returned
+        self._graph_ids: torch.Tensor | None = None  # `tokens` when that decode wrote its argmax there
         self.last_prefill: tuple[int, float] = (0, 0.0)
         self.force_static = False  # tests: run the graph path's static buffers eagerly on CPU
 
@@ -173,57 +183,83 @@ class ModelRunner:
             self._make_static(*key)
         return len(todo)
 
+    def graph_argmax(self, logits: torch.Tensor) -> torch.Tensor | None:
+        """The greedy ids of ``logits``' rows the decode graph already wrote, when ``logits`` is what the
+        last static decode returned (the same object, so no step ran since); None otherwise."""
+        if logits is self._graph_logits and self._graph_ids is not None:
+            return self._graph_ids[: logits.shape[0]]
+        return None
+
     def _static_decode(
         self, ids, pos, slots, tables, lens, ahead: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Decode through fixed-shape buffers; on CUDA, replay a captured graph per (batch, width).
 
         Why: at batch 1 an 8B model's decode step is ~5 ms of GPU time but hundreds of small kernel
-        launches from Python; replaying a CUDA graph removes that launch overhead.
+        launches from Python; replaying a CUDA graph removes that launch overhead. Its inputs arrive in
+        one copy (two when the ids come from the host; none for them when ``ahead`` is already the ids
+        buffer the previous graph wrote).
         """
-        key = (len(ids), len(tables[0]))
+        b = len(ids)
+        key = (b, len(tables[0]))
         st = self.graphs.get(key)
         if st is None:
-            st = self._make_static(*key)
-        st["ids"].copy_(torch.tensor(ids), non_blocking=True)
-        if ahead is not None:  # the tokens the previous step sampled, still on the device
-            st["ids"][: ahead.shape[0]].copy_(ahead)
-        st["pos"].copy_(torch.tensor(pos), non_blocking=True)
-        st["slots"].copy_(torch.tensor(slots), non_blocking=True)
-        st["tables"].copy_(torch.tensor(tables), non_blocking=True)
-        st["lens"].copy_(torch.tensor(lens), non_blocking=True)
-        if self.triton:
-            st["meta"]["tables"].copy_(st["tables"])
-            st["meta"]["ctx_lens"].copy_(st["lens"])
+            st = self._make_static(*key)  # before the ids are placed: its warm-up runs the model
+        inp: StaticInputs = st["inp"]
+        host = self.staging.take(inp.nbytes + 8 * b)
+        inp.pack(host[: inp.nbytes], pos, slots, tables, lens)
+        inp.load(host[: inp.nbytes])
+        if ahead is None:
+            host[inp.nbytes :].numpy().view(np.int64)[:] = ids
+            self.tokens[:b].copy_(host[inp.nbytes :].view(torch.int64), non_blocking=True)
+        elif ahead.data_ptr() != self.tokens.data_ptr():  # not this buffer's own argmax
+            self.tokens[: ahead.shape[0]].copy_(ahead)
+        self.staging.copied()
         if st["graph"] is None:
-            return self._static_forward(st)
-        st["graph"].replay()
-        return st["out"]
+            st["argmax"] = self.argmax_in_graph
+            out = self._static_body(st, b, argmax=st["argmax"])
+        else:
+            st["graph"].replay()
+            out = st["out"]
+        self._graph_ids = self.tokens if st["argmax"] else None
+        return out
 
-    def _static_forward(self, st: dict) -> torch.Tensor:
-        ab = self._ab(st["slots"], st["tables"], st["lens"])
-        ab.decode, ab.meta = True, st.get("meta")
-        return self.model.logits(self.model(st["ids"], st["pos"], ab))
+    def _static_forward(self, st: dict, b: int) -> torch.Tensor:
+        inp: StaticInputs = st["inp"]
+        if self.triton:
+            ab = self._ab(inp["slots"])
+            ab.meta = st["meta"]
+        else:
+            ab = self._ab(inp["slots"], inp["tables"], inp["lens"])
+        ab.decode = True
+        return self.model.logits(self.model(self.tokens[:b], inp["pos"], ab))
+
+    def _static_body(self, st: dict, b: int, argmax: bool) -> torch.Tensor:
+        """What a decode graph holds: the forward, its logits into the shared buffer (graphs only) and,
+        with ``argmax``, the greedy ids into `tokens`, where a step launched ahead reads them."""
+        logits = self._static_forward(st, b)
+        if self.logits_out is not None and self.use_graphs:
+            # the logits go to the shared buffer: a graph's own output would stay allocated per graph
+            # (~0.5 MB a row at a 128K vocabulary), while its intermediates return to the shared pool
+            logits = self.logits_out[:b].copy_(logits)
+        if argmax:
+            self.tokens[:b].copy_(argmax_rows(logits))
+        return logits
 
     def _make_static(self, b: int, width: int) -> dict:
-        def full(shape, value):
-            return torch.full(shape, value, dtype=torch.long, device=self.device)
-
-        st = {
-            "ids": full((b,), 0),
-            "pos": full((b,), 0),
-            "slots": full((b,), self.scratch * self.bs),
-            "tables": full((b, width), self.scratch),
-            "lens": full((b,), 1),
-            "graph": None,
-        }
+        inp = StaticInputs(b, width, self.device, int32_meta=self.triton)
+        host = self.staging.take(inp.nbytes)
+        inp.pack(host, [0] * b, [self.scratch * self.bs] * b, [[self.scratch] * width] * b, [1] * b)
+        inp.load(host)
+        self.staging.copied()
+        st = {"inp": inp, "graph": None, "argmax": False}
         if self.triton:
             i32 = {"dtype": torch.int32, "device": self.device}
             st["meta"] = {
-                "tables": torch.full((b, width), self.scratch, **i32),
+                "tables": inp["tables32"],
                 "q_starts": torch.arange(b, **i32),
                 "q_lens": torch.ones(b, **i32),
-                "ctx_lens": torch.ones(b, **i32),
+                "ctx_lens": inp["lens32"],
                 "max_q": 1,
                 "max_ctx": width * self.bs,  # static per graph: the kernel's KV split count depends on it
             }
@@ -234,8 +270,8 @@ class ModelRunner:
             s = torch.cuda.Stream(self.device)
             s.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(s):
-                for _ in range(2):
-                    self._static_forward(st)
+                for _ in range(2):  # no argmax: `tokens` may hold the ids a step launched ahead needs
+                    self._static_body(st, b, argmax=False)
             torch.cuda.current_stream(self.device).wait_stream(s)
             if self.graph_pool is None:
                 self.graph_pool = torch.cuda.graph_pool_handle()
@@ -244,11 +280,8 @@ class ModelRunner:
             # pinned copies) during the capture must not invalidate it, as the default "global" mode lets
             # them (seen on an H200: cudaErrorStreamCaptureInvalidated in bench/engine_check.py)
             with torch.cuda.graph(g, pool=self.graph_pool, capture_error_mode="thread_local"):
-                # the logits go to the shared buffer: a graph's own output would stay allocated per graph
-                # (~0.5 MB a row at a 128K vocabulary), while its intermediates return to the shared pool
-                self.logits_out[:b].copy_(self._static_forward(st))
-            st["out"] = self.logits_out[:b]
-            st["graph"] = g
+                st["out"] = self._static_body(st, b, argmax=self.argmax_in_graph)
+            st["graph"], st["argmax"] = g, self.argmax_in_graph
         self.graphs[(b, width)] = st
         return st
 
@@ -265,6 +298,7 @@ class ModelRunner:
         ``ahead``: a decode step whose input tokens are not on the host yet (`engine.lookahead`), one per
         sequence on the device, at each sequence's position ``num_computed``."""
         t0 = time.perf_counter()
+        self._graph_logits = None
         ids: list[int] = []
         pos: list[int] = []
         slots: list[int] = []
@@ -292,7 +326,8 @@ class ModelRunner:
             ids, pos, lens = ids + [0] * pad, pos + [0] * pad, lens + [1] * pad
             slots = slots + [self.scratch * self.bs] * pad
             tables = tables + [[self.scratch] * width] * pad
-            return self._static_decode(ids, pos, slots, tables, lens, ahead)[: len(seqs)]
+            self._graph_logits = self._static_decode(ids, pos, slots, tables, lens, ahead)[: len(seqs)]
+            return self._graph_logits
         ab = self._ab(self._tensor(slots))
         ab.decode = decode
         if self.triton:

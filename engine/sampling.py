@@ -77,11 +77,17 @@ def sample_one(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | N
 
 
 def sample_batch(
-    logits: torch.Tensor, params: list[SamplingParams], gens: list[torch.Generator | None]
+    logits: torch.Tensor,
+    params: list[SamplingParams],
+    gens: list[torch.Generator | None],
+    greedy_ids: torch.Tensor | None = None,
 ) -> list[int]:
-    """Greedy rows stay on the device (one argmax); others go to CPU one row at a time."""
-    greedy = argmax_rows(logits).tolist()
-    out = []
+    """Greedy rows stay on the device (one argmax, or ``greedy_ids`` when the caller has them: a decode
+    graph computes its own); others go to CPU one row at a time."""
+    out: list[int] = []
+    if not any(p.greedy for p in params):
+        return [sample_one(logits[i].cpu(), p, gens[i]) for i, p in enumerate(params)]
+    greedy = (argmax_rows(logits) if greedy_ids is None else greedy_ids).tolist()
     for i, p in enumerate(params):
         out.append(greedy[i] if p.greedy else sample_one(logits[i].cpu(), p, gens[i]))
     return out
