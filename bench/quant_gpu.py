@@ -219,6 +219,7 @@ def kernels(args: argparse.Namespace) -> dict:
                 shipped = gpu._config(*key[:3], g.group or 128, m)
                 shipped_ms = graph_ms([lambda c=c, x=x, t=thresh: gpu.matmul_small(c, x, t) for c in gs])
                 ms, cfg = sweep(kind, gs, x, thresh, stages, args.gemv_only, args.modes)
+                swept = {"swept_us": ms * 1e3, "swept_config": cfg}  # the sweep's best, kept or not
                 if shipped_ms <= ms:  # a narrowed sweep (--modes) that found nothing faster keeps it
                     ms, cfg = shipped_ms, shipped
                     gpu.TUNING[key] = cfg
@@ -231,13 +232,14 @@ def kernels(args: argparse.Namespace) -> dict:
                     "bf16_us": base[m] * 1e3, "speedup_vs_bf16": base[m] / ms, "gbps": read / ms / 1e6,
                     "pct_copy_bw": 100 * read / ms / 1e6 / bw, "config": cfg,
                     "tinygemm_us": tg * 1e3 if (tg and m == 1) else None,
-                    "shipped_us": shipped_ms * 1e3, "shipped_config": shipped,
+                    "shipped_us": shipped_ms * 1e3, "shipped_config": shipped, **swept,
                 }  # fmt: skip
                 res["rows"].append(row)
                 print(
                     f"{name:8s} {kind:9s} M={m:2d} {ms * 1e3:7.1f} us (bf16 {base[m] * 1e3:6.1f}, "
                     f"tinygemm {row['tinygemm_us'] or 0:5.1f}) {row['gbps']:6.0f} GB/s "
-                    f"{row['pct_copy_bw']:5.1f}% err {err:.1e} cfg {cfg} (shipped {shipped_ms * 1e3:.1f} us)",
+                    f"{row['pct_copy_bw']:5.1f}% err {err:.1e} cfg {cfg} (shipped {shipped_ms * 1e3:.1f} us, "
+                    f"swept best {swept['swept_us']:.1f} us {swept['swept_config']})",
                     flush=True,
                 )
                 res["tuning"][f"{kind}|{n}|{k}|{m}"] = cfg  # bench kind: the group size is in the name

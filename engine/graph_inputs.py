@@ -84,4 +84,15 @@ class StaticInputs:
 
     def load(self, host: torch.Tensor) -> None:
         """Queue the copy of a packed ``host`` buffer into the device fields."""
-        self.dev.copy_(host, non_blocking=True)
+        self.dev.copy_(host[: self.nbytes], non_blocking=True)
+
+    @property
+    def ids_offset(self) -> int:
+        """Where host token ids may follow the fields in one staging buffer (int64-aligned)."""
+        return -(-self.nbytes // 8) * 8
+
+    def host_ids(self, host: torch.Tensor, ids: list[int]) -> torch.Tensor:
+        """``ids`` written after the fields in ``host`` (``ids_offset + 8 * len(ids)`` bytes), as int64."""
+        out = host[self.ids_offset : self.ids_offset + 8 * len(ids)].view(torch.int64)
+        out.numpy()[:] = ids
+        return out

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import time
 
-import numpy as np
 import torch
 
 from engine.attention import AttnBatch, pack_meta
@@ -206,12 +205,11 @@ class ModelRunner:
         if st is None:
             st = self._make_static(*key)  # before the ids are placed: its warm-up runs the model
         inp: StaticInputs = st["inp"]
-        host = self.staging.take(inp.nbytes + 8 * b)
-        inp.pack(host[: inp.nbytes], pos, slots, tables, lens)
-        inp.load(host[: inp.nbytes])
+        host = self.staging.take(inp.ids_offset + 8 * b)
+        inp.pack(host, pos, slots, tables, lens)
+        inp.load(host)
         if ahead is None:
-            host[inp.nbytes :].numpy().view(np.int64)[:] = ids
-            self.tokens[:b].copy_(host[inp.nbytes :].view(torch.int64), non_blocking=True)
+            self.tokens[:b].copy_(inp.host_ids(host, ids), non_blocking=True)
         elif ahead.data_ptr() != self.tokens.data_ptr():  # not this buffer's own argmax
             self.tokens[: ahead.shape[0]].copy_(ahead)
         self.staging.copied()

@@ -33,6 +33,20 @@ def test_packed_fields_land_in_their_views_with_their_dtypes() -> None:
     assert "tables32" not in gather.views
 
 
+def test_host_ids_follow_the_fields_aligned_whatever_their_size() -> None:
+    """The int32 fields can end the buffer off an 8-byte boundary (one sequence, a table two blocks
+    wide: 28 bytes); the ids after them still start aligned, and the device copy takes the fields only."""
+    inp = StaticInputs(1, 2, torch.device("cpu"), int32_meta=True)
+    assert inp.nbytes == 28 and inp.ids_offset == 32
+    host = PinnedRing(torch.device("cpu")).take(inp.ids_offset + 8)
+    inp.pack(host, [7], [70], [[3, 4]], [9])
+    ids = inp.host_ids(host, [123456789012])
+    inp.load(host)
+    assert ids.tolist() == [123456789012] and ids.dtype == torch.int64
+    assert inp["tables32"].tolist() == [[3, 4]] and inp["lens32"].tolist() == [9]
+    assert inp["pos"].tolist() == [7] and inp["slots"].tolist() == [70]
+
+
 def test_ring_alternates_buffers_and_grows() -> None:
     ring = PinnedRing(torch.device("cpu"))
     a = ring.take(100)
