@@ -9,8 +9,8 @@
 #   engine: bash bench/gpu_pending.sh engine   (carry .whl for xxhash; issue 3's reuse, sessions and restart figures;
 #           ENGINE_ARGS="--skip correctness,ours_decode,int8_kv --turn-sizes 1536" reruns what a change touched)
 #   pdl: bash bench/gpu_pending.sh pdl   (carry .whl; LAUNCHES="0,1,0,1": PDL off/on A/B, ~6 min)
-#   graph: bash bench/gpu_pending.sh graph   (carry .whl; the graph's argmax + packed inputs A/B, and the
-#          one-dot tensor-core kernel (mode 19) against the shipped configs at MS=16; ~8 min)
+#   graph: bash bench/gpu_pending.sh graph   (carry .whl; the model at batch 1 and 16 against transformers,
+#          then A/B settings at batch 1, LAUNCHES="argmax0,argmax1" or "0,1" (PDL); ~7 min)
 #   tune: bash bench/gpu_pending.sh tune   (no carry; TEST_K=... narrows the compiled tests, MODES=int4,bf16)
 # .whl holds the py3.12 wheels of fastapi/starlette/pydantic/uvicorn that `kb engine-serve` needs and the
 # GPU image lacks; bench/out/chat_gpu_bundle comes from `.venv/bin/python -m bench.chat_gpu prepare` here.
@@ -84,20 +84,11 @@ case "${1:-1}" in
       timeout 100 python3 bench/engine_check.py --out "$OUT" 2>&1 | grep -vi warn | tail -10
     fi
     ;;
-  graph)  # issue 6: mode 19 compiled and swept against the shipped configs, then the model with the winners
-    compiled_tests "${TEST_S:-100}" "${TEST_K:-agree and (19 or 18)}"
-    sed -n '/FAILED\|Error/p' "$OUT/tests.log" | head -5
-    if [ -z "${SKIP_SWEEP:-}" ]; then
-      echo "== int4 tensor-core kernels: mode 19 (one dot a step) against the shipped configs"
-      timeout "${SWEEP_S:-200}" python3 bench/quant_gpu.py kernels --kinds int4k_g128 --ms "${MS:-16}" \
-        --shapes qkv,o,gate_up,down --modes "${SWEEP_MODES:-19/8,19/16}" --out "$OUT" 2>&1 | grep -v "^  skip" | tail -12
-    fi
-    tune=()
-    [ -f "$OUT/quant_kernels.json" ] && tune=(--tune "$OUT/quant_kernels.json")
-    echo "== whole model, then batch 1 with the graph's argmax off / on (graphs captured again)"
-    timeout "${E2E_S:-280}" python3 bench/quant_e2e.py --out "$OUT" --modes "${MODES:-int4}" --batches "${BATCHES:-1,16}" \
-      --prefill-tokens "${PREFILL:-512}" --compile-budget-s 45 --overlap --launches "${LAUNCHES:-argmax0,argmax1}" \
-      "${tune[@]}" ${E2E_EXTRA:-} > "$OUT/e2e.log" 2>&1
+  graph)  # issue 6: the whole model, then A/B settings at batch 1 in one process (graphs captured again)
+    echo "== whole model, then batch 1 under each of LAUNCHES (graphs captured again)"
+    timeout "${E2E_S:-480}" python3 bench/quant_e2e.py --out "$OUT" --modes "${MODES:-int4}" --batches "${BATCHES:-1,16}" \
+      --prefill-tokens "${PREFILL:-512}" --compile-budget-s "${HF_S:-90}" --overlap \
+      --launches "${LAUNCHES:-argmax0,argmax1}" ${E2E_EXTRA:-} > "$OUT/e2e.log" 2>&1
     grep "launch \|^hf" "$OUT/e2e.log"; e2e_summary
     ;;
   tune)  # after a kernel change: compiled tests (log in $OUT), the one-token int4 sweep, the model with its winners

@@ -100,7 +100,7 @@ def grid_for(
 ) -> list[tuple]:
     """Launch configs to try: the K-packed int4 kernels get a coarse grid here and a warps x stages
     refinement of the winner in `sweep`; the older kernels keep the grid their earlier sweeps settled on.
-    ``only`` ("19/8,19/16"): just these int4k (mode/block_r) pairs, block_n 64 and 128, split 1-4."""
+    ``only`` ("18/16,16/32"): just these int4k (mode/block_r) pairs, block_n 64 and 128, split 1-4."""
     if g.kind == "int4k" and only:
         modes = [tuple(int(v) for v in item.split("/")) for item in only.split(",")]
         return [(bn, sp, 4, 3, *md) for bn, sp, md in itertools.product((64, 128), (1, 2, 4), modes)]
@@ -110,7 +110,7 @@ def grid_for(
         h2 = [(4, 16), (4, 32), (4, 64, 2, 2), (4, 64, 4, 2), (5, 64, 2, 2), (5, 64, 4, 2)]
         # 2-4 rows: the same fp16 GEMV with a row's FMA per code pair (M_ROWS), against the tensor cores
         one = [(0, 16), (2, 16), (3, 16), (3, 32), (3, 64), *h2] if m == 1 else h2 if m <= 4 else []
-        modes = one + [(16, 16), (16, 32), (18, 16), (19, 8), (19, 16)] * (not one_only)
+        modes = one + [(16, 16), (16, 32), (18, 16)] * (not one_only)
         sizes = itertools.product((64, 128, 256), (1, 2, 4, 8), modes)
         return [(bn, split, 4, 3, *mode) for bn, split, mode in sizes]
     blocks = (32, 64, 128) if g.kind == "int4_24" else (64, 128, 256)
@@ -282,7 +282,7 @@ def main() -> None:
     p.add_argument("--stages", default="3", help="software-pipelining depths to sweep, e.g. 2,3,4")
     p.add_argument("--ms", default="1,4,16", help="batch sizes (rows) to time")
     p.add_argument("--gemv-only", action="store_true")
-    p.add_argument("--modes", default="", help="int4k: only these mode/block_r pairs, e.g. 19/8,19/16")
+    p.add_argument("--modes", default="", help="int4k: only these mode/block_r pairs, e.g. 18/16,16/32")
     p.add_argument("--teal", type=float, default=0.4, help="fraction of activations TEAL zeroes")
     args = p.parse_args()
     if args.phase == "ship":

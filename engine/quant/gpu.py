@@ -36,8 +36,7 @@ CHUNK_ROWS = 64
 # fp16 subnormals, optionally followed by chain (words a column per fp16 sum, default 2) and cols (column
 # tiles sharing the activations, default 1); 4 | 5 also serve batches of 2-4 rows, keyed by that m, one
 # fp16 FMA a row per code pair) | 16 = tensor cores (18: codes
-# made as bf16 pairs, `w4k_mm2_kernel`, where a step stays in one group; 19: one dot a step over the
-# step's permuted K, `w4k_mm3_kernel`), block_r word rows per step).
+# made as bf16 pairs, `w4k_mm2_kernel`, where a step stays in one group), block_r word rows per step).
 # Set by the benchmarks (bench/quant_gpu.py kernels); the product reads the shipped `engine.quant.tuning`
 TUNING: dict[tuple, tuple[int, ...]] = {}
 
@@ -254,12 +253,6 @@ def matmul_small(g: GpuWeight, x: torch.Tensor, thresh: float | None = None) -> 
             x, t["w"], t["s"], t["b"], y, ws, locks, m, g.n, g.k, x.stride(0), y.stride(0), per * cfg[5],
             GROUP=g.group, BLOCK_M=SMALL_M, BLOCK_N=block_n, BLOCK_R=cfg[5], SPLIT=nsplit,
             ASM=_asm(x), num_warps=warps, num_stages=stages, **pdl_kw,
-        )  # fmt: skip
-    elif g.kind == "int4k" and cfg[4] == 19 and g.group % (8 * cfg[5]) == 0:  # one dot a step, K permuted
-        tw4k.w4k_mm3_kernel[grid](
-            x, t["w"], t["s"], t["b"], y, ws, locks, m, g.n, g.k, x.stride(0), y.stride(0), per * cfg[5],
-            GROUP=g.group, BLOCK_M=SMALL_M, BLOCK_N=block_n, BLOCK_R=cfg[5], SPLIT=nsplit,
-            num_warps=warps, num_stages=stages, **pdl_kw,
         )  # fmt: skip
     elif g.kind == "int4k":
         tw4k.w4k_mm_kernel[grid](

@@ -251,41 +251,6 @@ def w4k_mm2_kernel(
 
 
 @triton.jit
-def w4k_mm3_kernel(
-    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, M, N, K, stride_xm, stride_ym, rows_per_split,
-    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    SPLIT: tl.constexpr, PDL: tl.constexpr = False,
-):  # fmt: skip
-    """`w4k_mm_kernel` (group identity form) with one ``tl.dot`` a step over all ``8 * BLOCK_R`` codes.
-
-    Why: eight dots of ``K = BLOCK_R`` each convert their operand to the tensor-core layout apart (a trip
-    through shared memory and a barrier each). Here the step's K is permuted instead: code ``i`` of word
-    row ``r`` sits at position ``i * BLOCK_R + r``, made by shifting a broadcast ``[8, BLOCK_R, BLOCK_N]``
-    copy of the words, and x's columns are loaded in the same order, so one dot sums the same products."""
-    rm, rn, rr, mmask, nmask, r0, r1, xrow = _mm_tile(
-        x_ptr, M, N, K, stride_xm, rows_per_split, BLOCK_M, BLOCK_N, BLOCK_R
-    )
-    ii = tl.arange(0, 8)
-    kperm = tl.reshape(ii[:, None] + rr[None, :] * 8, (8 * BLOCK_R,))  # x offset of each permuted column
-    shifts = (ii * 4)[:, None, None]
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    pdl.wait(PDL)  # PDL: `engine.pdl`
-    for r in range(r0, r1, BLOCK_R):
-        words = tl.load(w_ptr + (r + rr)[:, None] * N + rn[None, :], mask=nmask[None, :], other=0)
-        codes = ((words[None, :, :] >> shifts) & 0xF) | MAGIC_BITS  # 2**23 + q as float32 bits
-        codes = tl.reshape(codes, (8 * BLOCK_R, BLOCK_N)).to(tl.float32, bitcast=True) - MAGIC
-        xk = tl.load(xrow + (r * 8 + kperm)[None, :], mask=mmask[:, None], other=0.0)
-        if x_ptr.dtype.element_ty == tl.float32:  # tests: exact products, as the bf16 ones are
-            step = tl.dot(xk, codes, input_precision="ieee")
-        else:
-            step = tl.dot(xk, codes.to(x_ptr.dtype.element_ty))
-        xs, s, b = _step_terms(xrow, s_ptr, b_ptr, r, (r * 8) // GROUP, rn, mmask, nmask, N, BLOCK_R)
-        acc += step * s[None, :] + xs[:, None] * b[None, :]
-    pdl.release(PDL)
-    _write_tile(y_ptr, ws_ptr, lock_ptr, acc, rm, rn, mmask, nmask, M, N, stride_ym, SPLIT, BLOCK_M, BLOCK_N)
-
-
-@triton.jit
 def dequant_w4k_kernel(
     w_ptr, s_ptr, b_ptr, out_ptr, N, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, ASM: tl.constexpr = False
 ):

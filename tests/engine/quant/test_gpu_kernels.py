@@ -92,9 +92,6 @@ def test_k_packed_layout_holds_eight_k_codes_per_word() -> None:
         (3, 16, 32),
         (5, 18, 16),
         (16, 18, 16),
-        (1, 19, 8),
-        (5, 19, 8),
-        (16, 19, 16),
     ],  # fmt: skip
 )
 def test_k_packed_gemv_and_tensor_core_paths_agree(
@@ -102,8 +99,7 @@ def test_k_packed_gemv_and_tensor_core_paths_agree(
 ) -> None:
     """The one-token CUDA-core GEMVs (mode 0; 2: one logic op a code, bias by row sums; 3: steps of
     ``block_r`` word rows with per-row scales, within and across groups) and the per-nibble tensor-core
-    GEMMs (16; 18: codes as bf16 pairs; 19: one dot a step over a permuted K; the dequantizing form where
-    a step spans groups), with split-K,
+    GEMMs (16; 18: codes as bf16 pairs, the dequantizing form where a step spans groups), with split-K,
     with the group identity (a step inside one group) and with dequantization before the dot (steps
     across groups)."""
     q = quantize_int4(_weight(8), group=group)
