@@ -41,27 +41,9 @@ def _load(path: str):
     return mod
 
 
-def _loop_variants(cfg: tuple, stages: str) -> dict[str, tuple]:
-    """The shipped fp16-GEMV config with its K loop pipelined (``stages`` "2,3": `tl.range(num_stages=)`),
-    at its own step of word rows and at half of it (a stage's shared memory halves), each with split-K
-    of 1, 2 and 4: the shipped split 8 leaves each program a single step, with nothing to pipeline."""
-    if cfg[4] not in (4, 5):
-        return {}
-    base = (*cfg, 2, 1)[:8] if len(cfg) < 8 else tuple(cfg[:8])
-    out = {}
-    for ls in filter(None, stages.split(",")):
-        for rows in sorted({base[5], base[5] // 2}):
-            for split in (1, 2, 4):
-                if rows % base[6] == 0 and rows >= base[6]:
-                    cfg_ = (base[0], split, *base[2:5], rows, *base[6:8], int(ls))
-                    out[f"loop{ls}_r{rows}_s{split}"] = cfg_
-    return out
-
-
-def h2_ab(ref_path: str | None, ms: tuple[int, ...], launches: str = "", loop_stages: str = "") -> list[dict]:
+def h2_ab(ref_path: str | None, ms: tuple[int, ...], launches: str = "") -> list[dict]:
     """Each layer at each batch: microseconds of the current kernel and of each reference, same config
-    (references launch without PDL); ``launches`` ("0,1"): the current kernel also with PDL off / on;
-    ``loop_stages`` ("2,3"): the current kernel with its K loop pipelined (`_loop_variants`)."""
+    (references launch without PDL); ``launches`` ("0,1"): the current kernel also with PDL off / on."""
     bw = copy_gbps()
     current = th2.w4k_gemv_h2_kernel
     variants = {"current": (current, pdl.ENABLED)}
@@ -81,28 +63,19 @@ def h2_ab(ref_path: str | None, ms: tuple[int, ...], launches: str = "", loop_st
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             x[:, 7] = 900.0  # a down_proj-like outlier: the scaling must keep the rest exact
             want = F.linear(x, dense).float()
-            shipped = gpu._config("int4k", n, k, 128, m)
-            row = {"layer": name, "M": m, "config": list(shipped)}
-            runs = [(label, kern, on, None) for label, (kern, on) in variants.items()]
-            loops = _loop_variants(shipped, loop_stages)
-            runs += [(label, current, pdl.ENABLED, c) for label, c in loops.items()]
-            for label, kern, on, cfg in runs:
+            row = {"layer": name, "M": m, "config": list(gpu._config("int4k", n, k, 128, m))}
+            for label, (kern, on) in variants.items():
                 th2.w4k_gemv_h2_kernel = kern
                 pdl.ENABLED = on
-                if cfg is not None:
-                    gpu.TUNING[("int4k", n, k, m)] = cfg
                 try:
                     got = gpu.matmul_small(g, x).float()
                     row[label + "_err"] = float(((got - want).norm() / want.norm()).item())
                     us = graph_ms([lambda c=c, x=x: gpu.matmul_small(c, x) for c in gs]) * 1e3
                     row[label + "_us"] = round(us, 2)
                     row[label + "_pct_bw"] = round(100 * g.nbytes() / us / 1e3 / bw, 1)
-                except Exception as exc:  # noqa: BLE001 - a variant that does not compile is said, not fatal
-                    row[label + "_error"] = f"{type(exc).__name__}: {str(exc)[:160]}"
                 finally:
                     th2.w4k_gemv_h2_kernel = current
                     pdl.ENABLED = variants["current"][1]
-                    gpu.TUNING.pop(("int4k", n, k, m), None)
             rows.append(row)
             print(json.dumps(row), flush=True)
         del gs, g, dense, w
@@ -200,27 +173,13 @@ def main() -> None:
     p.add_argument("--h2-ref", default=None, help="earlier triton_w4k_h2.py files, comma-separated")
     p.add_argument("--ms", default="1,4")
     p.add_argument("--launches", default="", help="h2 also with PDL off/on: '0,1'")
-    p.add_argument("--loop-stages", default="", help="h2 also with its K loop pipelined: '2,3'")
     p.add_argument("--parts", default="h2,attn")
     a = p.parse_args()
     torch.manual_seed(0)
     res = {"gpu": torch.cuda.get_device_name(0)}
     parts = a.parts.split(",")
     if "h2" in parts:
-        res["h2"] = h2_ab(a.h2_ref, tuple(int(v) for v in a.ms.split(",")), a.launches, a.loop_stages)
-        if a.loop_stages:  # the faster of shipped and pipelined per layer, for quant_e2e.py --tune
-            tune = {}
-            for row in res["h2"]:
-                loops = _loop_variants(tuple(row["config"]), a.loop_stages)
-                timed = {k: row[k + "_us"] for k in ("current", *loops) if k + "_us" in row}
-                best = min(timed, key=timed.get)
-                if best != "current":
-                    n, k = SHAPES[row["layer"]]
-                    tune[f"int4k_g128|{n}|{k}|{row['M']}"] = list(loops[best])
-                won = f"{best} {timed[best]:.2f} us (shipped {timed['current']:.2f})"
-                print(f"{row['layer']} M={row['M']}: {won}", flush=True)
-            Path(a.out).mkdir(parents=True, exist_ok=True)
-            (Path(a.out) / "h2_tuning.json").write_text(json.dumps({"tuning": tune}, indent=1))
+        res["h2"] = h2_ab(a.h2_ref, tuple(int(v) for v in a.ms.split(",")), a.launches)
     if "chain" in parts:
         res["chain"] = chain_probe()
     if "attn" in parts:

@@ -11,8 +11,6 @@
 #   pdl: bash bench/gpu_pending.sh pdl   (carry .whl; LAUNCHES="0,1,0,1": PDL off/on A/B, ~6 min)
 #   graph: bash bench/gpu_pending.sh graph   (carry .whl; the model at batch 1 and 16 against transformers,
 #          then A/B settings at batch 1, LAUNCHES="argmax0,argmax1" or "0,1" (PDL); ~7 min)
-#   loop: bash bench/gpu_pending.sh loop   (carry .whl; the fp16 GEMV with its K loop pipelined, per layer, then
-#         the model with the faster config per layer, A/B tune0/tune1 in one process; ~8 min)
 #   tune: bash bench/gpu_pending.sh tune   (no carry; TEST_K=... narrows the compiled tests, MODES=int4,bf16)
 # .whl holds the py3.12 wheels of fastapi/starlette/pydantic/uvicorn that `kb engine-serve` needs and the
 # GPU image lacks; bench/out/chat_gpu_bundle comes from `.venv/bin/python -m bench.chat_gpu prepare` here.
@@ -91,20 +89,6 @@ case "${1:-1}" in
     timeout "${E2E_S:-480}" python3 bench/quant_e2e.py --out "$OUT" --modes "${MODES:-int4}" --batches "${BATCHES:-1,16}" \
       --prefill-tokens "${PREFILL:-512}" --compile-budget-s "${HF_S:-90}" --overlap \
       --launches "${LAUNCHES:-argmax0,argmax1}" ${E2E_EXTRA:-} > "$OUT/e2e.log" 2>&1
-    grep "launch \|^hf" "$OUT/e2e.log"; e2e_summary
-    ;;
-  loop)  # issue 6: the one-token fp16 GEMV with its K loop pipelined (tl.range num_stages), then the model
-    if [ -z "${SKIP_TESTS:-}" ]; then
-      compiled_tests "${TEST_S:-120}" "${TEST_K:-fp16_gemv}"
-      sed -n '/FAILED\|Error/p' "$OUT/tests.log" | head -5
-    fi
-    echo "== the fp16 GEMV per layer: shipped vs K loop pipelined (graph timing)"
-    timeout "${PROBE_S:-200}" python3 bench/decode_probe.py --out "$OUT" --parts h2 --ms "${MS:-1,4}" \
-      --loop-stages "${STAGES:-2,3,4}" 2>&1 | grep -vi warn | grep -v "^{" | tail -10
-    echo "== whole model with the faster configs; batch 1 with shipped / pipelined (graphs captured again)"
-    timeout "${E2E_S:-280}" python3 bench/quant_e2e.py --out "$OUT" --modes int4 --batches "${BATCHES:-1}" \
-      --prefill-tokens 512 --compile-budget-s 45 --overlap --launches "${LAUNCHES:-tune0,tune1,tune0,tune1}" \
-      --tune "$OUT/h2_tuning.json" ${E2E_EXTRA:-} > "$OUT/e2e.log" 2>&1
     grep "launch \|^hf" "$OUT/e2e.log"; e2e_summary
     ;;
   tune)  # after a kernel change: compiled tests (log in $OUT), the one-token int4 sweep, the model with its winners

@@ -150,22 +150,15 @@ def drop_graphs(eng: Engine) -> None:
     eng.runner.graph_pool = None
 
 
-TUNED: dict = {}  # the --tune configs of the mode being timed, for the 'tune0'/'tune1' A/B
-
-
 def _apply(eng: Engine, item: str) -> str:
     """One A/B setting: '0'/'1' or 'pdl0'/'pdl1' (PDL, `engine.pdl`), 'argmax0'/'argmax1' (the decode
-    graph's own argmax and packed input copy, `engine.graph_inputs`, against the argmax after the replay),
-    'tune0'/'tune1' (the shipped kernel configs, or those of ``--tune``)."""
+    graph's own argmax and packed input copy, `engine.graph_inputs`, against the argmax after the replay)."""
     name = f"pdl{item}" if item.isdigit() else item
     flag, on = name[:-1], bool(int(name[-1]))
     if flag == "pdl":
         pdl.ENABLED = on
     elif flag == "argmax":
         eng.runner.argmax_in_graph = on
-    elif flag == "tune":  # the --tune configs, or the shipped ones
-        gpu.TUNING.clear()
-        gpu.TUNING.update(TUNED if on else {})
     else:
         raise ValueError(f"unknown --launches item {item!r}")
     return name
@@ -178,8 +171,6 @@ def launch_variants(b: Bench, eng: Engine, a: argparse.Namespace) -> dict:
     match)."""
     out = {}
     default = pdl.ENABLED, eng.runner.argmax_in_graph
-    TUNED.clear()
-    TUNED.update(gpu.TUNING)
     try:
         for item in a.launches.split(","):
             name = _apply(eng, item)
@@ -196,8 +187,6 @@ def launch_variants(b: Bench, eng: Engine, a: argparse.Namespace) -> dict:
             print(f"  launch {name}: {json.dumps(res)}", flush=True)
     finally:
         pdl.ENABLED, eng.runner.argmax_in_graph = default
-        gpu.TUNING.clear()
-        gpu.TUNING.update(TUNED)
         drop_graphs(eng)
     return out
 

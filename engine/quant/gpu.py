@@ -33,11 +33,10 @@ CHUNK_ROWS = 64
 # the magic-number conversion (`w8_kernel` MAGIC). int4k: (block_n, split, warps, stages, 0 | 2 = the
 # CUDA-core GEMV for one token (2: gemv2, `w4k_gemv_kernel` ASM + ROW_SUMS; 3: gemv3, steps of block_r
 # rows with per-row scales; 4 | 5: packed-fp16 multiply-adds, `w4k_gemv_h2_kernel`, 5 with the codes as
-# fp16 subnormals, optionally followed by chain (words a column per fp16 sum, default 2), cols (column
-# tiles sharing the activations, default 1) and loop stages (0: loads in the loop; 2+: Triton pipelines
-# the K loop's loads through shared memory, `tl.range(num_stages=)`); 4 | 5 also serve batches of 2-4
-# rows, keyed by that m, one fp16 FMA a row per code pair) | 16 = tensor cores (18: codes made as bf16
-# pairs, `w4k_mm2_kernel`, where a step stays in one group), block_r word rows per step).
+# fp16 subnormals, optionally followed by chain (words a column per fp16 sum, default 2) and cols (column
+# tiles sharing the activations, default 1); 4 | 5 also serve batches of 2-4 rows, keyed by that m, one
+# fp16 FMA a row per code pair) | 16 = tensor cores (18: codes
+# made as bf16 pairs, `w4k_mm2_kernel`, where a step stays in one group), block_r word rows per step).
 # Set by the benchmarks (bench/quant_gpu.py kernels); the product reads the shipped `engine.quant.tuning`
 TUNING: dict[tuple, tuple[int, ...]] = {}
 
@@ -183,8 +182,7 @@ def _chunks(g: GpuWeight, cfg: tuple[int, ...], m: int) -> int:
 
 
 def _int4k_config(g: GpuWeight, cfg: tuple[int, ...], m: int) -> tuple[tuple[int, ...], tuple | None]:
-    """``cfg`` made runnable for this shape and batch, and ``(chain, cols, loop stages)`` when it is the
-    fp16 GEMV.
+    """``cfg`` made runnable for this shape and batch, and ``(chain, cols)`` when it is the fp16 GEMV.
 
     The fp16 GEMV (modes 4, 5) takes 1-4 rows, gemv3 (3) one; their steps must tile K and a chain must
     stay in a group, else gemv2 takes one token and the tensor cores a batch. A one-token config met by a
@@ -193,7 +191,7 @@ def _int4k_config(g: GpuWeight, cfg: tuple[int, ...], m: int) -> tuple[tuple[int
     if (mode in (4, 5) and m <= 4) or (mode == 3 and m == 1):
         chain, cols = (cfg[6] if len(cfg) > 6 else 2, cfg[7] if len(cfg) > 7 else 1) if mode > 3 else (1, 1)
         if not ((g.k // 8) % cfg[5] or cfg[5] % chain or (g.group // 8) % chain):
-            return cfg, ((chain, cols, cfg[8] if len(cfg) > 8 else 0) if mode > 3 else None)
+            return cfg, ((chain, cols) if mode > 3 else None)
         return ((*cfg[:4], 2, 16) if m == 1 else (*cfg[:4], SMALL_M, 16)), None
     if m > 1 and mode < SMALL_M:
         return (*cfg[:4], SMALL_M, 16), None
@@ -247,8 +245,8 @@ def matmul_small(g: GpuWeight, x: torch.Tensor, thresh: float | None = None) -> 
         tw4k_h2.w4k_gemv_h2_kernel[grid](
             xa, t["w"], t["s"], t["b"], y, ws, locks, g.n, g.k, per * cfg[5], xa.stride(0), y.stride(0),
             GROUP=g.group, BLOCK_N=block_n, BLOCK_R=cfg[5], SPLIT=nsplit, ASM=_asm(x), DENORM=cfg[4] == 5,
-            CHAIN=h2[0], COLS=h2[1], EVEN=g.n % block_n == 0, M_ROWS=m, LOOP_STAGES=h2[2], num_warps=warps,
-            num_stages=stages, **pdl_kw,
+            CHAIN=h2[0], COLS=h2[1], EVEN=g.n % block_n == 0, M_ROWS=m, num_warps=warps, num_stages=stages,
+            **pdl_kw,
         )  # fmt: skip
     elif g.kind == "int4k" and cfg[4] == 18 and g.group % (8 * cfg[5]) == 0:  # bf16 pairs, no float math
         tw4k.w4k_mm2_kernel[grid](

@@ -133,7 +133,7 @@ def w4k_gemv_h2_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, N, K, rows_per_split, stride_xm, stride_ym,
     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, SPLIT: tl.constexpr,
     ASM: tl.constexpr, DENORM: tl.constexpr, CHAIN: tl.constexpr, COLS: tl.constexpr, EVEN: tl.constexpr,
-    M_ROWS: tl.constexpr, PDL: tl.constexpr = False, LOOP_STAGES: tl.constexpr = 0,
+    M_ROWS: tl.constexpr, PDL: tl.constexpr = False,
 ):  # fmt: skip
     """gemv3 (steps of ``BLOCK_R`` word rows, scales in the accumulator's layout) with packed-fp16 FMAs: a
     pair of weights costs a ``lop3``, ``sub.f16x2`` and ``fma.f16x2`` (DENORM: ``and``, ``fma``), not ~7.
@@ -154,12 +154,7 @@ def w4k_gemv_h2_kernel(
     subnormals; the extra cost is one absmax pass a row before the loop and none inside it.
 
     ``PDL`` (`engine.pdl`): wait for the previous kernel before the first load; release the next one
-    after the main loop, so that it launches during this one's split-K tail.
-
-    ``LOOP_STAGES`` (2+): the K loop as ``tl.range(num_stages=)``. Triton software-pipelines a loop without
-    a ``tl.dot`` only when the loop carries that attribute: its loads become ``cp.async`` copies into
-    shared memory (SASS ``LDGSTS``) issued ``LOOP_STAGES - 1`` steps ahead, so a step no longer waits for
-    its own HBM round trip. 0: the plain loop (each step loads, then waits)."""
+    after the main loop, so that it launches during this one's split-K tail."""
     RP: tl.constexpr = BLOCK_R // CHAIN
     BC: tl.constexpr = BLOCK_N // COLS
     LCU: tl.constexpr = 24 if DENORM else 0  # the codes are q * 2**-LCU
@@ -174,7 +169,7 @@ def w4k_gemv_h2_kernel(
         vm, im = _h2_scale(xm, r0 * 8, r1 * 8, 15 if DENORM else 10 - CHAIN // 2, LCU)
         xr, v, inv = xr + (xm,), v + (vm,), inv + (im,)
     acc = (tl.zeros((RP, BC), dtype=tl.float32),) * (COLS * M_ROWS)  # index c * M_ROWS + m, as h
-    for r in tl.range(r0, r1, BLOCK_R, num_stages=LOOP_STAGES if LOOP_STAGES else None):
+    for r in range(r0, r1, BLOCK_R):
         words = ()  # EVEN (N a multiple of BLOCK_N): a true mask, folded away, so no zeroing of the lanes
         for p in tl.static_range(CHAIN):
             for c in tl.static_range(COLS):

@@ -113,28 +113,24 @@ def test_k_packed_gemv_and_tensor_core_paths_agree(
 @pytest.mark.parametrize("group", [64, 128])
 @pytest.mark.parametrize("split", [1, 2])
 @pytest.mark.parametrize(
-    "mode, block_r, chain, cols, block_n, loop",
+    "mode, block_r, chain, cols, block_n",
     [
-        (4, 8, 2, 1, 32, 0),
-        (4, 16, 2, 1, 32, 0),
-        (4, 32, 2, 1, 32, 0),
-        (4, 16, 1, 1, 32, 0),
-        (4, 32, 4, 2, 32, 0),
-        (4, 16, 2, 2, 128, 0),
-        (5, 16, 2, 1, 32, 0),
-        (5, 32, 4, 2, 32, 0),
-        (5, 16, 2, 2, 128, 0),
-        (4, 16, 2, 1, 32, 3),
-        (5, 32, 4, 2, 32, 2),
-        (5, 16, 2, 2, 128, 4),
+        (4, 8, 2, 1, 32),
+        (4, 16, 2, 1, 32),
+        (4, 32, 2, 1, 32),
+        (4, 16, 1, 1, 32),
+        (4, 32, 4, 2, 32),
+        (4, 16, 2, 2, 128),
+        (5, 16, 2, 1, 32),
+        (5, 32, 4, 2, 32),
+        (5, 16, 2, 2, 128),
     ],  # fmt: skip
 )
 def test_k_packed_fp16_gemv_keeps_large_and_small_activations_in_range(
-    group: int, split: int, mode: int, block_r: int, chain: int, cols: int, block_n: int, loop: int
+    group: int, split: int, mode: int, block_r: int, chain: int, cols: int, block_n: int
 ) -> None:
     """The packed-fp16 one-token GEMVs (4: codes under 1024.0; 5: codes as fp16 subnormals), with chains
-    of 1-4 words a column, column tiles sharing the activations, the K loop pipelined (``loop`` stages:
-    compiled, its loads go through shared memory) and a partial tile (block_n 128 > N): a
+    of 1-4 words a column, column tiles sharing the activations and a partial tile (block_n 128 > N): a
     fp16 sum of unscaled x * q overflows for an activation of 3000 and underflows for ones near 1e-6, so
     this checks the per-program power-of-two scaling. The interpreter emulates the fp16 roundings, so the
     tolerance is fp16's (the output is bf16 on a GPU anyway), not float32's."""
@@ -142,7 +138,7 @@ def test_k_packed_fp16_gemv_keeps_large_and_small_activations_in_range(
     gw, ref = _on_device(gpu.pack(q)), _ref(q)
     big = _x(1, seed=2)
     big[0, 5] = 3000.0
-    gpu.TUNING[("int4k", N, K)] = (block_n, split, 4, 2, mode, block_r, chain, cols, loop)
+    gpu.TUNING[("int4k", N, K)] = (block_n, split, 4, 2, mode, block_r, chain, cols)
     try:
         for x in (_x(1), big, _x(1, seed=3) * 1e-6):
             want = x @ ref.t()
@@ -159,18 +155,11 @@ def test_k_packed_fp16_gemv_keeps_large_and_small_activations_in_range(
 @pytest.mark.parametrize("m", [2, 3, 4])
 @pytest.mark.parametrize("split", [1, 2])
 @pytest.mark.parametrize(
-    "mode, block_r, chain, cols, block_n, loop",
-    [
-        (4, 16, 2, 1, 32, 0),
-        (4, 32, 4, 2, 32, 0),
-        (4, 16, 2, 2, 128, 0),
-        (5, 16, 2, 1, 32, 0),
-        (5, 32, 4, 2, 128, 0),
-        (5, 32, 4, 2, 128, 3),
-    ],  # fmt: skip
+    "mode, block_r, chain, cols, block_n",
+    [(4, 16, 2, 1, 32), (4, 32, 4, 2, 32), (4, 16, 2, 2, 128), (5, 16, 2, 1, 32), (5, 32, 4, 2, 128)],
 )
 def test_k_packed_fp16_gemv_takes_two_to_four_rows_each_in_range(
-    m: int, split: int, mode: int, block_r: int, chain: int, cols: int, block_n: int, loop: int
+    m: int, split: int, mode: int, block_r: int, chain: int, cols: int, block_n: int
 ) -> None:
     """The packed-fp16 GEMV with ``M_ROWS`` = m (2-4) rows sharing each code pair: an activation of 3000
     in the first row and ones near 1e-6 in the last, so a scale shared by the rows would overflow or
@@ -184,7 +173,7 @@ def test_k_packed_fp16_gemv_takes_two_to_four_rows_each_in_range(
     x[m - 1] *= 1e-6
     wide = torch.zeros(m, K + 8)
     wide[:, :K] = x
-    gpu.TUNING[("int4k", N, K, m)] = (block_n, split, 4, 2, mode, block_r, chain, cols, loop)
+    gpu.TUNING[("int4k", N, K, m)] = (block_n, split, 4, 2, mode, block_r, chain, cols)
     try:
         for xi in (x, wide[:, :K], _x(m, seed=5)):
             want = xi @ ref.t()
