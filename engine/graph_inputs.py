@@ -3,11 +3,12 @@
 Why: a replayed graph reads its inputs from fixed device buffers. Copying them one by one (token ids,
 positions, KV slots, block tables and context lengths from pageable memory, then the Triton reader's
 int32 tables and lengths device to device) put seven small operations on the stream between two replays,
-plus the device argmax of the logits; at batch 1 an int4 8B step is ~2.3 ms of kernels on an H200 and the
-step ran ~0.1-0.2 ms slower than its graph (bench/RESULTS.md). Here the fields are packed into one pinned
-buffer (int64 and int32 fields side by side in one byte buffer) and copied at once; the token ids live in
-a buffer shared by every graph, which the graph itself fills with its argmax (`engine.model_runner`), so a
-greedy step launched ahead copies nothing but this buffer.
+plus the device argmax of the logits, each issued from Python: host time a step spends before the GPU can
+go on (on an H200 the host kept ahead of the ~2.3 ms int4 step either way, so tok/s did not move there,
+bench/RESULTS.md; the saving is the host's). Here the fields are packed into one pinned buffer (int64 and
+int32 fields side by side in one byte buffer) and copied at once; the token ids live in a buffer shared by
+every graph, which the graph itself fills with its argmax (`engine.model_runner`), so a greedy step
+launched ahead copies its other fields only.
 """
 
 from __future__ import annotations
