@@ -41,9 +41,11 @@ def _load(path: str):
     return mod
 
 
-def h2_ab(ref_path: str | None, ms: tuple[int, ...], launches: str = "") -> list[dict]:
+def h2_ab(ref_path: str | None, ms: tuple[int, ...], launches: str = "", amax_in: bool = False) -> list[dict]:
     """Each layer at each batch: microseconds of the current kernel and of each reference, same config
-    (references launch without PDL); ``launches`` ("0,1"): the current kernel also with PDL off / on."""
+    (references launch without PDL); ``launches`` ("0,1"): the current kernel also with PDL off / on;
+    ``amax_in``: also with each row's absmax given (AMAX_IN: no absmax pass in the kernel; the absmax is
+    made before the timed graph, as a producer kernel would hand it over)."""
     bw = copy_gbps()
     current = th2.w4k_gemv_h2_kernel
     variants = {"current": (current, pdl.ENABLED)}
@@ -76,6 +78,13 @@ def h2_ab(ref_path: str | None, ms: tuple[int, ...], launches: str = "") -> list
                 finally:
                     th2.w4k_gemv_h2_kernel = current
                     pdl.ENABLED = variants["current"][1]
+            if amax_in and row["config"][4] in (4, 5):
+                amax = x.abs().amax(-1).float()
+                got = gpu.matmul_small(g, x, amax=amax).float()
+                row["amax_in_err"] = float(((got - want).norm() / want.norm()).item())
+                us = graph_ms([lambda c=c, x=x, a=amax: gpu.matmul_small(c, x, amax=a) for c in gs]) * 1e3
+                row["amax_in_us"] = round(us, 2)
+                row["amax_in_pct_bw"] = round(100 * g.nbytes() / us / 1e3 / bw, 1)
             rows.append(row)
             print(json.dumps(row), flush=True)
         del gs, g, dense, w
@@ -173,13 +182,14 @@ def main() -> None:
     p.add_argument("--h2-ref", default=None, help="earlier triton_w4k_h2.py files, comma-separated")
     p.add_argument("--ms", default="1,4")
     p.add_argument("--launches", default="", help="h2 also with PDL off/on: '0,1'")
+    p.add_argument("--amax-in", action="store_true", help="h2 also with each row's absmax given")
     p.add_argument("--parts", default="h2,attn")
     a = p.parse_args()
     torch.manual_seed(0)
     res = {"gpu": torch.cuda.get_device_name(0)}
     parts = a.parts.split(",")
     if "h2" in parts:
-        res["h2"] = h2_ab(a.h2_ref, tuple(int(v) for v in a.ms.split(",")), a.launches)
+        res["h2"] = h2_ab(a.h2_ref, tuple(int(v) for v in a.ms.split(",")), a.launches, a.amax_in)
     if "chain" in parts:
         res["chain"] = chain_probe()
     if "attn" in parts:

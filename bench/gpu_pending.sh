@@ -11,6 +11,7 @@
 #   pdl: bash bench/gpu_pending.sh pdl   (carry .whl; LAUNCHES="0,1,0,1": PDL off/on A/B, ~6 min)
 #   graph: bash bench/gpu_pending.sh graph   (carry .whl; the model at batch 1 and 16 against transformers,
 #          then A/B settings at batch 1, LAUNCHES="argmax0,argmax1" or "0,1" (PDL); ~7 min)
+#   amax: bash bench/gpu_pending.sh amax   (no carry; the fp16 GEMV with each row's absmax given, per layer; ~3 min)
 #   tune: bash bench/gpu_pending.sh tune   (no carry; TEST_K=... narrows the compiled tests, MODES=int4,bf16)
 # .whl holds the py3.12 wheels of fastapi/starlette/pydantic/uvicorn that `kb engine-serve` needs and the
 # GPU image lacks; bench/out/chat_gpu_bundle comes from `.venv/bin/python -m bench.chat_gpu prepare` here.
@@ -90,6 +91,15 @@ case "${1:-1}" in
       --prefill-tokens "${PREFILL:-512}" --compile-budget-s "${HF_S:-90}" --overlap \
       --launches "${LAUNCHES:-argmax0,argmax1}" ${E2E_EXTRA:-} > "$OUT/e2e.log" 2>&1
     grep "launch \|^hf" "$OUT/e2e.log"; e2e_summary
+    ;;
+  amax)  # issue 6: the fp16 GEMV with each row's absmax given (no pass in the kernel), compiled and timed per layer
+    compiled_tests "${TEST_S:-90}" "${TEST_K:-(keeps and 128-2-128) or (takes and 128-2-4) or (keeps and 32-1-128)}"
+    sed -n '/FAILED\|Error/p' "$OUT/tests.log" | head -5
+    timeout "${PROBE_S:-150}" python3 bench/decode_probe.py --out "$OUT" --parts h2 --ms "${MS:-1,4}" --amax-in 2>&1 \
+      | grep -vi warn | python3 -c "import json,sys
+for l in sys.stdin:
+    if not l.startswith('{'): print(l.rstrip()); continue
+    r = json.loads(l); print(r['layer'], 'M', r['M'], 'shipped', r.get('current_us'), 'us; absmax given', r.get('amax_in_us'), 'us; err', r.get('current_err'), r.get('amax_in_err'))"
     ;;
   tune)  # after a kernel change: compiled tests (log in $OUT), the one-token int4 sweep, the model with its winners
     compiled_tests "${TEST_S:-170}" "${TEST_K:-}"

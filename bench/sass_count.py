@@ -31,7 +31,7 @@ from engine.quant import triton_w4k_h2 as th2  # noqa: E402
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 DIV16 = ("x_ptr", "w_ptr", "s_ptr", "b_ptr", "y_ptr", "N", "K")  # what the launcher specialises at 8B shapes
 SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp16", "b_ptr": "*fp16", "y_ptr": "*bf16",
-       "ws_ptr": "*fp32", "lock_ptr": "*i32", "N": "i32",
+       "ws_ptr": "*fp32", "lock_ptr": "*i32", "amax_ptr": "*fp32", "N": "i32",
        "K": "i32", "rows_per_split": "i32", "GROUP": "constexpr", "BLOCK_N": "constexpr",
        "SPLIT": "constexpr"}  # fmt: skip
 
@@ -45,7 +45,8 @@ SIG_MM = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp16", "b_ptr": "*fp16",
 
 def sass(fn, consts: dict, warps: int, stages: int) -> str:
     base = SIG_MM if "M" in fn.arg_names else SIG
-    sig = dict(base, **{k: "constexpr" for k in consts if k not in base})
+    sig = {k: v for k, v in base.items() if k in fn.arg_names}  # args a kernel lacks (amax_ptr) dropped
+    sig |= {k: "constexpr" for k in consts if k not in base}
     div = DIV16 + (("stride_xm", "stride_ym") if base is SIG_MM else ())
     attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in div}
     src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)

@@ -198,8 +198,11 @@ def _int4k_config(g: GpuWeight, cfg: tuple[int, ...], m: int) -> tuple[tuple[int
     return cfg, None
 
 
-def matmul_small(g: GpuWeight, x: torch.Tensor, thresh: float | None = None) -> torch.Tensor:
-    """``x [M <= 16, K] @ W.T`` with the fused kernel of ``g.kind``."""
+def matmul_small(
+    g: GpuWeight, x: torch.Tensor, thresh: float | None = None, amax: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``x [M <= 16, K] @ W.T`` with the fused kernel of ``g.kind``. ``amax``: each row's ``max |x|`` as
+    float32, for the fp16 GEMV to skip its own pass (`triton_w4k_h2` AMAX_IN; measured by the probe)."""
     from engine import pdl
     from engine.quant import triton_kernels as tk
     from engine.quant import triton_w4k as tw4k
@@ -246,7 +249,7 @@ def matmul_small(g: GpuWeight, x: torch.Tensor, thresh: float | None = None) -> 
             xa, t["w"], t["s"], t["b"], y, ws, locks, g.n, g.k, per * cfg[5], xa.stride(0), y.stride(0),
             GROUP=g.group, BLOCK_N=block_n, BLOCK_R=cfg[5], SPLIT=nsplit, ASM=_asm(x), DENORM=cfg[4] == 5,
             CHAIN=h2[0], COLS=h2[1], EVEN=g.n % block_n == 0, M_ROWS=m, num_warps=warps, num_stages=stages,
-            **pdl_kw,
+            amax_ptr=xa if amax is None else amax, AMAX_IN=amax is not None, **pdl_kw,
         )  # fmt: skip
     elif g.kind == "int4k" and cfg[4] == 18 and g.group % (8 * cfg[5]) == 0:  # bf16 pairs, no float math
         tw4k.w4k_mm2_kernel[grid](

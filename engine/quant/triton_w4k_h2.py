@@ -122,7 +122,13 @@ def _h2_scale(x_ptr, lo, hi, TX: tl.constexpr, LCU: tl.constexpr):
     ar, amax = tl.arange(0, 2048), tl.zeros((2048,), dtype=tl.float32)
     for k in range(lo, hi, 2048):
         amax = tl.maximum(amax, tl.abs(tl.load(x_ptr + k + ar, mask=k + ar < hi, other=0.0).to(tl.float32)))
-    e = (tl.max(amax, axis=0).to(tl.int32, bitcast=True) >> 23) & 0xFF
+    return _h2_scale_of(tl.max(amax, axis=0), TX, LCU)
+
+
+@triton.jit
+def _h2_scale_of(amax, TX: tl.constexpr, LCU: tl.constexpr):
+    """`_h2_scale` from a given absmax (``AMAX_IN``: the row's, computed before the kernel)."""
+    e = (amax.to(tl.int32, bitcast=True) >> 23) & 0xFF
     e = tl.minimum(tl.maximum(e, TX), 230)  # both results stay normal floats
     v = ((TX + 253 - e) << 23).to(tl.float32, bitcast=True)
     return v, ((e + 1 - TX + LCU) << 23).to(tl.float32, bitcast=True)
@@ -133,7 +139,7 @@ def w4k_gemv_h2_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, N, K, rows_per_split, stride_xm, stride_ym,
     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, SPLIT: tl.constexpr,
     ASM: tl.constexpr, DENORM: tl.constexpr, CHAIN: tl.constexpr, COLS: tl.constexpr, EVEN: tl.constexpr,
-    M_ROWS: tl.constexpr, PDL: tl.constexpr = False,
+    M_ROWS: tl.constexpr, PDL: tl.constexpr = False, amax_ptr=None, AMAX_IN: tl.constexpr = False,
 ):  # fmt: skip
     """gemv3 (steps of ``BLOCK_R`` word rows, scales in the accumulator's layout) with packed-fp16 FMAs: a
     pair of weights costs a ``lop3``, ``sub.f16x2`` and ``fma.f16x2`` (DENORM: ``and``, ``fma``), not ~7.
@@ -154,7 +160,12 @@ def w4k_gemv_h2_kernel(
     subnormals; the extra cost is one absmax pass a row before the loop and none inside it.
 
     ``PDL`` (`engine.pdl`): wait for the previous kernel before the first load; release the next one
-    after the main loop, so that it launches during this one's split-K tail."""
+    after the main loop, so that it launches during this one's split-K tail.
+
+    ``AMAX_IN`` (an experiment, `bench/decode_probe.py --amax-in`): each row's absmax over all of K comes in
+    ``amax_ptr`` (float32 ``[M_ROWS]``) instead of the per-program pass over the program's K slice, which
+    ends in a reduction and a barrier before the first weight load issues. A power-of-two scale fitted to
+    the whole row is as exact; only values below ``2**-24`` of the row's absmax flush to zero earlier."""
     RP: tl.constexpr = BLOCK_R // CHAIN
     BC: tl.constexpr = BLOCK_N // COLS
     LCU: tl.constexpr = 24 if DENORM else 0  # the codes are q * 2**-LCU
@@ -166,7 +177,10 @@ def w4k_gemv_h2_kernel(
     xr, v, inv = (), (), ()  # per row of x: its pointer, scale and the scale's inverse (times 2**LCU)
     for m in tl.static_range(M_ROWS):
         xm = x_ptr if m == 0 else x_ptr + m * stride_xm
-        vm, im = _h2_scale(xm, r0 * 8, r1 * 8, 15 if DENORM else 10 - CHAIN // 2, LCU)
+        if AMAX_IN:  # the row's absmax, one load whose wait the first weight loads need not follow
+            vm, im = _h2_scale_of(tl.load(amax_ptr + m), 15 if DENORM else 10 - CHAIN // 2, LCU)
+        else:
+            vm, im = _h2_scale(xm, r0 * 8, r1 * 8, 15 if DENORM else 10 - CHAIN // 2, LCU)
         xr, v, inv = xr + (xm,), v + (vm,), inv + (im,)
     acc = (tl.zeros((RP, BC), dtype=tl.float32),) * (COLS * M_ROWS)  # index c * M_ROWS + m, as h
     for r in range(r0, r1, BLOCK_R):
