@@ -151,8 +151,8 @@ def drop_graphs(eng: Engine) -> None:
 
 
 def _apply(eng: Engine, item: str) -> str:
-    """One A/B setting: '0'/'1' or 'pdl0'/'pdl1' (PDL, `engine.pdl`), 'argmax0'/'argmax1' (the decode
-    graph's own argmax and packed input copy, `engine.graph_inputs`, against the argmax after the replay)."""
+    """One A/B setting: '0'/'1' or 'pdl0'/'pdl1' (PDL, `engine.pdl`), 'argmax0'/'argmax1' (the greedy
+    argmax after the replay, or inside the decode graph; the inputs' packed copy is the same in both)."""
     name = f"pdl{item}" if item.isdigit() else item
     flag, on = name[:-1], bool(int(name[-1]))
     if flag == "pdl":

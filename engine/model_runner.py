@@ -154,7 +154,7 @@ class ModelRunner:
         self.argmax_in_graph = True
         self.staging = PinnedRing(device)
         self._graph_logits: torch.Tensor | None = None  # what the last static decode returned
-        self._graph_ids: torch.Tensor | None = None  # `tokens` when that decode wrote its argmax there
+        self._graph_wrote_ids = False  # whether that decode wrote its argmax into `tokens`
         self.last_prefill: tuple[int, float] = (0, 0.0)
         self.force_static = False  # tests: run the graph path's static buffers eagerly on CPU
 
@@ -185,8 +185,8 @@ class ModelRunner:
     def graph_argmax(self, logits: torch.Tensor) -> torch.Tensor | None:
         """The greedy ids of ``logits``' rows the decode graph already wrote, when ``logits`` is what the
         last static decode returned (the same object, so no step ran since); None otherwise."""
-        if logits is self._graph_logits and self._graph_ids is not None:
-            return self._graph_ids[: logits.shape[0]]
+        if logits is self._graph_logits and self._graph_wrote_ids:
+            return self.tokens[: logits.shape[0]]
         return None
 
     def _static_decode(
@@ -219,7 +219,7 @@ class ModelRunner:
         else:
             st["graph"].replay()
             out = st["out"]
-        self._graph_ids = self.tokens if st["argmax"] else None
+        self._graph_wrote_ids = st["argmax"]
         return out
 
     def _static_forward(self, st: dict, b: int) -> torch.Tensor:

@@ -84,10 +84,7 @@ def sample_batch(
 ) -> list[int]:
     """Greedy rows stay on the device (one argmax, or ``greedy_ids`` when the caller has them: a decode
     graph computes its own); others go to CPU one row at a time."""
-    out: list[int] = []
-    if not any(p.greedy for p in params):
-        return [sample_one(logits[i].cpu(), p, gens[i]) for i, p in enumerate(params)]
-    greedy = (argmax_rows(logits) if greedy_ids is None else greedy_ids).tolist()
-    for i, p in enumerate(params):
-        out.append(greedy[i] if p.greedy else sample_one(logits[i].cpu(), p, gens[i]))
-    return out
+    greedy = []
+    if any(p.greedy for p in params):  # no device argmax for a batch that only samples
+        greedy = (argmax_rows(logits) if greedy_ids is None else greedy_ids).tolist()
+    return [greedy[i] if p.greedy else sample_one(logits[i].cpu(), p, gens[i]) for i, p in enumerate(params)]

@@ -169,6 +169,7 @@ def w4k_gemv_h2_kernel(
     RP: tl.constexpr = BLOCK_R // CHAIN
     BC: tl.constexpr = BLOCK_N // COLS
     LCU: tl.constexpr = 24 if DENORM else 0  # the codes are q * 2**-LCU
+    TX: tl.constexpr = 15 if DENORM else 10 - CHAIN // 2  # x's scaled absmax lies in [2**(TX-1), 2**TX)
     cols0 = tl.program_id(0) * BLOCK_N + tl.arange(0, BC)
     rr = tl.arange(0, RP) * CHAIN
     r0 = tl.program_id(1) * rows_per_split
@@ -178,9 +179,9 @@ def w4k_gemv_h2_kernel(
     for m in tl.static_range(M_ROWS):
         xm = x_ptr if m == 0 else x_ptr + m * stride_xm
         if AMAX_IN:  # the row's absmax, one load whose wait the first weight loads need not follow
-            vm, im = _h2_scale_of(tl.load(amax_ptr + m), 15 if DENORM else 10 - CHAIN // 2, LCU)
+            vm, im = _h2_scale_of(tl.load(amax_ptr + m), TX, LCU)
         else:
-            vm, im = _h2_scale(xm, r0 * 8, r1 * 8, 15 if DENORM else 10 - CHAIN // 2, LCU)
+            vm, im = _h2_scale(xm, r0 * 8, r1 * 8, TX, LCU)
         xr, v, inv = xr + (xm,), v + (vm,), inv + (im,)
     acc = (tl.zeros((RP, BC), dtype=tl.float32),) * (COLS * M_ROWS)  # index c * M_ROWS + m, as h
     for r in range(r0, r1, BLOCK_R):
