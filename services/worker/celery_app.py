@@ -4,6 +4,12 @@ Tasks are acknowledged late (after the batch committed) and rejected back to the
 queue if the worker process dies, so a SIGKILLed worker's batches are redelivered
 (after KB_WORKER_VISIBILITY_TIMEOUT seconds); prefetch is one task per process so
 a dying worker strands at most one batch per process.
+
+kombu guards its restore pass with a Redis lock that expires after 300 s by default;
+a worker SIGKILLed inside that pass (it runs every restore interval) would leave the
+lock behind and stop every surviving worker from redelivering for five minutes. The
+pass takes milliseconds, and a restore is one WATCHed transaction per message (two
+restorers cannot both requeue it), so the lock here lives a few restore intervals.
 """
 
 from __future__ import annotations
@@ -15,6 +21,11 @@ from celery import Celery
 from services.core.config import Settings, get_settings
 
 
+def restore_mutex_expire(settings: Settings) -> int:
+    """Seconds a dead worker's restore lock can block redelivery."""
+    return max(5, 2 * settings.worker_restore_interval)
+
+
 def make_celery(settings: Settings) -> Celery:
     url = settings.redis_url
     app = Celery("kb", broker=url, backend=url, include=["services.worker.tasks"])
@@ -22,6 +33,7 @@ def make_celery(settings: Settings) -> Celery:
         "visibility_timeout": settings.worker_visibility_timeout,
         "unacked_restore_interval": settings.worker_restore_interval,
         "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": restore_mutex_expire(settings),
         "global_keyprefix": settings.redis_prefix,
     }
     app.conf.update(

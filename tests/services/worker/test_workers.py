@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 import redis
+from kombu.transport.redis import Channel
 from sqlalchemy import select
 from typer.testing import CliRunner
 
 from services.core.config import get_settings
+from services.worker.celery_app import make_celery
 from storage.job_models import IngestItem
 from tests.services.jobs.helpers import consistent_counts, make_dump, wait_done
 from tests.services.worker.conftest import Cluster, wait_for
@@ -73,6 +75,14 @@ def test_sigkill_mid_job_is_redelivered_exactly_once(cluster: Callable[..., Clus
     assert in_flight, "no batch was in flight when the worker died"
     at_kill = c.job(job_id)
     assert at_kill["status"] == "running" and at_kill["processed"] < 93, at_kill
+    # The kill can land inside kombu's restore pass (run every second here), leaving its lock
+    # held with the lease our config gives it; make that worst case certain.
+    lease = make_celery(c.settings).conf.broker_transport_options.get(
+        "unacked_mutex_expire", Channel.unacked_mutex_expire
+    )
+    redis.Redis.from_url(c.settings.redis_url).set(
+        c.settings.redis_prefix + Channel.unacked_mutex_key, "dead-worker", ex=lease
+    )
     c.start_worker()
     job = wait_done(lambda: c.job(job_id), timeout=180)
     assert job["status"] == "succeeded", job
