@@ -12,6 +12,8 @@
 #   graph: bash bench/gpu_pending.sh graph   (carry .whl; the model at batch 1 and 16 against transformers,
 #          then A/B settings at batch 1, LAUNCHES="argmax0,argmax1" or "0,1" (PDL); ~7 min)
 #   amax: bash bench/gpu_pending.sh amax   (no carry; the fp16 GEMV with each row's absmax given, per layer; ~3 min)
+#   rowamax: bash bench/gpu_pending.sh rowamax   (carry .whl; the norms' absmax into the GEMV: tests, A/B; ~8 min)
+#   mmt: bash bench/gpu_pending.sh mmt   (no carry; tensor cores with swapped operands vs shipped, M=16,4; ~6 min)
 #   tune: bash bench/gpu_pending.sh tune   (no carry; TEST_K=... narrows the compiled tests, MODES=int4,bf16)
 # .whl holds the py3.12 wheels of fastapi/starlette/pydantic/uvicorn that `kb engine-serve` needs and the
 # GPU image lacks; bench/out/chat_gpu_bundle comes from `.venv/bin/python -m bench.chat_gpu prepare` here.
@@ -100,6 +102,19 @@ case "${1:-1}" in
 for l in sys.stdin:
     if not l.startswith('{'): print(l.rstrip()); continue
     r = json.loads(l); print(r['layer'], 'M', r['M'], 'shipped', r.get('current_us'), 'us; absmax given', r.get('amax_in_us'), 'us; err', r.get('current_err'), r.get('amax_in_err'))"
+    ;;
+  rowamax)  # issue 6: the norms' row absmax into the one-token GEMV, tested compiled, then A/B in one engine
+    compiled_tests "${TEST_S:-150}" "${TEST_K:-absmax or hands or (agree and 20) or (keeps and 128-2-128)}"
+    sed -n '/FAILED\|Error/p' "$OUT/tests.log" | head -5
+    echo "== whole model, then batch 1 with the GEMV's own absmax pass / the norm's (graphs captured again)"
+    timeout "${E2E_S:-420}" python3 bench/quant_e2e.py --out "$OUT" --modes "${MODES:-int4}" --batches "${BATCHES:-1,16}" \
+      --prefill-tokens "${PREFILL:-512}" --compile-budget-s "${HF_S:-90}" --overlap \
+      --launches "${LAUNCHES:-amax0,amax1,amax0,amax1}" ${E2E_EXTRA:-} > "$OUT/e2e.log" 2>&1
+    grep "launch \|^hf" "$OUT/e2e.log"; e2e_summary
+    ;;
+  mmt)  # issue 6: the tensor-core kernel with swapped operands (mode 20) against the shipped configs
+    timeout "${SWEEP_S:-400}" python3 bench/quant_gpu.py kernels --kinds int4k_g128 --ms "${MS:-16,4}" \
+      --shapes "${SHAPES:-qkv,o,gate_up,down}" --modes "${MODES:-20/16,20/32}" --out "$OUT" 2>&1 | grep -v "^  skip" | tail -12
     ;;
   tune)  # after a kernel change: compiled tests (log in $OUT), the one-token int4 sweep, the model with its winners
     compiled_tests "${TEST_S:-170}" "${TEST_K:-}"

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.chat_gpu import random_llama8b  # noqa: E402
 from bench.engine_gpu import Bench  # noqa: E402
+from engine import model as engine_model  # noqa: E402
 from engine import pdl  # noqa: E402
 from engine.config import EngineConfig  # noqa: E402
 from engine.llm_engine import Engine  # noqa: E402
@@ -152,13 +153,16 @@ def drop_graphs(eng: Engine) -> None:
 
 def _apply(eng: Engine, item: str) -> str:
     """One A/B setting: '0'/'1' or 'pdl0'/'pdl1' (PDL, `engine.pdl`), 'argmax0'/'argmax1' (the greedy
-    argmax after the replay, or inside the decode graph; the inputs' packed copy is the same in both)."""
+    argmax after the replay, or inside the decode graph; the inputs' packed copy is the same in both),
+    'amax0'/'amax1' (the norms hand their rows' absmax to the one-token int4 GEMV, or it takes its own)."""
     name = f"pdl{item}" if item.isdigit() else item
     flag, on = name[:-1], bool(int(name[-1]))
     if flag == "pdl":
         pdl.ENABLED = on
     elif flag == "argmax":
         eng.runner.argmax_in_graph = on
+    elif flag == "amax":
+        engine_model.ROW_AMAX = on
     else:
         raise ValueError(f"unknown --launches item {item!r}")
     return name
@@ -170,7 +174,7 @@ def launch_variants(b: Bench, eng: Engine, a: argparse.Namespace) -> dict:
     A/B free of the run-to-run spread between machines, and of the weights' RNG (the greedy tokens must
     match)."""
     out = {}
-    default = pdl.ENABLED, eng.runner.argmax_in_graph
+    default = pdl.ENABLED, eng.runner.argmax_in_graph, engine_model.ROW_AMAX
     try:
         for item in a.launches.split(","):
             name = _apply(eng, item)
@@ -186,7 +190,7 @@ def launch_variants(b: Bench, eng: Engine, a: argparse.Namespace) -> dict:
             out[name if name not in out else f"{name}_again"] = res
             print(f"  launch {name}: {json.dumps(res)}", flush=True)
     finally:
-        pdl.ENABLED, eng.runner.argmax_in_graph = default
+        pdl.ENABLED, eng.runner.argmax_in_graph, engine_model.ROW_AMAX = default
         drop_graphs(eng)
     return out
 
@@ -286,7 +290,9 @@ def main() -> None:
     p.add_argument("--tune", default=None)
     p.add_argument("--profile", action="store_true", help="prefill and decode kernels (torch.profiler)")
     p.add_argument("--overlap", action="store_true", help="decode also with engine.lookahead (A/B)")
-    p.add_argument("--launches", default="", help="A/B at batch 1: PDL '0,1', graph argmax 'argmax0,argmax1'")
+    p.add_argument(
+        "--launches", default="", help="A/B at batch 1: PDL '0,1', 'argmax0,argmax1', 'amax0,amax1' (_apply)"
+    )
     a = p.parse_args()
     a.batches = [int(x) for x in a.batches.split(",")]
     b = Bench(a)

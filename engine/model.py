@@ -23,8 +23,15 @@ __all__ = ["AttnBatch", "LlamaForCausalLM"]
 FUSED: bool | None = None  # engine.fused_ops kernels: None = on CUDA tensors; tests force them (interpreter)
 
 
+ROW_AMAX = True  # norms hand their rows' absmax to a quantized matmul that uses it (bench A/B: False)
+
+
 def _fused(x: torch.Tensor) -> bool:
     return x.is_cuda if FUSED is None else FUSED
+
+
+def _takes_row_amax(linear: nn.Module) -> bool:
+    return getattr(linear, "takes_row_amax", False)
 
 
 class RMSNorm(nn.Module):
@@ -33,14 +40,15 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
-        """``weight * norm(x)``; given ``residual``, ``(weight * norm(x + residual), x + residual)``."""
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, row_amax: bool = False):
+        """``weight * norm(x)``; given ``residual``, ``(weight * norm(x + residual), x + residual)``.
+        ``row_amax``: the fused kernel also passes its rows' absmax on (`fused_ops.row_amax`)."""
         if _fused(x):
             from engine import fused_ops
 
             if residual is None:
-                return fused_ops.rmsnorm(x, self.weight, self.eps)
-            return fused_ops.add_rmsnorm(x, residual, self.weight, self.eps)
+                return fused_ops.rmsnorm(x, self.weight, self.eps, row_amax)
+            return fused_ops.add_rmsnorm(x, residual, self.weight, self.eps, row_amax)
         if residual is not None:
             x = residual = x + residual
         dtype = x.dtype
@@ -150,12 +158,14 @@ class DecoderLayer(nn.Module):
     def forward(self, x, residual, cos, sin, ab: AttnBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` is the previous layer's MLP output and ``residual`` the stream before it (None at layer 0:
         ``x`` is the embedding); returns this layer's MLP output and the stream before it."""
+        amax = ROW_AMAX and _takes_row_amax(self.self_attn.qkv_proj)
         if residual is None:
-            x, residual = self.input_layernorm(x), x
+            x, residual = self.input_layernorm(x, row_amax=amax), x
         else:
-            x, residual = self.input_layernorm(x, residual)
+            x, residual = self.input_layernorm(x, residual, amax)
         x = self.self_attn(x, cos, sin, ab)
-        x, residual = self.post_attention_layernorm(x, residual)
+        amax = ROW_AMAX and _takes_row_amax(self.mlp.gate_up_proj)
+        x, residual = self.post_attention_layernorm(x, residual, amax)
         return self.mlp(x), residual
 
 

@@ -36,7 +36,8 @@ CHUNK_ROWS = 64
 # fp16 subnormals, optionally followed by chain (words a column per fp16 sum, default 2) and cols (column
 # tiles sharing the activations, default 1); 4 | 5 also serve batches of 2-4 rows, keyed by that m, one
 # fp16 FMA a row per code pair) | 16 = tensor cores (18: codes
-# made as bf16 pairs, `w4k_mm2_kernel`, where a step stays in one group), block_r word rows per step).
+# made as bf16 pairs, `w4k_mm2_kernel`, where a step stays in one group; 20: the same with the operands
+# swapped, `w4k_mmt_kernel`), block_r word rows per step).
 # Set by the benchmarks (bench/quant_gpu.py kernels); the product reads the shipped `engine.quant.tuning`
 TUNING: dict[tuple, tuple[int, ...]] = {}
 
@@ -181,20 +182,27 @@ def _chunks(g: GpuWeight, cfg: tuple[int, ...], m: int) -> int:
     return (g.k // g.group) if g.group else -(-g.k // 128)
 
 
-def _int4k_config(g: GpuWeight, cfg: tuple[int, ...], m: int) -> tuple[tuple[int, ...], tuple | None]:
+def _int4k_config(g: GpuWeight, cfg: tuple[int, ...], m: int) -> tuple[tuple[int, ...] | None, tuple | None]:
     """``cfg`` made runnable for this shape and batch, and ``(chain, cols)`` when it is the fp16 GEMV.
 
     The fp16 GEMV (modes 4, 5) takes 1-4 rows, gemv3 (3) one; their steps must tile K and a chain must
     stay in a group, else gemv2 takes one token and the tensor cores a batch. A one-token config met by a
-    batch (a table measured at fewer rows than it) goes to the tensor cores too; 5-16 rows always do."""
+    batch (a table measured at fewer rows than it) goes to the tensor cores too; 5-16 rows always do.
+    A tensor-core step of ``block_r`` word rows must tile K as well (the kernels do not mask rows): 16
+    rows where the configured step does not, and None (dequantize, then GEMM) where K is not a
+    multiple of 128, as in SmolLM2-135M (576) with group 64."""
     mode = cfg[4]
     if (mode in (4, 5) and m <= 4) or (mode == 3 and m == 1):
         chain, cols = (cfg[6] if len(cfg) > 6 else 2, cfg[7] if len(cfg) > 7 else 1) if mode > 3 else (1, 1)
         if not ((g.k // 8) % cfg[5] or cfg[5] % chain or (g.group // 8) % chain):
             return cfg, ((chain, cols) if mode > 3 else None)
-        return ((*cfg[:4], 2, 16) if m == 1 else (*cfg[:4], SMALL_M, 16)), None
-    if m > 1 and mode < SMALL_M:
-        return (*cfg[:4], SMALL_M, 16), None
+        if m == 1:
+            return (*cfg[:4], 2, 16), None
+        cfg = (*cfg[:4], SMALL_M, 16)
+    elif m > 1 and mode < SMALL_M:
+        cfg = (*cfg[:4], SMALL_M, 16)
+    if cfg[4] >= SMALL_M and (g.k // 8) % cfg[5]:
+        return ((*cfg[:5], 16) if (g.k // 8) % 16 == 0 else None), None
     return cfg, None
 
 
@@ -214,7 +222,10 @@ def matmul_small(
     cfg = _config(g.kind + ("_teal" if thresh else ""), g.n, g.k, g.group or 128, m)
     h2 = None
     if g.kind == "int4k":
-        cfg, h2 = _int4k_config(g, cfg, m)
+        tiled, h2 = _int4k_config(g, cfg, m)
+        if tiled is None:
+            return F.linear(x, dense_weight(g, x.dtype))
+        cfg = tiled
     block_n, split, warps, stages = cfg[:4]
     if g.kind == "int4_24":  # rows are looped over: no more than the batch needs
         block_m = 1 << (m - 1).bit_length()
@@ -251,8 +262,9 @@ def matmul_small(
             CHAIN=h2[0], COLS=h2[1], EVEN=g.n % block_n == 0, M_ROWS=m, num_warps=warps, num_stages=stages,
             amax_ptr=xa if amax is None else amax, AMAX_IN=amax is not None, **pdl_kw,
         )  # fmt: skip
-    elif g.kind == "int4k" and cfg[4] == 18 and g.group % (8 * cfg[5]) == 0:  # bf16 pairs, no float math
-        tw4k.w4k_mm2_kernel[grid](
+    elif g.kind == "int4k" and cfg[4] in (18, 20) and g.group % (8 * cfg[5]) == 0:  # bf16 pairs, no floats
+        kernel = tw4k.w4k_mmt_kernel if cfg[4] == 20 else tw4k.w4k_mm2_kernel  # 20: operands swapped
+        kernel[grid](
             x, t["w"], t["s"], t["b"], y, ws, locks, m, g.n, g.k, x.stride(0), y.stride(0), per * cfg[5],
             GROUP=g.group, BLOCK_M=SMALL_M, BLOCK_N=block_n, BLOCK_R=cfg[5], SPLIT=nsplit,
             ASM=_asm(x), num_warps=warps, num_stages=stages, **pdl_kw,
@@ -328,7 +340,10 @@ def dense_weight(g: GpuWeight, dtype: torch.dtype) -> torch.Tensor:
 def cuda_linear(layer: Any, x: torch.Tensor) -> torch.Tensor:
     """`QuantLinear.forward` on CUDA."""
     g = prepare(layer)
+    from engine.fused_ops import row_amax
+
     lead = x.shape[:-1]
+    amax = row_amax(x)
     x2 = x.reshape(-1, g.k)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
@@ -336,7 +351,12 @@ def cuda_linear(layer: Any, x: torch.Tensor) -> torch.Tensor:
         thresh = layer.act_threshold if g.kind == "int4" else None  # int4 is N-packed only for TEAL
         if layer.act_threshold is not None and g.kind != "int4":
             x2 = layer.sparsify(x2)
-        parts = [matmul_small(g, x2[i : i + SMALL_M], thresh) for i in range(0, x2.shape[0], SMALL_M)]
+        if amax is not None and amax.shape != x2.shape[:1]:
+            raise ValueError(f"row absmax of shape {tuple(amax.shape)} for {x2.shape[0]} rows")
+        parts = [
+            matmul_small(g, x2[i : i + SMALL_M], thresh, None if amax is None else amax[i : i + SMALL_M])
+            for i in range(0, x2.shape[0], SMALL_M)
+        ]
         y = parts[0] if len(parts) == 1 else torch.cat(parts)
     else:
         y = F.linear(layer.sparsify(x2), dense_weight(g, x.dtype))

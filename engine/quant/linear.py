@@ -40,6 +40,10 @@ def teal_everywhere() -> Iterator[None]:
 class QuantLinear(nn.Module):
     """``y = x @ dequant(qweight).T + bias`` with optional TEAL input sparsification."""
 
+    # The CUDA path reads the absmax of the input's rows when the norm before it computed them
+    # (`engine.fused_ops.row_amax`), so its one-token GEMV skips that pass.
+    takes_row_amax = True
+
     def __init__(
         self,
         qweight: Int8Weight | Int4Weight,

@@ -251,6 +251,46 @@ def w4k_mm2_kernel(
 
 
 @triton.jit
+def w4k_mmt_kernel(
+    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, M, N, K, stride_xm, stride_ym, rows_per_split,
+    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    SPLIT: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr = False,
+):  # fmt: skip
+    """`w4k_mm2_kernel` with the operands swapped (mode 20): ``y.T = dequant(w).T @ x.T``, so the codes
+    are the dot's first operand ``[BLOCK_N, BLOCK_R]`` and the 16 activation rows its second.
+
+    Why: on Hopper a ``wgmma`` takes its first operand from registers but its second from shared memory,
+    so in mm/mm2 every dequantized code pair (the second operand) goes through shared memory before its
+    dot, while here the codes stay in registers and only the few activations are staged. The dot's
+    M is ``BLOCK_N`` (64 a warp group), its N the batch's 16 rows, which the instruction allows."""
+    rm, rn, rr, mmask, nmask, r0, r1, xrow = _mm_tile(
+        x_ptr, M, N, K, stride_xm, rows_per_split, BLOCK_M, BLOCK_N, BLOCK_R
+    )
+    xcol = x_ptr + rm[None, :] * stride_xm
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    pdl.wait(PDL)  # PDL: `engine.pdl`
+    for r in range(r0, r1, BLOCK_R):
+        rows = r + rr
+        words = tl.load(w_ptr + rows[None, :] * N + rn[:, None], mask=nmask[:, None], other=0)
+        step = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+        for j in tl.static_range(4):
+            lo, hi = _pair(words, j, ASM)
+            x_lo = tl.load(xcol + (rows * 8 + j)[:, None], mask=mmask[None, :], other=0.0)
+            x_hi = tl.load(xcol + (rows * 8 + j + 4)[:, None], mask=mmask[None, :], other=0.0)
+            if x_ptr.dtype.element_ty == tl.float32:  # tests: TF32 would round x against the 128 offset
+                step = tl.dot(lo.to(tl.float32), x_lo, step, input_precision="ieee")
+                step = tl.dot(hi.to(tl.float32), x_hi, step, input_precision="ieee")
+            else:  # bf16/fp16 products of 128 + q are exact
+                step = tl.dot(lo.to(x_ptr.dtype.element_ty), x_lo, step)
+                step = tl.dot(hi.to(x_ptr.dtype.element_ty), x_hi, step)
+        xs, s, b = _step_terms(xrow, s_ptr, b_ptr, r, (r * 8) // GROUP, rn, mmask, nmask, N, BLOCK_R)
+        acc += step * s[:, None] + (b - 128.0 * s)[:, None] * xs[None, :]
+    pdl.release(PDL)
+    out = tl.trans(acc)
+    _write_tile(y_ptr, ws_ptr, lock_ptr, out, rm, rn, mmask, nmask, M, N, stride_ym, SPLIT, BLOCK_M, BLOCK_N)
+
+
+@triton.jit
 def dequant_w4k_kernel(
     w_ptr, s_ptr, b_ptr, out_ptr, N, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, ASM: tl.constexpr = False
 ):

@@ -70,6 +70,29 @@ def test_add_rmsnorm_matches_torch(dtype, t, hidden) -> None:
     loose = {"max_frac": 1.0, "ulps": 4} if dtype == torch.float32 else {"max_frac": 0.01}
     _check(got, want, exact, **loose)
     _check(plain, want, exact, **loose)
+    assert fused_ops.row_amax(got) is None and fused_ops.row_amax(plain) is None  # only when asked
+
+
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize(("t", "hidden"), [(1, 576), (3, 100), (16, 64)])
+def test_rmsnorm_hands_on_each_rows_absmax(residual: bool, t: int, hidden: int) -> None:
+    """Asked for it, the norm's output carries ``max |out|`` per row in float32 (the one-token int4
+    GEMV's input scale), from the values it stored (a row of 100 has masked lanes, which must not count),
+    and the output itself is unchanged."""
+    w = _rand(hidden, scale=0.5, seed=4) + 1
+    x, res = _rand(t, hidden, seed=5), _rand(t, hidden, scale=3.0, seed=6)
+    x[-1, -1] = -40.0  # the largest magnitude is negative and in the last lane
+    with torch.inference_mode():
+        if residual:
+            got, _ = fused_ops.add_rmsnorm(x, res, w, 1e-5, row_amax=True)
+            plain, _ = fused_ops.add_rmsnorm(x, res, w, 1e-5)
+        else:
+            got, plain = fused_ops.rmsnorm(x, w, 1e-5, row_amax=True), fused_ops.rmsnorm(x, w, 1e-5)
+    amax = fused_ops.row_amax(got)
+    assert torch.equal(got, plain)
+    assert amax is not None and amax.dtype == torch.float32 and amax.shape == (t,)
+    assert torch.equal(amax, got.float().abs().amax(-1))
+    assert int(got[-1].float().abs().argmax()) == hidden - 1
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
@@ -160,3 +183,51 @@ def test_model_fused_path_matches_torch_path(tmp_path, monkeypatch) -> None:
 
     got, want = run(True), run(False)
     _check(got, want, exact=not CUDA, max_frac=0.01)
+
+
+def test_model_hands_norm_absmax_to_quantized_qkv_and_gate_up_only(tmp_path, monkeypatch) -> None:
+    """With quantized linears, the two norms of a layer pass their rows' absmax to the matmul they feed
+    (qkv, gate_up), which the one-token int4 GEMV uses as its input scale; o_proj and down_proj get none
+    (their producers do not reduce the row), a bf16 model's linears get none, and the switch turns it off."""
+    import transformers
+
+    import engine.model as model_mod
+    from engine.loader import load_model
+    from engine.quant.policy import apply_policy
+
+    torch.manual_seed(0)
+    shape = dict(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2)
+    cfg = transformers.LlamaConfig(vocab_size=97, num_hidden_layers=2, max_position_embeddings=64, **shape)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path)
+    monkeypatch.setattr(model_mod, "FUSED", True)
+
+    def seen(model) -> dict[str, list[bool]]:
+        got: dict[str, list[bool]] = {}
+        hooks = [
+            mod.register_forward_pre_hook(
+                lambda m, args, name=name: got.setdefault(name.split(".")[-1], []).append(
+                    fused_ops.row_amax(args[0]) is not None
+                )
+            )
+            for name, mod in model.named_modules()
+            if name.endswith("_proj")
+        ]
+        ids = torch.randint(0, 97, (5,))
+        kv = [torch.zeros(4, 4, 2, 16, dtype=torch.bfloat16, device=DEV) for _ in range(2)]
+        pos = torch.arange(5, device=DEV)
+        ab = model_mod.AttnBatch(pos, [(0, 5, 5, torch.arange(2, device=DEV))], kv, [k.clone() for k in kv])
+        with torch.inference_mode():
+            model(ids.to(DEV), pos, ab)
+        for h in hooks:
+            h.remove()
+        return got
+
+    dense = load_model(tmp_path, torch.device(DEV), torch.bfloat16)
+    assert not any(any(v) for v in seen(dense).values())
+    quant = load_model(tmp_path, torch.device(DEV), torch.bfloat16)
+    apply_policy(quant, "int4:g32")
+    got = seen(quant)
+    assert got["qkv_proj"] == got["gate_up_proj"] == [True, True]
+    assert got["o_proj"] == got["down_proj"] == [False, False]
+    monkeypatch.setattr(model_mod, "ROW_AMAX", False)
+    assert not any(any(v) for v in seen(quant).values())

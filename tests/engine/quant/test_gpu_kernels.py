@@ -92,6 +92,9 @@ def test_k_packed_layout_holds_eight_k_codes_per_word() -> None:
         (3, 16, 32),
         (5, 18, 16),
         (16, 18, 16),
+        (1, 20, 16),
+        (5, 20, 16),
+        (16, 20, 32),
     ],  # fmt: skip
 )
 def test_k_packed_gemv_and_tensor_core_paths_agree(
@@ -99,7 +102,8 @@ def test_k_packed_gemv_and_tensor_core_paths_agree(
 ) -> None:
     """The one-token CUDA-core GEMVs (mode 0; 2: one logic op a code, bias by row sums; 3: steps of
     ``block_r`` word rows with per-row scales, within and across groups) and the per-nibble tensor-core
-    GEMMs (16; 18: codes as bf16 pairs, the dequantizing form where a step spans groups), with split-K,
+    GEMMs (16; 18: codes as bf16 pairs, the dequantizing form where a step spans groups; 20: 18 with
+    the codes as the dot's first operand), with split-K,
     with the group identity (a step inside one group) and with dequantization before the dot (steps
     across groups)."""
     q = quantize_int4(_weight(8), group=group)
@@ -325,9 +329,9 @@ def test_quant_linear_dispatch_after_packing(rows: int, fmt: str, monkeypatch) -
     launches = []
     small = gpu.matmul_small
 
-    def counted(g, xs, thresh=None):
+    def counted(g, xs, thresh=None, amax=None):
         launches.append(len(xs))
-        return small(g, xs, thresh)
+        return small(g, xs, thresh, amax)
 
     monkeypatch.setattr(gpu, "matmul_small", counted)
     got = gpu.cuda_linear(layer, x.to(DEVICE)).cpu()
@@ -367,3 +371,64 @@ def test_split_k_partials_are_summed_once_in_order_and_counters_reset(kind: str,
     assert torch.equal(first, second)
     torch.testing.assert_close(first, whole, rtol=4e-3, atol=1e-3)
     assert int(locks.count_nonzero()) == 0
+
+
+@pytest.mark.parametrize("rows", [1, 3, 20])
+def test_quant_linear_takes_the_norms_row_absmax(rows: int, monkeypatch) -> None:
+    """A norm asked for its rows' absmax (`fused_ops.row_amax`) feeds it to the fp16 GEMV (AMAX_IN) in
+    each 16-row launch, which then gives the product with no pass of its own; a plain input passes
+    none, and an absmax for other rows than x's is refused rather than read out of bounds."""
+    from engine import fused_ops
+    from engine.quant.linear import QuantLinear
+
+    q = quantize_int4(_weight(13), group=64)
+    layer = QuantLinear(q).to(DEVICE)
+    gpu.prepare_model(torch.nn.Sequential(layer))
+    x = fused_ops.rmsnorm(_x(rows, seed=8).to(DEVICE), torch.ones(K, device=DEVICE), 1e-5, row_amax=True)
+    given = []
+    small = gpu.matmul_small
+
+    def recorded(g, xs, thresh=None, amax=None):
+        given.append(None if amax is None else amax.cpu())
+        return small(g, xs, thresh, amax)
+
+    monkeypatch.setattr(gpu, "matmul_small", recorded)
+    gpu.TUNING[("int4k", N, K)] = (32, 2, 4, 2, 4, 8, 2, 1)  # the fp16 GEMV, split-K, up to 4 rows
+    try:
+        got = gpu.cuda_linear(layer, x).cpu()
+        plain = gpu.cuda_linear(layer, x.clone()).cpu()
+        assert fused_ops.row_amax(x[:1]) is None  # a view is another tensor: it carries nothing stale
+        bad = x.clone()
+        setattr(bad, fused_ops.ROW_AMAX, torch.ones(rows + 1, device=DEVICE))
+        with pytest.raises(ValueError, match="row absmax"):
+            gpu.cuda_linear(layer, bad)
+    finally:
+        gpu.TUNING.pop(("int4k", N, K))
+    want = x.float().cpu() @ _ref(q).t()
+    assert float((got - want).abs().max() / want.abs().max()) < 4e-3
+    assert float((plain - want).abs().max() / want.abs().max()) < 4e-3
+    amax = x.float().abs().amax(-1).cpu()
+    launches = -(-rows // 16)
+    assert [a is None for a in given] == [False] * launches + [True] * launches
+    torch.testing.assert_close(torch.cat(given[:launches]), amax, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("k, group", [(576, 64), (192, 64), (64, 32)])
+@pytest.mark.parametrize("m", [1, 2, 5, 16])
+def test_k_packed_batches_where_the_step_does_not_tile_k(k: int, group: int, m: int) -> None:
+    """K = 576 (SmolLM2-135M's hidden size, int4 g64) is 72 word rows, which 16-row tensor-core steps do
+    not tile: the kernels do not mask rows, and the default batch config (block_r 16) left the last 8
+    rows out (30-70 % error; found on the GPU). Such shapes take 16-row steps where those tile K and
+    dequantize + GEMM where nothing does (K = 64); a configured 32-row step on K = 192 falls back to 16."""
+    w = torch.randn(N, k, generator=torch.Generator().manual_seed(12)) * 0.05
+    q = quantize_int4(w, group=group)
+    gw = _on_device(gpu.pack(q))
+    assert gw.kind == "int4k"
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(13))
+    want = x @ _ref(q).t()
+    gpu.TUNING[("int4k", N, k)] = (32, 2, 4, 2, 16, 32)
+    try:
+        got = gpu.matmul_small(gw, x.to(DEVICE)).cpu()
+    finally:
+        gpu.TUNING.pop(("int4k", N, k))
+    torch.testing.assert_close(got, want, **TOL)
