@@ -13,7 +13,7 @@
 #          then A/B settings at batch 1, LAUNCHES="argmax0,argmax1" or "0,1" (PDL); ~7 min)
 #   amax: bash bench/gpu_pending.sh amax   (no carry; the fp16 GEMV with each row's absmax given, per layer; ~3 min)
 #   rowamax: bash bench/gpu_pending.sh rowamax   (carry .whl; the norms' absmax into the GEMV: tests, A/B; ~8 min)
-#   mmt: bash bench/gpu_pending.sh mmt   (no carry; tensor cores with swapped operands vs shipped, M=16,4; ~6 min)
+#   mmt: bash bench/gpu_pending.sh mmt   (no carry; tensor cores with swapped operands, modes 20-22, vs shipped; ~6 min)
 #   tune: bash bench/gpu_pending.sh tune   (no carry; TEST_K=... narrows the compiled tests, MODES=int4,bf16)
 # .whl holds the py3.12 wheels of fastapi/starlette/pydantic/uvicorn that `kb engine-serve` needs and the
 # GPU image lacks; bench/out/chat_gpu_bundle comes from `.venv/bin/python -m bench.chat_gpu prepare` here.
@@ -112,9 +112,9 @@ for l in sys.stdin:
       --launches "${LAUNCHES:-amax0,amax1,amax0,amax1}" ${E2E_EXTRA:-} > "$OUT/e2e.log" 2>&1
     grep "launch \|^hf" "$OUT/e2e.log"; e2e_summary
     ;;
-  mmt)  # issue 6: the tensor-core kernel with swapped operands (mode 20) against the shipped configs
-    timeout "${SWEEP_S:-400}" python3 bench/quant_gpu.py kernels --kinds int4k_g128 --ms "${MS:-16,4}" \
-      --shapes "${SHAPES:-qkv,o,gate_up,down}" --modes "${MODES:-20/16,20/32}" --out "$OUT" 2>&1 | grep -v "^  skip" | tail -12
+  mmt)  # issue 6: the tensor-core kernel with swapped operands (modes 20-22) against the shipped configs
+    timeout "${SWEEP_S:-400}" python3 bench/quant_gpu.py kernels --kinds int4k_g128 --ms "${MS:-16}" \
+      --shapes "${SHAPES:-qkv,o,gate_up,down}" --modes "${MODES:-20/16,21/16,22/16,22/32}" --out "$OUT" 2>&1 | grep -v "^  skip" | tail -12
     ;;
   tune)  # after a kernel change: compiled tests (log in $OUT), the one-token int4 sweep, the model with its winners
     compiled_tests "${TEST_S:-170}" "${TEST_K:-}"

@@ -40,6 +40,9 @@ CHUNK_ROWS = 64
 # swapped, `w4k_mmt_kernel`), block_r word rows per step).
 # Set by the benchmarks (bench/quant_gpu.py kernels); the product reads the shipped `engine.quant.tuning`
 TUNING: dict[tuple, tuple[int, ...]] = {}
+# The bf16-pair tensor-core kernels by mode: 18 as mm/mm2, then the codes as the dot's first operand (in
+# registers for wgmma): 20 a dot a nibble, 21 a dot a nibble pair, 22 a dot a step
+MM2_KERNELS = {18: "w4k_mm2_kernel", 20: "w4k_mmt_kernel", 21: "w4k_mmt2_kernel", 22: "w4k_mmt3_kernel"}
 
 
 @dataclass
@@ -262,8 +265,8 @@ def matmul_small(
             CHAIN=h2[0], COLS=h2[1], EVEN=g.n % block_n == 0, M_ROWS=m, num_warps=warps, num_stages=stages,
             amax_ptr=xa if amax is None else amax, AMAX_IN=amax is not None, **pdl_kw,
         )  # fmt: skip
-    elif g.kind == "int4k" and cfg[4] in (18, 20) and g.group % (8 * cfg[5]) == 0:  # bf16 pairs, no floats
-        kernel = tw4k.w4k_mmt_kernel if cfg[4] == 20 else tw4k.w4k_mm2_kernel  # 20: operands swapped
+    elif g.kind == "int4k" and cfg[4] in MM2_KERNELS and g.group % (8 * cfg[5]) == 0:  # bf16 pairs
+        kernel = getattr(tw4k, MM2_KERNELS[cfg[4]])
         kernel[grid](
             x, t["w"], t["s"], t["b"], y, ws, locks, m, g.n, g.k, x.stride(0), y.stride(0), per * cfg[5],
             GROUP=g.group, BLOCK_M=SMALL_M, BLOCK_N=block_n, BLOCK_R=cfg[5], SPLIT=nsplit,

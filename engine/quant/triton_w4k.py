@@ -291,6 +291,84 @@ def w4k_mmt_kernel(
 
 
 @triton.jit
+def w4k_mmt2_kernel(
+    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, M, N, K, stride_xm, stride_ym, rows_per_split,
+    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    SPLIT: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr = False,
+):  # fmt: skip
+    """`w4k_mmt_kernel` with one dot a nibble pair (mode 21): the dot's K runs over (word row, half), so
+    the bf16x2 that `_pair` makes from one word, codes ``j`` and ``j + 4`` of one column, is two
+    neighbours along K, which is how an mma fragment holds its first operand (two K-neighbours a
+    register): joined, the pair needs no shuffle into the fragment. The activations are gathered to
+    match (``x[8r + j + 4h]`` at K index ``2r + h``)."""
+    rm, rn, rr, mmask, nmask, r0, r1, xrow = _mm_tile(
+        x_ptr, M, N, K, stride_xm, rows_per_split, BLOCK_M, BLOCK_N, BLOCK_R
+    )
+    kk = tl.arange(0, 2 * BLOCK_R)
+    xoff = (kk // 2) * 8 + (kk % 2) * 4  # K index 2r + h -> x[8r + 4h] (+ j + the step's 8 r)
+    xcol = x_ptr + rm[None, :] * stride_xm + xoff[:, None]
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    pdl.wait(PDL)  # PDL: `engine.pdl`
+    for r in range(r0, r1, BLOCK_R):
+        words = tl.load(w_ptr + (r + rr)[None, :] * N + rn[:, None], mask=nmask[:, None], other=0)
+        step = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+        for j in tl.static_range(4):
+            lo, hi = _pair(words, j, ASM)
+            xj = tl.load(xcol + (r * 8 + j), mask=mmask[None, :], other=0.0)  # [2 * BLOCK_R, BLOCK_M]
+            if x_ptr.dtype.element_ty == tl.float32:  # tests: TF32 would round x against the 128 offset
+                codes = tl.reshape(tl.join(lo.to(tl.float32), hi.to(tl.float32)), (BLOCK_N, 2 * BLOCK_R))
+                step = tl.dot(codes, xj, step, input_precision="ieee")
+            else:  # bf16/fp16 products of 128 + q are exact
+                dt = x_ptr.dtype.element_ty
+                codes = tl.reshape(tl.join(lo.to(dt), hi.to(dt)), (BLOCK_N, 2 * BLOCK_R))
+                step = tl.dot(codes, xj, step)
+        xs, s, b = _step_terms(xrow, s_ptr, b_ptr, r, (r * 8) // GROUP, rn, mmask, nmask, N, BLOCK_R)
+        acc += step * s[:, None] + (b - 128.0 * s)[:, None] * xs[None, :]
+    pdl.release(PDL)
+    out = tl.trans(acc)
+    _write_tile(y_ptr, ws_ptr, lock_ptr, out, rm, rn, mmask, nmask, M, N, stride_ym, SPLIT, BLOCK_M, BLOCK_N)
+
+
+@triton.jit
+def w4k_mmt3_kernel(
+    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, M, N, K, stride_xm, stride_ym, rows_per_split,
+    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    SPLIT: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr = False,
+):  # fmt: skip
+    """`w4k_mmt2_kernel` with one dot a step (mode 22): all 8 codes of the step's words joined along K
+    (index ``8r + 4a + 2b + h`` holds nibble ``2a + b + 4h`` of row r), so the activations are staged
+    once a step, not once a nibble pair, with the barriers that staging costs."""
+    rm, rn, rr, mmask, nmask, r0, r1, xrow = _mm_tile(
+        x_ptr, M, N, K, stride_xm, rows_per_split, BLOCK_M, BLOCK_N, BLOCK_R
+    )
+    kk = tl.arange(0, 8 * BLOCK_R)
+    xoff = (kk // 8) * 8 + ((kk // 4) % 2) * 2 + ((kk // 2) % 2) + (kk % 2) * 4
+    xcol = x_ptr + rm[None, :] * stride_xm + xoff[:, None]
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    dt: tl.constexpr = tl.float32 if x_ptr.dtype.element_ty == tl.float32 else x_ptr.dtype.element_ty
+    pdl.wait(PDL)  # PDL: `engine.pdl`
+    for r in range(r0, r1, BLOCK_R):
+        words = tl.load(w_ptr + (r + rr)[None, :] * N + rn[:, None], mask=nmask[:, None], other=0)
+        lo0, hi0 = _pair(words, 0, ASM)
+        lo1, hi1 = _pair(words, 1, ASM)
+        lo2, hi2 = _pair(words, 2, ASM)
+        lo3, hi3 = _pair(words, 3, ASM)
+        lo = tl.join(tl.join(lo0.to(dt), lo2.to(dt)), tl.join(lo1.to(dt), lo3.to(dt)))  # [.., a, b]: 2a + b
+        hi = tl.join(tl.join(hi0.to(dt), hi2.to(dt)), tl.join(hi1.to(dt), hi3.to(dt)))
+        codes = tl.reshape(tl.join(lo, hi), (BLOCK_N, 8 * BLOCK_R))
+        xs8 = tl.load(xcol + r * 8, mask=mmask[None, :], other=0.0)  # [8 * BLOCK_R, BLOCK_M]
+        if x_ptr.dtype.element_ty == tl.float32:  # tests: TF32 would round x against the 128 offset
+            step = tl.dot(codes, xs8, input_precision="ieee")
+        else:  # bf16/fp16 products of 128 + q are exact
+            step = tl.dot(codes, xs8)
+        xs, s, b = _step_terms(xrow, s_ptr, b_ptr, r, (r * 8) // GROUP, rn, mmask, nmask, N, BLOCK_R)
+        acc += step * s[:, None] + (b - 128.0 * s)[:, None] * xs[None, :]
+    pdl.release(PDL)
+    out = tl.trans(acc)
+    _write_tile(y_ptr, ws_ptr, lock_ptr, out, rm, rn, mmask, nmask, M, N, stride_ym, SPLIT, BLOCK_M, BLOCK_N)
+
+
+@triton.jit
 def dequant_w4k_kernel(
     w_ptr, s_ptr, b_ptr, out_ptr, N, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, ASM: tl.constexpr = False
 ):

@@ -95,6 +95,10 @@ def test_k_packed_layout_holds_eight_k_codes_per_word() -> None:
         (1, 20, 16),
         (5, 20, 16),
         (16, 20, 32),
+        (3, 21, 16),
+        (16, 21, 16),
+        (2, 22, 16),
+        (16, 22, 16),
     ],  # fmt: skip
 )
 def test_k_packed_gemv_and_tensor_core_paths_agree(
