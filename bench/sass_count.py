@@ -12,6 +12,7 @@ and the activation loads and conversions shared by a thread's columns).
 from __future__ import annotations
 
 import collections
+import inspect
 import os
 import re
 import subprocess
@@ -44,6 +45,12 @@ SIG_MM = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp16", "b_ptr": "*fp16",
 
 
 def sass(fn, consts: dict, warps: int, stages: int) -> str:
+    """The kernel's sm_90 SASS. Every defaulted constexpr is passed explicitly: Triton's offline compile
+    cache keys the constants by value only (`ASTSource.hash`), so ``{"A": True}`` and ``{"B": True}``
+    would share one cached binary (seen: an ``EARLY`` build returned the ``AMAX_IN`` one)."""
+    empty = inspect.Parameter.empty
+    defaults = {p.name: p.default for p in fn.params if p.is_constexpr and p.default is not empty}
+    consts = defaults | consts
     base = SIG_MM if "M" in fn.arg_names else SIG
     sig = {k: v for k, v in base.items() if k in fn.arg_names}  # args a kernel lacks (amax_ptr) dropped
     sig |= {k: "constexpr" for k in consts if k not in base}

@@ -40,6 +40,9 @@ CHUNK_ROWS = 64
 # swapped, `w4k_mmt_kernel`), block_r word rows per step).
 # Set by the benchmarks (bench/quant_gpu.py kernels); the product reads the shipped `engine.quant.tuning`
 TUNING: dict[tuple, tuple[int, ...]] = {}
+# The one-token fp16 GEMV loads its first step's weights before the PDL wait (`triton_w4k_h2`, EARLY):
+# an A/B knob for the benchmarks until a GPU run shows it faster
+EARLY_WEIGHTS = False
 # The bf16-pair tensor-core kernels by mode: 18 as mm/mm2, then the codes as the dot's first operand (in
 # registers for wgmma): 20 a dot a nibble, 21 a dot a nibble pair, 22 a dot a step
 MM2_KERNELS = {18: "w4k_mm2_kernel", 20: "w4k_mmt_kernel", 21: "w4k_mmt2_kernel", 22: "w4k_mmt3_kernel"}
@@ -263,7 +266,7 @@ def matmul_small(
             xa, t["w"], t["s"], t["b"], y, ws, locks, g.n, g.k, per * cfg[5], xa.stride(0), y.stride(0),
             GROUP=g.group, BLOCK_N=block_n, BLOCK_R=cfg[5], SPLIT=nsplit, ASM=_asm(x), DENORM=cfg[4] == 5,
             CHAIN=h2[0], COLS=h2[1], EVEN=g.n % block_n == 0, M_ROWS=m, num_warps=warps, num_stages=stages,
-            amax_ptr=xa if amax is None else amax, AMAX_IN=amax is not None, **pdl_kw,
+            amax_ptr=xa if amax is None else amax, AMAX_IN=amax is not None, EARLY=EARLY_WEIGHTS, **pdl_kw,
         )  # fmt: skip
     elif g.kind == "int4k" and cfg[4] in MM2_KERNELS and g.group % (8 * cfg[5]) == 0:  # bf16 pairs
         kernel = getattr(tw4k, MM2_KERNELS[cfg[4]])

@@ -140,6 +140,7 @@ def w4k_gemv_h2_kernel(
     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, SPLIT: tl.constexpr,
     ASM: tl.constexpr, DENORM: tl.constexpr, CHAIN: tl.constexpr, COLS: tl.constexpr, EVEN: tl.constexpr,
     M_ROWS: tl.constexpr, PDL: tl.constexpr = False, amax_ptr=None, AMAX_IN: tl.constexpr = False,
+    EARLY: tl.constexpr = False,
 ):  # fmt: skip
     """gemv3 (steps of ``BLOCK_R`` word rows, scales in the accumulator's layout) with packed-fp16 FMAs: a
     pair of weights costs a ``lop3``, ``sub.f16x2`` and ``fma.f16x2`` (DENORM: ``and``, ``fma``), not ~7.
@@ -165,7 +166,11 @@ def w4k_gemv_h2_kernel(
     ``AMAX_IN`` (an experiment, `bench/decode_probe.py --amax-in`): each row's absmax over all of K comes in
     ``amax_ptr`` (float32 ``[M_ROWS]``) instead of the per-program pass over the program's K slice, which
     ends in a reduction and a barrier before the first weight load issues. A power-of-two scale fitted to
-    the whole row is as exact; only values below ``2**-24`` of the row's absmax flush to zero earlier."""
+    the whole row is as exact; only values below ``2**-24`` of the row's absmax flush to zero earlier.
+
+    ``EARLY`` (an experiment, `engine.quant.gpu.EARLY_WEIGHTS`): the first step's weight words are loaded
+    before the PDL wait, so that their HBM round trip overlaps the previous kernel's tail instead of
+    following it. Safe under PDL's rule (`engine.pdl`): no kernel writes the weights."""
     RP: tl.constexpr = BLOCK_R // CHAIN
     BC: tl.constexpr = BLOCK_N // COLS
     LCU: tl.constexpr = 24 if DENORM else 0  # the codes are q * 2**-LCU
@@ -174,6 +179,8 @@ def w4k_gemv_h2_kernel(
     rr = tl.arange(0, RP) * CHAIN
     r0 = tl.program_id(1) * rows_per_split
     r1 = tl.minimum(r0 + rows_per_split, K // 8)
+    if EARLY:  # weights only: nothing the previous kernel writes (volatile: not sunk past the wait)
+        first = _h2_words(w_ptr, r0, rr, cols0, N, BC, CHAIN, COLS, EVEN, True)
     pdl.wait(PDL)
     xr, v, inv = (), (), ()  # per row of x: its pointer, scale and the scale's inverse (times 2**LCU)
     for m in tl.static_range(M_ROWS):
@@ -184,48 +191,15 @@ def w4k_gemv_h2_kernel(
             vm, im = _h2_scale(xm, r0 * 8, r1 * 8, TX, LCU)
         xr, v, inv = xr + (xm,), v + (vm,), inv + (im,)
     acc = (tl.zeros((RP, BC), dtype=tl.float32),) * (COLS * M_ROWS)  # index c * M_ROWS + m, as h
-    for r in range(r0, r1, BLOCK_R):
-        words = ()  # EVEN (N a multiple of BLOCK_N): a true mask, folded away, so no zeroing of the lanes
-        for p in tl.static_range(CHAIN):
-            for c in tl.static_range(COLS):
-                ptrs = w_ptr + (r + rr + p)[:, None] * N + (cols0 + c * BC)[None, :]
-                words = words + (tl.load(ptrs, mask=((cols0 + c * BC < N) | EVEN)[None, :], other=0),)
-        h = (tl.zeros((RP, BC), dtype=tl.int32) if ASM else tl.zeros((RP, BC, 2), tl.float32),)
-        h = h * (COLS * M_ROWS)
-        xs = (tl.zeros((RP,), dtype=tl.float32),) * M_ROWS
-        for p in tl.static_range(CHAIN):
-            x8 = ()
-            for m in tl.static_range(M_ROWS):
-                x8 = x8 + _x8(xr[m], r + rr + p)  # row m's x at x8[8 * m + i]
-            for j in tl.static_range(4):
-                xp, xn = (), ()
-                for m in tl.static_range(M_ROWS):
-                    xn = xn + (xs[m] + (x8[8 * m + j] + x8[8 * m + j + 4]),)
-                    f = v[m] / (1 << (4 * (j % 2)))
-                    xp = xp + (_h2_xpair(x8[8 * m + j] * f, x8[8 * m + j + 4] * f, ASM),)  # once a row
-                xs = xn
-                hn = ()
-                for c in tl.static_range(COLS):
-                    src = words[p * COLS + c] if j < 2 else words[p * COLS + c] >> 8
-                    if M_ROWS == 1:  # one asm: the code as before the rows
-                        hn = hn + (_h2_fma(src, xp[0], h[c], j % 2, DENORM, ASM),)
-                    else:
-                        codes = _h2_codes(src, j % 2, DENORM, ASM)
-                        for m in tl.static_range(M_ROWS):
-                            hn = hn + (_h2_fma_row(codes, xp[m], h[c * M_ROWS + m], ASM),)
-                h = hn
-        xb = ()
-        for m in tl.static_range(M_ROWS):
-            xb = xb + ((xs[m] * (v[m] / (1 << LCU)))[:, None],)
-        an = ()
-        for c in tl.static_range(COLS):
-            cols = cols0 + c * BC
-            sb = ((r + rr) * 8 // GROUP)[:, None] * N + cols[None, :]
-            s2 = tl.load(s_ptr + sb, mask=((cols < N) | EVEN)[None, :], other=0.0).to(tl.float32)
-            b2 = tl.load(b_ptr + sb, mask=((cols < N) | EVEN)[None, :], other=0.0).to(tl.float32)
-            for m in tl.static_range(M_ROWS):
-                an = an + (acc[c * M_ROWS + m] + _h2_sum(h[c * M_ROWS + m], ASM) * s2 + xb[m] * b2,)
-        acc = an
+    r_loop = r0
+    if EARLY:
+        acc = _h2_step(first, acc, r0, rr, cols0, xr, v, s_ptr, b_ptr, N, GROUP, BC, CHAIN, COLS, M_ROWS,
+                       LCU, ASM, DENORM, EVEN)  # fmt: skip
+        r_loop = r0 + BLOCK_R
+    for r in range(r_loop, r1, BLOCK_R):
+        words = _h2_words(w_ptr, r, rr, cols0, N, BC, CHAIN, COLS, EVEN)
+        acc = _h2_step(words, acc, r, rr, cols0, xr, v, s_ptr, b_ptr, N, GROUP, BC, CHAIN, COLS, M_ROWS,
+                       LCU, ASM, DENORM, EVEN)  # fmt: skip
     pdl.release(PDL)
     for c in tl.static_range(COLS):
         for m in tl.static_range(M_ROWS):
@@ -235,3 +209,62 @@ def w4k_gemv_h2_kernel(
             _write_row(ym, part, out, cols0 + c * BC, cols0 + c * BC < N, SPLIT)
     if SPLIT:
         _finish_split(y_ptr, ws_ptr, lock_ptr, M_ROWS, N, stride_ym, M_ROWS + (M_ROWS == 3), BLOCK_N, SPLIT)
+
+
+@triton.jit
+def _h2_words(w_ptr, r, rr, cols0, N, BC: tl.constexpr, CHAIN: tl.constexpr, COLS: tl.constexpr,
+              EVEN: tl.constexpr, VOLATILE: tl.constexpr = False):  # fmt: skip
+    """A step's weight words, ``CHAIN x COLS`` tiles (EVEN, N a multiple of BLOCK_N: a true mask, folded
+    away, so no zeroing of the lanes)."""
+    words = ()
+    for p in tl.static_range(CHAIN):
+        for c in tl.static_range(COLS):
+            ptrs = w_ptr + (r + rr + p)[:, None] * N + (cols0 + c * BC)[None, :]
+            mask = ((cols0 + c * BC < N) | EVEN)[None, :]
+            words = words + (tl.load(ptrs, mask=mask, other=0, volatile=VOLATILE),)
+    return words
+
+
+@triton.jit
+def _h2_step(words, acc, r, rr, cols0, xr, v, s_ptr, b_ptr, N, GROUP: tl.constexpr, BC: tl.constexpr,
+             CHAIN: tl.constexpr, COLS: tl.constexpr, M_ROWS: tl.constexpr, LCU: tl.constexpr,
+             ASM: tl.constexpr, DENORM: tl.constexpr, EVEN: tl.constexpr):  # fmt: skip
+    """One step of `w4k_gemv_h2_kernel`'s K loop: the fp16 pair sums of ``words`` for every row of x,
+    then scale and bias into the float32 accumulators ``acc``."""
+    RP: tl.constexpr = rr.shape[0]
+    h = (tl.zeros((RP, BC), dtype=tl.int32) if ASM else tl.zeros((RP, BC, 2), tl.float32),)
+    h = h * (COLS * M_ROWS)
+    xs = (tl.zeros((RP,), dtype=tl.float32),) * M_ROWS
+    for p in tl.static_range(CHAIN):
+        x8 = ()
+        for m in tl.static_range(M_ROWS):
+            x8 = x8 + _x8(xr[m], r + rr + p)  # row m's x at x8[8 * m + i]
+        for j in tl.static_range(4):
+            xp, xn = (), ()
+            for m in tl.static_range(M_ROWS):
+                xn = xn + (xs[m] + (x8[8 * m + j] + x8[8 * m + j + 4]),)
+                f = v[m] / (1 << (4 * (j % 2)))
+                xp = xp + (_h2_xpair(x8[8 * m + j] * f, x8[8 * m + j + 4] * f, ASM),)  # once a row
+            xs = xn
+            hn = ()
+            for c in tl.static_range(COLS):
+                src = words[p * COLS + c] if j < 2 else words[p * COLS + c] >> 8
+                if M_ROWS == 1:  # one asm: the code as before the rows
+                    hn = hn + (_h2_fma(src, xp[0], h[c], j % 2, DENORM, ASM),)
+                else:
+                    codes = _h2_codes(src, j % 2, DENORM, ASM)
+                    for m in tl.static_range(M_ROWS):
+                        hn = hn + (_h2_fma_row(codes, xp[m], h[c * M_ROWS + m], ASM),)
+            h = hn
+    xb = ()
+    for m in tl.static_range(M_ROWS):
+        xb = xb + ((xs[m] * (v[m] / (1 << LCU)))[:, None],)
+    an = ()
+    for c in tl.static_range(COLS):
+        cols = cols0 + c * BC
+        sb = ((r + rr) * 8 // GROUP)[:, None] * N + cols[None, :]
+        s2 = tl.load(s_ptr + sb, mask=((cols < N) | EVEN)[None, :], other=0.0).to(tl.float32)
+        b2 = tl.load(b_ptr + sb, mask=((cols < N) | EVEN)[None, :], other=0.0).to(tl.float32)
+        for m in tl.static_range(M_ROWS):
+            an = an + (acc[c * M_ROWS + m] + _h2_sum(h[c * M_ROWS + m], ASM) * s2 + xb[m] * b2,)
+    return an

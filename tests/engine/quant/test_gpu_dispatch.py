@@ -136,3 +136,24 @@ def test_k_packed_batches_where_the_step_does_not_tile_k(k: int, group: int, m: 
     finally:
         gpu.TUNING.pop(("int4k", N, k))
     torch.testing.assert_close(got, want, **TOL)
+
+
+@pytest.mark.parametrize("m", [1, 3])
+@pytest.mark.parametrize("split", [1, 2])
+def test_fp16_gemv_loading_first_weights_early_gives_the_same_bits(m: int, split: int, monkeypatch) -> None:
+    """`gpu.EARLY_WEIGHTS` (the first step's words loaded before the PDL wait, then the loop from the
+    second step) changes when the weights are read, not what is computed: the same bits, one step or
+    several a program."""
+    q = quantize_int4(_weight(14), group=64)
+    gw = _on_device(gpu.pack(q))
+    x = _x(m, seed=15).to(DEVICE)
+    gpu.TUNING[("int4k", N, K)] = (32, split, 4, 2, 5, 8, 2, 1)  # 8 word rows a step: 4 or 2 steps
+    try:
+        plain = gpu.matmul_small(gw, x)
+        monkeypatch.setattr(gpu, "EARLY_WEIGHTS", True)
+        early = gpu.matmul_small(gw, x)
+    finally:
+        gpu.TUNING.pop(("int4k", N, K))
+    assert torch.equal(early, plain)
+    want = x.float().cpu() @ _ref(q).t()
+    assert float((early.float().cpu() - want).abs().max() / want.abs().max()) < 4e-3
