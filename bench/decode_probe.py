@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -41,11 +43,34 @@ def _load(path: str):
     return mod
 
 
-def h2_ab(ref_path: str | None, ms: tuple[int, ...], launches: str = "", amax_in: bool = False) -> list[dict]:
+@triton.jit
+def _no_split_sum(y_ptr, ws_ptr, lock_ptr, M, N, stride_ym, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  SPLIT: tl.constexpr):  # fmt: skip
+    """`_finish_split` left out: for timing what the split-K sum costs (the output is left unwritten)."""
+    pass
+
+
+def _without_split_sum():
+    """A fresh copy of the fp16 GEMV whose programs store their partial rows and stop: no arrival
+    ticket, no sum by the last program. Timing only (y stays unwritten)."""
+    mod = _load(th2.__file__)
+    mod._finish_split = _no_split_sum
+    return mod.w4k_gemv_h2_kernel
+
+
+def h2_ab(
+    ref_path: str | None,
+    ms: tuple[int, ...],
+    launches: str = "",
+    amax_in: bool = False,
+    no_tail: bool = False,
+) -> list[dict]:
     """Each layer at each batch: microseconds of the current kernel and of each reference, same config
     (references launch without PDL); ``launches`` ("0,1"): the current kernel also with PDL off / on;
     ``amax_in``: also with each row's absmax given (AMAX_IN: no absmax pass in the kernel; the absmax is
-    made before the timed graph, as a producer kernel would hand it over)."""
+    made before the timed graph, as a producer kernel would hand it over); ``no_tail``: also without the
+    split-K sum at its end (`_without_split_sum`), whose cost is the difference: what handing the partial
+    rows to the next kernel, which would add them as it loads its input, could save."""
     bw = copy_gbps()
     current = th2.w4k_gemv_h2_kernel
     variants = {"current": (current, pdl.ENABLED, False)}  # kernel, PDL, absmax given
@@ -55,6 +80,8 @@ def h2_ab(ref_path: str | None, ms: tuple[int, ...], launches: str = "", amax_in
         variants[f"pdl{item}"] = (current, bool(int(item)), False)
     if amax_in:
         variants["amax_in"] = (current, pdl.ENABLED, True)
+    if no_tail:
+        variants["no_tail"] = (_without_split_sum(), pdl.ENABLED, False)
     rows = []
     for name, (n, k) in SHAPES.items():
         if name == "lm_head":
@@ -76,7 +103,8 @@ def h2_ab(ref_path: str | None, ms: tuple[int, ...], launches: str = "", amax_in
                 pdl.ENABLED = on
                 try:
                     got = gpu.matmul_small(g, x, amax=amax).float()
-                    row[label + "_err"] = float(((got - want).norm() / want.norm()).item())
+                    if label != "no_tail":  # its output is left unwritten
+                        row[label + "_err"] = float(((got - want).norm() / want.norm()).item())
                     us = graph_ms([lambda c=c, x=x, a=amax: gpu.matmul_small(c, x, amax=a) for c in gs]) * 1e3
                     row[label + "_us"] = round(us, 2)
                     row[label + "_pct_bw"] = round(100 * g.nbytes() / us / 1e3 / bw, 1)
@@ -181,13 +209,14 @@ def main() -> None:
     p.add_argument("--ms", default="1,4")
     p.add_argument("--launches", default="", help="h2 also with PDL off/on: '0,1'")
     p.add_argument("--amax-in", action="store_true", help="h2 also with each row's absmax given")
+    p.add_argument("--no-tail", action="store_true", help="h2 also without the split-K sum (timing only)")
     p.add_argument("--parts", default="h2,attn")
     a = p.parse_args()
     torch.manual_seed(0)
     res = {"gpu": torch.cuda.get_device_name(0)}
     parts = a.parts.split(",")
     if "h2" in parts:
-        res["h2"] = h2_ab(a.h2_ref, tuple(int(v) for v in a.ms.split(",")), a.launches, a.amax_in)
+        res["h2"] = h2_ab(a.h2_ref, tuple(int(v) for v in a.ms.split(",")), a.launches, a.amax_in, a.no_tail)
     if "chain" in parts:
         res["chain"] = chain_probe()
     if "attn" in parts:

@@ -11,7 +11,7 @@
 #   pdl: bash bench/gpu_pending.sh pdl   (carry .whl; LAUNCHES="0,1,0,1": PDL off/on A/B, ~6 min)
 #   graph: bash bench/gpu_pending.sh graph   (carry .whl; the model at batch 1 and 16 against transformers,
 #          then A/B settings at batch 1, LAUNCHES="argmax0,argmax1" or "0,1" (PDL); ~7 min)
-#   amax: bash bench/gpu_pending.sh amax   (no carry; the fp16 GEMV with each row's absmax given, per layer; ~3 min)
+#   amax: bash bench/gpu_pending.sh amax   (no carry; the fp16 GEMV per layer: absmax given, no split-K sum; ~3 min)
 #   rowamax: bash bench/gpu_pending.sh rowamax   (carry .whl; norms' absmax into the GEMV, early weights: A/B; ~9 min)
 #   mmt: bash bench/gpu_pending.sh mmt   (no carry; tensor cores with swapped operands, modes 20-22, vs shipped; ~6 min)
 #   tune: bash bench/gpu_pending.sh tune   (no carry; TEST_K=... narrows the compiled tests, MODES=int4,bf16)
@@ -97,11 +97,12 @@ case "${1:-1}" in
   amax)  # issue 6: the fp16 GEMV with each row's absmax given (no pass in the kernel), compiled and timed per layer
     compiled_tests "${TEST_S:-90}" "${TEST_K:-(keeps and 128-2-128) or (takes and 128-2-4) or (keeps and 32-1-128)}"
     sed -n '/FAILED\|Error/p' "$OUT/tests.log" | head -5
-    timeout "${PROBE_S:-150}" python3 bench/decode_probe.py --out "$OUT" --parts h2 --ms "${MS:-1,4}" --amax-in 2>&1 \
-      | grep -vi warn | python3 -c "import json,sys
+    timeout "${PROBE_S:-150}" python3 bench/decode_probe.py --out "$OUT" --parts h2 --ms "${MS:-1,4}" --amax-in --no-tail \
+      2>&1 | grep -vi warn | python3 -c "import json,sys
 for l in sys.stdin:
     if not l.startswith('{'): print(l.rstrip()); continue
-    r = json.loads(l); print(r['layer'], 'M', r['M'], 'shipped', r.get('current_us'), 'us; absmax given', r.get('amax_in_us'), 'us; err', r.get('current_err'), r.get('amax_in_err'))"
+    r = json.loads(l); print(r['layer'], 'M', r['M'], 'shipped', r.get('current_us'), 'us; absmax given', r.get('amax_in_us'),
+        'us; without the split-K sum', r.get('no_tail_us'), 'us; err', r.get('current_err'), r.get('amax_in_err'))"
     ;;
   rowamax)  # issue 6: the norms' row absmax into the one-token GEMV, and its weights loaded before the PDL
     # wait, tested compiled, then A/B in one engine (settings accumulate: amax off/on, then early on/off)
