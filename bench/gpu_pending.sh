@@ -12,7 +12,7 @@
 #   graph: bash bench/gpu_pending.sh graph   (carry .whl; the model at batch 1 and 16 against transformers,
 #          then A/B settings at batch 1, LAUNCHES="argmax0,argmax1" or "0,1" (PDL); ~7 min)
 #   amax: bash bench/gpu_pending.sh amax   (no carry; the fp16 GEMV per layer: absmax given, no split-K sum; ~3 min)
-#   rowamax: bash bench/gpu_pending.sh rowamax   (carry .whl; norms' absmax into the GEMV, early weights: A/B; ~9 min)
+#   rowamax: bash bench/gpu_pending.sh rowamax   (carry .whl; absmax, early weights, partials to the norm: A/B; ~9 min)
 #   mmt: bash bench/gpu_pending.sh mmt   (no carry; tensor cores with swapped operands, modes 20-22, vs shipped; ~6 min)
 #   tune: bash bench/gpu_pending.sh tune   (no carry; TEST_K=... narrows the compiled tests, MODES=int4,bf16)
 # .whl holds the py3.12 wheels of fastapi/starlette/pydantic/uvicorn that `kb engine-serve` needs and the
@@ -104,14 +104,15 @@ for l in sys.stdin:
     r = json.loads(l); print(r['layer'], 'M', r['M'], 'shipped', r.get('current_us'), 'us; absmax given', r.get('amax_in_us'),
         'us; without the split-K sum', r.get('no_tail_us'), 'us; err', r.get('current_err'), r.get('amax_in_err'))"
     ;;
-  rowamax)  # issue 6: the norms' row absmax into the one-token GEMV, and its weights loaded before the PDL
-    # wait, tested compiled, then A/B in one engine (settings accumulate: amax off/on, then early on/off)
-    compiled_tests "${TEST_S:-150}" "${TEST_K:-absmax or hands or early or (agree and (16-20 or 16-21 or 16-22 or 5-20 or 3-21 or 2-22)) or (keeps and 128-2-128)}"
+  rowamax)  # issue 6: the norms' row absmax into the one-token GEMV, its weights loaded before the PDL wait,
+    # split-K partials summed by the next norm: tested compiled, then A/B in one engine (settings accumulate)
+    compiled_tests "${TEST_S:-150}" "${TEST_K:-absmax or hands or early or partials or (agree and (16-20 or 16-21 or 16-22 or 5-20 or 3-21 or 2-22)) or (keeps and 128-2-128)}"
     sed -n '/FAILED\|Error/p' "$OUT/tests.log" | head -5
-    echo "== whole model, then batch 1 with the GEMV's own absmax pass / the norm's (graphs captured again)"
-    timeout "${E2E_S:-420}" python3 bench/quant_e2e.py --out "$OUT" --modes "${MODES:-int4}" --batches "${BATCHES:-1,16}" \
+    echo "== whole model at batch 1, then A/B settings (they accumulate; graphs captured again for each)"
+    timeout "${E2E_S:-420}" python3 bench/quant_e2e.py --out "$OUT" --modes "${MODES:-int4}" --batches "${BATCHES:-1}" \
       --prefill-tokens "${PREFILL:-512}" --compile-budget-s "${HF_S:-90}" --overlap \
-      --launches "${LAUNCHES:-amax0,amax1,early1,early0,amax0,amax1,early1}" ${E2E_EXTRA:-} > "$OUT/e2e.log" 2>&1
+      --launches "${LAUNCHES:-amax0,amax1,early1,early0,parts1,parts0,amax0,amax1,early1,early0,parts1}" ${E2E_EXTRA:-} \
+      > "$OUT/e2e.log" 2>&1
     grep "launch \|^hf" "$OUT/e2e.log"; e2e_summary
     ;;
   mmt)  # issue 6: the tensor-core kernel with swapped operands (modes 20-22) against the shipped configs

@@ -155,7 +155,8 @@ def _apply(eng: Engine, item: str) -> str:
     """One A/B setting: '0'/'1' or 'pdl0'/'pdl1' (PDL, `engine.pdl`), 'argmax0'/'argmax1' (the greedy
     argmax after the replay, or inside the decode graph; the inputs' packed copy is the same in both),
     'amax0'/'amax1' (the norms hand their rows' absmax to the one-token int4 GEMV, or it takes its own),
-    'early0'/'early1' (that GEMV loads its first step's weights before the PDL wait, or after)."""
+    'early0'/'early1' (that GEMV loads its first step's weights before the PDL wait, or after),
+    'parts0'/'parts1' (o_proj and down_proj hand their split-K partials to the next norm, or sum them)."""
     name = f"pdl{item}" if item.isdigit() else item
     flag, on = name[:-1], bool(int(name[-1]))
     if flag == "pdl":
@@ -166,6 +167,8 @@ def _apply(eng: Engine, item: str) -> str:
         engine_model.ROW_AMAX = on
     elif flag == "early":
         gpu.EARLY_WEIGHTS = on
+    elif flag == "parts":
+        engine_model.SPLIT_PARTIALS = on
     else:
         raise ValueError(f"unknown --launches item {item!r}")
     return name
@@ -177,7 +180,8 @@ def launch_variants(b: Bench, eng: Engine, a: argparse.Namespace) -> dict:
     A/B free of the run-to-run spread between machines, and of the weights' RNG (the greedy tokens must
     match)."""
     out = {}
-    default = pdl.ENABLED, eng.runner.argmax_in_graph, engine_model.ROW_AMAX, gpu.EARLY_WEIGHTS
+    default = (pdl.ENABLED, eng.runner.argmax_in_graph, engine_model.ROW_AMAX, gpu.EARLY_WEIGHTS,
+               engine_model.SPLIT_PARTIALS)  # fmt: skip
     try:
         for item in a.launches.split(","):
             name = _apply(eng, item)
@@ -193,7 +197,8 @@ def launch_variants(b: Bench, eng: Engine, a: argparse.Namespace) -> dict:
             out[name if name not in out else f"{name}_again"] = res
             print(f"  launch {name}: {json.dumps(res)}", flush=True)
     finally:
-        pdl.ENABLED, eng.runner.argmax_in_graph, engine_model.ROW_AMAX, gpu.EARLY_WEIGHTS = default
+        (pdl.ENABLED, eng.runner.argmax_in_graph, engine_model.ROW_AMAX, gpu.EARLY_WEIGHTS,
+         engine_model.SPLIT_PARTIALS) = default  # fmt: skip
         drop_graphs(eng)
     return out
 

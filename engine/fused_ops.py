@@ -27,6 +27,7 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from engine import pdl
+from engine.partials import SplitPartials
 
 __all__ = ["add_rmsnorm", "rmsnorm", "row_amax", "rope_qk", "silu_mul", "stores_kv"]
 
@@ -53,14 +54,22 @@ def _round(x, dt: tl.constexpr, CUDA: tl.constexpr):
 
 
 @triton.jit
-def _rmsnorm_kernel(X, R, W, OUT, ROUT, AMAX, sx, sr, so, sro, n, eps, inv_n,
+def _rmsnorm_kernel(X, R, W, OUT, ROUT, AMAX, sx, sr, so, sro, n, eps, inv_n, sps,
                     HAS_RES: tl.constexpr, CUDA: tl.constexpr, BLOCK: tl.constexpr, HAS_AMAX: tl.constexpr,
-                    PDL: tl.constexpr = False):  # fmt: skip
+                    SPLITS: tl.constexpr = 0, PDL: tl.constexpr = False):  # fmt: skip
+    """``SPLITS``: X holds that many float32 partial rows ``sps`` apart (`engine.partials`), added here
+    in order from zero and converted as the GEMV's own sum would (`triton_kernels._finish_split`)."""
     pdl.start(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     m = offs < n
-    x = tl.load(X + row * sx + offs, mask=m, other=0.0)
+    if SPLITS:
+        total = tl.zeros((BLOCK,), dtype=tl.float32)
+        for k in tl.static_range(SPLITS):
+            total += tl.load(X + k * sps + row * sx + offs, mask=m, other=0.0)
+        x = total.to(ROUT.dtype.element_ty)
+    else:
+        x = tl.load(X + row * sx + offs, mask=m, other=0.0)
     if HAS_RES:  # new residual = x + residual, rounded to the model dtype like torch's add
         r = tl.load(R + row * sr + offs, mask=m, other=0.0)
         x = _round(x.to(tl.float32) + r.to(tl.float32), ROUT.dtype.element_ty, CUDA)
@@ -69,7 +78,7 @@ def _rmsnorm_kernel(X, R, W, OUT, ROUT, AMAX, sx, sr, so, sro, n, eps, inv_n,
     ss = tl.sum(xf * xf, axis=0)
     var = ss * inv_n if CUDA else ss / n  # torch's CUDA mean multiplies by 1/n; its CPU mean is sum / n
     rstd = tl.math.rsqrt(var + eps)
-    normed = _round(xf * rstd, X.dtype.element_ty, CUDA)
+    normed = _round(xf * rstd, ROUT.dtype.element_ty, CUDA)  # ROUT: x's dtype (or x itself)
     w = tl.load(W + offs, mask=m, other=0.0)
     out = _round(w.to(tl.float32) * normed.to(tl.float32), OUT.dtype.element_ty, CUDA)
     tl.store(OUT + row * so + offs, out, mask=m)
@@ -77,27 +86,41 @@ def _rmsnorm_kernel(X, R, W, OUT, ROUT, AMAX, sx, sr, so, sro, n, eps, inv_n,
         tl.store(AMAX + row, tl.max(tl.abs(out.to(tl.float32)), axis=0))
 
 
-def _norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float, row_amax: bool):
-    shape = x.shape
-    x2 = x.reshape(-1, shape[-1])
+def _norm(
+    x: torch.Tensor | SplitPartials,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor,
+    eps: float,
+    row_amax: bool,
+):
+    splits = 0
+    if isinstance(x, SplitPartials):
+        if residual is None:
+            raise ValueError("split-K partials are summed by the add + RMSNorm only")
+        splits, parts, dtype = x.parts.shape[0], x.parts.contiguous(), x.dtype
+        shape, x2 = x.shape, parts[0]
+    else:
+        shape, dtype = x.shape, x.dtype
+        x2 = x.reshape(-1, shape[-1])
+        if x2.stride(1) != 1:
+            x2 = x2.contiguous()
     n = x2.shape[1]
-    if x2.stride(1) != 1:
-        x2 = x2.contiguous()
-    out = torch.empty(x2.shape, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
+    out = torch.empty(x2.shape, dtype=torch.promote_types(weight.dtype, dtype), device=x2.device)
     if residual is not None:
         r2 = residual.reshape(-1, n)
         if r2.stride(1) != 1:
             r2 = r2.contiguous()
-        rout = torch.empty_like(x2, memory_format=torch.contiguous_format)
+        rout = torch.empty(x2.shape, dtype=dtype, device=x2.device)
     else:
         r2 = rout = x2  # unused
-    amax = torch.empty(x2.shape[0], dtype=torch.float32, device=x.device) if row_amax else out
+    amax = torch.empty(x2.shape[0], dtype=torch.float32, device=x2.device) if row_amax else out
     if x2.shape[0] > 0:
         strides = (x2.stride(0), r2.stride(0), out.stride(0), rout.stride(0))
         _rmsnorm_kernel[(x2.shape[0],)](
-            x2, r2, weight, out, rout, amax, *strides, n, eps, 1.0 / n,
+            parts if splits else x2, r2, weight, out, rout, amax, *strides, n, eps, 1.0 / n, x2.numel(),
             HAS_RES=residual is not None, CUDA=not _interpreted(), BLOCK=triton.next_power_of_2(n),
-            HAS_AMAX=row_amax, num_warps=4 if n <= 2048 else 8, enable_fp_fusion=False, **pdl.kwargs(x2),
+            HAS_AMAX=row_amax, SPLITS=splits, num_warps=4 if n <= 2048 else 8, enable_fp_fusion=False,
+            **pdl.kwargs(x2),
         )  # fmt: skip
     out = out.view(shape)
     if row_amax:
@@ -111,10 +134,15 @@ def row_amax(x: torch.Tensor) -> torch.Tensor | None:
 
 
 def add_rmsnorm(
-    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, row_amax: bool = False
+    x: torch.Tensor | SplitPartials,
+    residual: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    row_amax: bool = False,
 ):
     """``(weight * rmsnorm(x + residual), x + residual)`` in one kernel (engine.model.RMSNorm's numerics);
-    ``row_amax``: the output also carries each row's ``max |out|`` (`row_amax`)."""
+    ``row_amax``: the output also carries each row's ``max |out|`` (`row_amax`). ``x`` may be a split-K
+    GEMV's unsummed partial rows (`engine.partials`), added here with the GEMV's own order and rounding."""
     return _norm(x, residual, weight, eps, row_amax)
 
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from engine.attention import AttnBatch, attend_dense, attend_gather, attend_prefix_flash, write_kv
 from engine.config import ModelConfig
+from engine.partials import SplitPartials
 
 __all__ = ["AttnBatch", "LlamaForCausalLM"]
 
@@ -24,6 +25,9 @@ FUSED: bool | None = None  # engine.fused_ops kernels: None = on CUDA tensors; t
 
 
 ROW_AMAX = True  # norms hand their rows' absmax to a quantized matmul that uses it (bench A/B: False)
+# o_proj and down_proj hand a split-K GEMV's partial rows to the add + RMSNorm after them (`engine.partials`);
+# off until a GPU run shows it faster (bench A/B: True)
+SPLIT_PARTIALS = False
 
 
 def _fused(x: torch.Tensor) -> bool:
@@ -34,16 +38,25 @@ def _takes_row_amax(linear: nn.Module) -> bool:
     return getattr(linear, "takes_row_amax", False)
 
 
+def _into_norm(linear: nn.Module, x: torch.Tensor) -> torch.Tensor | SplitPartials:
+    """``linear(x)`` for a linear whose output only an add + RMSNorm reads: it may come unsummed."""
+    if SPLIT_PARTIALS and getattr(linear, "emits_partials", False) and _fused(x):
+        return linear(x, partials=True)
+    return linear(x)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, row_amax: bool = False):
+    def forward(
+        self, x: torch.Tensor | SplitPartials, residual: torch.Tensor | None = None, row_amax: bool = False
+    ):
         """``weight * norm(x)``; given ``residual``, ``(weight * norm(x + residual), x + residual)``.
         ``row_amax``: the fused kernel also passes its rows' absmax on (`fused_ops.row_amax`)."""
-        if _fused(x):
+        if isinstance(x, SplitPartials) or _fused(x):
             from engine import fused_ops
 
             if residual is None:
@@ -127,7 +140,7 @@ class Attention(nn.Module):
             out = paged_attention(q, kc, vc, ks, vs, ab.meta, ab.decode)
         else:
             out = attend_gather(q, kc, vc, ks, vs, ab, self.nh, self.kvh)
-        return self.o_proj(out.reshape(t, self.nh * self.hd))
+        return _into_norm(self.o_proj, out.reshape(t, self.nh * self.hd))
 
 
 class MLP(nn.Module):
@@ -142,7 +155,7 @@ class MLP(nn.Module):
         if _fused(gu):
             from engine.fused_ops import silu_mul
 
-            return self.down_proj(silu_mul(gu, self.inter))
+            return _into_norm(self.down_proj, silu_mul(gu, self.inter))
         g, u = gu.split(self.inter, dim=-1)
         return self.down_proj(F.silu(g) * u)
 

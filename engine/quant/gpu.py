@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from engine.partials import SplitPartials
 from engine.quant import tuning
 from engine.quant.formats import Int4Weight, Int8Weight
 
@@ -213,10 +214,15 @@ def _int4k_config(g: GpuWeight, cfg: tuple[int, ...], m: int) -> tuple[tuple[int
 
 
 def matmul_small(
-    g: GpuWeight, x: torch.Tensor, thresh: float | None = None, amax: torch.Tensor | None = None
-) -> torch.Tensor:
+    g: GpuWeight,
+    x: torch.Tensor,
+    thresh: float | None = None,
+    amax: torch.Tensor | None = None,
+    partials: bool = False,
+) -> torch.Tensor | SplitPartials:
     """``x [M <= 16, K] @ W.T`` with the fused kernel of ``g.kind``. ``amax``: each row's ``max |x|`` as
-    float32, for the fp16 GEMV to skip its own pass (`triton_w4k_h2` AMAX_IN; measured by the probe)."""
+    float32, for the fp16 GEMV to skip its own pass (`triton_w4k_h2` AMAX_IN; measured by the probe).
+    ``partials``: where that GEMV splits K, its partial rows unsummed (`engine.partials`)."""
     from engine import pdl
     from engine.quant import triton_kernels as tk
     from engine.quant import triton_w4k as tw4k
@@ -266,8 +272,11 @@ def matmul_small(
             xa, t["w"], t["s"], t["b"], y, ws, locks, g.n, g.k, per * cfg[5], xa.stride(0), y.stride(0),
             GROUP=g.group, BLOCK_N=block_n, BLOCK_R=cfg[5], SPLIT=nsplit, ASM=_asm(x), DENORM=cfg[4] == 5,
             CHAIN=h2[0], COLS=h2[1], EVEN=g.n % block_n == 0, M_ROWS=m, num_warps=warps, num_stages=stages,
-            amax_ptr=xa if amax is None else amax, AMAX_IN=amax is not None, EARLY=EARLY_WEIGHTS, **pdl_kw,
+            amax_ptr=xa if amax is None else amax, AMAX_IN=amax is not None, EARLY=EARLY_WEIGHTS,
+            PARTIALS=partials and bool(nsplit), **pdl_kw,
         )  # fmt: skip
+        if partials and nsplit:
+            return SplitPartials(ws, y.dtype)
     elif g.kind == "int4k" and cfg[4] in MM2_KERNELS and g.group % (8 * cfg[5]) == 0:  # bf16 pairs
         kernel = getattr(tw4k, MM2_KERNELS[cfg[4]])
         kernel[grid](
@@ -343,8 +352,9 @@ def dense_weight(g: GpuWeight, dtype: torch.dtype) -> torch.Tensor:
     return g.extra["w"].dequantize(dtype)
 
 
-def cuda_linear(layer: Any, x: torch.Tensor) -> torch.Tensor:
-    """`QuantLinear.forward` on CUDA."""
+def cuda_linear(layer: Any, x: torch.Tensor, partials: bool = False) -> torch.Tensor | SplitPartials:
+    """`QuantLinear.forward` on CUDA; ``partials``: a 2-D input of up to 16 rows may get its split-K
+    partial rows back unsummed (`matmul_small`), for a kernel that adds them as it loads them."""
     g = prepare(layer)
     from engine.fused_ops import row_amax
 
@@ -359,6 +369,8 @@ def cuda_linear(layer: Any, x: torch.Tensor) -> torch.Tensor:
             x2 = layer.sparsify(x2)
         if amax is not None and amax.shape != x2.shape[:1]:
             raise ValueError(f"row absmax of shape {tuple(amax.shape)} for {x2.shape[0]} rows")
+        if partials and x.dim() == 2 and x2.shape[0] <= SMALL_M and layer.bias is None and thresh is None:
+            return matmul_small(g, x2, None, amax, partials=True)
         parts = [
             matmul_small(g, x2[i : i + SMALL_M], thresh, None if amax is None else amax[i : i + SMALL_M])
             for i in range(0, x2.shape[0], SMALL_M)

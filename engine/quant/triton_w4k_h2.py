@@ -140,7 +140,7 @@ def w4k_gemv_h2_kernel(
     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, SPLIT: tl.constexpr,
     ASM: tl.constexpr, DENORM: tl.constexpr, CHAIN: tl.constexpr, COLS: tl.constexpr, EVEN: tl.constexpr,
     M_ROWS: tl.constexpr, PDL: tl.constexpr = False, amax_ptr=None, AMAX_IN: tl.constexpr = False,
-    EARLY: tl.constexpr = False,
+    EARLY: tl.constexpr = False, PARTIALS: tl.constexpr = False,
 ):  # fmt: skip
     """gemv3 (steps of ``BLOCK_R`` word rows, scales in the accumulator's layout) with packed-fp16 FMAs: a
     pair of weights costs a ``lop3``, ``sub.f16x2`` and ``fma.f16x2`` (DENORM: ``and``, ``fma``), not ~7.
@@ -170,7 +170,10 @@ def w4k_gemv_h2_kernel(
 
     ``EARLY`` (an experiment, `engine.quant.gpu.EARLY_WEIGHTS`): the first step's weight words are loaded
     before the PDL wait, so that their HBM round trip overlaps the previous kernel's tail instead of
-    following it. Safe under PDL's rule (`engine.pdl`): no kernel writes the weights."""
+    following it. Safe under PDL's rule (`engine.pdl`): no kernel writes the weights.
+
+    ``PARTIALS`` (`engine.partials.SplitPartials`): the split programs store their partial rows and stop;
+    the kernel after this one adds them up (an A/B knob, `engine.model.SPLIT_PARTIALS`)."""
     RP: tl.constexpr = BLOCK_R // CHAIN
     BC: tl.constexpr = BLOCK_N // COLS
     LCU: tl.constexpr = 24 if DENORM else 0  # the codes are q * 2**-LCU
@@ -207,7 +210,7 @@ def w4k_gemv_h2_kernel(
             ym = y_ptr if m == 0 else y_ptr + m * stride_ym
             part = ws_ptr + (tl.program_id(1) * M_ROWS + m) * stride_ym
             _write_row(ym, part, out, cols0 + c * BC, cols0 + c * BC < N, SPLIT)
-    if SPLIT:
+    if SPLIT and not PARTIALS:
         _finish_split(y_ptr, ws_ptr, lock_ptr, M_ROWS, N, stride_ym, M_ROWS + (M_ROWS == 3), BLOCK_N, SPLIT)
 
 

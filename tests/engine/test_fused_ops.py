@@ -231,3 +231,51 @@ def test_model_hands_norm_absmax_to_quantized_qkv_and_gate_up_only(tmp_path, mon
     assert got["o_proj"] == got["down_proj"] == [False, False]
     monkeypatch.setattr(model_mod, "ROW_AMAX", False)
     assert not any(any(v) for v in seen(quant).values())
+
+
+def test_model_asks_only_o_and_down_for_split_partials(tmp_path, monkeypatch) -> None:
+    """With `engine.model.SPLIT_PARTIALS`, the two linears whose output only an add + RMSNorm reads
+    (o_proj, down_proj) are asked for unsummed split-K partials (`engine.partials`), qkv and gate_up never;
+    off (the default), none is; the logits are the same either way (on the CPU the quantized linears sum)."""
+    import transformers
+
+    import engine.model as model_mod
+    from engine.loader import load_model
+    from engine.quant.policy import apply_policy
+
+    torch.manual_seed(0)
+    shape = dict(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2)
+    cfg = transformers.LlamaConfig(vocab_size=97, num_hidden_layers=2, max_position_embeddings=64, **shape)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path)
+    monkeypatch.setattr(model_mod, "FUSED", True)
+    quant = load_model(tmp_path, torch.device(DEV), torch.bfloat16)
+    apply_policy(quant, "int4:g32")
+
+    def run() -> tuple[dict[str, list[bool]], torch.Tensor]:
+        asked: dict[str, list[bool]] = {}
+        hooks = [
+            mod.register_forward_pre_hook(
+                lambda m, args, kwargs, name=name: asked.setdefault(name.split(".")[-1], []).append(
+                    bool(kwargs.get("partials"))
+                ),
+                with_kwargs=True,
+            )
+            for name, mod in quant.named_modules()
+            if name.endswith("_proj")
+        ]
+        kv = [torch.zeros(4, 4, 2, 16, dtype=torch.bfloat16, device=DEV) for _ in range(2)]
+        pos = torch.arange(5, device=DEV)
+        ab = model_mod.AttnBatch(pos, [(0, 5, 5, torch.arange(2, device=DEV))], kv, [k.clone() for k in kv])
+        with torch.inference_mode():
+            out = quant(torch.arange(5, device=DEV) * 7, pos, ab)
+        for h in hooks:
+            h.remove()
+        return asked, out
+
+    asked, plain = run()
+    assert not any(any(v) for v in asked.values())
+    monkeypatch.setattr(model_mod, "SPLIT_PARTIALS", True)
+    asked, split = run()
+    assert asked["o_proj"] == asked["down_proj"] == [True, True]
+    assert asked["qkv_proj"] == asked["gate_up_proj"] == [False, False]
+    assert torch.equal(split, plain)

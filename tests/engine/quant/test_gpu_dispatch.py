@@ -157,3 +157,56 @@ def test_fp16_gemv_loading_first_weights_early_gives_the_same_bits(m: int, split
     assert torch.equal(early, plain)
     want = x.float().cpu() @ _ref(q).t()
     assert float((early.float().cpu() - want).abs().max() / want.abs().max()) < 4e-3
+
+
+@pytest.mark.parametrize("m", [1, 2, 4])
+def test_split_partials_summed_by_the_norm_give_the_gemvs_bits(m: int) -> None:
+    """With ``partials`` the fp16 GEMV that splits K returns its partial rows unsummed
+    (`engine.partials.SplitPartials`); the add + RMSNorm after it, adding them as it loads them, gives
+    the same bits as the GEMV's own sum followed by the norm (output and new residual). A GEMV that
+    does not split returns its output as before."""
+    from engine import fused_ops
+    from engine.partials import SplitPartials
+
+    q = quantize_int4(_weight(16), group=64)
+    gw = _on_device(gpu.pack(q))
+    x = _x(m, seed=17).bfloat16().to(DEVICE)
+    res = _x(m, seed=18).bfloat16().to(DEVICE) * 4
+    w = (torch.rand(N) + 0.5).bfloat16().to(DEVICE)
+    gpu.TUNING[("int4k", N, K)] = (32, 4, 4, 2, 5, 8, 2, 1)  # 4 splits of 8 word rows
+    try:
+        y = gpu.matmul_small(gw, x)
+        parts = gpu.matmul_small(gw, x, partials=True)
+        gpu.TUNING[("int4k", N, K)] = (32, 1, 4, 2, 5, 8, 2, 1)
+        whole = gpu.matmul_small(gw, x, partials=True)
+    finally:
+        gpu.TUNING.pop(("int4k", N, K))
+    assert isinstance(parts, SplitPartials) and parts.parts.shape == (4, m, N) and parts.dtype == y.dtype
+    assert isinstance(whole, torch.Tensor)
+    want, want_res = fused_ops.add_rmsnorm(y, res, w, 1e-5)
+    got, got_res = fused_ops.add_rmsnorm(parts, res, w, 1e-5, row_amax=True)
+    assert torch.equal(got_res, want_res) and torch.equal(got, want)
+    assert torch.equal(fused_ops.row_amax(got), got.float().abs().amax(-1))
+    with pytest.raises(ValueError, match="add \\+ RMSNorm"):
+        fused_ops.rmsnorm(parts, w, 1e-5)
+
+
+def test_quant_linear_hands_over_partials_only_where_it_can(monkeypatch) -> None:
+    """`cuda_linear(partials=True)` returns partials only for a 2-D input of up to 16 rows without a
+    bias; otherwise the summed output, as before."""
+    from engine.partials import SplitPartials
+    from engine.quant.linear import QuantLinear
+
+    q = quantize_int4(_weight(19), group=64)
+    plain, biased = QuantLinear(q).to(DEVICE), QuantLinear(q, torch.randn(N)).to(DEVICE)
+    gpu.prepare_model(torch.nn.Sequential(plain, biased))
+    gpu.TUNING[("int4k", N, K)] = (32, 2, 4, 2, 5, 8, 2, 1)
+    try:
+        x = _x(2, seed=20).to(DEVICE)
+        assert isinstance(gpu.cuda_linear(plain, x, partials=True), SplitPartials)
+        assert isinstance(gpu.cuda_linear(biased, x, partials=True), torch.Tensor)
+        assert isinstance(gpu.cuda_linear(plain, x[None], partials=True), torch.Tensor)
+        assert isinstance(gpu.cuda_linear(plain, _x(20).to(DEVICE), partials=True), torch.Tensor)
+        assert isinstance(gpu.cuda_linear(plain, x), torch.Tensor)
+    finally:
+        gpu.TUNING.pop(("int4k", N, K))

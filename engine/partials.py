@@ -1,0 +1,26 @@
+"""`SplitPartials`: a split-K matmul's output handed over unsummed, for the kernel after it to add up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class SplitPartials:
+    """The partial rows of a split-K GEMV, ``parts [split, M, N]`` float32, whose sum in split order,
+    rounded to ``dtype``, is the GEMV's output.
+
+    Why: the GEMV's own sum needs an arrival ticket (an L2 round trip) and a last program that loads
+    every partial and stores the result, all on the critical path at the kernel's end, where the next
+    kernel (launched early by PDL) waits. The add + RMSNorm after o_proj and down_proj loads its input
+    anyway; it adds the partials as it loads them, in the same order and rounding: the same bits
+    (`engine.fused_ops.add_rmsnorm`, `engine.quant.gpu.matmul_small`)."""
+
+    parts: torch.Tensor
+    dtype: torch.dtype
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.parts.shape[1:]
