@@ -54,6 +54,21 @@ def _round(x, dt: tl.constexpr, CUDA: tl.constexpr):
 
 
 @triton.jit
+def _load_summed(ptrs, mask, sps, SPLITS: tl.constexpr, dt: tl.constexpr):
+    """``tl.load(ptrs)``, or with ``SPLITS`` the sum of that many float32 partials ``sps`` apart, in
+    order from zero and converted to ``dt`` as the GEMV's own sum would be (`triton_kernels._finish_split`;
+    `engine.partials`)."""
+    if SPLITS:
+        total = tl.zeros(ptrs.shape, dtype=tl.float32)
+        for k in tl.static_range(SPLITS):
+            total += tl.load(ptrs + k * sps, mask=mask, other=0.0)
+        out = total.to(dt)
+    else:
+        out = tl.load(ptrs, mask=mask, other=0.0)
+    return out
+
+
+@triton.jit
 def _rmsnorm_kernel(X, R, W, OUT, ROUT, AMAX, sx, sr, so, sro, n, eps, inv_n, sps,
                     HAS_RES: tl.constexpr, CUDA: tl.constexpr, BLOCK: tl.constexpr, HAS_AMAX: tl.constexpr,
                     SPLITS: tl.constexpr = 0, PDL: tl.constexpr = False):  # fmt: skip
@@ -63,13 +78,7 @@ def _rmsnorm_kernel(X, R, W, OUT, ROUT, AMAX, sx, sr, so, sro, n, eps, inv_n, sp
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     m = offs < n
-    if SPLITS:
-        total = tl.zeros((BLOCK,), dtype=tl.float32)
-        for k in tl.static_range(SPLITS):
-            total += tl.load(X + k * sps + row * sx + offs, mask=m, other=0.0)
-        x = total.to(ROUT.dtype.element_ty)
-    else:
-        x = tl.load(X + row * sx + offs, mask=m, other=0.0)
+    x = _load_summed(X + row * sx + offs, m, sps, SPLITS, ROUT.dtype.element_ty)
     if HAS_RES:  # new residual = x + residual, rounded to the model dtype like torch's add
         r = tl.load(R + row * sr + offs, mask=m, other=0.0)
         x = _round(x.to(tl.float32) + r.to(tl.float32), ROUT.dtype.element_ty, CUDA)
@@ -234,34 +243,42 @@ def rope_qk(
 
 
 @triton.jit
-def _silu_mul_kernel(GU, OUT, sg, so, inter, CUDA: tl.constexpr, BLOCK: tl.constexpr,
-                     PDL: tl.constexpr = False):  # fmt: skip
+def _silu_mul_kernel(GU, OUT, sg, so, inter, sps, CUDA: tl.constexpr, BLOCK: tl.constexpr,
+                     SPLITS: tl.constexpr = 0, PDL: tl.constexpr = False):  # fmt: skip
+    """``SPLITS``: GU holds split-K partial rows (`engine.partials`), summed as `_rmsnorm_kernel` does."""
     pdl.start(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     m = offs < inter
-    g = tl.load(GU + row * sg + offs, mask=m, other=0.0).to(tl.float32)
-    u = tl.load(GU + row * sg + inter + offs, mask=m, other=0.0)
+    dt = OUT.dtype.element_ty
+    g = _load_summed(GU + row * sg + offs, m, sps, SPLITS, dt).to(tl.float32)
+    u = _load_summed(GU + row * sg + inter + offs, m, sps, SPLITS, dt)
     if CUDA:  # torch's CUDA silu: x / (1 + expf(-x)), IEEE division
         e = libdevice.exp(-g)
         s = tl.math.div_rn(g, 1.0 + e)
     else:
         s = g / (1.0 + tl.exp(-g))
-    dt = OUT.dtype.element_ty
     out = _round(s, dt, CUDA).to(tl.float32) * u.to(tl.float32)
     tl.store(OUT + row * so + offs, _round(out, dt, CUDA), mask=m)
 
 
-def silu_mul(gu: torch.Tensor, inter: int) -> torch.Tensor:
-    """``silu(gate) * up`` for ``gu = [gate | up]`` of shape ``[T, 2 * inter]`` (rounding as torch does)."""
-    gu2 = gu.reshape(-1, gu.shape[-1])
-    if gu2.stride(1) != 1:
-        gu2 = gu2.contiguous()
-    out = torch.empty((gu2.shape[0], inter), dtype=gu.dtype, device=gu.device)
+def silu_mul(gu: torch.Tensor | SplitPartials, inter: int) -> torch.Tensor:
+    """``silu(gate) * up`` for ``gu = [gate | up]`` of shape ``[T, 2 * inter]`` (rounding as torch does);
+    ``gu`` may be a split-K GEMV's unsummed partial rows (`engine.partials`)."""
+    splits = 0
+    if isinstance(gu, SplitPartials):
+        splits, parts, dtype = gu.parts.shape[0], gu.parts.contiguous(), gu.dtype
+        gu2 = parts[0]
+    else:
+        dtype, gu2 = gu.dtype, gu.reshape(-1, gu.shape[-1])
+        if gu2.stride(1) != 1:
+            gu2 = gu2.contiguous()
+    out = torch.empty((gu2.shape[0], inter), dtype=dtype, device=gu2.device)
     block = min(1024, triton.next_power_of_2(inter))
     if gu2.shape[0] > 0:
         _silu_mul_kernel[(gu2.shape[0], triton.cdiv(inter, block))](
-            gu2, out, gu2.stride(0), out.stride(0), inter,
-            CUDA=not _interpreted(), BLOCK=block, num_warps=4, enable_fp_fusion=False, **pdl.kwargs(gu2),
+            parts if splits else gu2, out, gu2.stride(0), out.stride(0), inter, gu2.numel(),
+            CUDA=not _interpreted(), BLOCK=block, SPLITS=splits, num_warps=4, enable_fp_fusion=False,
+            **pdl.kwargs(gu2),
         )  # fmt: skip
     return out.view(*gu.shape[:-1], inter)

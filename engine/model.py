@@ -25,8 +25,8 @@ FUSED: bool | None = None  # engine.fused_ops kernels: None = on CUDA tensors; t
 
 
 ROW_AMAX = True  # norms hand their rows' absmax to a quantized matmul that uses it (bench A/B: False)
-# o_proj and down_proj hand a split-K GEMV's partial rows to the add + RMSNorm after them (`engine.partials`);
-# off until a GPU run shows it faster (bench A/B: True)
+# o_proj, gate_up and down_proj hand a split-K GEMV's partial rows to the fused kernel after them (add +
+# RMSNorm, SiLU x up; `engine.partials`); off until a GPU run shows it faster (bench A/B: True)
 SPLIT_PARTIALS = False
 
 
@@ -38,8 +38,9 @@ def _takes_row_amax(linear: nn.Module) -> bool:
     return getattr(linear, "takes_row_amax", False)
 
 
-def _into_norm(linear: nn.Module, x: torch.Tensor) -> torch.Tensor | SplitPartials:
-    """``linear(x)`` for a linear whose output only an add + RMSNorm reads: it may come unsummed."""
+def _unsummed(linear: nn.Module, x: torch.Tensor) -> torch.Tensor | SplitPartials:
+    """``linear(x)`` for a linear whose output only a fused kernel that adds split-K partials reads (add +
+    RMSNorm after o_proj and down_proj, SiLU x up after gate_up): it may come unsummed."""
     if SPLIT_PARTIALS and getattr(linear, "emits_partials", False) and _fused(x):
         return linear(x, partials=True)
     return linear(x)
@@ -140,7 +141,7 @@ class Attention(nn.Module):
             out = paged_attention(q, kc, vc, ks, vs, ab.meta, ab.decode)
         else:
             out = attend_gather(q, kc, vc, ks, vs, ab, self.nh, self.kvh)
-        return _into_norm(self.o_proj, out.reshape(t, self.nh * self.hd))
+        return _unsummed(self.o_proj, out.reshape(t, self.nh * self.hd))
 
 
 class MLP(nn.Module):
@@ -151,11 +152,11 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gu = self.gate_up_proj(x)
-        if _fused(gu):
+        gu = _unsummed(self.gate_up_proj, x)
+        if isinstance(gu, SplitPartials) or _fused(gu):
             from engine.fused_ops import silu_mul
 
-            return _into_norm(self.down_proj, silu_mul(gu, self.inter))
+            return _unsummed(self.down_proj, silu_mul(gu, self.inter))
         g, u = gu.split(self.inter, dim=-1)
         return self.down_proj(F.silu(g) * u)
 

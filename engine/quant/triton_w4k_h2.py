@@ -173,7 +173,7 @@ def w4k_gemv_h2_kernel(
     following it. Safe under PDL's rule (`engine.pdl`): no kernel writes the weights.
 
     ``PARTIALS`` (`engine.partials.SplitPartials`): the split programs store their partial rows and stop;
-    the kernel after this one adds them up (an A/B knob, `engine.model.SPLIT_PARTIALS`)."""
+    the fused kernel after this one adds them up (an A/B knob, `engine.model.SPLIT_PARTIALS`)."""
     RP: tl.constexpr = BLOCK_R // CHAIN
     BC: tl.constexpr = BLOCK_N // COLS
     LCU: tl.constexpr = 24 if DENORM else 0  # the codes are q * 2**-LCU

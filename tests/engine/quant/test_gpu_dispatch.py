@@ -163,8 +163,8 @@ def test_fp16_gemv_loading_first_weights_early_gives_the_same_bits(m: int, split
 def test_split_partials_summed_by_the_norm_give_the_gemvs_bits(m: int) -> None:
     """With ``partials`` the fp16 GEMV that splits K returns its partial rows unsummed
     (`engine.partials.SplitPartials`); the add + RMSNorm after it, adding them as it loads them, gives
-    the same bits as the GEMV's own sum followed by the norm (output and new residual). A GEMV that
-    does not split returns its output as before."""
+    the same bits as the GEMV's own sum followed by the norm (output and new residual), and so does SiLU x
+    up (gate_up's reader). A GEMV that does not split returns its output as before."""
     from engine import fused_ops
     from engine.partials import SplitPartials
 
@@ -187,6 +187,7 @@ def test_split_partials_summed_by_the_norm_give_the_gemvs_bits(m: int) -> None:
     got, got_res = fused_ops.add_rmsnorm(parts, res, w, 1e-5, row_amax=True)
     assert torch.equal(got_res, want_res) and torch.equal(got, want)
     assert torch.equal(fused_ops.row_amax(got), got.float().abs().amax(-1))
+    assert torch.equal(fused_ops.silu_mul(parts, N // 2), fused_ops.silu_mul(y, N // 2))  # gate_up's reader
     with pytest.raises(ValueError, match="add \\+ RMSNorm"):
         fused_ops.rmsnorm(parts, w, 1e-5)
 
