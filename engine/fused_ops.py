@@ -162,23 +162,25 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, row_amax: bool = 
 
 @triton.jit
 def _rope_heads(
-    X, OUT, C, S, t, sxt, sxh, nheads, hd, CUDA: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr
-):
+    X, OUT, C, S, t, sxt, sxh, nheads, hd, sps, CUDA: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_D: tl.constexpr, SPLITS: tl.constexpr,
+):  # fmt: skip
     """``round(round(x * cos) + round(rotate_half(x) * sin))`` for every head of token ``t``; returns the
-    result with its head and dim indices and mask, for the caller's cache write."""
+    result with its head and dim indices and mask, for the caller's cache write. ``SPLITS``: X is the
+    first of that many split-K partials, ``sps`` apart (`_load_summed`)."""
     h = tl.arange(0, BLOCK_H)[:, None]
     d = tl.arange(0, BLOCK_D)[None, :]
     half = hd // 2
     m = (h < nheads) & (d < hd)
     partner = tl.where(d < half, d + half, d - half)
     base = X + t * sxt + h * sxh
-    x = tl.load(base + d, mask=m, other=0.0)
-    xp = tl.load(base + partner, mask=m, other=0.0).to(tl.float32)
+    dt = OUT.dtype.element_ty
+    x = _load_summed(base + d, m, sps, SPLITS, dt)
+    xp = _load_summed(base + partner, m, sps, SPLITS, dt).to(tl.float32)
     rot = tl.where(d < half, -xp, xp)  # rotate_half: cat(-x2, x1)
     dm = tl.arange(0, BLOCK_D) < hd
     c = tl.load(C + t * hd + tl.arange(0, BLOCK_D), mask=dm, other=0.0)[None, :]
     s = tl.load(S + t * hd + tl.arange(0, BLOCK_D), mask=dm, other=0.0)[None, :]
-    dt = OUT.dtype.element_ty
     a = _round(x.to(tl.float32) * c.to(tl.float32), dt, CUDA)
     b = _round(rot * s.to(tl.float32), dt, CUDA)
     out = _round(a.to(tl.float32) + b.to(tl.float32), dt, CUDA)
@@ -187,17 +189,18 @@ def _rope_heads(
 
 
 @triton.jit
-def _rope_kernel(Q, K, V, QO, KO, KC, VC, SLOTS, C, S, sqt, sqh, skt, skh, svt, svh, nh, kvh, hd,
+def _rope_kernel(Q, K, V, QO, KO, KC, VC, SLOTS, C, S, sqt, sqh, skt, skh, svt, svh, nh, kvh, hd, sps,
                  CUDA: tl.constexpr, CACHE: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr,
-                 BLOCK_D: tl.constexpr, PDL: tl.constexpr = False):  # fmt: skip
+                 BLOCK_D: tl.constexpr, SPLITS: tl.constexpr = 0, PDL: tl.constexpr = False):  # fmt: skip
     pdl.start(PDL)
     t = tl.program_id(0).to(tl.int64)
-    _rope_heads(Q, QO, C, S, t, sqt, sqh, nh, hd, CUDA, BLOCK_HQ, BLOCK_D)
-    k, h, d, m = _rope_heads(K, KO, C, S, t, skt, skh, kvh, hd, CUDA, BLOCK_HK, BLOCK_D)
+    _rope_heads(Q, QO, C, S, t, sqt, sqh, nh, hd, sps, CUDA, BLOCK_HQ, BLOCK_D, SPLITS)
+    k, h, d, m = _rope_heads(K, KO, C, S, t, skt, skh, kvh, hd, sps, CUDA, BLOCK_HK, BLOCK_D, SPLITS)
     if CACHE:  # the token's K and V rows into its paged-cache slot, as `attention.write_kv` stores them
         row = tl.load(SLOTS + t).to(tl.int64) * kvh * hd + h * hd + d
         tl.store(KC + row, k, mask=m)
-        tl.store(VC + row, tl.load(V + t * svt + h * svh + d, mask=m, other=0.0), mask=m)
+        v = _load_summed(V + t * svt + h * svh + d, m, sps, SPLITS, VC.dtype.element_ty)
+        tl.store(VC + row, v, mask=m)
 
 
 def stores_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, dtype: torch.dtype) -> bool:
@@ -207,7 +210,12 @@ def stores_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, dtype: torch.dtype) 
 
 
 def rope_qk(
-    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: tuple | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    cache: tuple | None = None,
+    split: SplitPartials | None = None,
 ):
     """RoPE on ``q [T, nh, hd]`` and ``k [T, kvh, hd]`` (strided views are fine) with ``cos``/``sin``
     ``[T, 1, hd]`` in the model dtype, as ``x * cos + rotate_half(x) * sin``; returns new contiguous q, k
@@ -216,28 +224,39 @@ def rope_qk(
     ``cache = (k_cache, v_cache, slots, v)``: also store the rotated K and ``v [T, kvh, hd]`` at ``slots``
     of the contiguous ``[blocks, block_size, kvh, hd]`` caches of k's dtype (bf16/fp16 KV; int8 KV
     rescales whole blocks, `attention.write_kv`). Why here: two index_put launches fewer per layer, ~6%
-    of an int4 decode step of an 8B model (bench/RESULTS.md)."""
+    of an int4 decode step of an 8B model (bench/RESULTS.md).
+
+    ``split``: q, k (and the cache's v) are views into ``split.parts[0]``, the first of a split-K qkv
+    GEMV's unsummed partials (`engine.partials`), which are added here as they are loaded."""
     t, nh, hd = q.shape
     kvh = k.shape[1]
+    splits, sps, dtype = 0, 0, q.dtype
+    if split is not None:
+        splits, sps, dtype = split.parts.shape[0], split.parts[0].numel(), split.dtype
+        if not split.parts.is_contiguous() or q.stride(2) != 1 or k.stride(2) != 1:
+            raise ValueError("split-K partials must be contiguous, with q and k views of the first")
     if q.stride(2) != 1:
         q = q.contiguous()
     if k.stride(2) != 1:
         k = k.contiguous()
     cos, sin = cos.reshape(t, hd).contiguous(), sin.reshape(t, hd).contiguous()
-    qo = torch.empty((t, nh, hd), dtype=q.dtype, device=q.device)
-    ko = torch.empty((t, kvh, hd), dtype=k.dtype, device=k.device)
+    qo = torch.empty((t, nh, hd), dtype=dtype, device=q.device)
+    ko = torch.empty((t, kvh, hd), dtype=dtype, device=k.device)
     kc, vc, slots, v = cache if cache is not None else (ko, ko, ko, ko)
     if cache is not None:
-        if not (stores_kv(kc, vc, k.dtype) and v.dtype == k.dtype):
+        if not (stores_kv(kc, vc, dtype) and v.dtype == k.dtype):
             raise ValueError("rope_qk writes only contiguous caches of the model dtype")
         if v.stride(2) != 1:
+            if splits:
+                raise ValueError("split-K partials must be contiguous, with v a view of the first")
             v = v.contiguous()
     if t > 0:
         _rope_kernel[(t,)](
             q, k, v, qo, ko, kc, vc, slots, cos, sin, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-            v.stride(0), v.stride(1), nh, kvh, hd, CUDA=not _interpreted(), CACHE=cache is not None,
+            v.stride(0), v.stride(1), nh, kvh, hd, sps, CUDA=not _interpreted(), CACHE=cache is not None,
             BLOCK_HQ=triton.next_power_of_2(nh), BLOCK_HK=triton.next_power_of_2(kvh),
-            BLOCK_D=triton.next_power_of_2(hd), num_warps=4, enable_fp_fusion=False, **pdl.kwargs(q),
+            BLOCK_D=triton.next_power_of_2(hd), SPLITS=splits, num_warps=4, enable_fp_fusion=False,
+            **pdl.kwargs(q),
         )  # fmt: skip
     return qo, ko
 

@@ -25,8 +25,8 @@ FUSED: bool | None = None  # engine.fused_ops kernels: None = on CUDA tensors; t
 
 
 ROW_AMAX = True  # norms hand their rows' absmax to a quantized matmul that uses it (bench A/B: False)
-# o_proj, gate_up and down_proj hand a split-K GEMV's partial rows to the fused kernel after them (add +
-# RMSNorm, SiLU x up; `engine.partials`); off until a GPU run shows it faster (bench A/B: True)
+# qkv, o_proj, gate_up and down_proj hand a split-K GEMV's partial rows to the fused kernel after them (RoPE
+# + KV store, add + RMSNorm, SiLU x up; `engine.partials`); off until a GPU run shows it faster (A/B: True)
 SPLIT_PARTIALS = False
 
 
@@ -39,8 +39,9 @@ def _takes_row_amax(linear: nn.Module) -> bool:
 
 
 def _unsummed(linear: nn.Module, x: torch.Tensor) -> torch.Tensor | SplitPartials:
-    """``linear(x)`` for a linear whose output only a fused kernel that adds split-K partials reads (add +
-    RMSNorm after o_proj and down_proj, SiLU x up after gate_up): it may come unsummed."""
+    """``linear(x)`` for a linear whose output only a fused kernel that adds split-K partials reads (RoPE +
+    KV store after qkv, add + RMSNorm after o_proj and down_proj, SiLU x up after gate_up): it may come
+    unsummed."""
     if SPLIT_PARTIALS and getattr(linear, "emits_partials", False) and _fused(x):
         return linear(x, partials=True)
     return linear(x)
@@ -110,27 +111,32 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ab: AttnBatch) -> torch.Tensor:
         t = x.shape[0]
-        q, k, v = self.qkv_proj(x).split([self.nh * self.hd, self.kvh * self.hd, self.kvh * self.hd], dim=-1)
-        q = q.view(t, self.nh, self.hd)
-        k = k.view(t, self.kvh, self.hd)
-        v = v.view(t, self.kvh, self.hd)
         kc, vc = ab.k_cache[self.layer], ab.v_cache[self.layer]
         ks = ab.k_scale[self.layer] if ab.k_scale is not None else None
         vs = ab.v_scale[self.layer] if ab.v_scale is not None else None
-        into = None  # the fused kernel also stores K and V when the cache holds the model dtype
-        if _fused(q):
+        fused = _fused(x)
+        if fused:
             from engine.fused_ops import rope_qk, stores_kv
-
-            if ks is None and stores_kv(kc, vc, k.dtype):
-                into = (kc, vc, ab.slot_mapping, v)
-            q, k = rope_qk(q, k, cos, sin, into)
+        mode = ab.meta.get("mode", "paged") if ab.meta is not None else "gather"
+        # the fused RoPE also stores K and V when the cache holds the model dtype; then, unless the dense
+        # path reads v, it alone reads qkv, and may take it unsummed
+        stores = fused and ks is None and stores_kv(kc, vc, x.dtype)
+        qkv = _unsummed(self.qkv_proj, x) if stores and mode != "dense" else self.qkv_proj(x)
+        split = qkv if isinstance(qkv, SplitPartials) else None
+        qkv = split.parts[0] if split is not None else qkv
+        q, k, v = qkv.split([self.nh * self.hd, self.kvh * self.hd, self.kvh * self.hd], dim=-1)
+        q = q.view(t, self.nh, self.hd)
+        k = k.view(t, self.kvh, self.hd)
+        v = v.view(t, self.kvh, self.hd)
+        into = (kc, vc, ab.slot_mapping, v) if stores else None
+        if fused:
+            q, k = rope_qk(q, k, cos, sin, into, split)
         else:
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
         if into is None:
             write_kv(kc, ks, ab.slot_mapping, k, ab.decode)
             write_kv(vc, vs, ab.slot_mapping, v, ab.decode)
-        mode = ab.meta.get("mode", "paged") if ab.meta is not None else "gather"
         if mode == "dense":  # one fresh sequence: its own contiguous K/V, SDPA causal (as transformers)
             out = attend_dense(q, k, v)
         elif mode == "prefix_flash":

@@ -14,9 +14,10 @@ class SplitPartials:
 
     Why: the GEMV's own sum needs an arrival ticket (an L2 round trip) and a last program that loads
     every partial and stores the result, all on the critical path at the kernel's end, where the next
-    kernel (launched early by PDL) waits. The add + RMSNorm after o_proj and down_proj, and SiLU x up after
-    gate_up, load their input anyway; they add the partials as they load them, in the same order and
-    rounding: the same bits (`engine.fused_ops`, `engine.quant.gpu.matmul_small`)."""
+    kernel (launched early by PDL) waits. The fused kernel after each GEMV of a layer (RoPE + KV store
+    after qkv, add + RMSNorm after o_proj and down_proj, SiLU x up after gate_up) loads its input anyway;
+    it adds the partials as it loads them, in the same order and rounding: the same bits
+    (`engine.fused_ops`, `engine.quant.gpu.matmul_small`)."""
 
     parts: torch.Tensor
     dtype: torch.dtype

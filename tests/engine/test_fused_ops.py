@@ -233,11 +233,11 @@ def test_model_hands_norm_absmax_to_quantized_qkv_and_gate_up_only(tmp_path, mon
     assert not any(any(v) for v in seen(quant).values())
 
 
-def test_model_asks_o_gate_up_and_down_for_split_partials(tmp_path, monkeypatch) -> None:
-    """With `engine.model.SPLIT_PARTIALS`, the linears whose output only an add + RMSNorm or SiLU x up
-    reads (o_proj, gate_up, down_proj) are asked for unsummed split-K partials (`engine.partials`), qkv
-    never; off (the default), none is; the logits are the same either way (on the CPU the quantized
-    linears sum)."""
+def test_model_asks_its_quantized_linears_for_split_partials(tmp_path, monkeypatch) -> None:
+    """With `engine.model.SPLIT_PARTIALS`, each linear whose output only a fused kernel reads (qkv: RoPE +
+    KV store into a bf16 cache, here on the gather path; o_proj and down_proj: add + RMSNorm; gate_up:
+    SiLU x up) is asked for unsummed split-K partials (`engine.partials`); off (the default), none is; the
+    logits are the same either way (on the CPU the quantized linears sum)."""
     import transformers
 
     import engine.model as model_mod
@@ -277,6 +277,5 @@ def test_model_asks_o_gate_up_and_down_for_split_partials(tmp_path, monkeypatch)
     assert not any(any(v) for v in asked.values())
     monkeypatch.setattr(model_mod, "SPLIT_PARTIALS", True)
     asked, split = run()
-    assert asked["o_proj"] == asked["gate_up_proj"] == asked["down_proj"] == [True, True]
-    assert asked["qkv_proj"] == [False, False]
+    assert asked["qkv_proj"] == asked["o_proj"] == asked["gate_up_proj"] == asked["down_proj"] == [True, True]
     assert torch.equal(split, plain)

@@ -211,3 +211,39 @@ def test_quant_linear_hands_over_partials_only_where_it_can(monkeypatch) -> None
         assert isinstance(gpu.cuda_linear(plain, x), torch.Tensor)
     finally:
         gpu.TUNING.pop(("int4k", N, K))
+
+
+def test_rope_adds_qkv_partials_as_it_loads_them() -> None:
+    """qkv's split-K partials handed to the fused RoPE + KV store (`rope_qk(split=...)`, q, k and v views
+    of the first partial) give the same q, k and cache contents as the GEMV's own sum."""
+    from engine import fused_ops
+
+    nh, kvh, hd, t = 2, 1, 16, 2  # 2 * 16 + 2 * 1 * 16 = N = 64
+    q4 = quantize_int4(_weight(21), group=64)
+    gw = _on_device(gpu.pack(q4))
+    x = _x(t, seed=22).bfloat16().to(DEVICE)
+    pos = torch.tensor([3, 9])
+    inv = 1.0 / (10000 ** (torch.arange(0, hd, 2).float() / hd))
+    ang = torch.cat([torch.outer(pos.float(), inv)] * 2, dim=-1)
+    cos, sin = (f(ang).bfloat16().to(DEVICE)[:, None, :] for f in (torch.cos, torch.sin))
+    gpu.TUNING[("int4k", N, K)] = (32, 4, 4, 2, 5, 8, 2, 1)
+    try:
+        y = gpu.matmul_small(gw, x)
+        parts = gpu.matmul_small(gw, x, partials=True)
+    finally:
+        gpu.TUNING.pop(("int4k", N, K))
+
+    def run(qkv: torch.Tensor, split=None):
+        q, k, v = qkv.split([nh * hd, kvh * hd, kvh * hd], dim=-1)
+        q, k, v = q.view(t, nh, hd), k.view(t, kvh, hd), v.view(t, kvh, hd)
+        kc = torch.zeros(4, 4, kvh, hd, dtype=torch.bfloat16, device=DEVICE)
+        vc = torch.zeros_like(kc)
+        slots = torch.tensor([5, 10], device=DEVICE)
+        qo, ko = fused_ops.rope_qk(q, k, cos, sin, (kc, vc, slots, v), split)
+        return qo, ko, kc, vc
+
+    want = run(y)
+    got = run(parts.parts[0], parts)
+    for a, b in zip(got, want, strict=True):
+        assert a.dtype == b.dtype == torch.bfloat16 and torch.equal(a, b)
+    assert want[3].abs().sum() > 0  # v was stored
