@@ -113,8 +113,8 @@ def main() -> None:
         ("mm, M=16: one lop3 a code", tw.w4k_mm_kernel, {**mm, "ASM": True}),
         ("mm2, M=16: bf16 pairs from one lop3", tw.w4k_mm2_kernel, {**mm, "ASM": True}),
         ("mmt (20): mm2, codes as the dot's first operand", tw.w4k_mmt_kernel, {**mm, "ASM": True}),
-        ("mmt2 (21): a dot a nibble pair", tw.w4k_mmt2_kernel, {**mm, "ASM": True}),
-        ("mmt3 (22): a dot a step", tw.w4k_mmt3_kernel, {**mm, "ASM": True}),
+        ("mmt (21): a dot a nibble pair", tw.w4k_mmt_kernel, {**mm, "ASM": True, "JOIN": 2}),
+        ("mmt (22): a dot a step", tw.w4k_mmt_kernel, {**mm, "ASM": True, "JOIN": 8}),
     ]
     print("| kernel | BLOCK_N x warps | loop instructions / weight | LOP3 | FADD | FFMA | LDG | other |")
     print("|---|---|---|---|---|---|---|---|")

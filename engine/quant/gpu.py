@@ -44,9 +44,9 @@ TUNING: dict[tuple, tuple[int, ...]] = {}
 # The one-token fp16 GEMV loads its first step's weights before the PDL wait (`triton_w4k_h2`, EARLY):
 # an A/B knob for the benchmarks until a GPU run shows it faster
 EARLY_WEIGHTS = False
-# The bf16-pair tensor-core kernels by mode: 18 as mm/mm2, then the codes as the dot's first operand (in
-# registers for wgmma): 20 a dot a nibble, 21 a dot a nibble pair, 22 a dot a step
-MM2_KERNELS = {18: "w4k_mm2_kernel", 20: "w4k_mmt_kernel", 21: "w4k_mmt2_kernel", 22: "w4k_mmt3_kernel"}
+# The swapped-operand bf16-pair tensor-core kernel (`w4k_mmt_kernel`, the codes as the dot's first operand,
+# in registers for wgmma) by mode: its JOIN, 20 a dot a nibble, 21 a dot a nibble pair, 22 a dot a step
+MMT_JOIN = {20: 1, 21: 2, 22: 8}
 
 
 @dataclass
@@ -277,12 +277,13 @@ def matmul_small(
         )  # fmt: skip
         if partials and nsplit:
             return SplitPartials(ws, y.dtype)
-    elif g.kind == "int4k" and cfg[4] in MM2_KERNELS and g.group % (8 * cfg[5]) == 0:  # bf16 pairs
-        kernel = getattr(tw4k, MM2_KERNELS[cfg[4]])
+    elif g.kind == "int4k" and cfg[4] in (18, *MMT_JOIN) and g.group % (8 * cfg[5]) == 0:  # bf16 pairs
+        swapped = {"JOIN": MMT_JOIN[cfg[4]]} if cfg[4] in MMT_JOIN else {}
+        kernel = tw4k.w4k_mmt_kernel if swapped else tw4k.w4k_mm2_kernel
         kernel[grid](
             x, t["w"], t["s"], t["b"], y, ws, locks, m, g.n, g.k, x.stride(0), y.stride(0), per * cfg[5],
             GROUP=g.group, BLOCK_M=SMALL_M, BLOCK_N=block_n, BLOCK_R=cfg[5], SPLIT=nsplit,
-            ASM=_asm(x), num_warps=warps, num_stages=stages, **pdl_kw,
+            ASM=_asm(x), num_warps=warps, num_stages=stages, **swapped, **pdl_kw,
         )  # fmt: skip
     elif g.kind == "int4k":
         tw4k.w4k_mm_kernel[grid](

@@ -251,116 +251,73 @@ def w4k_mm2_kernel(
 
 
 @triton.jit
+def _dot(a, b, acc, IEEE: tl.constexpr):
+    """``a @ b + acc``; ``IEEE`` for float32 operands (tests), where TF32 would round x against the 128
+    offset of the codes (bf16/fp16 products of 128 + q are exact)."""
+    if IEEE:  # noqa: SIM108 - a constexpr branch: Triton compiles only the taken one
+        out = tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        out = tl.dot(a, b, acc)
+    return out
+
+
+@triton.jit
 def w4k_mmt_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, M, N, K, stride_xm, stride_ym, rows_per_split,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    SPLIT: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr = False,
+    SPLIT: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr = False, JOIN: tl.constexpr = 1,
 ):  # fmt: skip
-    """`w4k_mm2_kernel` with the operands swapped (mode 20): ``y.T = dequant(w).T @ x.T``, so the codes
-    are the dot's first operand ``[BLOCK_N, BLOCK_R]`` and the 16 activation rows its second.
+    """`w4k_mm2_kernel` with the operands swapped (modes 20-22): ``y.T = dequant(w).T @ x.T``, so the
+    codes are the dot's first operand ``[BLOCK_N, JOIN * BLOCK_R]`` and the 16 activation rows its second.
 
     Why: on Hopper a ``wgmma`` takes its first operand from registers but its second from shared memory,
     so in mm/mm2 every dequantized code pair (the second operand) goes through shared memory before its
     dot, while here the codes stay in registers and only the few activations are staged. The dot's
-    M is ``BLOCK_N`` (64 a warp group), its N the batch's 16 rows, which the instruction allows."""
+    M is ``BLOCK_N`` (64 a warp group), its N the batch's 16 rows, which the instruction allows.
+
+    ``JOIN``, the codes of a word that one dot takes along K (the activations gathered to match):
+    1 (mode 20), a dot a nibble; 2 (mode 21), a dot a nibble pair, K index ``2r + h`` holding nibble
+    ``j + 4h``, so the bf16x2 `_pair` makes is two K-neighbours, as an mma fragment holds its first
+    operand; 8 (mode 22), a dot a step, K index ``8r + 4a + 2b + h`` holding nibble ``2a + b + 4h``, so
+    the activations are staged once a step, with the barriers that staging costs."""
     rm, rn, rr, mmask, nmask, r0, r1, xrow = _mm_tile(
         x_ptr, M, N, K, stride_xm, rows_per_split, BLOCK_M, BLOCK_N, BLOCK_R
     )
-    xcol = x_ptr + rm[None, :] * stride_xm
-    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    pdl.wait(PDL)  # PDL: `engine.pdl`
-    for r in range(r0, r1, BLOCK_R):
-        rows = r + rr
-        words = tl.load(w_ptr + rows[None, :] * N + rn[:, None], mask=nmask[:, None], other=0)
-        step = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-        for j in tl.static_range(4):
-            lo, hi = _pair(words, j, ASM)
-            x_lo = tl.load(xcol + (rows * 8 + j)[:, None], mask=mmask[None, :], other=0.0)
-            x_hi = tl.load(xcol + (rows * 8 + j + 4)[:, None], mask=mmask[None, :], other=0.0)
-            if x_ptr.dtype.element_ty == tl.float32:  # tests: TF32 would round x against the 128 offset
-                step = tl.dot(lo.to(tl.float32), x_lo, step, input_precision="ieee")
-                step = tl.dot(hi.to(tl.float32), x_hi, step, input_precision="ieee")
-            else:  # bf16/fp16 products of 128 + q are exact
-                step = tl.dot(lo.to(x_ptr.dtype.element_ty), x_lo, step)
-                step = tl.dot(hi.to(x_ptr.dtype.element_ty), x_hi, step)
-        xs, s, b = _step_terms(xrow, s_ptr, b_ptr, r, (r * 8) // GROUP, rn, mmask, nmask, N, BLOCK_R)
-        acc += step * s[:, None] + (b - 128.0 * s)[:, None] * xs[None, :]
-    pdl.release(PDL)
-    out = tl.trans(acc)
-    _write_tile(y_ptr, ws_ptr, lock_ptr, out, rm, rn, mmask, nmask, M, N, stride_ym, SPLIT, BLOCK_M, BLOCK_N)
-
-
-@triton.jit
-def w4k_mmt2_kernel(
-    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, M, N, K, stride_xm, stride_ym, rows_per_split,
-    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    SPLIT: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr = False,
-):  # fmt: skip
-    """`w4k_mmt_kernel` with one dot a nibble pair (mode 21): the dot's K runs over (word row, half), so
-    the bf16x2 that `_pair` makes from one word, codes ``j`` and ``j + 4`` of one column, is two
-    neighbours along K, which is how an mma fragment holds its first operand (two K-neighbours a
-    register): joined, the pair needs no shuffle into the fragment. The activations are gathered to
-    match (``x[8r + j + 4h]`` at K index ``2r + h``)."""
-    rm, rn, rr, mmask, nmask, r0, r1, xrow = _mm_tile(
-        x_ptr, M, N, K, stride_xm, rows_per_split, BLOCK_M, BLOCK_N, BLOCK_R
-    )
-    kk = tl.arange(0, 2 * BLOCK_R)
-    xoff = (kk // 2) * 8 + (kk % 2) * 4  # K index 2r + h -> x[8r + 4h] (+ j + the step's 8 r)
-    xcol = x_ptr + rm[None, :] * stride_xm + xoff[:, None]
+    kk = tl.arange(0, JOIN * BLOCK_R)
+    if JOIN == 8:  # noqa: SIM108 - a constexpr branch: Triton compiles only the taken one
+        xoff = (kk // 8) * 8 + ((kk // 4) % 2) * 2 + ((kk // 2) % 2) + (kk % 2) * 4
+    else:  # JOIN 2 (JOIN 1 reads x by word row, from xt)
+        xoff = (kk // 2) * 8 + (kk % 2) * 4
+    xt = x_ptr + rm[None, :] * stride_xm
+    xcol = x_ptr + rm[None, :] * stride_xm + xoff[:, None]  # then + 8 r + the nibble
+    IEEE: tl.constexpr = x_ptr.dtype.element_ty == tl.float32
+    dt: tl.constexpr = x_ptr.dtype.element_ty
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     pdl.wait(PDL)  # PDL: `engine.pdl`
     for r in range(r0, r1, BLOCK_R):
         words = tl.load(w_ptr + (r + rr)[None, :] * N + rn[:, None], mask=nmask[:, None], other=0)
         step = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-        for j in tl.static_range(4):
-            lo, hi = _pair(words, j, ASM)
-            xj = tl.load(xcol + (r * 8 + j), mask=mmask[None, :], other=0.0)  # [2 * BLOCK_R, BLOCK_M]
-            if x_ptr.dtype.element_ty == tl.float32:  # tests: TF32 would round x against the 128 offset
-                codes = tl.reshape(tl.join(lo.to(tl.float32), hi.to(tl.float32)), (BLOCK_N, 2 * BLOCK_R))
-                step = tl.dot(codes, xj, step, input_precision="ieee")
-            else:  # bf16/fp16 products of 128 + q are exact
-                dt = x_ptr.dtype.element_ty
-                codes = tl.reshape(tl.join(lo.to(dt), hi.to(dt)), (BLOCK_N, 2 * BLOCK_R))
-                step = tl.dot(codes, xj, step)
-        xs, s, b = _step_terms(xrow, s_ptr, b_ptr, r, (r * 8) // GROUP, rn, mmask, nmask, N, BLOCK_R)
-        acc += step * s[:, None] + (b - 128.0 * s)[:, None] * xs[None, :]
-    pdl.release(PDL)
-    out = tl.trans(acc)
-    _write_tile(y_ptr, ws_ptr, lock_ptr, out, rm, rn, mmask, nmask, M, N, stride_ym, SPLIT, BLOCK_M, BLOCK_N)
-
-
-@triton.jit
-def w4k_mmt3_kernel(
-    x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, M, N, K, stride_xm, stride_ym, rows_per_split,
-    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    SPLIT: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr = False,
-):  # fmt: skip
-    """`w4k_mmt2_kernel` with one dot a step (mode 22): all 8 codes of the step's words joined along K
-    (index ``8r + 4a + 2b + h`` holds nibble ``2a + b + 4h`` of row r), so the activations are staged
-    once a step, not once a nibble pair, with the barriers that staging costs."""
-    rm, rn, rr, mmask, nmask, r0, r1, xrow = _mm_tile(
-        x_ptr, M, N, K, stride_xm, rows_per_split, BLOCK_M, BLOCK_N, BLOCK_R
-    )
-    kk = tl.arange(0, 8 * BLOCK_R)
-    xoff = (kk // 8) * 8 + ((kk // 4) % 2) * 2 + ((kk // 2) % 2) + (kk % 2) * 4
-    xcol = x_ptr + rm[None, :] * stride_xm + xoff[:, None]
-    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    dt: tl.constexpr = tl.float32 if x_ptr.dtype.element_ty == tl.float32 else x_ptr.dtype.element_ty
-    pdl.wait(PDL)  # PDL: `engine.pdl`
-    for r in range(r0, r1, BLOCK_R):
-        words = tl.load(w_ptr + (r + rr)[None, :] * N + rn[:, None], mask=nmask[:, None], other=0)
-        lo0, hi0 = _pair(words, 0, ASM)
-        lo1, hi1 = _pair(words, 1, ASM)
-        lo2, hi2 = _pair(words, 2, ASM)
-        lo3, hi3 = _pair(words, 3, ASM)
-        lo = tl.join(tl.join(lo0.to(dt), lo2.to(dt)), tl.join(lo1.to(dt), lo3.to(dt)))  # [.., a, b]: 2a + b
-        hi = tl.join(tl.join(hi0.to(dt), hi2.to(dt)), tl.join(hi1.to(dt), hi3.to(dt)))
-        codes = tl.reshape(tl.join(lo, hi), (BLOCK_N, 8 * BLOCK_R))
-        xs8 = tl.load(xcol + r * 8, mask=mmask[None, :], other=0.0)  # [8 * BLOCK_R, BLOCK_M]
-        if x_ptr.dtype.element_ty == tl.float32:  # tests: TF32 would round x against the 128 offset
-            step = tl.dot(codes, xs8, input_precision="ieee")
-        else:  # bf16/fp16 products of 128 + q are exact
-            step = tl.dot(codes, xs8)
+        if JOIN == 8:
+            lo0, hi0 = _pair(words, 0, ASM)
+            lo1, hi1 = _pair(words, 1, ASM)
+            lo2, hi2 = _pair(words, 2, ASM)
+            lo3, hi3 = _pair(words, 3, ASM)
+            lo = tl.join(tl.join(lo0.to(dt), lo2.to(dt)), tl.join(lo1.to(dt), lo3.to(dt)))  # [.., a, b]
+            hi = tl.join(tl.join(hi0.to(dt), hi2.to(dt)), tl.join(hi1.to(dt), hi3.to(dt)))
+            codes = tl.reshape(tl.join(lo, hi), (BLOCK_N, 8 * BLOCK_R))
+            step = _dot(codes, tl.load(xcol + r * 8, mask=mmask[None, :], other=0.0), step, IEEE)
+        else:
+            for j in tl.static_range(4):
+                lo, hi = _pair(words, j, ASM)
+                if JOIN == 2:
+                    xj = tl.load(xcol + (r * 8 + j), mask=mmask[None, :], other=0.0)  # [2 * BLOCK_R, BLOCK_M]
+                    codes = tl.reshape(tl.join(lo.to(dt), hi.to(dt)), (BLOCK_N, 2 * BLOCK_R))
+                    step = _dot(codes, xj, step, IEEE)
+                else:
+                    x_lo = tl.load(xt + ((r + rr) * 8 + j)[:, None], mask=mmask[None, :], other=0.0)
+                    x_hi = tl.load(xt + ((r + rr) * 8 + j + 4)[:, None], mask=mmask[None, :], other=0.0)
+                    step = _dot(lo.to(dt), x_lo, step, IEEE)
+                    step = _dot(hi.to(dt), x_hi, step, IEEE)
         xs, s, b = _step_terms(xrow, s_ptr, b_ptr, r, (r * 8) // GROUP, rn, mmask, nmask, N, BLOCK_R)
         acc += step * s[:, None] + (b - 128.0 * s)[:, None] * xs[None, :]
     pdl.release(PDL)
