@@ -106,8 +106,7 @@ def _norm(
     if isinstance(x, SplitPartials):
         if residual is None:
             raise ValueError("split-K partials are summed by the add + RMSNorm only")
-        splits, parts, dtype = x.parts.shape[0], x.parts.contiguous(), x.dtype
-        shape, x2 = x.shape, parts[0]
+        splits, shape, dtype, x2 = x.splits, x.shape, x.dtype, x.first
     else:
         shape, dtype = x.shape, x.dtype
         x2 = x.reshape(-1, shape[-1])
@@ -126,7 +125,7 @@ def _norm(
     if x2.shape[0] > 0:
         strides = (x2.stride(0), r2.stride(0), out.stride(0), rout.stride(0))
         _rmsnorm_kernel[(x2.shape[0],)](
-            parts if splits else x2, r2, weight, out, rout, amax, *strides, n, eps, 1.0 / n, x2.numel(),
+            x2, r2, weight, out, rout, amax, *strides, n, eps, 1.0 / n, x2.numel(),
             HAS_RES=residual is not None, CUDA=not _interpreted(), BLOCK=triton.next_power_of_2(n),
             HAS_AMAX=row_amax, SPLITS=splits, num_warps=4 if n <= 2048 else 8, enable_fp_fusion=False,
             **pdl.kwargs(x2),
@@ -226,15 +225,15 @@ def rope_qk(
     rescales whole blocks, `attention.write_kv`). Why here: two index_put launches fewer per layer, ~6%
     of an int4 decode step of an 8B model (bench/RESULTS.md).
 
-    ``split``: q, k (and the cache's v) are views into ``split.parts[0]``, the first of a split-K qkv
+    ``split``: q, k (and the cache's v) are views into ``split.first``, the first of a split-K qkv
     GEMV's unsummed partials (`engine.partials`), which are added here as they are loaded."""
     t, nh, hd = q.shape
     kvh = k.shape[1]
     splits, sps, dtype = 0, 0, q.dtype
     if split is not None:
-        splits, sps, dtype = split.parts.shape[0], split.parts[0].numel(), split.dtype
-        if not split.parts.is_contiguous() or q.stride(2) != 1 or k.stride(2) != 1:
-            raise ValueError("split-K partials must be contiguous, with q and k views of the first")
+        splits, sps, dtype = split.splits, split.stride, split.dtype
+        if q.stride(2) != 1 or k.stride(2) != 1:
+            raise ValueError("q and k must be views of the first split-K partial")
     if q.stride(2) != 1:
         q = q.contiguous()
     if k.stride(2) != 1:
@@ -248,7 +247,7 @@ def rope_qk(
             raise ValueError("rope_qk writes only contiguous caches of the model dtype")
         if v.stride(2) != 1:
             if splits:
-                raise ValueError("split-K partials must be contiguous, with v a view of the first")
+                raise ValueError("v must be a view of the first split-K partial")
             v = v.contiguous()
     if t > 0:
         _rope_kernel[(t,)](
@@ -286,8 +285,7 @@ def silu_mul(gu: torch.Tensor | SplitPartials, inter: int) -> torch.Tensor:
     ``gu`` may be a split-K GEMV's unsummed partial rows (`engine.partials`)."""
     splits = 0
     if isinstance(gu, SplitPartials):
-        splits, parts, dtype = gu.parts.shape[0], gu.parts.contiguous(), gu.dtype
-        gu2 = parts[0]
+        splits, dtype, gu2 = gu.splits, gu.dtype, gu.first
     else:
         dtype, gu2 = gu.dtype, gu.reshape(-1, gu.shape[-1])
         if gu2.stride(1) != 1:
@@ -296,7 +294,7 @@ def silu_mul(gu: torch.Tensor | SplitPartials, inter: int) -> torch.Tensor:
     block = min(1024, triton.next_power_of_2(inter))
     if gu2.shape[0] > 0:
         _silu_mul_kernel[(gu2.shape[0], triton.cdiv(inter, block))](
-            parts if splits else gu2, out, gu2.stride(0), out.stride(0), inter, gu2.numel(),
+            gu2, out, gu2.stride(0), out.stride(0), inter, gu2.numel(),
             CUDA=not _interpreted(), BLOCK=block, SPLITS=splits, num_warps=4, enable_fp_fusion=False,
             **pdl.kwargs(gu2),
         )  # fmt: skip

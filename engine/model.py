@@ -123,7 +123,7 @@ class Attention(nn.Module):
         stores = fused and ks is None and stores_kv(kc, vc, x.dtype)
         qkv = _unsummed(self.qkv_proj, x) if stores and mode != "dense" else self.qkv_proj(x)
         split = qkv if isinstance(qkv, SplitPartials) else None
-        qkv = split.parts[0] if split is not None else qkv
+        qkv = split.first if split is not None else qkv
         q, k, v = qkv.split([self.nh * self.hd, self.kvh * self.hd, self.kvh * self.hd], dim=-1)
         q = q.view(t, self.nh, self.hd)
         k = k.view(t, self.kvh, self.hd)

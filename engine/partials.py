@@ -22,6 +22,24 @@ class SplitPartials:
     parts: torch.Tensor
     dtype: torch.dtype
 
+    def __post_init__(self) -> None:
+        if not self.parts.is_contiguous():  # the readers step from the first partial by `stride`
+            raise ValueError("split-K partials must be contiguous")
+
     @property
     def shape(self) -> torch.Size:
         return self.parts.shape[1:]
+
+    @property
+    def splits(self) -> int:
+        return self.parts.shape[0]
+
+    @property
+    def first(self) -> torch.Tensor:
+        """The first partial ``[M, N]``: the base a reader's pointers start from (views of it too)."""
+        return self.parts[0]
+
+    @property
+    def stride(self) -> int:
+        """Elements from one partial to the next."""
+        return self.parts[0].numel()

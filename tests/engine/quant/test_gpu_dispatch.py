@@ -190,6 +190,8 @@ def test_split_partials_summed_by_the_norm_give_the_gemvs_bits(m: int) -> None:
     assert torch.equal(fused_ops.silu_mul(parts, N // 2), fused_ops.silu_mul(y, N // 2))  # gate_up's reader
     with pytest.raises(ValueError, match="add \\+ RMSNorm"):
         fused_ops.rmsnorm(parts, w, 1e-5)
+    with pytest.raises(ValueError, match="contiguous"):  # readers step from the first partial by its size
+        SplitPartials(parts.parts.transpose(1, 2), parts.dtype)
 
 
 def test_quant_linear_hands_over_partials_only_where_it_can(monkeypatch) -> None:
@@ -243,7 +245,7 @@ def test_rope_adds_qkv_partials_as_it_loads_them() -> None:
         return qo, ko, kc, vc
 
     want = run(y)
-    got = run(parts.parts[0], parts)
+    got = run(parts.first, parts)
     for a, b in zip(got, want, strict=True):
         assert a.dtype == b.dtype == torch.bfloat16 and torch.equal(a, b)
     assert want[3].abs().sum() > 0  # v was stored
