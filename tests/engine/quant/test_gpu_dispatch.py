@@ -191,7 +191,7 @@ def test_split_partials_summed_by_the_norm_give_the_gemvs_bits(m: int) -> None:
     with pytest.raises(ValueError, match="add \\+ RMSNorm"):
         fused_ops.rmsnorm(parts, w, 1e-5)
     with pytest.raises(ValueError, match="contiguous"):  # readers step from the first partial by its size
-        SplitPartials(parts.parts.transpose(1, 2), parts.dtype)
+        SplitPartials(parts.parts[::2], parts.dtype)
 
 
 def test_quant_linear_hands_over_partials_only_where_it_can(monkeypatch) -> None:
