@@ -151,26 +151,29 @@ def drop_graphs(eng: Engine) -> None:
     eng.runner.graph_pool = None
 
 
+def _knobs(eng: Engine) -> dict[str, tuple[object, str]]:
+    """The A/B settings of ``--launches`` by name, each an (object, attribute) switch: 'pdl' (`engine.pdl`),
+    'argmax' (the greedy argmax after the replay, or inside the decode graph), 'amax' (the norms hand their
+    rows' absmax to the one-token int4 GEMV, or it takes its own), 'early' (that GEMV loads its first
+    step's weights before the PDL wait), 'parts' (each GEMV of a layer hands its split-K partials to the
+    fused kernel after it, or sums them)."""
+    return {
+        "pdl": (pdl, "ENABLED"),
+        "argmax": (eng.runner, "argmax_in_graph"),
+        "amax": (engine_model, "ROW_AMAX"),
+        "early": (gpu, "EARLY_WEIGHTS"),
+        "parts": (engine_model, "SPLIT_PARTIALS"),
+    }
+
+
 def _apply(eng: Engine, item: str) -> str:
-    """One A/B setting: '0'/'1' or 'pdl0'/'pdl1' (PDL, `engine.pdl`), 'argmax0'/'argmax1' (the greedy
-    argmax after the replay, or inside the decode graph; the inputs' packed copy is the same in both),
-    'amax0'/'amax1' (the norms hand their rows' absmax to the one-token int4 GEMV, or it takes its own),
-    'early0'/'early1' (that GEMV loads its first step's weights before the PDL wait, or after),
-    'parts0'/'parts1' (o_proj and down_proj hand their split-K partials to the next norm, or sum them)."""
+    """One A/B setting, a `_knobs` name and 0/1 ('0'/'1' alone: PDL)."""
     name = f"pdl{item}" if item.isdigit() else item
     flag, on = name[:-1], bool(int(name[-1]))
-    if flag == "pdl":
-        pdl.ENABLED = on
-    elif flag == "argmax":
-        eng.runner.argmax_in_graph = on
-    elif flag == "amax":
-        engine_model.ROW_AMAX = on
-    elif flag == "early":
-        gpu.EARLY_WEIGHTS = on
-    elif flag == "parts":
-        engine_model.SPLIT_PARTIALS = on
-    else:
+    knobs = _knobs(eng)
+    if flag not in knobs:
         raise ValueError(f"unknown --launches item {item!r}")
+    setattr(*knobs[flag], on)
     return name
 
 
@@ -180,8 +183,7 @@ def launch_variants(b: Bench, eng: Engine, a: argparse.Namespace) -> dict:
     A/B free of the run-to-run spread between machines, and of the weights' RNG (the greedy tokens must
     match)."""
     out = {}
-    default = (pdl.ENABLED, eng.runner.argmax_in_graph, engine_model.ROW_AMAX, gpu.EARLY_WEIGHTS,
-               engine_model.SPLIT_PARTIALS)  # fmt: skip
+    default = [(obj, attr, getattr(obj, attr)) for obj, attr in _knobs(eng).values()]
     try:
         for item in a.launches.split(","):
             name = _apply(eng, item)
@@ -197,8 +199,8 @@ def launch_variants(b: Bench, eng: Engine, a: argparse.Namespace) -> dict:
             out[name if name not in out else f"{name}_again"] = res
             print(f"  launch {name}: {json.dumps(res)}", flush=True)
     finally:
-        (pdl.ENABLED, eng.runner.argmax_in_graph, engine_model.ROW_AMAX, gpu.EARLY_WEIGHTS,
-         engine_model.SPLIT_PARTIALS) = default  # fmt: skip
+        for obj, attr, value in default:
+            setattr(obj, attr, value)
         drop_graphs(eng)
     return out
 
@@ -298,9 +300,7 @@ def main() -> None:
     p.add_argument("--tune", default=None)
     p.add_argument("--profile", action="store_true", help="prefill and decode kernels (torch.profiler)")
     p.add_argument("--overlap", action="store_true", help="decode also with engine.lookahead (A/B)")
-    p.add_argument(
-        "--launches", default="", help="A/B at batch 1: PDL '0,1', 'argmax0,argmax1', 'amax0,amax1' (_apply)"
-    )
+    p.add_argument("--launches", default="", help="A/B at batch 1: PDL '0,1', or 'amax0,amax1' etc. (_knobs)")
     a = p.parse_args()
     a.batches = [int(x) for x in a.batches.split(",")]
     b = Bench(a)
