@@ -185,10 +185,8 @@ def test_model_fused_path_matches_torch_path(tmp_path, monkeypatch) -> None:
     _check(got, want, exact=not CUDA, max_frac=0.01)
 
 
-def test_model_hands_norm_absmax_to_quantized_qkv_and_gate_up_only(tmp_path, monkeypatch) -> None:
-    """With quantized linears, the two norms of a layer pass their rows' absmax to the matmul they feed
-    (qkv, gate_up), which the one-token int4 GEMV uses as its input scale; o_proj and down_proj get none
-    (their producers do not reduce the row), a bf16 model's linears get none, and the switch turns it off."""
+def _tiny_llama(tmp_path, monkeypatch, quantize: bool):
+    """A 2-layer Llama (hidden 64, GQA) in bf16, int4 g32 if ``quantize``, with the fused path forced on."""
     import transformers
 
     import engine.model as model_mod
@@ -198,39 +196,60 @@ def test_model_hands_norm_absmax_to_quantized_qkv_and_gate_up_only(tmp_path, mon
     torch.manual_seed(0)
     shape = dict(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2)
     cfg = transformers.LlamaConfig(vocab_size=97, num_hidden_layers=2, max_position_embeddings=64, **shape)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path)
+    folder = tmp_path / ("int4" if quantize else "bf16")
+    transformers.LlamaForCausalLM(cfg).save_pretrained(folder)
     monkeypatch.setattr(model_mod, "FUSED", True)
+    model = load_model(folder, torch.device(DEV), torch.bfloat16)
+    if quantize:
+        apply_policy(model, "int4:g32")
+    return model
 
-    def seen(model) -> dict[str, list[bool]]:
-        got: dict[str, list[bool]] = {}
-        hooks = [
-            mod.register_forward_pre_hook(
-                lambda m, args, name=name: got.setdefault(name.split(".")[-1], []).append(
-                    fused_ops.row_amax(args[0]) is not None
-                )
-            )
-            for name, mod in model.named_modules()
-            if name.endswith("_proj")
-        ]
-        ids = torch.randint(0, 97, (5,))
-        kv = [torch.zeros(4, 4, 2, 16, dtype=torch.bfloat16, device=DEV) for _ in range(2)]
-        pos = torch.arange(5, device=DEV)
-        ab = model_mod.AttnBatch(pos, [(0, 5, 5, torch.arange(2, device=DEV))], kv, [k.clone() for k in kv])
+
+def _each_projection(model, probe) -> tuple[dict[str, list[bool]], torch.Tensor]:
+    """One 5-token forward (KV into a bf16 cache, gather path); ``probe(args, kwargs)`` at each call of
+    each ``*_proj``, listed by projection name; and the hidden states."""
+    from engine.model import AttnBatch
+
+    seen: dict[str, list[bool]] = {}
+
+    def hook(name: str):
+        return lambda m, args, kwargs: seen.setdefault(name, []).append(probe(args, kwargs))
+
+    hooks = [
+        mod.register_forward_pre_hook(hook(name.split(".")[-1]), with_kwargs=True)
+        for name, mod in model.named_modules()
+        if name.endswith("_proj")
+    ]
+    kv = [torch.zeros(4, 4, 2, 16, dtype=torch.bfloat16, device=DEV) for _ in range(2)]
+    pos = torch.arange(5, device=DEV)
+    ab = AttnBatch(pos, [(0, 5, 5, torch.arange(2, device=DEV))], kv, [k.clone() for k in kv])
+    try:
         with torch.inference_mode():
-            model(ids.to(DEV), pos, ab)
+            out = model(torch.arange(5, device=DEV) * 7, pos, ab)
+    finally:
         for h in hooks:
             h.remove()
-        return got
+    return seen, out
 
-    dense = load_model(tmp_path, torch.device(DEV), torch.bfloat16)
-    assert not any(any(v) for v in seen(dense).values())
-    quant = load_model(tmp_path, torch.device(DEV), torch.bfloat16)
-    apply_policy(quant, "int4:g32")
-    got = seen(quant)
+
+def test_model_hands_norm_absmax_to_quantized_qkv_and_gate_up_only(tmp_path, monkeypatch) -> None:
+    """With quantized linears, the two norms of a layer pass their rows' absmax to the matmul they feed
+    (qkv, gate_up), which the one-token int4 GEMV uses as its input scale; o_proj and down_proj get none
+    (their producers do not reduce the row), a bf16 model's linears get none, and the switch turns it off."""
+    import engine.model as model_mod
+
+    def has_amax(args, kwargs) -> bool:
+        return fused_ops.row_amax(args[0]) is not None
+
+    seen, _ = _each_projection(_tiny_llama(tmp_path, monkeypatch, quantize=False), has_amax)
+    assert not any(any(v) for v in seen.values())
+    quant = _tiny_llama(tmp_path, monkeypatch, quantize=True)
+    got, _ = _each_projection(quant, has_amax)
     assert got["qkv_proj"] == got["gate_up_proj"] == [True, True]
     assert got["o_proj"] == got["down_proj"] == [False, False]
     monkeypatch.setattr(model_mod, "ROW_AMAX", False)
-    assert not any(any(v) for v in seen(quant).values())
+    seen, _ = _each_projection(quant, has_amax)
+    assert not any(any(v) for v in seen.values())
 
 
 def test_model_asks_its_quantized_linears_for_split_partials(tmp_path, monkeypatch) -> None:
@@ -238,44 +257,15 @@ def test_model_asks_its_quantized_linears_for_split_partials(tmp_path, monkeypat
     KV store into a bf16 cache, here on the gather path; o_proj and down_proj: add + RMSNorm; gate_up:
     SiLU x up) is asked for unsummed split-K partials (`engine.partials`); off (the default), none is; the
     logits are the same either way (on the CPU the quantized linears sum)."""
-    import transformers
-
     import engine.model as model_mod
-    from engine.loader import load_model
-    from engine.quant.policy import apply_policy
 
-    torch.manual_seed(0)
-    shape = dict(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2)
-    cfg = transformers.LlamaConfig(vocab_size=97, num_hidden_layers=2, max_position_embeddings=64, **shape)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path)
-    monkeypatch.setattr(model_mod, "FUSED", True)
-    quant = load_model(tmp_path, torch.device(DEV), torch.bfloat16)
-    apply_policy(quant, "int4:g32")
+    def asks(args, kwargs) -> bool:
+        return bool(kwargs.get("partials"))
 
-    def run() -> tuple[dict[str, list[bool]], torch.Tensor]:
-        asked: dict[str, list[bool]] = {}
-        hooks = [
-            mod.register_forward_pre_hook(
-                lambda m, args, kwargs, name=name: asked.setdefault(name.split(".")[-1], []).append(
-                    bool(kwargs.get("partials"))
-                ),
-                with_kwargs=True,
-            )
-            for name, mod in quant.named_modules()
-            if name.endswith("_proj")
-        ]
-        kv = [torch.zeros(4, 4, 2, 16, dtype=torch.bfloat16, device=DEV) for _ in range(2)]
-        pos = torch.arange(5, device=DEV)
-        ab = model_mod.AttnBatch(pos, [(0, 5, 5, torch.arange(2, device=DEV))], kv, [k.clone() for k in kv])
-        with torch.inference_mode():
-            out = quant(torch.arange(5, device=DEV) * 7, pos, ab)
-        for h in hooks:
-            h.remove()
-        return asked, out
-
-    asked, plain = run()
+    quant = _tiny_llama(tmp_path, monkeypatch, quantize=True)
+    asked, plain = _each_projection(quant, asks)
     assert not any(any(v) for v in asked.values())
     monkeypatch.setattr(model_mod, "SPLIT_PARTIALS", True)
-    asked, split = run()
+    asked, split = _each_projection(quant, asks)
     assert asked["qkv_proj"] == asked["o_proj"] == asked["gate_up_proj"] == asked["down_proj"] == [True, True]
     assert torch.equal(split, plain)
