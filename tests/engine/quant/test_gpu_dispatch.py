@@ -36,15 +36,12 @@ def test_fp16_gemv_config_reaches_only_one_to_four_rows(m: int, monkeypatch) -> 
 
     monkeypatch.setattr(th2, "w4k_gemv_h2_kernel", Spy())
     q = quantize_int4(_weight(3), group=64)
-    gpu.TUNING[("int4k", N, K)] = (32, 2, 4, 2, 4, 16, 2, 1)
-    try:
-        x = _x(m)
-        got = gpu.matmul_small(_on_device(gpu.pack(q)), x.to(DEVICE)).cpu()
-        want = x @ _ref(q).t()
-        assert float((got - want).abs().max() / want.abs().max()) < 4e-3
-        assert bool(calls) == (m <= 4)
-    finally:
-        gpu.TUNING.pop(("int4k", N, K))
+    monkeypatch.setitem(gpu.TUNING, ("int4k", N, K), (32, 2, 4, 2, 4, 16, 2, 1))
+    x = _x(m)
+    got = gpu.matmul_small(_on_device(gpu.pack(q)), x.to(DEVICE)).cpu()
+    want = x @ _ref(q).t()
+    assert float((got - want).abs().max() / want.abs().max()) < 4e-3
+    assert bool(calls) == (m <= 4)
 
 
 @pytest.mark.parametrize("rows", [2, 20, gpu.CHUNK_ROWS + 6])
@@ -97,17 +94,15 @@ def test_quant_linear_takes_the_norms_row_absmax(rows: int, monkeypatch) -> None
         return small(g, xs, thresh, amax)
 
     monkeypatch.setattr(gpu, "matmul_small", recorded)
-    gpu.TUNING[("int4k", N, K)] = (32, 2, 4, 2, 4, 8, 2, 1)  # the fp16 GEMV, split-K, up to 4 rows
-    try:
-        got = gpu.cuda_linear(layer, x).cpu()
-        plain = gpu.cuda_linear(layer, x.clone()).cpu()
-        assert fused_ops.row_amax(x[:1]) is None  # a view is another tensor: it carries nothing stale
-        bad = x.clone()
-        setattr(bad, fused_ops.ROW_AMAX, torch.ones(rows + 1, device=DEVICE))
-        with pytest.raises(ValueError, match="row absmax"):
-            gpu.cuda_linear(layer, bad)
-    finally:
-        gpu.TUNING.pop(("int4k", N, K))
+    # the fp16 GEMV, split-K, up to 4 rows
+    monkeypatch.setitem(gpu.TUNING, ("int4k", N, K), (32, 2, 4, 2, 4, 8, 2, 1))
+    got = gpu.cuda_linear(layer, x).cpu()
+    plain = gpu.cuda_linear(layer, x.clone()).cpu()
+    assert fused_ops.row_amax(x[:1]) is None  # a view is another tensor: it carries nothing stale
+    bad = x.clone()
+    setattr(bad, fused_ops.ROW_AMAX, torch.ones(rows + 1, device=DEVICE))
+    with pytest.raises(ValueError, match="row absmax"):
+        gpu.cuda_linear(layer, bad)
     want = x.float().cpu() @ _ref(q).t()
     assert float((got - want).abs().max() / want.abs().max()) < 4e-3
     assert float((plain - want).abs().max() / want.abs().max()) < 4e-3
@@ -119,7 +114,7 @@ def test_quant_linear_takes_the_norms_row_absmax(rows: int, monkeypatch) -> None
 
 @pytest.mark.parametrize("k, group", [(576, 64), (192, 64), (64, 32)])
 @pytest.mark.parametrize("m", [1, 2, 5, 16])
-def test_k_packed_batches_where_the_step_does_not_tile_k(k: int, group: int, m: int) -> None:
+def test_k_packed_batches_where_the_step_does_not_tile_k(k: int, group: int, m: int, monkeypatch) -> None:
     """K = 576 (SmolLM2-135M's hidden size, int4 g64) is 72 word rows, which 16-row tensor-core steps do
     not tile: the kernels do not mask rows, and the default batch config (block_r 16) left the last 8
     rows out (30-70 % error; found on the GPU). Such shapes take 16-row steps where those tile K and
@@ -130,11 +125,8 @@ def test_k_packed_batches_where_the_step_does_not_tile_k(k: int, group: int, m: 
     assert gw.kind == "int4k"
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(13))
     want = x @ _ref(q).t()
-    gpu.TUNING[("int4k", N, k)] = (32, 2, 4, 2, 16, 32)
-    try:
-        got = gpu.matmul_small(gw, x.to(DEVICE)).cpu()
-    finally:
-        gpu.TUNING.pop(("int4k", N, k))
+    monkeypatch.setitem(gpu.TUNING, ("int4k", N, k), (32, 2, 4, 2, 16, 32))
+    got = gpu.matmul_small(gw, x.to(DEVICE)).cpu()
     torch.testing.assert_close(got, want, **TOL)
 
 
@@ -147,20 +139,18 @@ def test_fp16_gemv_loading_first_weights_early_gives_the_same_bits(m: int, split
     q = quantize_int4(_weight(14), group=64)
     gw = _on_device(gpu.pack(q))
     x = _x(m, seed=15).to(DEVICE)
-    gpu.TUNING[("int4k", N, K)] = (32, split, 4, 2, 5, 8, 2, 1)  # 8 word rows a step: 4 or 2 steps
-    try:
-        plain = gpu.matmul_small(gw, x)
-        monkeypatch.setattr(gpu, "EARLY_WEIGHTS", True)
-        early = gpu.matmul_small(gw, x)
-    finally:
-        gpu.TUNING.pop(("int4k", N, K))
+    # 8 word rows a step: 4 or 2 steps a program
+    monkeypatch.setitem(gpu.TUNING, ("int4k", N, K), (32, split, 4, 2, 5, 8, 2, 1))
+    plain = gpu.matmul_small(gw, x)
+    monkeypatch.setattr(gpu, "EARLY_WEIGHTS", True)
+    early = gpu.matmul_small(gw, x)
     assert torch.equal(early, plain)
     want = x.float().cpu() @ _ref(q).t()
     assert float((early.float().cpu() - want).abs().max() / want.abs().max()) < 4e-3
 
 
 @pytest.mark.parametrize("m", [1, 2, 4])
-def test_split_partials_summed_by_the_norm_give_the_gemvs_bits(m: int) -> None:
+def test_split_partials_summed_by_the_norm_give_the_gemvs_bits(m: int, monkeypatch) -> None:
     """With ``partials`` the fp16 GEMV that splits K returns its partial rows unsummed
     (`engine.partials.SplitPartials`); the add + RMSNorm after it, adding them as it loads them, gives
     the same bits as the GEMV's own sum followed by the norm (output and new residual), and so does SiLU x
@@ -173,14 +163,11 @@ def test_split_partials_summed_by_the_norm_give_the_gemvs_bits(m: int) -> None:
     x = _x(m, seed=17).bfloat16().to(DEVICE)
     res = _x(m, seed=18).bfloat16().to(DEVICE) * 4
     w = (torch.rand(N) + 0.5).bfloat16().to(DEVICE)
-    gpu.TUNING[("int4k", N, K)] = (32, 4, 4, 2, 5, 8, 2, 1)  # 4 splits of 8 word rows
-    try:
-        y = gpu.matmul_small(gw, x)
-        parts = gpu.matmul_small(gw, x, partials=True)
-        gpu.TUNING[("int4k", N, K)] = (32, 1, 4, 2, 5, 8, 2, 1)
-        whole = gpu.matmul_small(gw, x, partials=True)
-    finally:
-        gpu.TUNING.pop(("int4k", N, K))
+    monkeypatch.setitem(gpu.TUNING, ("int4k", N, K), (32, 4, 4, 2, 5, 8, 2, 1))  # 4 splits of 8 word rows
+    y = gpu.matmul_small(gw, x)
+    parts = gpu.matmul_small(gw, x, partials=True)
+    monkeypatch.setitem(gpu.TUNING, ("int4k", N, K), (32, 1, 4, 2, 5, 8, 2, 1))
+    whole = gpu.matmul_small(gw, x, partials=True)
     assert isinstance(parts, SplitPartials) and parts.parts.shape == (4, m, N) and parts.dtype == y.dtype
     assert isinstance(whole, torch.Tensor)
     want, want_res = fused_ops.add_rmsnorm(y, res, w, 1e-5)
@@ -203,19 +190,16 @@ def test_quant_linear_hands_over_partials_only_where_it_can(monkeypatch) -> None
     q = quantize_int4(_weight(19), group=64)
     plain, biased = QuantLinear(q).to(DEVICE), QuantLinear(q, torch.randn(N)).to(DEVICE)
     gpu.prepare_model(torch.nn.Sequential(plain, biased))
-    gpu.TUNING[("int4k", N, K)] = (32, 2, 4, 2, 5, 8, 2, 1)
-    try:
-        x = _x(2, seed=20).to(DEVICE)
-        assert isinstance(gpu.cuda_linear(plain, x, partials=True), SplitPartials)
-        assert isinstance(gpu.cuda_linear(biased, x, partials=True), torch.Tensor)
-        assert isinstance(gpu.cuda_linear(plain, x[None], partials=True), torch.Tensor)
-        assert isinstance(gpu.cuda_linear(plain, _x(20).to(DEVICE), partials=True), torch.Tensor)
-        assert isinstance(gpu.cuda_linear(plain, x), torch.Tensor)
-    finally:
-        gpu.TUNING.pop(("int4k", N, K))
+    monkeypatch.setitem(gpu.TUNING, ("int4k", N, K), (32, 2, 4, 2, 5, 8, 2, 1))
+    x = _x(2, seed=20).to(DEVICE)
+    assert isinstance(gpu.cuda_linear(plain, x, partials=True), SplitPartials)
+    assert isinstance(gpu.cuda_linear(biased, x, partials=True), torch.Tensor)
+    assert isinstance(gpu.cuda_linear(plain, x[None], partials=True), torch.Tensor)
+    assert isinstance(gpu.cuda_linear(plain, _x(20).to(DEVICE), partials=True), torch.Tensor)
+    assert isinstance(gpu.cuda_linear(plain, x), torch.Tensor)
 
 
-def test_rope_adds_qkv_partials_as_it_loads_them() -> None:
+def test_rope_adds_qkv_partials_as_it_loads_them(monkeypatch) -> None:
     """qkv's split-K partials handed to the fused RoPE + KV store (`rope_qk(split=...)`, q, k and v views
     of the first partial) give the same q, k and cache contents as the GEMV's own sum."""
     from engine import fused_ops
@@ -228,12 +212,9 @@ def test_rope_adds_qkv_partials_as_it_loads_them() -> None:
     inv = 1.0 / (10000 ** (torch.arange(0, hd, 2).float() / hd))
     ang = torch.cat([torch.outer(pos.float(), inv)] * 2, dim=-1)
     cos, sin = (f(ang).bfloat16().to(DEVICE)[:, None, :] for f in (torch.cos, torch.sin))
-    gpu.TUNING[("int4k", N, K)] = (32, 4, 4, 2, 5, 8, 2, 1)
-    try:
-        y = gpu.matmul_small(gw, x)
-        parts = gpu.matmul_small(gw, x, partials=True)
-    finally:
-        gpu.TUNING.pop(("int4k", N, K))
+    monkeypatch.setitem(gpu.TUNING, ("int4k", N, K), (32, 4, 4, 2, 5, 8, 2, 1))
+    y = gpu.matmul_small(gw, x)
+    parts = gpu.matmul_small(gw, x, partials=True)
 
     def run(qkv: torch.Tensor, split=None):
         q, k, v = qkv.split([nh * hd, kvh * hd, kvh * hd], dim=-1)
