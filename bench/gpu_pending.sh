@@ -44,6 +44,13 @@ compiled_tests() {  # $1: seconds; $2: pytest -k (empty: all); log in $OUT/tests
     tests/engine/quant/test_tuning.py tests/engine/test_fused_ops.py tests/engine/test_pdl.py ${2:+-k "$2"} \
     > "$OUT/tests.log" 2>&1
   echo "pytest rc=$?"; grep -E "passed|failed|error" "$OUT/tests.log" | tail -5
+  sed -n '/FAILED\|Error/p' "$OUT/tests.log" | head -5
+}
+model_ab() {  # the whole model, then batch 1 under each of LAUNCHES on one engine; defaults: $1 s, $2 batches, $3 launches
+  timeout "${E2E_S:-$1}" python3 bench/quant_e2e.py --out "$OUT" --modes "${MODES:-int4}" --batches "${BATCHES:-$2}" \
+    --prefill-tokens "${PREFILL:-512}" --compile-budget-s "${HF_S:-90}" --overlap \
+    --launches "${LAUNCHES:-$3}" ${E2E_EXTRA:-} > "$OUT/e2e.log" 2>&1
+  grep "launch \|^hf" "$OUT/e2e.log"; e2e_summary
 }
 e2e_summary() {  # the table lines of $OUT/e2e.log
   grep -vi warn "$OUT/e2e.log" | grep -E "^\||HF|^== " | tail -16
@@ -70,7 +77,6 @@ case "${1:-1}" in
     ;;
   pdl)  # issue 6: programmatic dependent launch, A/B inside one process; the whole model with it on
     compiled_tests "${TEST_S:-150}" "${TEST_K:-test_pdl or test_fused_ops or fp16_gemv or partials}"
-    sed -n '/FAILED\|Error/p' "$OUT/tests.log" | head -5
     timeout 120 python3 bench/pdl_check.py 2>&1 | grep -vi warn | tail -3
     L=${LAUNCHES:-0,1,0,1}  # PDL off / on, twice: the drift
     if [ -z "${SKIP_PROBE:-}" ]; then
@@ -89,14 +95,10 @@ case "${1:-1}" in
     ;;
   graph)  # issue 6: the whole model, then A/B settings at batch 1 in one process (graphs captured again)
     echo "== whole model, then batch 1 under each of LAUNCHES (graphs captured again)"
-    timeout "${E2E_S:-480}" python3 bench/quant_e2e.py --out "$OUT" --modes "${MODES:-int4}" --batches "${BATCHES:-1,16}" \
-      --prefill-tokens "${PREFILL:-512}" --compile-budget-s "${HF_S:-90}" --overlap \
-      --launches "${LAUNCHES:-argmax0,argmax1}" ${E2E_EXTRA:-} > "$OUT/e2e.log" 2>&1
-    grep "launch \|^hf" "$OUT/e2e.log"; e2e_summary
+    model_ab 480 1,16 argmax0,argmax1
     ;;
   amax)  # issue 6: the fp16 GEMV with each row's absmax given (no pass in the kernel), compiled and timed per layer
     compiled_tests "${TEST_S:-90}" "${TEST_K:-(keeps and 128-2-128) or (takes and 128-2-4) or (keeps and 32-1-128)}"
-    sed -n '/FAILED\|Error/p' "$OUT/tests.log" | head -5
     timeout "${PROBE_S:-150}" python3 bench/decode_probe.py --out "$OUT" --parts h2 --ms "${MS:-1,4}" --amax-in --no-tail \
       2>&1 | grep -vi warn | python3 -c "import json,sys
 for l in sys.stdin:
@@ -107,13 +109,8 @@ for l in sys.stdin:
   rowamax)  # issue 6: the norms' row absmax into the one-token GEMV, its weights loaded before the PDL wait,
     # split-K partials summed by the next norm: tested compiled, then A/B in one engine (settings accumulate)
     compiled_tests "${TEST_S:-150}" "${TEST_K:-absmax or hands or early or partials or (agree and (16-20 or 16-21 or 16-22 or 5-20 or 3-21 or 2-22)) or (keeps and 128-2-128)}"
-    sed -n '/FAILED\|Error/p' "$OUT/tests.log" | head -5
     echo "== whole model at batch 1, then A/B settings (they accumulate; graphs captured again for each)"
-    timeout "${E2E_S:-420}" python3 bench/quant_e2e.py --out "$OUT" --modes "${MODES:-int4}" --batches "${BATCHES:-1}" \
-      --prefill-tokens "${PREFILL:-512}" --compile-budget-s "${HF_S:-90}" --overlap \
-      --launches "${LAUNCHES:-amax0,amax1,early1,early0,parts1,parts0,amax0,amax1,early1,early0,parts1}" ${E2E_EXTRA:-} \
-      > "$OUT/e2e.log" 2>&1
-    grep "launch \|^hf" "$OUT/e2e.log"; e2e_summary
+    model_ab 420 1 amax0,amax1,early1,early0,parts1,parts0,amax0,amax1,early1,early0,parts1
     ;;
   mmt)  # issue 6: the tensor-core kernel with swapped operands (modes 20-22) against the shipped configs
     timeout "${SWEEP_S:-400}" python3 bench/quant_gpu.py kernels --kinds int4k_g128 --ms "${MS:-16}" \
