@@ -100,17 +100,18 @@ def grid_for(
 ) -> list[tuple]:
     """Launch configs to try: the K-packed int4 kernels get a coarse grid here and a warps x stages
     refinement of the winner in `sweep`; the older kernels keep the grid their earlier sweeps settled on.
-    ``only`` ("18/16,16/32"): just these int4k (mode/block_r) pairs, block_n 64 and 128, split 1-4."""
+    ``only`` ("18/16,16/32"): just these int4k (mode/block_r) pairs, block_n 64-256, split 1-8."""
     if g.kind == "int4k" and only:
         modes = [tuple(int(v) for v in item.split("/")) for item in only.split(",")]
-        return [(bn, sp, 4, 3, *md) for bn, sp, md in itertools.product((64, 128), (1, 2, 4), modes)]
+        return [(bn, sp, 4, 3, *md) for bn, sp, md in itertools.product((64, 128, 256), (1, 2, 4, 8), modes)]
     if g.kind == "int4k":
         # 4, 5: the packed-fp16 GEMV, (mode, block_r[, chain, cols]); 64 rows with 2 column tiles had
         # the fewest SASS instructions a weight at every block_n (bench/sass_count.py)
         h2 = [(4, 16), (4, 32), (4, 64, 2, 2), (4, 64, 4, 2), (5, 64, 2, 2), (5, 64, 4, 2)]
         # 2-4 rows: the same fp16 GEMV with a row's FMA per code pair (M_ROWS), against the tensor cores
         one = [(0, 16), (2, 16), (3, 16), (3, 32), (3, 64), *h2] if m == 1 else h2 if m <= 4 else []
-        modes = one + [(16, 16), (16, 32), (18, 16)] * (not one_only)
+        # 20: the tensor-core kernel with swapped operands, which won gate_up at 16 rows (RESULTS.md)
+        modes = one + [(16, 16), (16, 32), (18, 16), (20, 16), (20, 32)] * (not one_only)
         sizes = itertools.product((64, 128, 256), (1, 2, 4, 8), modes)
         return [(bn, split, 4, 3, *mode) for bn, split, mode in sizes]
     blocks = (32, 64, 128) if g.kind == "int4_24" else (64, 128, 256)
