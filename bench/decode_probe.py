@@ -69,8 +69,8 @@ def h2_ab(
     (references launch without PDL); ``launches`` ("0,1"): the current kernel also with PDL off / on;
     ``amax_in``: also with each row's absmax given (AMAX_IN: no absmax pass in the kernel; the absmax is
     made before the timed graph, as a producer kernel would hand it over); ``no_tail``: also without the
-    split-K sum at its end (`_without_split_sum`), whose cost is the difference: what handing the partial
-    rows to the next kernel, which would add them as it loads its input, could save."""
+    split-K sum at its end (`_without_split_sum`), whose cost is the difference: the most any scheme that
+    moves the sum elsewhere could save (handing the partials to the next kernel cost more: RESULTS.md)."""
     bw = copy_gbps()
     current = th2.w4k_gemv_h2_kernel
     variants = {"current": (current, pdl.ENABLED, False)}  # kernel, PDL, absmax given

@@ -12,7 +12,7 @@
 #   graph: bash bench/gpu_pending.sh graph   (carry .whl; the model at batch 1 and 16 against transformers,
 #          then A/B settings at batch 1, LAUNCHES="argmax0,argmax1" or "0,1" (PDL); ~7 min)
 #   amax: bash bench/gpu_pending.sh amax   (no carry; the fp16 GEMV per layer: absmax given, no split-K sum; ~3 min)
-#   rowamax: bash bench/gpu_pending.sh rowamax   (carry .whl; absmax, early weights, partials to the norm: A/B; ~9 min)
+#   rowamax: bash bench/gpu_pending.sh rowamax   (carry .whl; the norms' absmax into the GEMV: tests, A/B; ~8 min)
 #   mmt: bash bench/gpu_pending.sh mmt   (no carry; tensor cores with swapped operands, modes 20-22, vs shipped; ~6 min)
 #   tune: bash bench/gpu_pending.sh tune   (no carry; TEST_K=... narrows the compiled tests, MODES=int4,bf16)
 # .whl holds the py3.12 wheels of fastapi/starlette/pydantic/uvicorn that `kb engine-serve` needs and the
@@ -106,11 +106,10 @@ for l in sys.stdin:
     r = json.loads(l); print(r['layer'], 'M', r['M'], 'shipped', r.get('current_us'), 'us; absmax given', r.get('amax_in_us'),
         'us; without the split-K sum', r.get('no_tail_us'), 'us; err', r.get('current_err'), r.get('amax_in_err'))"
     ;;
-  rowamax)  # issue 6: the norms' row absmax into the one-token GEMV, its weights loaded before the PDL wait,
-    # split-K partials summed by the next norm: tested compiled, then A/B in one engine (settings accumulate)
-    compiled_tests "${TEST_S:-150}" "${TEST_K:-absmax or hands or early or partials or (agree and (16-20 or 16-21 or 16-22 or 5-20 or 3-21 or 2-22)) or (keeps and 128-2-128)}"
+  rowamax)  # issue 6: the norms' row absmax into the one-token GEMV, tested compiled, then A/B in one engine
+    compiled_tests "${TEST_S:-150}" "${TEST_K:-absmax or hands or (agree and (16-20 or 16-21 or 16-22 or 5-20 or 3-21 or 2-22)) or (keeps and 128-2-128)}"
     echo "== whole model at batch 1, then A/B settings (they accumulate; graphs captured again for each)"
-    model_ab 420 1 amax0,amax1,early1,early0,parts1,parts0,amax0,amax1,early1,early0,parts1
+    model_ab 420 1 amax0,amax1,amax0,amax1
     ;;
   mmt)  # issue 6: the tensor-core kernel with swapped operands (modes 20-22) against the shipped configs
     timeout "${SWEEP_S:-400}" python3 bench/quant_gpu.py kernels --kinds int4k_g128 --ms "${MS:-16}" \

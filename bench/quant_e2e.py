@@ -158,15 +158,11 @@ def drop_graphs(eng: Engine) -> None:
 def _knobs(eng: Engine) -> dict[str, tuple[object, str]]:
     """The A/B settings of ``--launches`` by name, each an (object, attribute) switch: 'pdl' (`engine.pdl`),
     'argmax' (the greedy argmax after the replay, or inside the decode graph), 'amax' (the norms hand their
-    rows' absmax to the one-token int4 GEMV, or it takes its own), 'early' (that GEMV loads its first
-    step's weights before the PDL wait), 'parts' (each GEMV of a layer hands its split-K partials to the
-    fused kernel after it, or sums them)."""
+    rows' absmax to the one-token int4 GEMV, or it takes its own)."""
     return {
         "pdl": (pdl, "ENABLED"),
         "argmax": (eng.runner, "argmax_in_graph"),
         "amax": (engine_model, "ROW_AMAX"),
-        "early": (gpu, "EARLY_WEIGHTS"),
-        "parts": (engine_model, "SPLIT_PARTIALS"),
     }
 
 

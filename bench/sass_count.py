@@ -47,7 +47,7 @@ SIG_MM = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp16", "b_ptr": "*fp16",
 def sass(fn, consts: dict, warps: int, stages: int) -> str:
     """The kernel's sm_90 SASS. Every defaulted constexpr is passed explicitly: Triton's offline compile
     cache keys the constants by value only (`ASTSource.hash`), so ``{"A": True}`` and ``{"B": True}``
-    would share one cached binary (seen: an ``EARLY`` build returned the ``AMAX_IN`` one)."""
+    would share one cached binary (seen: one variant's build returned another's)."""
     empty = inspect.Parameter.empty
     defaults = {p.name: p.default for p in fn.params if p.is_constexpr and p.default is not empty}
     consts = defaults | consts

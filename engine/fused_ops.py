@@ -27,7 +27,6 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from engine import pdl
-from engine.partials import SplitPartials
 
 __all__ = ["add_rmsnorm", "rmsnorm", "row_amax", "rope_qk", "silu_mul", "stores_kv"]
 
@@ -54,31 +53,14 @@ def _round(x, dt: tl.constexpr, CUDA: tl.constexpr):
 
 
 @triton.jit
-def _load_summed(ptrs, mask, sps, SPLITS: tl.constexpr, dt: tl.constexpr):
-    """``tl.load(ptrs)``, or with ``SPLITS`` the sum of that many float32 partials ``sps`` apart, in
-    order from zero and converted to ``dt`` as the GEMV's own sum would be (`triton_kernels._finish_split`;
-    `engine.partials`)."""
-    if SPLITS:
-        total = tl.zeros(ptrs.shape, dtype=tl.float32)
-        for k in tl.static_range(SPLITS):
-            total += tl.load(ptrs + k * sps, mask=mask, other=0.0)
-        out = total.to(dt)
-    else:
-        out = tl.load(ptrs, mask=mask, other=0.0)
-    return out
-
-
-@triton.jit
-def _rmsnorm_kernel(X, R, W, OUT, ROUT, AMAX, sx, sr, so, sro, n, eps, inv_n, sps,
+def _rmsnorm_kernel(X, R, W, OUT, ROUT, AMAX, sx, sr, so, sro, n, eps, inv_n,
                     HAS_RES: tl.constexpr, CUDA: tl.constexpr, BLOCK: tl.constexpr, HAS_AMAX: tl.constexpr,
-                    SPLITS: tl.constexpr = 0, PDL: tl.constexpr = False):  # fmt: skip
-    """``SPLITS``: X holds that many float32 partial rows ``sps`` apart (`engine.partials`), added here
-    in order from zero and converted as the GEMV's own sum would (`triton_kernels._finish_split`)."""
+                    PDL: tl.constexpr = False):  # fmt: skip
     pdl.start(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     m = offs < n
-    x = _load_summed(X + row * sx + offs, m, sps, SPLITS, ROUT.dtype.element_ty)
+    x = tl.load(X + row * sx + offs, mask=m, other=0.0)
     if HAS_RES:  # new residual = x + residual, rounded to the model dtype like torch's add
         r = tl.load(R + row * sr + offs, mask=m, other=0.0)
         x = _round(x.to(tl.float32) + r.to(tl.float32), ROUT.dtype.element_ty, CUDA)
@@ -87,7 +69,7 @@ def _rmsnorm_kernel(X, R, W, OUT, ROUT, AMAX, sx, sr, so, sro, n, eps, inv_n, sp
     ss = tl.sum(xf * xf, axis=0)
     var = ss * inv_n if CUDA else ss / n  # torch's CUDA mean multiplies by 1/n; its CPU mean is sum / n
     rstd = tl.math.rsqrt(var + eps)
-    normed = _round(xf * rstd, ROUT.dtype.element_ty, CUDA)  # ROUT: x's dtype (or x itself)
+    normed = _round(xf * rstd, X.dtype.element_ty, CUDA)
     w = tl.load(W + offs, mask=m, other=0.0)
     out = _round(w.to(tl.float32) * normed.to(tl.float32), OUT.dtype.element_ty, CUDA)
     tl.store(OUT + row * so + offs, out, mask=m)
@@ -95,40 +77,27 @@ def _rmsnorm_kernel(X, R, W, OUT, ROUT, AMAX, sx, sr, so, sro, n, eps, inv_n, sp
         tl.store(AMAX + row, tl.max(tl.abs(out.to(tl.float32)), axis=0))
 
 
-def _norm(
-    x: torch.Tensor | SplitPartials,
-    residual: torch.Tensor | None,
-    weight: torch.Tensor,
-    eps: float,
-    row_amax: bool,
-):
-    splits = 0
-    if isinstance(x, SplitPartials):
-        if residual is None:
-            raise ValueError("split-K partials are summed by the add + RMSNorm only")
-        splits, shape, dtype, x2 = x.splits, x.shape, x.dtype, x.first
-    else:
-        shape, dtype = x.shape, x.dtype
-        x2 = x.reshape(-1, shape[-1])
-        if x2.stride(1) != 1:
-            x2 = x2.contiguous()
+def _norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float, row_amax: bool):
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1])
     n = x2.shape[1]
-    out = torch.empty(x2.shape, dtype=torch.promote_types(weight.dtype, dtype), device=x2.device)
+    if x2.stride(1) != 1:
+        x2 = x2.contiguous()
+    out = torch.empty(x2.shape, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
     if residual is not None:
         r2 = residual.reshape(-1, n)
         if r2.stride(1) != 1:
             r2 = r2.contiguous()
-        rout = torch.empty(x2.shape, dtype=dtype, device=x2.device)
+        rout = torch.empty_like(x2, memory_format=torch.contiguous_format)
     else:
         r2 = rout = x2  # unused
-    amax = torch.empty(x2.shape[0], dtype=torch.float32, device=x2.device) if row_amax else out
+    amax = torch.empty(x2.shape[0], dtype=torch.float32, device=x.device) if row_amax else out
     if x2.shape[0] > 0:
         strides = (x2.stride(0), r2.stride(0), out.stride(0), rout.stride(0))
         _rmsnorm_kernel[(x2.shape[0],)](
-            x2, r2, weight, out, rout, amax, *strides, n, eps, 1.0 / n, x2.numel(),
+            x2, r2, weight, out, rout, amax, *strides, n, eps, 1.0 / n,
             HAS_RES=residual is not None, CUDA=not _interpreted(), BLOCK=triton.next_power_of_2(n),
-            HAS_AMAX=row_amax, SPLITS=splits, num_warps=4 if n <= 2048 else 8, enable_fp_fusion=False,
-            **pdl.kwargs(x2),
+            HAS_AMAX=row_amax, num_warps=4 if n <= 2048 else 8, enable_fp_fusion=False, **pdl.kwargs(x2),
         )  # fmt: skip
     out = out.view(shape)
     if row_amax:
@@ -142,15 +111,10 @@ def row_amax(x: torch.Tensor) -> torch.Tensor | None:
 
 
 def add_rmsnorm(
-    x: torch.Tensor | SplitPartials,
-    residual: torch.Tensor,
-    weight: torch.Tensor,
-    eps: float,
-    row_amax: bool = False,
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, row_amax: bool = False
 ):
     """``(weight * rmsnorm(x + residual), x + residual)`` in one kernel (engine.model.RMSNorm's numerics);
-    ``row_amax``: the output also carries each row's ``max |out|`` (`row_amax`). ``x`` may be a split-K
-    GEMV's unsummed partial rows (`engine.partials`), added here with the GEMV's own order and rounding."""
+    ``row_amax``: the output also carries each row's ``max |out|`` (`row_amax`)."""
     return _norm(x, residual, weight, eps, row_amax)
 
 
@@ -161,25 +125,23 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, row_amax: bool = 
 
 @triton.jit
 def _rope_heads(
-    X, OUT, C, S, t, sxt, sxh, nheads, hd, sps, CUDA: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_D: tl.constexpr, SPLITS: tl.constexpr,
-):  # fmt: skip
+    X, OUT, C, S, t, sxt, sxh, nheads, hd, CUDA: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr
+):
     """``round(round(x * cos) + round(rotate_half(x) * sin))`` for every head of token ``t``; returns the
-    result with its head and dim indices and mask, for the caller's cache write. ``SPLITS``: X is the
-    first of that many split-K partials, ``sps`` apart (`_load_summed`)."""
+    result with its head and dim indices and mask, for the caller's cache write."""
     h = tl.arange(0, BLOCK_H)[:, None]
     d = tl.arange(0, BLOCK_D)[None, :]
     half = hd // 2
     m = (h < nheads) & (d < hd)
     partner = tl.where(d < half, d + half, d - half)
     base = X + t * sxt + h * sxh
-    dt = OUT.dtype.element_ty
-    x = _load_summed(base + d, m, sps, SPLITS, dt)
-    xp = _load_summed(base + partner, m, sps, SPLITS, dt).to(tl.float32)
+    x = tl.load(base + d, mask=m, other=0.0)
+    xp = tl.load(base + partner, mask=m, other=0.0).to(tl.float32)
     rot = tl.where(d < half, -xp, xp)  # rotate_half: cat(-x2, x1)
     dm = tl.arange(0, BLOCK_D) < hd
     c = tl.load(C + t * hd + tl.arange(0, BLOCK_D), mask=dm, other=0.0)[None, :]
     s = tl.load(S + t * hd + tl.arange(0, BLOCK_D), mask=dm, other=0.0)[None, :]
+    dt = OUT.dtype.element_ty
     a = _round(x.to(tl.float32) * c.to(tl.float32), dt, CUDA)
     b = _round(rot * s.to(tl.float32), dt, CUDA)
     out = _round(a.to(tl.float32) + b.to(tl.float32), dt, CUDA)
@@ -188,18 +150,17 @@ def _rope_heads(
 
 
 @triton.jit
-def _rope_kernel(Q, K, V, QO, KO, KC, VC, SLOTS, C, S, sqt, sqh, skt, skh, svt, svh, nh, kvh, hd, sps,
+def _rope_kernel(Q, K, V, QO, KO, KC, VC, SLOTS, C, S, sqt, sqh, skt, skh, svt, svh, nh, kvh, hd,
                  CUDA: tl.constexpr, CACHE: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr,
-                 BLOCK_D: tl.constexpr, SPLITS: tl.constexpr = 0, PDL: tl.constexpr = False):  # fmt: skip
+                 BLOCK_D: tl.constexpr, PDL: tl.constexpr = False):  # fmt: skip
     pdl.start(PDL)
     t = tl.program_id(0).to(tl.int64)
-    _rope_heads(Q, QO, C, S, t, sqt, sqh, nh, hd, sps, CUDA, BLOCK_HQ, BLOCK_D, SPLITS)
-    k, h, d, m = _rope_heads(K, KO, C, S, t, skt, skh, kvh, hd, sps, CUDA, BLOCK_HK, BLOCK_D, SPLITS)
+    _rope_heads(Q, QO, C, S, t, sqt, sqh, nh, hd, CUDA, BLOCK_HQ, BLOCK_D)
+    k, h, d, m = _rope_heads(K, KO, C, S, t, skt, skh, kvh, hd, CUDA, BLOCK_HK, BLOCK_D)
     if CACHE:  # the token's K and V rows into its paged-cache slot, as `attention.write_kv` stores them
         row = tl.load(SLOTS + t).to(tl.int64) * kvh * hd + h * hd + d
         tl.store(KC + row, k, mask=m)
-        v = _load_summed(V + t * svt + h * svh + d, m, sps, SPLITS, VC.dtype.element_ty)
-        tl.store(VC + row, v, mask=m)
+        tl.store(VC + row, tl.load(V + t * svt + h * svh + d, mask=m, other=0.0), mask=m)
 
 
 def stores_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, dtype: torch.dtype) -> bool:
@@ -209,12 +170,7 @@ def stores_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, dtype: torch.dtype) 
 
 
 def rope_qk(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    cache: tuple | None = None,
-    split: SplitPartials | None = None,
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: tuple | None = None
 ):
     """RoPE on ``q [T, nh, hd]`` and ``k [T, kvh, hd]`` (strided views are fine) with ``cos``/``sin``
     ``[T, 1, hd]`` in the model dtype, as ``x * cos + rotate_half(x) * sin``; returns new contiguous q, k
@@ -223,79 +179,61 @@ def rope_qk(
     ``cache = (k_cache, v_cache, slots, v)``: also store the rotated K and ``v [T, kvh, hd]`` at ``slots``
     of the contiguous ``[blocks, block_size, kvh, hd]`` caches of k's dtype (bf16/fp16 KV; int8 KV
     rescales whole blocks, `attention.write_kv`). Why here: two index_put launches fewer per layer, ~6%
-    of an int4 decode step of an 8B model (bench/RESULTS.md).
-
-    ``split``: q, k (and the cache's v) are views into ``split.first``, the first of a split-K qkv
-    GEMV's unsummed partials (`engine.partials`), which are added here as they are loaded."""
+    of an int4 decode step of an 8B model (bench/RESULTS.md)."""
     t, nh, hd = q.shape
     kvh = k.shape[1]
-    splits, sps, dtype = 0, 0, q.dtype
-    if split is not None:
-        splits, sps, dtype = split.splits, split.stride, split.dtype
-        if q.stride(2) != 1 or k.stride(2) != 1:
-            raise ValueError("q and k must be views of the first split-K partial")
     if q.stride(2) != 1:
         q = q.contiguous()
     if k.stride(2) != 1:
         k = k.contiguous()
     cos, sin = cos.reshape(t, hd).contiguous(), sin.reshape(t, hd).contiguous()
-    qo = torch.empty((t, nh, hd), dtype=dtype, device=q.device)
-    ko = torch.empty((t, kvh, hd), dtype=dtype, device=k.device)
+    qo = torch.empty((t, nh, hd), dtype=q.dtype, device=q.device)
+    ko = torch.empty((t, kvh, hd), dtype=k.dtype, device=k.device)
     kc, vc, slots, v = cache if cache is not None else (ko, ko, ko, ko)
     if cache is not None:
-        if not (stores_kv(kc, vc, dtype) and v.dtype == k.dtype):
+        if not (stores_kv(kc, vc, k.dtype) and v.dtype == k.dtype):
             raise ValueError("rope_qk writes only contiguous caches of the model dtype")
         if v.stride(2) != 1:
-            if splits:
-                raise ValueError("v must be a view of the first split-K partial")
             v = v.contiguous()
     if t > 0:
         _rope_kernel[(t,)](
             q, k, v, qo, ko, kc, vc, slots, cos, sin, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-            v.stride(0), v.stride(1), nh, kvh, hd, sps, CUDA=not _interpreted(), CACHE=cache is not None,
+            v.stride(0), v.stride(1), nh, kvh, hd, CUDA=not _interpreted(), CACHE=cache is not None,
             BLOCK_HQ=triton.next_power_of_2(nh), BLOCK_HK=triton.next_power_of_2(kvh),
-            BLOCK_D=triton.next_power_of_2(hd), SPLITS=splits, num_warps=4, enable_fp_fusion=False,
-            **pdl.kwargs(q),
+            BLOCK_D=triton.next_power_of_2(hd), num_warps=4, enable_fp_fusion=False, **pdl.kwargs(q),
         )  # fmt: skip
     return qo, ko
 
 
 @triton.jit
-def _silu_mul_kernel(GU, OUT, sg, so, inter, sps, CUDA: tl.constexpr, BLOCK: tl.constexpr,
-                     SPLITS: tl.constexpr = 0, PDL: tl.constexpr = False):  # fmt: skip
-    """``SPLITS``: GU holds split-K partial rows (`engine.partials`), summed as `_rmsnorm_kernel` does."""
+def _silu_mul_kernel(GU, OUT, sg, so, inter, CUDA: tl.constexpr, BLOCK: tl.constexpr,
+                     PDL: tl.constexpr = False):  # fmt: skip
     pdl.start(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     m = offs < inter
-    dt = OUT.dtype.element_ty
-    g = _load_summed(GU + row * sg + offs, m, sps, SPLITS, dt).to(tl.float32)
-    u = _load_summed(GU + row * sg + inter + offs, m, sps, SPLITS, dt)
+    g = tl.load(GU + row * sg + offs, mask=m, other=0.0).to(tl.float32)
+    u = tl.load(GU + row * sg + inter + offs, mask=m, other=0.0)
     if CUDA:  # torch's CUDA silu: x / (1 + expf(-x)), IEEE division
         e = libdevice.exp(-g)
         s = tl.math.div_rn(g, 1.0 + e)
     else:
         s = g / (1.0 + tl.exp(-g))
+    dt = OUT.dtype.element_ty
     out = _round(s, dt, CUDA).to(tl.float32) * u.to(tl.float32)
     tl.store(OUT + row * so + offs, _round(out, dt, CUDA), mask=m)
 
 
-def silu_mul(gu: torch.Tensor | SplitPartials, inter: int) -> torch.Tensor:
-    """``silu(gate) * up`` for ``gu = [gate | up]`` of shape ``[T, 2 * inter]`` (rounding as torch does);
-    ``gu`` may be a split-K GEMV's unsummed partial rows (`engine.partials`)."""
-    splits = 0
-    if isinstance(gu, SplitPartials):
-        splits, dtype, gu2 = gu.splits, gu.dtype, gu.first
-    else:
-        dtype, gu2 = gu.dtype, gu.reshape(-1, gu.shape[-1])
-        if gu2.stride(1) != 1:
-            gu2 = gu2.contiguous()
-    out = torch.empty((gu2.shape[0], inter), dtype=dtype, device=gu2.device)
+def silu_mul(gu: torch.Tensor, inter: int) -> torch.Tensor:
+    """``silu(gate) * up`` for ``gu = [gate | up]`` of shape ``[T, 2 * inter]`` (rounding as torch does)."""
+    gu2 = gu.reshape(-1, gu.shape[-1])
+    if gu2.stride(1) != 1:
+        gu2 = gu2.contiguous()
+    out = torch.empty((gu2.shape[0], inter), dtype=gu.dtype, device=gu.device)
     block = min(1024, triton.next_power_of_2(inter))
     if gu2.shape[0] > 0:
         _silu_mul_kernel[(gu2.shape[0], triton.cdiv(inter, block))](
-            gu2, out, gu2.stride(0), out.stride(0), inter, gu2.numel(),
-            CUDA=not _interpreted(), BLOCK=block, SPLITS=splits, num_warps=4, enable_fp_fusion=False,
-            **pdl.kwargs(gu2),
+            gu2, out, gu2.stride(0), out.stride(0), inter,
+            CUDA=not _interpreted(), BLOCK=block, num_warps=4, enable_fp_fusion=False, **pdl.kwargs(gu2),
         )  # fmt: skip
     return out.view(*gu.shape[:-1], inter)

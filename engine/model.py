@@ -17,7 +17,6 @@ from torch import nn
 
 from engine.attention import AttnBatch, attend_dense, attend_gather, attend_prefix_flash, write_kv
 from engine.config import ModelConfig
-from engine.partials import SplitPartials
 
 __all__ = ["AttnBatch", "LlamaForCausalLM"]
 
@@ -25,9 +24,6 @@ FUSED: bool | None = None  # engine.fused_ops kernels: None = on CUDA tensors; t
 
 
 ROW_AMAX = True  # norms hand their rows' absmax to a quantized matmul that uses it (bench A/B: False)
-# qkv, o_proj, gate_up and down_proj hand a split-K GEMV's partial rows to the fused kernel after them (RoPE
-# + KV store, add + RMSNorm, SiLU x up; `engine.partials`); off until a GPU run shows it faster (A/B: True)
-SPLIT_PARTIALS = False
 
 
 def _fused(x: torch.Tensor) -> bool:
@@ -38,27 +34,16 @@ def _takes_row_amax(linear: nn.Module) -> bool:
     return getattr(linear, "takes_row_amax", False)
 
 
-def _unsummed(linear: nn.Module, x: torch.Tensor) -> torch.Tensor | SplitPartials:
-    """``linear(x)`` for a linear whose output only a fused kernel that adds split-K partials reads (RoPE +
-    KV store after qkv, add + RMSNorm after o_proj and down_proj, SiLU x up after gate_up): it may come
-    unsummed."""
-    if SPLIT_PARTIALS and getattr(linear, "emits_partials", False) and _fused(x):
-        return linear(x, partials=True)
-    return linear(x)
-
-
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
-    def forward(
-        self, x: torch.Tensor | SplitPartials, residual: torch.Tensor | None = None, row_amax: bool = False
-    ):
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, row_amax: bool = False):
         """``weight * norm(x)``; given ``residual``, ``(weight * norm(x + residual), x + residual)``.
         ``row_amax``: the fused kernel also passes its rows' absmax on (`fused_ops.row_amax`)."""
-        if isinstance(x, SplitPartials) or _fused(x):
+        if _fused(x):
             from engine import fused_ops
 
             if residual is None:
@@ -111,32 +96,27 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ab: AttnBatch) -> torch.Tensor:
         t = x.shape[0]
-        kc, vc = ab.k_cache[self.layer], ab.v_cache[self.layer]
-        ks = ab.k_scale[self.layer] if ab.k_scale is not None else None
-        vs = ab.v_scale[self.layer] if ab.v_scale is not None else None
-        fused = _fused(x)
-        if fused:
-            from engine.fused_ops import rope_qk, stores_kv
-        mode = ab.meta.get("mode", "paged") if ab.meta is not None else "gather"
-        # the fused RoPE also stores K and V when the cache holds the model dtype; then, unless the dense
-        # path reads v, it alone reads qkv, and may take it unsummed
-        stores = fused and ks is None and stores_kv(kc, vc, x.dtype)
-        qkv = _unsummed(self.qkv_proj, x) if stores and mode != "dense" else self.qkv_proj(x)
-        split = qkv if isinstance(qkv, SplitPartials) else None
-        qkv = split.first if split is not None else qkv
-        q, k, v = qkv.split([self.nh * self.hd, self.kvh * self.hd, self.kvh * self.hd], dim=-1)
+        q, k, v = self.qkv_proj(x).split([self.nh * self.hd, self.kvh * self.hd, self.kvh * self.hd], dim=-1)
         q = q.view(t, self.nh, self.hd)
         k = k.view(t, self.kvh, self.hd)
         v = v.view(t, self.kvh, self.hd)
-        into = (kc, vc, ab.slot_mapping, v) if stores else None
-        if fused:
-            q, k = rope_qk(q, k, cos, sin, into, split)
+        kc, vc = ab.k_cache[self.layer], ab.v_cache[self.layer]
+        ks = ab.k_scale[self.layer] if ab.k_scale is not None else None
+        vs = ab.v_scale[self.layer] if ab.v_scale is not None else None
+        into = None  # the fused kernel also stores K and V when the cache holds the model dtype
+        if _fused(q):
+            from engine.fused_ops import rope_qk, stores_kv
+
+            if ks is None and stores_kv(kc, vc, k.dtype):
+                into = (kc, vc, ab.slot_mapping, v)
+            q, k = rope_qk(q, k, cos, sin, into)
         else:
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
         if into is None:
             write_kv(kc, ks, ab.slot_mapping, k, ab.decode)
             write_kv(vc, vs, ab.slot_mapping, v, ab.decode)
+        mode = ab.meta.get("mode", "paged") if ab.meta is not None else "gather"
         if mode == "dense":  # one fresh sequence: its own contiguous K/V, SDPA causal (as transformers)
             out = attend_dense(q, k, v)
         elif mode == "prefix_flash":
@@ -147,7 +127,7 @@ class Attention(nn.Module):
             out = paged_attention(q, kc, vc, ks, vs, ab.meta, ab.decode)
         else:
             out = attend_gather(q, kc, vc, ks, vs, ab, self.nh, self.kvh)
-        return _unsummed(self.o_proj, out.reshape(t, self.nh * self.hd))
+        return self.o_proj(out.reshape(t, self.nh * self.hd))
 
 
 class MLP(nn.Module):
@@ -158,11 +138,11 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gu = _unsummed(self.gate_up_proj, x)
-        if isinstance(gu, SplitPartials) or _fused(gu):
+        gu = self.gate_up_proj(x)
+        if _fused(gu):
             from engine.fused_ops import silu_mul
 
-            return _unsummed(self.down_proj, silu_mul(gu, self.inter))
+            return self.down_proj(silu_mul(gu, self.inter))
         g, u = gu.split(self.inter, dim=-1)
         return self.down_proj(F.silu(g) * u)
 

@@ -11,11 +11,9 @@ Pulling the next GEMV's weights into L2 before the wait (per-line or bulk prefet
 made the step slower (2.75-2.87 ms): HBM is already busy with the kernel ahead.
 
 The rule that keeps it correct: a kernel launched with PDL reads nothing a previous kernel writes, and
-writes nothing, before its `wait`. Weights are written by no kernel, so the fp16 GEMV may load its first
-step's words before it (`engine.quant.gpu.EARLY_WEIGHTS`, off until a GPU run shows it faster).
-Waits chain: a kernel's predecessor finished only after its own wait, so every earlier kernel has finished
-too. Kernels launched without PDL (torch's, and ours where the flag is off) start only after the kernel
-ahead has finished, as always. A library kernel launched with PDL
+writes nothing, before its `wait`. Waits chain: a kernel's predecessor finished only after its own wait,
+so every earlier kernel has finished too. Kernels launched without PDL (torch's, and ours where the flag
+is off) start only after the kernel ahead has finished, as always. A library kernel launched with PDL
 would be safe only if it waits too; that is unchecked for cuBLAS, so models that run cuBLAS GEMMs (bf16
 layers) keep PDL off (`uses_library_matmuls`), and quantized ones, all our kernels, use it.
 

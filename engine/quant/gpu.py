@@ -19,7 +19,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from engine.partials import SplitPartials
 from engine.quant import tuning
 from engine.quant.formats import Int4Weight, Int8Weight
 
@@ -41,9 +40,6 @@ CHUNK_ROWS = 64
 # swapped, `w4k_mmt_kernel`), block_r word rows per step).
 # Set by the benchmarks (bench/quant_gpu.py kernels); the product reads the shipped `engine.quant.tuning`
 TUNING: dict[tuple, tuple[int, ...]] = {}
-# The one-token fp16 GEMV loads its first step's weights before the PDL wait (`triton_w4k_h2`, EARLY):
-# an A/B knob for the benchmarks until a GPU run shows it faster
-EARLY_WEIGHTS = False
 # The swapped-operand bf16-pair tensor-core kernel (`w4k_mmt_kernel`, the codes as the dot's first operand,
 # in registers for wgmma) by mode: its JOIN, 20 a dot a nibble, 21 a dot a nibble pair, 22 a dot a step
 MMT_JOIN = {20: 1, 21: 2, 22: 8}
@@ -214,15 +210,10 @@ def _int4k_config(g: GpuWeight, cfg: tuple[int, ...], m: int) -> tuple[tuple[int
 
 
 def matmul_small(
-    g: GpuWeight,
-    x: torch.Tensor,
-    thresh: float | None = None,
-    amax: torch.Tensor | None = None,
-    partials: bool = False,
-) -> torch.Tensor | SplitPartials:
+    g: GpuWeight, x: torch.Tensor, thresh: float | None = None, amax: torch.Tensor | None = None
+) -> torch.Tensor:
     """``x [M <= 16, K] @ W.T`` with the fused kernel of ``g.kind``. ``amax``: each row's ``max |x|`` as
-    float32, for the fp16 GEMV to skip its own pass (`triton_w4k_h2` AMAX_IN; measured by the probe).
-    ``partials``: where that GEMV splits K, its partial rows unsummed (`engine.partials`)."""
+    float32, for the fp16 GEMV to skip its own pass (`triton_w4k_h2` AMAX_IN; measured by the probe)."""
     from engine import pdl
     from engine.quant import triton_kernels as tk
     from engine.quant import triton_w4k as tw4k
@@ -272,11 +263,8 @@ def matmul_small(
             xa, t["w"], t["s"], t["b"], y, ws, locks, g.n, g.k, per * cfg[5], xa.stride(0), y.stride(0),
             GROUP=g.group, BLOCK_N=block_n, BLOCK_R=cfg[5], SPLIT=nsplit, ASM=_asm(x), DENORM=cfg[4] == 5,
             CHAIN=h2[0], COLS=h2[1], EVEN=g.n % block_n == 0, M_ROWS=m, num_warps=warps, num_stages=stages,
-            amax_ptr=xa if amax is None else amax, AMAX_IN=amax is not None, EARLY=EARLY_WEIGHTS,
-            PARTIALS=partials and bool(nsplit), **pdl_kw,
+            amax_ptr=xa if amax is None else amax, AMAX_IN=amax is not None, **pdl_kw,
         )  # fmt: skip
-        if partials and nsplit:
-            return SplitPartials(ws, y.dtype)
     elif g.kind == "int4k" and cfg[4] in (18, *MMT_JOIN) and g.group % (8 * cfg[5]) == 0:  # bf16 pairs
         swapped = {"JOIN": MMT_JOIN[cfg[4]]} if cfg[4] in MMT_JOIN else {}
         kernel = tw4k.w4k_mmt_kernel if swapped else tw4k.w4k_mm2_kernel
@@ -353,9 +341,8 @@ def dense_weight(g: GpuWeight, dtype: torch.dtype) -> torch.Tensor:
     return g.extra["w"].dequantize(dtype)
 
 
-def cuda_linear(layer: Any, x: torch.Tensor, partials: bool = False) -> torch.Tensor | SplitPartials:
-    """`QuantLinear.forward` on CUDA; ``partials``: a 2-D input of up to 16 rows may get its split-K
-    partial rows back unsummed (`matmul_small`), for a kernel that adds them as it loads them."""
+def cuda_linear(layer: Any, x: torch.Tensor) -> torch.Tensor:
+    """`QuantLinear.forward` on CUDA."""
     g = prepare(layer)
     from engine.fused_ops import row_amax
 
@@ -370,8 +357,6 @@ def cuda_linear(layer: Any, x: torch.Tensor, partials: bool = False) -> torch.Te
             x2 = layer.sparsify(x2)
         if amax is not None and amax.shape != x2.shape[:1]:
             raise ValueError(f"row absmax of shape {tuple(amax.shape)} for {x2.shape[0]} rows")
-        if partials and x.dim() == 2 and x2.shape[0] <= SMALL_M and layer.bias is None and thresh is None:
-            return matmul_small(g, x2, None, amax, partials=True)
         parts = [
             matmul_small(g, x2[i : i + SMALL_M], thresh, None if amax is None else amax[i : i + SMALL_M])
             for i in range(0, x2.shape[0], SMALL_M)

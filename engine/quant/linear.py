@@ -43,8 +43,6 @@ class QuantLinear(nn.Module):
     # The CUDA path reads the absmax of the input's rows when the norm before it computed them
     # (`engine.fused_ops.row_amax`), so its one-token GEMV skips that pass.
     takes_row_amax = True
-    # ... and may hand a split-K GEMV's partial rows to the add + RMSNorm after it (`engine.partials`)
-    emits_partials = True
 
     def __init__(
         self,
@@ -79,13 +77,11 @@ class QuantLinear(nn.Module):
             return x
         return x.masked_fill(x.abs() < thr, 0.0)
 
-    def forward(self, x: torch.Tensor, partials: bool = False):
-        """``partials``: on CUDA the result may be an `engine.partials.SplitPartials` (only an add +
-        RMSNorm may consume it); the CPU path always sums."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_cuda:
             from engine.quant.gpu import cuda_linear  # provided by the GPU side
 
-            return cuda_linear(self, x, partials)
+            return cuda_linear(self, x)
         x = self.sparsify(x)
         n = self.out_features
         step = max(1, ROW_CHUNK_ELEMS // max(1, self.in_features))

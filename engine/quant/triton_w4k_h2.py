@@ -140,7 +140,6 @@ def w4k_gemv_h2_kernel(
     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, SPLIT: tl.constexpr,
     ASM: tl.constexpr, DENORM: tl.constexpr, CHAIN: tl.constexpr, COLS: tl.constexpr, EVEN: tl.constexpr,
     M_ROWS: tl.constexpr, PDL: tl.constexpr = False, amax_ptr=None, AMAX_IN: tl.constexpr = False,
-    EARLY: tl.constexpr = False, PARTIALS: tl.constexpr = False,
 ):  # fmt: skip
     """gemv3 (steps of ``BLOCK_R`` word rows, scales in the accumulator's layout) with packed-fp16 FMAs: a
     pair of weights costs a ``lop3``, ``sub.f16x2`` and ``fma.f16x2`` (DENORM: ``and``, ``fma``), not ~7.
@@ -163,17 +162,11 @@ def w4k_gemv_h2_kernel(
     ``PDL`` (`engine.pdl`): wait for the previous kernel before the first load; release the next one
     after the main loop, so that it launches during this one's split-K tail.
 
-    ``AMAX_IN`` (an experiment, `bench/decode_probe.py --amax-in`): each row's absmax over all of K comes in
+    ``AMAX_IN`` (on for the layers after an RMSNorm, `engine.fused_ops.row_amax`: -10.5 us a batch-1 step
+    on the H200): each row's absmax over all of K comes in
     ``amax_ptr`` (float32 ``[M_ROWS]``) instead of the per-program pass over the program's K slice, which
     ends in a reduction and a barrier before the first weight load issues. A power-of-two scale fitted to
-    the whole row is as exact; only values below ``2**-24`` of the row's absmax flush to zero earlier.
-
-    ``EARLY`` (an experiment, `engine.quant.gpu.EARLY_WEIGHTS`): the first step's weight words are loaded
-    before the PDL wait, so that their HBM round trip overlaps the previous kernel's tail instead of
-    following it. Safe under PDL's rule (`engine.pdl`): no kernel writes the weights.
-
-    ``PARTIALS`` (`engine.partials.SplitPartials`): the split programs store their partial rows and stop;
-    the fused kernel after this one adds them up (an A/B knob, `engine.model.SPLIT_PARTIALS`)."""
+    the whole row is as exact; only values below ``2**-24`` of the row's absmax flush to zero earlier."""
     RP: tl.constexpr = BLOCK_R // CHAIN
     BC: tl.constexpr = BLOCK_N // COLS
     LCU: tl.constexpr = 24 if DENORM else 0  # the codes are q * 2**-LCU
@@ -182,8 +175,6 @@ def w4k_gemv_h2_kernel(
     rr = tl.arange(0, RP) * CHAIN
     r0 = tl.program_id(1) * rows_per_split
     r1 = tl.minimum(r0 + rows_per_split, K // 8)
-    if EARLY:  # weights only: nothing the previous kernel writes (volatile: not sunk past the wait)
-        first = _h2_words(w_ptr, r0, rr, cols0, N, BC, CHAIN, COLS, EVEN, True)
     pdl.wait(PDL)
     xr, v, inv = (), (), ()  # per row of x: its pointer, scale and the scale's inverse (times 2**LCU)
     for m in tl.static_range(M_ROWS):
@@ -194,12 +185,7 @@ def w4k_gemv_h2_kernel(
             vm, im = _h2_scale(xm, r0 * 8, r1 * 8, TX, LCU)
         xr, v, inv = xr + (xm,), v + (vm,), inv + (im,)
     acc = (tl.zeros((RP, BC), dtype=tl.float32),) * (COLS * M_ROWS)  # index c * M_ROWS + m, as h
-    r_loop = r0
-    if EARLY:
-        acc = _h2_step(first, acc, r0, rr, cols0, xr, v, s_ptr, b_ptr, N, GROUP, BC, CHAIN, COLS, M_ROWS,
-                       LCU, ASM, DENORM, EVEN)  # fmt: skip
-        r_loop = r0 + BLOCK_R
-    for r in range(r_loop, r1, BLOCK_R):
+    for r in range(r0, r1, BLOCK_R):
         words = _h2_words(w_ptr, r, rr, cols0, N, BC, CHAIN, COLS, EVEN)
         acc = _h2_step(words, acc, r, rr, cols0, xr, v, s_ptr, b_ptr, N, GROUP, BC, CHAIN, COLS, M_ROWS,
                        LCU, ASM, DENORM, EVEN)  # fmt: skip
@@ -210,13 +196,13 @@ def w4k_gemv_h2_kernel(
             ym = y_ptr if m == 0 else y_ptr + m * stride_ym
             part = ws_ptr + (tl.program_id(1) * M_ROWS + m) * stride_ym
             _write_row(ym, part, out, cols0 + c * BC, cols0 + c * BC < N, SPLIT)
-    if SPLIT and not PARTIALS:
+    if SPLIT:
         _finish_split(y_ptr, ws_ptr, lock_ptr, M_ROWS, N, stride_ym, M_ROWS + (M_ROWS == 3), BLOCK_N, SPLIT)
 
 
 @triton.jit
 def _h2_words(w_ptr, r, rr, cols0, N, BC: tl.constexpr, CHAIN: tl.constexpr, COLS: tl.constexpr,
-              EVEN: tl.constexpr, VOLATILE: tl.constexpr = False):  # fmt: skip
+              EVEN: tl.constexpr):  # fmt: skip
     """A step's weight words, ``CHAIN x COLS`` tiles (EVEN, N a multiple of BLOCK_N: a true mask, folded
     away, so no zeroing of the lanes)."""
     words = ()
@@ -224,7 +210,7 @@ def _h2_words(w_ptr, r, rr, cols0, N, BC: tl.constexpr, CHAIN: tl.constexpr, COL
         for c in tl.static_range(COLS):
             ptrs = w_ptr + (r + rr + p)[:, None] * N + (cols0 + c * BC)[None, :]
             mask = ((cols0 + c * BC < N) | EVEN)[None, :]
-            words = words + (tl.load(ptrs, mask=mask, other=0, volatile=VOLATILE),)
+            words = words + (tl.load(ptrs, mask=mask, other=0),)
     return words
 
 

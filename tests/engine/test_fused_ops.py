@@ -205,18 +205,18 @@ def _tiny_llama(tmp_path, monkeypatch, quantize: bool):
     return model
 
 
-def _each_projection(model, probe) -> tuple[dict[str, list[bool]], torch.Tensor]:
-    """One 5-token forward (KV into a bf16 cache, gather path); ``probe(args, kwargs)`` at each call of
-    each ``*_proj``, listed by projection name; and the hidden states."""
+def _each_projection(model, probe) -> dict[str, list[bool]]:
+    """One 5-token forward (KV into a bf16 cache, gather path); ``probe(args)`` at each call of each
+    ``*_proj``, listed by projection name."""
     from engine.model import AttnBatch
 
     seen: dict[str, list[bool]] = {}
 
     def hook(name: str):
-        return lambda m, args, kwargs: seen.setdefault(name, []).append(probe(args, kwargs))
+        return lambda m, args: seen.setdefault(name, []).append(probe(args))
 
     hooks = [
-        mod.register_forward_pre_hook(hook(name.split(".")[-1]), with_kwargs=True)
+        mod.register_forward_pre_hook(hook(name.split(".")[-1]))
         for name, mod in model.named_modules()
         if name.endswith("_proj")
     ]
@@ -225,11 +225,11 @@ def _each_projection(model, probe) -> tuple[dict[str, list[bool]], torch.Tensor]
     ab = AttnBatch(pos, [(0, 5, 5, torch.arange(2, device=DEV))], kv, [k.clone() for k in kv])
     try:
         with torch.inference_mode():
-            out = model(torch.arange(5, device=DEV) * 7, pos, ab)
+            model(torch.arange(5, device=DEV) * 7, pos, ab)
     finally:
         for h in hooks:
             h.remove()
-    return seen, out
+    return seen
 
 
 def test_model_hands_norm_absmax_to_quantized_qkv_and_gate_up_only(tmp_path, monkeypatch) -> None:
@@ -238,34 +238,15 @@ def test_model_hands_norm_absmax_to_quantized_qkv_and_gate_up_only(tmp_path, mon
     (their producers do not reduce the row), a bf16 model's linears get none, and the switch turns it off."""
     import engine.model as model_mod
 
-    def has_amax(args, kwargs) -> bool:
+    def has_amax(args) -> bool:
         return fused_ops.row_amax(args[0]) is not None
 
-    seen, _ = _each_projection(_tiny_llama(tmp_path, monkeypatch, quantize=False), has_amax)
+    seen = _each_projection(_tiny_llama(tmp_path, monkeypatch, quantize=False), has_amax)
     assert not any(any(v) for v in seen.values())
     quant = _tiny_llama(tmp_path, monkeypatch, quantize=True)
-    got, _ = _each_projection(quant, has_amax)
+    got = _each_projection(quant, has_amax)
     assert got["qkv_proj"] == got["gate_up_proj"] == [True, True]
     assert got["o_proj"] == got["down_proj"] == [False, False]
     monkeypatch.setattr(model_mod, "ROW_AMAX", False)
-    seen, _ = _each_projection(quant, has_amax)
+    seen = _each_projection(quant, has_amax)
     assert not any(any(v) for v in seen.values())
-
-
-def test_model_asks_its_quantized_linears_for_split_partials(tmp_path, monkeypatch) -> None:
-    """With `engine.model.SPLIT_PARTIALS`, each linear whose output only a fused kernel reads (qkv: RoPE +
-    KV store into a bf16 cache, here on the gather path; o_proj and down_proj: add + RMSNorm; gate_up:
-    SiLU x up) is asked for unsummed split-K partials (`engine.partials`); off (the default), none is; the
-    logits are the same either way (on the CPU the quantized linears sum)."""
-    import engine.model as model_mod
-
-    def asks(args, kwargs) -> bool:
-        return bool(kwargs.get("partials"))
-
-    quant = _tiny_llama(tmp_path, monkeypatch, quantize=True)
-    asked, plain = _each_projection(quant, asks)
-    assert not any(any(v) for v in asked.values())
-    monkeypatch.setattr(model_mod, "SPLIT_PARTIALS", True)
-    asked, split = _each_projection(quant, asks)
-    assert asked["qkv_proj"] == asked["o_proj"] == asked["gate_up_proj"] == asked["down_proj"] == [True, True]
-    assert torch.equal(split, plain)

@@ -71,18 +71,6 @@ def test_gemv_waits_before_its_first_load_and_releases_before_its_stores() -> No
     assert not any(re.search(r"\b(ACQBULK|PREEXIT)\b", ins) for ins in plain)
 
 
-def test_gemv_loading_weights_early_reads_only_weights_before_the_wait() -> None:
-    """With ``EARLY`` the first step's weight words are loaded before the wait (volatile 128-bit loads, so
-    that the compiler does not sink them past it); every other load (x, its absmax, scales) still comes
-    after it. Weights are written by no kernel, so PDL's rule (engine.pdl) holds."""
-    for extra in ({}, {"AMAX_IN": True}):
-        instrs = _sass({"PDL": True, "EARLY": True, **extra})
-        wait = _first(instrs, r"\bACQBULK\b")
-        early = [ins for ins in instrs[:wait] if re.search(r"\bLDG\b", ins)]
-        assert early and all("LDG.E.128.STRONG.SYS" in ins for ins in early), early
-        assert any(re.search(r"\bLDG\b", ins) for ins in instrs[wait:])
-
-
 def test_pdl_is_kept_for_models_whose_every_matmul_is_ours() -> None:
     """A bf16 model runs cuBLAS GEMMs after our early-releasing kernels (not checked on a GPU with PDL),
     so it keeps PDL off; a quantized one with a quantized LM head runs only our kernels. Tied embeddings
