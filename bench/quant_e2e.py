@@ -177,16 +177,28 @@ def _apply(eng: Engine, item: str) -> str:
     return name
 
 
+def greedy_ids(eng: Engine) -> list[int]:
+    """A fixed prompt's 16 greedy tokens, computed (not reused): the same across runs of the same kernels."""
+    with recomputing(eng):
+        return eng.complete(list(range(100, 228)), SamplingParams(max_tokens=16)).token_ids
+
+
+def decode_ahead(b: Bench, eng: Engine, batch: int, n_new: int) -> float:
+    """`decode` with each step launched from the previous one's device argmax (the lookahead)."""
+    eng.config.overlap_decode = True
+    try:
+        return decode(b, eng, batch, n_new)
+    finally:
+        eng.config.overlap_decode = False
+
+
 def _one_setting(b: Bench, eng: Engine, a: argparse.Namespace) -> dict:
     """Batch-1 greedy ids, tok/s, graph step time (and tok/s with the lookahead) under the current setting."""
-    with recomputing(eng):
-        ids = eng.complete(list(range(100, 228)), SamplingParams(max_tokens=16)).token_ids
+    ids = greedy_ids(eng)
     res = {"tok_s": round(decode(b, eng, 1, a.decode_tokens), 1), "greedy_ids": ids}
     res["graph_step_us"] = graph_step_us(eng)
     if a.overlap:
-        eng.config.overlap_decode = True
-        res["overlap_tok_s"] = round(decode(b, eng, 1, a.decode_tokens), 1)
-        eng.config.overlap_decode = False
+        res["overlap_tok_s"] = round(decode_ahead(b, eng, 1, a.decode_tokens), 1)
     return res
 
 
@@ -205,7 +217,6 @@ def launch_variants(b: Bench, eng: Engine, a: argparse.Namespace) -> dict:
                 res = _one_setting(b, eng, a)
             except Exception as exc:  # noqa: BLE001 - one setting's failure is its row; the others still run
                 res = {"error": f"{type(exc).__name__}: {exc}"[:300]}
-                eng.config.overlap_decode = False
             out[name if name not in out else f"{name}_again"] = res
             print(f"  launch {name}: {json.dumps(res)}", flush=True)
     finally:
@@ -243,8 +254,7 @@ def one_mode(b: Bench, name: str, spec: str, a: argparse.Namespace, bw: float) -
         "graphs_at_start": eng.precaptured[0],
         "graph_capture_s": round(eng.precaptured[1], 1),
     }
-    with recomputing(eng):  # a fixed prompt's greedy tokens: the same across runs of the same kernels
-        row["greedy_ids"] = eng.complete(list(range(100, 228)), SamplingParams(max_tokens=16)).token_ids
+    row["greedy_ids"] = greedy_ids(eng)
     for batch in a.batches:
         tok_s = decode(b, eng, batch, a.decode_tokens)
         kv = batch * (128 + a.decode_tokens / 2) * model.cfg.kv_bytes_per_token(2)
@@ -257,10 +267,8 @@ def one_mode(b: Bench, name: str, spec: str, a: argparse.Namespace, bw: float) -
             "pct": round(100 * tok_s / roof, 1),
             "graph_step_us": graph_step_us(eng, batch=batch),
         }
-        if a.overlap:  # the same decode with each step launched from the previous one's device argmax
-            eng.config.overlap_decode = True
-            ahead = decode(b, eng, batch, a.decode_tokens)
-            eng.config.overlap_decode = False
+        if a.overlap:
+            ahead = decode_ahead(b, eng, batch, a.decode_tokens)
             row[f"b{batch}"] |= {
                 "overlap_tok_s": round(ahead, 1),
                 "overlap_pct": round(100 * ahead / roof, 1),
