@@ -13,6 +13,8 @@
 #          then A/B settings at batch 1, LAUNCHES="argmax0,argmax1" or "0,1" (PDL); ~7 min)
 #   amax: bash bench/gpu_pending.sh amax   (no carry; the fp16 GEMV per layer: absmax given, no split-K sum; ~3 min)
 #   rowamax: bash bench/gpu_pending.sh rowamax   (carry .whl; the norms' absmax into the GEMV: tests, A/B; ~8 min)
+#   gated: bash bench/gpu_pending.sh gated   (carry .whl; down_proj's own SiLU and attention's loads before PDL's
+#          wait: compiled tests, then A/B of all four combinations in one engine; ~9 min)
 #   mmt: bash bench/gpu_pending.sh mmt   (no carry; tensor cores with swapped operands, modes 20-22, vs shipped; ~6 min)
 #   tune: bash bench/gpu_pending.sh tune   (no carry; TEST_K=... narrows the compiled tests, MODES=int4,bf16)
 # .whl holds the py3.12 wheels of fastapi/starlette/pydantic/uvicorn that `kb engine-serve` needs and the
@@ -41,7 +43,8 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 compiled_tests() {  # $1: seconds; $2: pytest -k (empty: all); log in $OUT/tests.log, summary here
   echo "== compiled kernel and fused-op tests (-k \"$2\"; log in \$OUT/tests.log)"
   timeout "$1" python3 -m pytest --noconftest -q -p no:cacheprovider tests/engine/quant/test_gpu_kernels.py tests/engine/quant/test_gpu_dispatch.py \
-    tests/engine/quant/test_tuning.py tests/engine/test_fused_ops.py tests/engine/test_pdl.py ${2:+-k "$2"} \
+    tests/engine/quant/test_tuning.py tests/engine/test_fused_ops.py tests/engine/test_pdl.py tests/engine/test_split_kv.py \
+    ${2:+-k "$2"} \
     > "$OUT/tests.log" 2>&1
   echo "pytest rc=$?"; grep -E "passed|failed|error" "$OUT/tests.log" | tail -5
   sed -n '/FAILED\|Error/p' "$OUT/tests.log" | head -5
@@ -110,6 +113,11 @@ for l in sys.stdin:
     compiled_tests "${TEST_S:-150}" "${TEST_K:-absmax or hands or (agree and (16-20 or 16-21 or 16-22 or 5-20 or 3-21 or 2-22)) or (keeps and 128-2-128)}"
     echo "== whole model at batch 1, then A/B settings (they accumulate; graphs captured again for each)"
     model_ab 420 1 amax0,amax1,amax0,amax1
+    ;;
+  gated)  # issue 6: down_proj makes silu(gate) * up itself; attention loads metadata and an old tile before the wait
+    compiled_tests "${TEST_S:-150}" "${TEST_K:-silu or gated or gemv_waits or split_kv or hands or model_fused or shipped}"
+    echo "== whole model at batch 1, then A/B settings (they accumulate; graphs captured again for each)"
+    model_ab 430 1 gated0,attnpre0,gated1,attnpre1,gated0,gated1
     ;;
   mmt)  # issue 6: the tensor-core kernel with swapped operands (modes 20-22) against the shipped configs
     timeout "${SWEEP_S:-400}" python3 bench/quant_gpu.py kernels --kinds int4k_g128 --ms "${MS:-16}" \

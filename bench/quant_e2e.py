@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.chat_gpu import random_llama8b  # noqa: E402
 from bench.engine_gpu import Bench  # noqa: E402
 from engine import model as engine_model  # noqa: E402
-from engine import pdl  # noqa: E402
+from engine import paged_attn_triton, pdl  # noqa: E402
 from engine.config import EngineConfig  # noqa: E402
 from engine.llm_engine import Engine  # noqa: E402
 from engine.quant import gpu  # noqa: E402
@@ -158,11 +158,15 @@ def drop_graphs(eng: Engine) -> None:
 def _knobs(eng: Engine) -> dict[str, tuple[object, str]]:
     """The A/B settings of ``--launches`` by name, each an (object, attribute) switch: 'pdl' (`engine.pdl`),
     'argmax' (the greedy argmax after the replay, or inside the decode graph), 'amax' (the norms hand their
-    rows' absmax to the one-token int4 GEMV, or it takes its own)."""
+    rows' absmax to the one-token int4 GEMV, or it takes its own), 'gated' (down_proj makes silu(gate) * up
+    itself, or the SiLU x up kernel runs), 'attnpre' (attention loads its metadata and first old tile
+    before PDL's wait)."""
     return {
         "pdl": (pdl, "ENABLED"),
         "argmax": (eng.runner, "argmax_in_graph"),
         "amax": (engine_model, "ROW_AMAX"),
+        "gated": (engine_model, "GATED_DOWN"),
+        "attnpre": (paged_attn_triton, "PRE_WAIT"),
     }
 
 

@@ -35,34 +35,44 @@ from engine import pdl
 
 # Overrides for benchmarks/tests: keys of `plan`'s result (block_m, block_n, num_warps, num_stages, splits).
 OVERRIDE: dict = {}
+# Load the metadata and the first tile's old K/V before PDL's wait (the kernel's PRE; bench A/B: False)
+PRE_WAIT = True
 
 
 @triton.jit
-def _tile(acc, l_i, m_i, q, K, V, KS, VS, TABLES, tb, kvh, start, ctx, qpos, stride_kb, stride_kt, stride_kh,
-          stride_sb, qk_scale, BS: tl.constexpr, BLOCK_N: tl.constexpr, HD: tl.constexpr, INT8: tl.constexpr,
-          MASK: tl.constexpr):  # fmt: skip
-    """One KV tile of online softmax (exp2 domain). ``MASK``: apply the causal mask (diagonal tiles)."""
+def _tile_kv(K, V, KS, VS, TABLES, tb, kvh, start, ctx, stride_kb, stride_kt, stride_kh, stride_sb,
+             dt: tl.constexpr, BS: tl.constexpr, BLOCK_N: tl.constexpr, HD: tl.constexpr,
+             INT8: tl.constexpr, ok=True):  # fmt: skip
+    """One KV tile's keys and values in ``dt`` (``ok`` False: no loads, zeros)."""
     n = start + tl.arange(0, BLOCK_N)
     d = tl.arange(0, HD)
     if BLOCK_N == BS:  # one cache block per tile: one table entry
-        blk = tl.load(TABLES + tb + start // BS).to(tl.int64)
+        blk = tl.load(TABLES + tb + start // BS, mask=ok, other=0).to(tl.int64)
         off = blk * stride_kb + (n - start)[:, None] * stride_kt + kvh * stride_kh + d[None, :]
     else:  # several blocks per tile: per-key table entries (keys past ctx read block 0 and are masked)
-        kb = tl.load(TABLES + tb + n // BS, mask=n < ctx, other=0).to(tl.int64)
+        kb = tl.load(TABLES + tb + n // BS, mask=(n < ctx) & ok, other=0).to(tl.int64)
         off = kb[:, None] * stride_kb + (n % BS)[:, None] * stride_kt + kvh * stride_kh + d[None, :]
-    k = tl.load(K + off)
-    v = tl.load(V + off)
+    k = tl.load(K + off, mask=ok, other=0)
+    v = tl.load(V + off, mask=ok, other=0)
     if INT8:
         if BLOCK_N == BS:
-            ks = tl.load(KS + blk * stride_sb + kvh)
-            vs = tl.load(VS + blk * stride_sb + kvh)
-            k = (k.to(tl.float32) * ks).to(q.dtype)
-            v = (v.to(tl.float32) * vs).to(q.dtype)
+            ks = tl.load(KS + blk * stride_sb + kvh, mask=ok, other=0.0)
+            vs = tl.load(VS + blk * stride_sb + kvh, mask=ok, other=0.0)
+            k = (k.to(tl.float32) * ks).to(dt)
+            v = (v.to(tl.float32) * vs).to(dt)
         else:
-            ks = tl.load(KS + kb * stride_sb + kvh)
-            vs = tl.load(VS + kb * stride_sb + kvh)
-            k = (k.to(tl.float32) * ks[:, None]).to(q.dtype)
-            v = (v.to(tl.float32) * vs[:, None]).to(q.dtype)
+            ks = tl.load(KS + kb * stride_sb + kvh, mask=ok, other=0.0)
+            vs = tl.load(VS + kb * stride_sb + kvh, mask=ok, other=0.0)
+            k = (k.to(tl.float32) * ks[:, None]).to(dt)
+            v = (v.to(tl.float32) * vs[:, None]).to(dt)
+    return k, v
+
+
+@triton.jit
+def _tile_math(acc, l_i, m_i, q, k, v, start, qpos, qk_scale, BLOCK_N: tl.constexpr, MASK: tl.constexpr):
+    """Online softmax (exp2 domain) over one tile's ``k``, ``v``. ``MASK``: the causal mask (diagonal
+    tiles)."""
+    n = start + tl.arange(0, BLOCK_N)
     s = tl.dot(q, tl.trans(k))
     if MASK:
         s = tl.where(n[None, :] <= qpos[:, None], s, float("-inf"))
@@ -76,14 +86,31 @@ def _tile(acc, l_i, m_i, q, K, V, KS, VS, TABLES, tb, kvh, start, ctx, qpos, str
     return acc, l_i, m_new
 
 
+@triton.jit
+def _tile(acc, l_i, m_i, q, K, V, KS, VS, TABLES, tb, kvh, start, ctx, qpos, stride_kb, stride_kt, stride_kh,
+          stride_sb, qk_scale, BS: tl.constexpr, BLOCK_N: tl.constexpr, HD: tl.constexpr, INT8: tl.constexpr,
+          MASK: tl.constexpr):  # fmt: skip
+    """One KV tile: its loads, then `_tile_math`."""
+    k, v = _tile_kv(K, V, KS, VS, TABLES, tb, kvh, start, ctx, stride_kb, stride_kt, stride_kh, stride_sb,
+                    q.dtype, BS, BLOCK_N, HD, INT8)  # fmt: skip
+    return _tile_math(acc, l_i, m_i, q, k, v, start, qpos, qk_scale, BLOCK_N, MASK)
+
+
 @triton.jit(do_not_specialize=["stride_tb", "splits", "t_total"])
 def _paged_attn_kernel(Q, K, V, KS, VS, Out, PO, PM, PL, TABLES, Q_STARTS, Q_LENS, CTX_LENS, stride_qt,
                        stride_qh, stride_ot, stride_oh, stride_kb, stride_kt, stride_kh, stride_sb, stride_tb,
                        splits, t_total,
                        sm_scale, NH: tl.constexpr, GROUP: tl.constexpr, HD: tl.constexpr, BS: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, INT8: tl.constexpr,
-                       SPLIT: tl.constexpr, PDL: tl.constexpr = False):  # fmt: skip
-    pdl.start(PDL)
+                       SPLIT: tl.constexpr, PDL: tl.constexpr = False,
+                       PRE: tl.constexpr = False):  # fmt: skip
+    """``PRE`` (with PDL): the metadata and the first tile's K/V, when all its keys are older than this
+    step's tokens, load before `pdl.wait`. None of them is written by a kernel that may still run: the
+    metadata come from the step's input copy, and this layer's RoPE writes only the new tokens' slots
+    (engine.pdl's rule). After the wait only q and the later tiles remain."""
+    pdl.release(PDL)
+    if not PRE:
+        pdl.wait(PDL)
     pid_m = tl.program_id(0)
     kvh = tl.program_id(1)
     sid = tl.program_id(2) // splits
@@ -98,8 +125,6 @@ def _paged_attn_kernel(Q, K, V, KS, VS, Out, PO, PM, PL, TABLES, Q_STARTS, Q_LEN
     tok = rows // GROUP
     head = kvh * GROUP + rows % GROUP
     d = tl.arange(0, HD)
-    q = tl.load(Q + (q_start + tok)[:, None] * stride_qt + head[:, None] * stride_qh + d[None, :],
-                mask=row_ok[:, None], other=0.0)  # fmt: skip
     qpos = ctx - q_len + tok  # absolute position of each row's query
     first_tok = pid_m * BLOCK_M // GROUP
     last_tok = tl.minimum(pid_m * BLOCK_M + BLOCK_M - 1, q_len * GROUP - 1) // GROUP
@@ -113,6 +138,17 @@ def _paged_attn_kernel(Q, K, V, KS, VS, Out, PO, PM, PL, TABLES, Q_STARTS, Q_LEN
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HD], dtype=tl.float32)
     qk_scale = sm_scale * 1.4426950408889634  # exp2
+    if PRE:  # keys all older than this step's tokens: not written by a kernel that may still run
+        early = (t0 < t1) & ((t0 + 1) * BLOCK_N <= ctx - q_len)
+        k0, v0 = _tile_kv(K, V, KS, VS, TABLES, tb, kvh, t0 * BLOCK_N, ctx, stride_kb, stride_kt, stride_kh,
+                          stride_sb, Q.dtype.element_ty, BS, BLOCK_N, HD, INT8, early)  # fmt: skip
+        pdl.wait(PDL)
+    q = tl.load(Q + (q_start + tok)[:, None] * stride_qt + head[:, None] * stride_qh + d[None, :],
+                mask=row_ok[:, None], other=0.0)  # fmt: skip
+    if PRE:  # noqa: SIM102 - `early` exists only under the constexpr PRE
+        if early:  # a tile before n_full: no mask
+            acc, l_i, m_i = _tile_math(acc, l_i, m_i, q, k0, v0, t0 * BLOCK_N, qpos, qk_scale, BLOCK_N, False)
+            t0 = t0 + 1
     for t in range(t0, tl.minimum(t1, n_full)):
         acc, l_i, m_i = _tile(acc, l_i, m_i, q, K, V, KS, VS, TABLES, tb, kvh, t * BLOCK_N, ctx, qpos,
                               stride_kb, stride_kt, stride_kh, stride_sb, qk_scale, BS, BLOCK_N, HD, INT8,
@@ -224,7 +260,7 @@ def paged_attention(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), ks.stride(0) if int8 else 0,
         meta["tables"].stride(0), splits, t, 1.0 / math.sqrt(hd),
         NH=nh, GROUP=group, HD=hd, BS=bs, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], INT8=int8,
-        SPLIT=splits > 1, **kw, **pdl_kw,
+        SPLIT=splits > 1, PRE=PRE_WAIT, **kw, **pdl_kw,
     )  # fmt: skip
     if splits > 1:
         ckw = {} if q.device.type == "cpu" else {"num_warps": 4}

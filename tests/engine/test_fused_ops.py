@@ -250,3 +250,41 @@ def test_model_hands_norm_absmax_to_quantized_qkv_and_gate_up_only(tmp_path, mon
     monkeypatch.setattr(model_mod, "ROW_AMAX", False)
     seen = _each_projection(quant, has_amax)
     assert not any(any(v) for v in seen.values())
+
+
+def test_quantized_down_proj_takes_gate_and_up_and_gives_the_same_logits(tmp_path, monkeypatch) -> None:
+    """A quantized down_proj gets ``[gate | up]`` and makes ``silu(gate) * up`` itself (on CUDA inside the
+    one-token GEMV); a bf16 one, or the switch off, gets the SiLU x up kernel's output. The logits are the
+    same either way (bit for bit on CUDA, where both sides use the same rounding; the CPU reference path
+    computes the SiLU in torch)."""
+    import engine.model as model_mod
+
+    def width(args) -> int:
+        return args[0].shape[-1]
+
+    plain = _tiny_llama(tmp_path, monkeypatch, quantize=False)
+    assert _each_projection(plain, width)["down_proj"] == [96, 96]
+    quant = _tiny_llama(tmp_path, monkeypatch, quantize=True)
+    assert _each_projection(quant, width)["down_proj"] == [192, 192]
+    logits = _decode_logits(quant)
+    monkeypatch.setattr(model_mod, "GATED_DOWN", False)
+    assert _each_projection(quant, width)["down_proj"] == [96, 96]
+    apart = _decode_logits(quant)
+    if CUDA:
+        assert torch.equal(logits, apart)
+    torch.testing.assert_close(logits, apart, rtol=2e-2, atol=2e-2)
+
+
+def _decode_logits(model) -> torch.Tensor:
+    """A 5-token prefill then one decode token (the one-token kernels), logits of both."""
+    from engine.model import AttnBatch
+
+    kv = [torch.zeros(4, 4, 2, 16, dtype=torch.bfloat16, device=DEV) for _ in range(2)]
+    kc, vc, outs = kv, [k.clone() for k in kv], []
+    table = torch.arange(2, device=DEV)
+    for start, n in ((0, 5), (5, 1)):
+        pos = torch.arange(start, start + n, device=DEV)
+        ab = AttnBatch(pos, [(0, n, start + n, table)], kc, vc)
+        with torch.inference_mode():
+            outs.append(model((torch.arange(start, start + n, device=DEV) * 7) % 97, pos, ab).float())
+    return torch.cat(outs)

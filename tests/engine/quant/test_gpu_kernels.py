@@ -319,3 +319,61 @@ def test_split_k_partials_are_summed_once_in_order_and_counters_reset(kind: str,
     assert torch.equal(first, second)
     torch.testing.assert_close(first, whole, rtol=4e-3, atol=1e-3)
     assert int(locks.count_nonzero()) == 0
+
+
+@pytest.mark.parametrize("m, mode, split", [(1, 4, 1), (1, 5, 2), (2, 5, 2), (3, 4, 4)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fp16_gemv_makes_silu_times_up_itself(m: int, mode: int, split: int, dtype, monkeypatch) -> None:
+    """down_proj given ``[gate | up]`` (GATED): the fp16 GEMV makes ``silu(gate) * up`` in its absmax pass
+    and gives the bits of `fused_ops.silu_mul` followed by the plain GEMV, without calling it, for one to
+    three rows, split-K and both code forms; a gate of 30 times an up of 100 checks the range scaling.
+    Wrong widths are refused."""
+    from engine import fused_ops
+
+    q = quantize_int4(_weight(15), group=64)
+    gw = _on_device(gpu.pack(q))
+    g = torch.Generator().manual_seed(16)
+    gu = (torch.randn(m, 2 * K, generator=g) * 2).to(dtype)
+    gu[0, 7], gu[0, K + 7] = 30.0, 100.0
+    gu = gu.to(DEVICE)
+    monkeypatch.setitem(gpu.TUNING, ("int4k", N, K), (32, split, 4, 2, mode, 16, 2, 1))
+    want = gpu.matmul_small(gw, fused_ops.silu_mul(gu, K))
+
+    def refused(*args):
+        raise AssertionError("the fp16 GEMV called silu_mul")
+
+    monkeypatch.setattr(fused_ops, "silu_mul", refused)
+    got = gpu.matmul_small(gw, gu, gated=True)
+    assert got.dtype == dtype and torch.equal(got, want)
+    ref = (torch.nn.functional.silu(gu[:, :K].float()) * gu[:, K:].float()) @ _ref(q).t().to(DEVICE)
+    assert float((got.float() - ref).abs().max() / ref.abs().max()) < 1e-2
+    with pytest.raises(ValueError, match=r"\[gate \| up\]"):
+        gpu.matmul_small(gw, gu[:, :K], gated=True)
+
+
+@pytest.mark.parametrize("rows", [1, 5, gpu.CHUNK_ROWS + 3])
+def test_gated_input_takes_silu_mul_first_where_the_fp16_gemv_does_not_run(rows: int, monkeypatch) -> None:
+    """Tensor-core batches (5 rows) and prefill (dequantize + GEMM) take ``[gate | up]`` through
+    `fused_ops.silu_mul` and then their usual kernel: the same result as the caller doing it, for a
+    `QuantLinear` with a bias; one row takes the fp16 GEMV's own SiLU. The layer's CPU path takes it too."""
+    from engine import fused_ops
+    from engine.quant.linear import QuantLinear
+
+    layer = QuantLinear(quantize_int4(_weight(17), group=64), torch.randn(N))
+    x = torch.randn(2, 2 * K)
+    cpu = layer(x, gated=True)  # the reference path: silu in torch, then the dequantized weight
+    torch.testing.assert_close(cpu, layer(torch.nn.functional.silu(x[:, :K]) * x[:, K:]), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"\[gate \| up\]"):
+        layer(x[:, 1:], gated=True)
+    layer = layer.to(DEVICE)
+    gpu.prepare_model(torch.nn.Sequential(layer))
+    monkeypatch.setitem(gpu.TUNING, ("int4k", N, K), (32, 2, 4, 2, 5, 16, 2, 1))
+    gu = torch.randn(rows, 2 * K, generator=torch.Generator().manual_seed(18)).to(DEVICE)
+    want = gpu.cuda_linear(layer, fused_ops.silu_mul(gu, K))  # QuantLinear.forward on CUDA tensors
+    calls, silu_mul = [], fused_ops.silu_mul
+    monkeypatch.setattr(fused_ops, "silu_mul", lambda *a: calls.append(1) or silu_mul(*a))
+    got = gpu.cuda_linear(layer, gu, gated=True)
+    assert torch.equal(got, want)
+    assert bool(calls) == (rows > 1)
+    with pytest.raises(ValueError, match=r"\[gate \| up\]"):
+        gpu.cuda_linear(layer, gu[:, 1:], gated=True)
