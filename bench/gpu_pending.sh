@@ -13,8 +13,8 @@
 #          then A/B settings at batch 1, LAUNCHES="argmax0,argmax1" or "0,1" (PDL); ~7 min)
 #   amax: bash bench/gpu_pending.sh amax   (no carry; the fp16 GEMV per layer: absmax given, no split-K sum; ~3 min)
 #   rowamax: bash bench/gpu_pending.sh rowamax   (carry .whl; the norms' absmax into the GEMV: tests, A/B; ~8 min)
-#   gated: bash bench/gpu_pending.sh gated   (carry .whl; down_proj's own SiLU and attention's loads before PDL's
-#          wait: compiled tests, then A/B of all four combinations in one engine; ~9 min)
+#   attnpre: bash bench/gpu_pending.sh attnpre   (carry .whl; attention's loads before PDL's wait: compiled tests,
+#          then the A/B in one engine; ~7 min)
 #   mmt: bash bench/gpu_pending.sh mmt   (no carry; tensor cores with swapped operands, modes 20-22, vs shipped; ~6 min)
 #   tune: bash bench/gpu_pending.sh tune   (no carry; TEST_K=... narrows the compiled tests, MODES=int4,bf16)
 # .whl holds the py3.12 wheels of fastapi/starlette/pydantic/uvicorn that `kb engine-serve` needs and the
@@ -114,10 +114,10 @@ for l in sys.stdin:
     echo "== whole model at batch 1, then A/B settings (they accumulate; graphs captured again for each)"
     model_ab 420 1 amax0,amax1,amax0,amax1
     ;;
-  gated)  # issue 6: down_proj makes silu(gate) * up itself; attention loads metadata and an old tile before the wait
-    compiled_tests "${TEST_S:-150}" "${TEST_K:-silu or gated or gemv_waits or split_kv or hands or model_fused or shipped}"
+  attnpre)  # issue 6: attention loads its metadata and its first old tile before PDL's wait
+    compiled_tests "${TEST_S:-150}" "${TEST_K:-split_kv or gemv_waits or model_fused}"
     echo "== whole model at batch 1, then A/B settings (they accumulate; graphs captured again for each)"
-    model_ab 430 1 gated0,attnpre0,gated1,attnpre1,gated0,gated1
+    model_ab 430 1 attnpre0,attnpre1,attnpre0,attnpre1
     ;;
   mmt)  # issue 6: the tensor-core kernel with swapped operands (modes 20-22) against the shipped configs
     timeout "${SWEEP_S:-400}" python3 bench/quant_gpu.py kernels --kinds int4k_g128 --ms "${MS:-16}" \

@@ -158,14 +158,12 @@ def drop_graphs(eng: Engine) -> None:
 def _knobs(eng: Engine) -> dict[str, tuple[object, str]]:
     """The A/B settings of ``--launches`` by name, each an (object, attribute) switch: 'pdl' (`engine.pdl`),
     'argmax' (the greedy argmax after the replay, or inside the decode graph), 'amax' (the norms hand their
-    rows' absmax to the one-token int4 GEMV, or it takes its own), 'gated' (down_proj makes silu(gate) * up
-    itself, or the SiLU x up kernel runs), 'attnpre' (attention loads its metadata and first old tile
-    before PDL's wait)."""
+    rows' absmax to the one-token int4 GEMV, or it takes its own), 'attnpre' (attention loads its metadata
+    and first old tile before PDL's wait)."""
     return {
         "pdl": (pdl, "ENABLED"),
         "argmax": (eng.runner, "argmax_in_graph"),
         "amax": (engine_model, "ROW_AMAX"),
-        "gated": (engine_model, "GATED_DOWN"),
         "attnpre": (paged_attn_triton, "PRE_WAIT"),
     }
 

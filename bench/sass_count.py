@@ -32,7 +32,7 @@ from engine.quant import triton_w4k_h2 as th2  # noqa: E402
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 DIV16 = ("x_ptr", "w_ptr", "s_ptr", "b_ptr", "y_ptr", "N", "K")  # what the launcher specialises at 8B shapes
 SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp16", "b_ptr": "*fp16", "y_ptr": "*bf16",
-       "ws_ptr": "*fp32", "lock_ptr": "*i32", "amax_ptr": "*fp32", "h_ptr": "*bf16", "N": "i32",
+       "ws_ptr": "*fp32", "lock_ptr": "*i32", "amax_ptr": "*fp32", "N": "i32",
        "K": "i32", "rows_per_split": "i32", "GROUP": "constexpr", "BLOCK_N": "constexpr",
        "SPLIT": "constexpr"}  # fmt: skip
 

@@ -24,8 +24,6 @@ FUSED: bool | None = None  # engine.fused_ops kernels: None = on CUDA tensors; t
 
 
 ROW_AMAX = True  # norms hand their rows' absmax to a quantized matmul that uses it (bench A/B: False)
-# down_proj takes [gate | up] and makes silu(gate) * up itself where its kernel can (bench A/B: False)
-GATED_DOWN = True
 
 
 def _fused(x: torch.Tensor) -> bool:
@@ -144,8 +142,6 @@ class MLP(nn.Module):
         if _fused(gu):
             from engine.fused_ops import silu_mul
 
-            if GATED_DOWN and getattr(self.down_proj, "takes_gated", False):  # quantized: the GEMV's own SiLU
-                return self.down_proj(gu, gated=True)
             return self.down_proj(silu_mul(gu, self.inter))
         g, u = gu.split(self.inter, dim=-1)
         return self.down_proj(F.silu(g) * u)

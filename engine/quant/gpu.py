@@ -210,34 +210,22 @@ def _int4k_config(g: GpuWeight, cfg: tuple[int, ...], m: int) -> tuple[tuple[int
 
 
 def matmul_small(
-    g: GpuWeight,
-    x: torch.Tensor,
-    thresh: float | None = None,
-    amax: torch.Tensor | None = None,
-    gated: bool = False,
+    g: GpuWeight, x: torch.Tensor, thresh: float | None = None, amax: torch.Tensor | None = None
 ) -> torch.Tensor:
     """``x [M <= 16, K] @ W.T`` with the fused kernel of ``g.kind``. ``amax``: each row's ``max |x|`` as
-    float32, for the fp16 GEMV to skip its own pass (`triton_w4k_h2` AMAX_IN; measured by the probe).
-    ``gated``: ``x`` is ``[gate | up]`` (``[M, 2K]``) and the product is taken with ``silu(gate) * up``:
-    made inside the fp16 GEMV (GATED), else by `engine.fused_ops.silu_mul` first."""
-    from engine import fused_ops, pdl
+    float32, for the fp16 GEMV to skip its own pass (`triton_w4k_h2` AMAX_IN; measured by the probe)."""
+    from engine import pdl
     from engine.quant import triton_kernels as tk
     from engine.quant import triton_w4k as tw4k
     from engine.quant import triton_w4k_h2 as tw4k_h2
 
     m = x.shape[0]
-    if gated and (g.kind != "int4k" or thresh or x.shape[1] != 2 * g.k):
-        if x.shape[1] != 2 * g.k:
-            raise ValueError(f"a gated input holds [gate | up]: {2 * g.k} columns, not {x.shape[1]}")
-        x, gated = fused_ops.silu_mul(x, g.k), False
     if thresh and g.kind != "int4":
         raise ValueError(f"activation sparsity needs the N-packed int4 layout, not {g.kind}")
     cfg = _config(g.kind + ("_teal" if thresh else ""), g.n, g.k, g.group or 128, m)
     h2 = None
     if g.kind == "int4k":
         tiled, h2 = _int4k_config(g, cfg, m)
-        if gated and h2 is None:  # only the fp16 GEMV makes its input itself
-            x, gated = fused_ops.silu_mul(x, g.k), False
         if tiled is None:
             return F.linear(x, dense_weight(g, x.dtype))
         cfg = tiled
@@ -270,14 +258,12 @@ def matmul_small(
         )  # fmt: skip
     elif h2 is not None:  # fp16 pairs (5: codes as subnormals), m rows sharing each code pair
         aligned = x.data_ptr() % 4 == 0 and x.stride(-1) == 1 and (m == 1 or x.stride(0) % 2 == 0)
-        xa = x if aligned or gated else x.clone(memory_format=torch.contiguous_format)  # bf16: 2 an int32
-        h = x.new_empty(m, g.k) if gated else xa  # gated: silu(gate) * up, made by the kernel
+        xa = x if aligned else x.clone(memory_format=torch.contiguous_format)  # bf16: two values an int32
         tw4k_h2.w4k_gemv_h2_kernel[grid](
             xa, t["w"], t["s"], t["b"], y, ws, locks, g.n, g.k, per * cfg[5], xa.stride(0), y.stride(0),
             GROUP=g.group, BLOCK_N=block_n, BLOCK_R=cfg[5], SPLIT=nsplit, ASM=_asm(x), DENORM=cfg[4] == 5,
             CHAIN=h2[0], COLS=h2[1], EVEN=g.n % block_n == 0, M_ROWS=m, num_warps=warps, num_stages=stages,
-            amax_ptr=xa if amax is None or gated else amax, AMAX_IN=amax is not None and not gated,
-            h_ptr=h, GATED=gated, COMPILED=not fused_ops._interpreted(), **pdl_kw,
+            amax_ptr=xa if amax is None else amax, AMAX_IN=amax is not None, **pdl_kw,
         )  # fmt: skip
     elif g.kind == "int4k" and cfg[4] in (18, *MMT_JOIN) and g.group % (8 * cfg[5]) == 0:  # bf16 pairs
         swapped = {"JOIN": MMT_JOIN[cfg[4]]} if cfg[4] in MMT_JOIN else {}
@@ -355,19 +341,14 @@ def dense_weight(g: GpuWeight, dtype: torch.dtype) -> torch.Tensor:
     return g.extra["w"].dequantize(dtype)
 
 
-def cuda_linear(layer: Any, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
-    """`QuantLinear.forward` on CUDA; ``gated``: `QuantLinear.forward_gated` (x is ``[gate | up]``)."""
+def cuda_linear(layer: Any, x: torch.Tensor) -> torch.Tensor:
+    """`QuantLinear.forward` on CUDA."""
     g = prepare(layer)
-    from engine.fused_ops import row_amax, silu_mul
+    from engine.fused_ops import row_amax
 
-    if gated and x.shape[-1] != 2 * g.k:
-        raise ValueError(f"a gated input holds [gate | up]: {2 * g.k} columns, not {x.shape[-1]}")
-    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    if gated and (rows > CHUNK_ROWS or g.kind != "int4k" or layer.act_threshold is not None):
-        x, gated = silu_mul(x, g.k), False  # only the one-token fp16 GEMV takes [gate | up]
     lead = x.shape[:-1]
     amax = row_amax(x)
-    x2 = x.reshape(-1, 2 * g.k if gated else g.k)
+    x2 = x.reshape(-1, g.k)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     if x2.shape[0] <= CHUNK_ROWS and g.kind != "fallback":
@@ -376,10 +357,10 @@ def cuda_linear(layer: Any, x: torch.Tensor, gated: bool = False) -> torch.Tenso
             x2 = layer.sparsify(x2)
         if amax is not None and amax.shape != x2.shape[:1]:
             raise ValueError(f"row absmax of shape {tuple(amax.shape)} for {x2.shape[0]} rows")
-        kw = {"gated": True} if gated else {}
-        starts = range(0, x2.shape[0], SMALL_M)
-        chunks = [(x2[i : i + SMALL_M], None if amax is None else amax[i : i + SMALL_M]) for i in starts]
-        parts = [matmul_small(g, xs, thresh, am, **kw) for xs, am in chunks]
+        parts = [
+            matmul_small(g, x2[i : i + SMALL_M], thresh, None if amax is None else amax[i : i + SMALL_M])
+            for i in range(0, x2.shape[0], SMALL_M)
+        ]
         y = parts[0] if len(parts) == 1 else torch.cat(parts)
     else:
         y = F.linear(layer.sparsify(x2), dense_weight(g, x.dtype))

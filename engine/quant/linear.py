@@ -43,8 +43,6 @@ class QuantLinear(nn.Module):
     # The CUDA path reads the absmax of the input's rows when the norm before it computed them
     # (`engine.fused_ops.row_amax`), so its one-token GEMV skips that pass.
     takes_row_amax = True
-    # ``forward(gu, gated=True)``: down_proj given ``[gate | up]`` (engine.model.MLP, GATED_DOWN)
-    takes_gated = True
 
     def __init__(
         self,
@@ -79,19 +77,11 @@ class QuantLinear(nn.Module):
             return x
         return x.masked_fill(x.abs() < thr, 0.0)
 
-    def forward(self, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
-        """``gated``: x is ``[gate | up]`` and the layer takes ``silu(gate) * up`` (down_proj): on CUDA the
-        one-token GEMV makes it itself, saving the SiLU x up kernel (`engine.quant.triton_w4k_h2`,
-        GATED); other shapes get `engine.fused_ops.silu_mul` first, with the same bits."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_cuda:
             from engine.quant.gpu import cuda_linear  # provided by the GPU side
 
-            return cuda_linear(self, x, gated)
-        if gated:
-            if x.shape[-1] != 2 * self.in_features:
-                raise ValueError(f"a gated input holds [gate | up]: {2 * self.in_features} columns")
-            g, u = x.split(self.in_features, dim=-1)
-            x = torch.nn.functional.silu(g) * u
+            return cuda_linear(self, x)
         x = self.sparsify(x)
         n = self.out_features
         step = max(1, ROW_CHUNK_ELEMS // max(1, self.in_features))

@@ -13,7 +13,6 @@ import triton
 import triton.language as tl
 
 from engine import pdl
-from engine.fused_ops import silu_mul_rounded
 from engine.quant.triton_kernels import _finish_split, _write_row
 
 # The packed-fp16 step of `w4k_gemv_h2_kernel`: ``$0 = codes($1 & $2) * $3 + $4`` on f16x2 words. OFFSET
@@ -127,22 +126,6 @@ def _h2_scale(x_ptr, lo, hi, TX: tl.constexpr, LCU: tl.constexpr):
 
 
 @triton.jit
-def _h2_gated_scale(gu_ptr, h_ptr, lo, hi, K, TX: tl.constexpr, LCU: tl.constexpr, COMPILED: tl.constexpr):
-    """`_h2_scale` for the input ``h = silu(gate) * up`` made here from ``gu = [gate | up]`` (row of 2K):
-    ``h[lo:hi]``, rounded as `engine.fused_ops.silu_mul` rounds it, is stored to ``h_ptr`` for the main
-    loop to read, and its absmax gives the scale."""
-    ar, amax = tl.arange(0, 2048), tl.zeros((2048,), dtype=tl.float32)
-    for k in range(lo, hi, 2048):
-        ok = k + ar < hi
-        g = tl.load(gu_ptr + k + ar, mask=ok, other=0.0)
-        u = tl.load(gu_ptr + K + k + ar, mask=ok, other=0.0)
-        h = silu_mul_rounded(g, u, h_ptr.dtype.element_ty, COMPILED)
-        tl.store(h_ptr + k + ar, h, mask=ok)
-        amax = tl.maximum(amax, tl.abs(h.to(tl.float32)))
-    return _h2_scale_of(tl.max(amax, axis=0), TX, LCU)
-
-
-@triton.jit
 def _h2_scale_of(amax, TX: tl.constexpr, LCU: tl.constexpr):
     """`_h2_scale` from a given absmax (``AMAX_IN``: the row's, computed before the kernel)."""
     e = (amax.to(tl.int32, bitcast=True) >> 23) & 0xFF
@@ -157,7 +140,6 @@ def w4k_gemv_h2_kernel(
     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, SPLIT: tl.constexpr,
     ASM: tl.constexpr, DENORM: tl.constexpr, CHAIN: tl.constexpr, COLS: tl.constexpr, EVEN: tl.constexpr,
     M_ROWS: tl.constexpr, PDL: tl.constexpr = False, amax_ptr=None, AMAX_IN: tl.constexpr = False,
-    h_ptr=None, GATED: tl.constexpr = False, COMPILED: tl.constexpr = True,
 ):  # fmt: skip
     """gemv3 (steps of ``BLOCK_R`` word rows, scales in the accumulator's layout) with packed-fp16 FMAs: a
     pair of weights costs a ``lop3``, ``sub.f16x2`` and ``fma.f16x2`` (DENORM: ``and``, ``fma``), not ~7.
@@ -184,14 +166,7 @@ def w4k_gemv_h2_kernel(
     on the H200): each row's absmax over all of K comes in
     ``amax_ptr`` (float32 ``[M_ROWS]``) instead of the per-program pass over the program's K slice, which
     ends in a reduction and a barrier before the first weight load issues. A power-of-two scale fitted to
-    the whole row is as exact; only values below ``2**-24`` of the row's absmax flush to zero earlier.
-
-    ``GATED`` (down_proj at decode): x holds ``[gate | up]`` rows of ``2 * K`` and the product is taken
-    with ``silu(gate) * up``, which each program makes for its own K slice in its absmax pass, stores to
-    ``h_ptr`` (``[M_ROWS, K]``, rows ``K`` apart) and reads back in the main loop: the separate SiLU x up
-    kernel, a launch and an L2 round trip a layer, is gone. Programs of one split write the same bits to
-    the same slice; a program reads only what its own threads wrote, after a barrier. ``COMPILED``: the
-    SiLU's libdevice form (the interpreter: numpy's), as `engine.fused_ops` picks it."""
+    the whole row is as exact; only values below ``2**-24`` of the row's absmax flush to zero earlier."""
     RP: tl.constexpr = BLOCK_R // CHAIN
     BC: tl.constexpr = BLOCK_N // COLS
     LCU: tl.constexpr = 24 if DENORM else 0  # the codes are q * 2**-LCU
@@ -204,17 +179,11 @@ def w4k_gemv_h2_kernel(
     xr, v, inv = (), (), ()  # per row of x: its pointer, scale and the scale's inverse (times 2**LCU)
     for m in tl.static_range(M_ROWS):
         xm = x_ptr if m == 0 else x_ptr + m * stride_xm
-        if GATED:  # x = silu(gate) * up of this program's K slice, made into h first
-            hm = h_ptr if m == 0 else h_ptr + m * K
-            vm, im = _h2_gated_scale(xm, hm, r0 * 8, r1 * 8, K, TX, LCU, COMPILED)
-            xm = hm
-        elif AMAX_IN:  # the row's absmax, one load whose wait the first weight loads need not follow
+        if AMAX_IN:  # the row's absmax, one load whose wait the first weight loads need not follow
             vm, im = _h2_scale_of(tl.load(amax_ptr + m), TX, LCU)
         else:
             vm, im = _h2_scale(xm, r0 * 8, r1 * 8, TX, LCU)
         xr, v, inv = xr + (xm,), v + (vm,), inv + (im,)
-    if GATED:  # h's stores, by every thread of the program, before any thread loads it
-        tl.debug_barrier()
     acc = (tl.zeros((RP, BC), dtype=tl.float32),) * (COLS * M_ROWS)  # index c * M_ROWS + m, as h
     for r in range(r0, r1, BLOCK_R):
         words = _h2_words(w_ptr, r, rr, cols0, N, BC, CHAIN, COLS, EVEN)
