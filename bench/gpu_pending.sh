@@ -15,6 +15,8 @@
 #   rowamax: bash bench/gpu_pending.sh rowamax   (carry .whl; the norms' absmax into the GEMV: tests, A/B; ~8 min)
 #   attnpre: bash bench/gpu_pending.sh attnpre   (carry .whl; attention's loads before PDL's wait: compiled tests,
 #          then the A/B in one engine; ~7 min)
+#   prefetch: bash bench/gpu_pending.sh prefetch   (carry .whl; the fp16 GEMV loading a step ahead: compiled tests,
+#          the one-token sweep with and without it, the model on the sweep's winners with it off / on; ~9 min)
 #   mmt: bash bench/gpu_pending.sh mmt   (no carry; tensor cores with swapped operands, modes 20-22, vs shipped; ~6 min)
 #   tune: bash bench/gpu_pending.sh tune   (no carry; TEST_K=... narrows the compiled tests, MODES=int4,bf16)
 # .whl holds the py3.12 wheels of fastapi/starlette/pydantic/uvicorn that `kb engine-serve` needs and the
@@ -118,6 +120,15 @@ for l in sys.stdin:
     compiled_tests "${TEST_S:-150}" "${TEST_K:-split_kv or gemv_waits or model_fused}"
     echo "== whole model at batch 1, then A/B settings (they accumulate; graphs captured again for each)"
     model_ab 430 1 attnpre0,attnpre1,attnpre0,attnpre1
+    ;;
+  prefetch)  # issue 6: the one-token fp16 GEMV with the next step's words loaded during this step's math
+    compiled_tests "${TEST_S:-80}" "${TEST_K:-prefetch or (keeps and 128-2-128) or (takes and 128-2-4)}"
+    echo "== one-token int4 sweep, modes with PREFETCH (5th slot 1) and without (shipped config timed first)"
+    timeout "${SWEEP_S:-200}" python3 bench/quant_gpu.py kernels --kinds int4k_g128 --ms 1 --shapes "${SHAPES:-gate_up,down,qkv,o}" \
+      --modes "${PF_MODES:-5/64/2/2/1,5/64/4/2/1,4/64/2/2/1,5/32/2/2/1,4/32/2/1/1,5/64/2/2/0}" --out "$OUT" 2>&1 \
+      | grep -v "^  skip" | tail -6
+    echo "== whole model at batch 1 on the sweep's winners, PREFETCH off / on (graphs captured again for each)"
+    E2E_EXTRA="--tune $OUT/quant_kernels.json --no-hf" model_ab 260 1 prefetch0,prefetch1,prefetch0,prefetch1
     ;;
   mmt)  # issue 6: the tensor-core kernel with swapped operands (modes 20-22) against the shipped configs
     timeout "${SWEEP_S:-400}" python3 bench/quant_gpu.py kernels --kinds int4k_g128 --ms "${MS:-16}" \

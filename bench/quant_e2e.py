@@ -159,12 +159,13 @@ def _knobs(eng: Engine) -> dict[str, tuple[object, str]]:
     """The A/B settings of ``--launches`` by name, each an (object, attribute) switch: 'pdl' (`engine.pdl`),
     'argmax' (the greedy argmax after the replay, or inside the decode graph), 'amax' (the norms hand their
     rows' absmax to the one-token int4 GEMV, or it takes its own), 'attnpre' (attention loads its metadata
-    and first old tile before PDL's wait)."""
+    and first old tile before PDL's wait), 'prefetch' (the fp16 GEMV's configs may load a step ahead)."""
     return {
         "pdl": (pdl, "ENABLED"),
         "argmax": (eng.runner, "argmax_in_graph"),
         "amax": (engine_model, "ROW_AMAX"),
         "attnpre": (paged_attn_triton, "PRE_WAIT"),
+        "prefetch": (gpu, "H2_PREFETCH"),
     }
 
 

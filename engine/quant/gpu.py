@@ -40,6 +40,8 @@ CHUNK_ROWS = 64
 # swapped, `w4k_mmt_kernel`), block_r word rows per step).
 # Set by the benchmarks (bench/quant_gpu.py kernels); the product reads the shipped `engine.quant.tuning`
 TUNING: dict[tuple, tuple[int, ...]] = {}
+# A config's PREFETCH slot (fp16 GEMV, cfg[8]) is obeyed; False turns it off everywhere (bench A/B)
+H2_PREFETCH = True
 # The swapped-operand bf16-pair tensor-core kernel (`w4k_mmt_kernel`, the codes as the dot's first operand,
 # in registers for wgmma) by mode: its JOIN, 20 a dot a nibble, 21 a dot a nibble pair, 22 a dot a step
 MMT_JOIN = {20: 1, 21: 2, 22: 8}
@@ -186,7 +188,8 @@ def _chunks(g: GpuWeight, cfg: tuple[int, ...], m: int) -> int:
 
 
 def _int4k_config(g: GpuWeight, cfg: tuple[int, ...], m: int) -> tuple[tuple[int, ...] | None, tuple | None]:
-    """``cfg`` made runnable for this shape and batch, and ``(chain, cols)`` when it is the fp16 GEMV.
+    """``cfg`` made runnable for this shape and batch, and ``(chain, cols, prefetch)`` when it is the fp16
+    GEMV (``cfg[8]``: PREFETCH, the next step's words loaded during this step's math).
 
     The fp16 GEMV (modes 4, 5) takes 1-4 rows, gemv3 (3) one; their steps must tile K and a chain must
     stay in a group, else gemv2 takes one token and the tensor cores a batch. A one-token config met by a
@@ -197,8 +200,9 @@ def _int4k_config(g: GpuWeight, cfg: tuple[int, ...], m: int) -> tuple[tuple[int
     mode = cfg[4]
     if (mode in (4, 5) and m <= 4) or (mode == 3 and m == 1):
         chain, cols = (cfg[6] if len(cfg) > 6 else 2, cfg[7] if len(cfg) > 7 else 1) if mode > 3 else (1, 1)
+        prefetch = len(cfg) > 8 and bool(cfg[8]) and H2_PREFETCH
         if not ((g.k // 8) % cfg[5] or cfg[5] % chain or (g.group // 8) % chain):
-            return cfg, ((chain, cols) if mode > 3 else None)
+            return cfg, ((chain, cols, prefetch) if mode > 3 else None)
         if m == 1:
             return (*cfg[:4], 2, 16), None
         cfg = (*cfg[:4], SMALL_M, 16)
@@ -263,7 +267,7 @@ def matmul_small(
             xa, t["w"], t["s"], t["b"], y, ws, locks, g.n, g.k, per * cfg[5], xa.stride(0), y.stride(0),
             GROUP=g.group, BLOCK_N=block_n, BLOCK_R=cfg[5], SPLIT=nsplit, ASM=_asm(x), DENORM=cfg[4] == 5,
             CHAIN=h2[0], COLS=h2[1], EVEN=g.n % block_n == 0, M_ROWS=m, num_warps=warps, num_stages=stages,
-            amax_ptr=xa if amax is None else amax, AMAX_IN=amax is not None, **pdl_kw,
+            amax_ptr=xa if amax is None else amax, AMAX_IN=amax is not None, PREFETCH=h2[2], **pdl_kw,
         )  # fmt: skip
     elif g.kind == "int4k" and cfg[4] in (18, *MMT_JOIN) and g.group % (8 * cfg[5]) == 0:  # bf16 pairs
         swapped = {"JOIN": MMT_JOIN[cfg[4]]} if cfg[4] in MMT_JOIN else {}

@@ -140,6 +140,7 @@ def w4k_gemv_h2_kernel(
     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, SPLIT: tl.constexpr,
     ASM: tl.constexpr, DENORM: tl.constexpr, CHAIN: tl.constexpr, COLS: tl.constexpr, EVEN: tl.constexpr,
     M_ROWS: tl.constexpr, PDL: tl.constexpr = False, amax_ptr=None, AMAX_IN: tl.constexpr = False,
+    PREFETCH: tl.constexpr = False,
 ):  # fmt: skip
     """gemv3 (steps of ``BLOCK_R`` word rows, scales in the accumulator's layout) with packed-fp16 FMAs: a
     pair of weights costs a ``lop3``, ``sub.f16x2`` and ``fma.f16x2`` (DENORM: ``and``, ``fma``), not ~7.
@@ -166,7 +167,11 @@ def w4k_gemv_h2_kernel(
     on the H200): each row's absmax over all of K comes in
     ``amax_ptr`` (float32 ``[M_ROWS]``) instead of the per-program pass over the program's K slice, which
     ends in a reduction and a barrier before the first weight load issues. A power-of-two scale fitted to
-    the whole row is as exact; only values below ``2**-24`` of the row's absmax flush to zero earlier."""
+    the whole row is as exact; only values below ``2**-24`` of the row's absmax flush to zero earlier.
+
+    ``PREFETCH``: the next step's words load before this step's math (held in registers), so a program
+    keeps a step of loads in flight while it computes instead of waiting a round trip a step; costs a
+    second step of word registers, hence fewer resident programs."""
     RP: tl.constexpr = BLOCK_R // CHAIN
     BC: tl.constexpr = BLOCK_N // COLS
     LCU: tl.constexpr = 24 if DENORM else 0  # the codes are q * 2**-LCU
@@ -185,10 +190,18 @@ def w4k_gemv_h2_kernel(
             vm, im = _h2_scale(xm, r0 * 8, r1 * 8, TX, LCU)
         xr, v, inv = xr + (xm,), v + (vm,), inv + (im,)
     acc = (tl.zeros((RP, BC), dtype=tl.float32),) * (COLS * M_ROWS)  # index c * M_ROWS + m, as h
-    for r in range(r0, r1, BLOCK_R):
-        words = _h2_words(w_ptr, r, rr, cols0, N, BC, CHAIN, COLS, EVEN)
-        acc = _h2_step(words, acc, r, rr, cols0, xr, v, s_ptr, b_ptr, N, GROUP, BC, CHAIN, COLS, M_ROWS,
-                       LCU, ASM, DENORM, EVEN)  # fmt: skip
+    if PREFETCH:
+        words = _h2_words(w_ptr, r0, rr, cols0, N, BC, CHAIN, COLS, EVEN, r0 < r1)
+        for r in range(r0, r1, BLOCK_R):
+            ahead = _h2_words(w_ptr, r + BLOCK_R, rr, cols0, N, BC, CHAIN, COLS, EVEN, r + BLOCK_R < r1)
+            acc = _h2_step(words, acc, r, rr, cols0, xr, v, s_ptr, b_ptr, N, GROUP, BC, CHAIN, COLS, M_ROWS,
+                           LCU, ASM, DENORM, EVEN)  # fmt: skip
+            words = ahead
+    else:
+        for r in range(r0, r1, BLOCK_R):
+            words = _h2_words(w_ptr, r, rr, cols0, N, BC, CHAIN, COLS, EVEN)
+            acc = _h2_step(words, acc, r, rr, cols0, xr, v, s_ptr, b_ptr, N, GROUP, BC, CHAIN, COLS, M_ROWS,
+                           LCU, ASM, DENORM, EVEN)  # fmt: skip
     pdl.release(PDL)
     for c in tl.static_range(COLS):
         for m in tl.static_range(M_ROWS):
@@ -202,14 +215,14 @@ def w4k_gemv_h2_kernel(
 
 @triton.jit
 def _h2_words(w_ptr, r, rr, cols0, N, BC: tl.constexpr, CHAIN: tl.constexpr, COLS: tl.constexpr,
-              EVEN: tl.constexpr):  # fmt: skip
+              EVEN: tl.constexpr, ok=True):  # fmt: skip
     """A step's weight words, ``CHAIN x COLS`` tiles (EVEN, N a multiple of BLOCK_N: a true mask, folded
-    away, so no zeroing of the lanes)."""
+    away, so no zeroing of the lanes). ``ok`` False: no loads (the step after a program's last)."""
     words = ()
     for p in tl.static_range(CHAIN):
         for c in tl.static_range(COLS):
             ptrs = w_ptr + (r + rr + p)[:, None] * N + (cols0 + c * BC)[None, :]
-            mask = ((cols0 + c * BC < N) | EVEN)[None, :]
+            mask = ((cols0 + c * BC < N) | EVEN)[None, :] & ok
             words = words + (tl.load(ptrs, mask=mask, other=0),)
     return words
 
