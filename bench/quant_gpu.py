@@ -100,7 +100,8 @@ def grid_for(
 ) -> list[tuple]:
     """Launch configs to try: the K-packed int4 kernels get a coarse grid here and a warps x stages
     refinement of the winner in `sweep`; the older kernels keep the grid their earlier sweeps settled on.
-    ``only`` ("18/16,16/32"): just these int4k (mode/block_r) pairs, block_n 64-256, split 1-8."""
+    ``only`` ("18/16,5/64/4/2/1"): just these int4k modes (mode/block_r, for the fp16 GEMV also
+    /chain/cols/prefetch), block_n 64-256, split 1-8."""
     if g.kind == "int4k" and only:
         modes = [tuple(int(v) for v in item.split("/")) for item in only.split(",")]
         return [(bn, sp, 4, 3, *md) for bn, sp, md in itertools.product((64, 128, 256), (1, 2, 4, 8), modes)]
@@ -283,7 +284,8 @@ def main() -> None:
     p.add_argument("--stages", default="3", help="software-pipelining depths to sweep, e.g. 2,3,4")
     p.add_argument("--ms", default="1,4,16", help="batch sizes (rows) to time")
     p.add_argument("--gemv-only", action="store_true")
-    p.add_argument("--modes", default="", help="int4k: only these mode/block_r pairs, e.g. 18/16,16/32")
+    modes_help = "int4k: only these mode/block_r[/chain/cols/prefetch], e.g. 18/16,5/64/4/2/1"
+    p.add_argument("--modes", default="", help=modes_help)
     p.add_argument("--teal", type=float, default=0.4, help="fraction of activations TEAL zeroes")
     args = p.parse_args()
     if args.phase == "ship":

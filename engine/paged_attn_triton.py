@@ -17,6 +17,9 @@ Two things make it fast on long prefixes (measured in bench/engine_gpu.py, see d
   workspace; `_combine_kernel` merges the slices (log-sum-exp weights). ``splits`` is picked per launch
   from the grid size and the number of KV tiles (`plan`); it is static for a CUDA-graph bucket because it
   depends only on the table width there.
+With PDL (`engine.pdl`) a program loads its sequence's metadata, table entry and first tile's K/V before
+the wait when every key of that tile is older than the step's tokens (``PRE``; -56 us a batch-1 int4 step
+on the H200), so after the wait only q and the later tiles remain.
 Grid: ``(cdiv(max_q * group, BLOCK_M), kv_heads, num_seqs * splits)``. Tested under ``TRITON_INTERPRET=1``
 on CPU against the gather path and `split_reference` (the same split math in torch), and on the GPU against
 the gather path and `transformers`.

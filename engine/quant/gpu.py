@@ -33,8 +33,9 @@ CHUNK_ROWS = 64
 # the magic-number conversion (`w8_kernel` MAGIC). int4k: (block_n, split, warps, stages, 0 | 2 = the
 # CUDA-core GEMV for one token (2: gemv2, `w4k_gemv_kernel` ASM + ROW_SUMS; 3: gemv3, steps of block_r
 # rows with per-row scales; 4 | 5: packed-fp16 multiply-adds, `w4k_gemv_h2_kernel`, 5 with the codes as
-# fp16 subnormals, optionally followed by chain (words a column per fp16 sum, default 2) and cols (column
-# tiles sharing the activations, default 1); 4 | 5 also serve batches of 2-4 rows, keyed by that m, one
+# fp16 subnormals, optionally followed by chain (words a column per fp16 sum, default 2), cols (column
+# tiles sharing the activations, default 1) and prefetch (1: the next step's words load during this step's
+# math, `PREFETCH`, default 0); 4 | 5 also serve batches of 2-4 rows, keyed by that m, one
 # fp16 FMA a row per code pair) | 16 = tensor cores (18: codes
 # made as bf16 pairs, `w4k_mm2_kernel`, where a step stays in one group; 20: the same with the operands
 # swapped, `w4k_mmt_kernel`), block_r word rows per step).
