@@ -109,6 +109,9 @@ def grid_for(
         # 4, 5: the packed-fp16 GEMV, (mode, block_r[, chain, cols]); 64 rows with 2 column tiles had
         # the fewest SASS instructions a weight at every block_n (bench/sass_count.py)
         h2 = [(4, 16), (4, 32), (4, 64, 2, 2), (4, 64, 4, 2), (5, 64, 2, 2), (5, 64, 4, 2)]
+        # ... and loading the next step during this one's math (PREFETCH), which won all four one-token
+        # layers on the H200 (RESULTS.md, third session of 2026-12-03); not yet swept at 2-4 rows
+        h2 += [(5, 64, 4, 2, 1), (5, 32, 2, 2, 1), (4, 64, 4, 2, 1)]
         # 2-4 rows: the same fp16 GEMV with a row's FMA per code pair (M_ROWS), against the tensor cores
         one = [(0, 16), (2, 16), (3, 16), (3, 32), (3, 64), *h2] if m == 1 else h2 if m <= 4 else []
         # 20: the tensor-core kernel with swapped operands, which won gate_up at 16 rows (RESULTS.md)
