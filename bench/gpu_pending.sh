@@ -17,6 +17,10 @@
 #          then the A/B in one engine; ~7 min)
 #   prefetch: bash bench/gpu_pending.sh prefetch   (carry .whl; the fp16 GEMV loading a step ahead: compiled tests,
 #          the one-token sweep with and without it, the model on the sweep's winners with it off / on; ~9 min)
+#   ncu: bash bench/gpu_pending.sh ncu   (no carry; the one-token GEMVs vs a plain read of their bytes, then ncu --set full)
+#   wide: bash bench/gpu_pending.sh wide   (carry .whl; one-token GEMVs over block_n 32 and splits up to 32, the model on the
+#         winners; W_MODES / GU_MODES: the modes for qkv, o, down / gate_up; TEST_K: compiled tests first)
+#   final: bash bench/gpu_pending.sh final   (carry .whl; read floor vs shipped GEMVs, the model vs transformers; ~9 min)
 #   mmt: bash bench/gpu_pending.sh mmt   (no carry; tensor cores with swapped operands, modes 20-22, vs shipped; ~6 min)
 #   tune: bash bench/gpu_pending.sh tune   (no carry; TEST_K=... narrows the compiled tests, MODES=int4,bf16)
 # .whl holds the py3.12 wheels of fastapi/starlette/pydantic/uvicorn that `kb engine-serve` needs and the
@@ -129,6 +133,57 @@ for l in sys.stdin:
       | grep -v "^  skip" | tail -6
     echo "== whole model at batch 1 on the sweep's winners, PREFETCH off / on (graphs captured again for each)"
     E2E_EXTRA="--tune $OUT/quant_kernels.json --no-hf" model_ab 260 1 prefetch0,prefetch1,prefetch0,prefetch1
+    ;;
+  ncu)  # issue 6: the one-token GEMVs against a plain read of their bytes, then under Nsight Compute (~4 min)
+    echo "== read floor vs shipped GEMVs (graph timing)"
+    timeout "${FLOOR_S:-150}" python3 bench/ncu_gemv.py floor 2>&1 | tee "$OUT/floor.log" | grep -v "^ *$" | tail -14
+    echo "== ncu --set full on the four shipped GEMVs and a plain read"
+    which ncu || ls /opt/nvidia/nsight-compute/*/ncu
+    NCU=$(which ncu || ls /opt/nvidia/nsight-compute/*/ncu | head -1)
+    timeout "${NCU_S:-240}" "$NCU" --profile-from-start off --clock-control none --set full --import-source no \
+      -o "$OUT/gemv" python3 bench/ncu_gemv.py profile > "$OUT/ncu.log" 2>&1; echo "ncu rc=$?"; tail -3 "$OUT/ncu.log"
+    "$NCU" -i "$OUT/gemv.ncu-rep" --page details > "$OUT/gemv_details.txt" 2>&1
+    "$NCU" -i "$OUT/gemv.ncu-rep" --page raw --csv > "$OUT/gemv_raw.csv" 2>&1
+    grep -E "^  [a-z_0-9]+|Duration|DRAM Throughput|Achieved Occupancy|Registers Per|Theoretical Occ|Memory Throughput" \
+      "$OUT/gemv_details.txt" | head -60
+    ;;
+  wide)  # issue 6: one-token GEMVs over narrower tiles and more splits (more programs), the model on the winners (~9 min)
+    [ -n "${TEST_K:-}" ] && compiled_tests "${TEST_S:-100}" "$TEST_K"
+    W_MODES=${W_MODES:-5/64/4/2/1,5/32/2/2/1,5/32/4/2/1,5/16/2/2/1,5/16/2/1/1,5/32/2/2/0,5/64/4/2/0}
+    echo "== one-token sweep: qkv, o, down over block_n 32/64, split 8/16/32 (shipped config timed first)"
+    timeout "${SWEEP_S:-220}" python3 bench/quant_gpu.py kernels --kinds int4k_g128 --ms 1 --shapes qkv,o,down \
+      --modes "$W_MODES" --block-ns 32,64 --splits 8,16,32 --max-programs 4224 --out "$OUT/small" 2>&1 \
+      | grep -v "^  skip" | tail -4
+    echo "== gate_up over block_n 32/64/128, split 1/2/4"
+    timeout "${SWEEP2_S:-130}" python3 bench/quant_gpu.py kernels --kinds int4k_g128 --ms 1 --shapes gate_up \
+      --modes "${GU_MODES:-$W_MODES}" --block-ns 32,64,128 --splits 1,2,4 --max-programs 4224 --out "$OUT/big" 2>&1 \
+      | grep -v "^  skip" | tail -2
+    python3 - "$OUT" <<'PY'
+import json, sys
+out = sys.argv[1]
+res = None
+for part in ("small", "big"):
+    try:
+        d = json.load(open(f"{out}/{part}/quant_kernels.json"))
+    except OSError:
+        continue
+    if res is None:
+        res = d
+    else:
+        res["rows"] += d["rows"]; res["tuning"].update(d["tuning"])
+json.dump(res, open(f"{out}/quant_kernels.json", "w"), indent=1)
+print("merged", sorted(res["tuning"]))
+PY
+    echo "== whole model at batch 1: shipped table (tuned0) against the sweep's winners (tuned1)"
+    E2E_EXTRA="--tune $OUT/quant_kernels.json --no-hf" model_ab 240 1 "${LAUNCHES:-tuned0,tuned1,tuned0,tuned1}"
+    ;;
+  final)  # issue 6's closing figures: the read floor against the shipped GEMVs, then the model against transformers
+    echo "== read floor vs shipped GEMVs (graph timing)"
+    timeout "${FLOOR_S:-120}" python3 bench/ncu_gemv.py floor > "$OUT/floor.log" 2>&1; grep layer "$OUT/floor.log"
+    echo "== whole model, modes ${MODES:-int4,bf16}, transformers compiled bf16 in the same process"
+    timeout "${E2E_S:-450}" python3 bench/quant_e2e.py --out "$OUT" --modes "${MODES:-int4,bf16}" --batches 1,16 \
+      --prefill-tokens 512 --compile-budget-s "${HF_S:-60}" --overlap > "$OUT/e2e.log" 2>&1
+    e2e_summary
     ;;
   mmt)  # issue 6: the tensor-core kernel with swapped operands (modes 20-22) against the shipped configs
     timeout "${SWEEP_S:-400}" python3 bench/quant_gpu.py kernels --kinds int4k_g128 --ms "${MS:-16}" \

@@ -56,16 +56,54 @@ GPU_KIND = {"int8": "int8", "int4k_g128": "int4k", "int4k_g64": "int4k", "int4_2
             "int4_g128_teal": "int4_teal"}  # fmt: skip
 
 
+class _Tuned:
+    """The 'tuned' switch of ``--launches``: the configs of ``--tune`` in use (on), or kb's shipped table
+    (off), so that a sweep's winners and the shipped configs are timed on one engine."""
+
+    saved: dict = {}
+
+    @property
+    def on(self) -> bool:
+        return bool(gpu.TUNING)
+
+    @on.setter
+    def on(self, value: bool) -> None:
+        gpu.TUNING.clear()
+        gpu.TUNING.update(self.saved if value else {})
+
+
+TUNED = _Tuned()
+
+
+class _Level:
+    """An on/off switch over a module's integer setting: ``off`` and ``on`` are the values it sets."""
+
+    def __init__(self, obj: object, attr: str, off: int, on: int) -> None:
+        self.obj, self.attr, self.off_value, self.on_value = obj, attr, off, on
+
+    @property
+    def on(self) -> bool:
+        return getattr(self.obj, self.attr) == self.on_value
+
+    @on.setter
+    def on(self, value: bool) -> None:
+        setattr(self.obj, self.attr, self.on_value if value else self.off_value)
+
+
+PREFETCH_ANY = _Level(gpu, "H2_PREFETCH", 0, 2)  # configs' PREFETCH slots ignored / obeyed
+SB_AHEAD = _Level(gpu, "H2_PREFETCH", 1, 2)  # level 2 (scales a step ahead) capped to 1 / obeyed
+
+
 def load_tuning(path: str | None, mode: str) -> None:
     """Launch configs from the kernel sweep (``kind|N|K|M`` -> config) for this mode's weight formats."""
     gpu.TUNING.clear()
-    if not path:
-        return
-    tuning = json.loads(Path(path).read_text()).get("tuning", {})
-    for key, cfg in tuning.items():
-        kind, n, k, m = key.split("|")
-        if cfg and kind in ("int8", SWEPT.get(mode)):
-            gpu.TUNING[(GPU_KIND[kind], int(n), int(k), int(m))] = tuple(cfg)
+    if path:
+        tuning = json.loads(Path(path).read_text()).get("tuning", {})
+        for key, cfg in tuning.items():
+            kind, n, k, m = key.split("|")
+            if cfg and kind in ("int8", SWEPT.get(mode)):
+                gpu.TUNING[(GPU_KIND[kind], int(n), int(k), int(m))] = tuple(cfg)
+    TUNED.saved = dict(gpu.TUNING)
 
 
 def build(b: Bench, spec: str, tiny: bool) -> tuple[torch.nn.Module, dict]:
@@ -159,13 +197,17 @@ def _knobs(eng: Engine) -> dict[str, tuple[object, str]]:
     """The A/B settings of ``--launches`` by name, each an (object, attribute) switch: 'pdl' (`engine.pdl`),
     'argmax' (the greedy argmax after the replay, or inside the decode graph), 'amax' (the norms hand their
     rows' absmax to the one-token int4 GEMV, or it takes its own), 'attnpre' (attention loads its metadata
-    and first old tile before PDL's wait), 'prefetch' (the fp16 GEMV's configs may load a step ahead)."""
+    and first old tile before PDL's wait), 'prefetch' (the fp16 GEMV's configs may load a step ahead),
+    'sbahead' (... their scales and biases too, where a config says PREFETCH 2), 'tuned' (the configs of
+    ``--tune``, or the shipped table)."""
     return {
         "pdl": (pdl, "ENABLED"),
         "argmax": (eng.runner, "argmax_in_graph"),
         "amax": (engine_model, "ROW_AMAX"),
         "attnpre": (paged_attn_triton, "PRE_WAIT"),
-        "prefetch": (gpu, "H2_PREFETCH"),
+        "prefetch": (PREFETCH_ANY, "on"),
+        "sbahead": (SB_AHEAD, "on"),
+        "tuned": (TUNED, "on"),
     }
 
 

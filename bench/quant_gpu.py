@@ -46,6 +46,9 @@ def bench_ms(fn) -> float:
 
 
 L2_BYTES = 50 * 2**20  # H100: 50 MB
+# --modes sweeps: tile widths and split-K counts (--block-ns, --splits), and the most programs a config may
+# launch (--max-programs; one-token GEMVs launch < 1 wave of 4-warp programs: ncu, RESULTS.md)
+ONLY_BLOCK_NS, ONLY_SPLITS, MAX_PROGRAMS = (64, 128, 256), (1, 2, 4, 8), 8 * 132
 
 
 def copies(nbytes: int) -> int:
@@ -104,7 +107,8 @@ def grid_for(
     /chain/cols/prefetch), block_n 64-256, split 1-8."""
     if g.kind == "int4k" and only:
         modes = [tuple(int(v) for v in item.split("/")) for item in only.split(",")]
-        return [(bn, sp, 4, 3, *md) for bn, sp, md in itertools.product((64, 128, 256), (1, 2, 4, 8), modes)]
+        grid = itertools.product(ONLY_BLOCK_NS, ONLY_SPLITS, modes)
+        return [(bn, sp, 4, 3, *md) for bn, sp, md in grid]
     if g.kind == "int4k":
         # 4, 5: the packed-fp16 GEMV, (mode, block_r[, chain, cols]); 64 rows with 2 column tiles had
         # the fewest SASS instructions a weight at every block_n (bench/sass_count.py)
@@ -112,6 +116,8 @@ def grid_for(
         # ... and loading the next step during this one's math (PREFETCH), which won all four one-token
         # layers on the H200 (RESULTS.md, third session of 2026-12-03); not yet swept at 2-4 rows
         h2 += [(5, 64, 4, 2, 1), (5, 32, 2, 2, 1), (4, 64, 4, 2, 1)]
+        # ... and their scales and biases too (PREFETCH 2), which won all four one-token layers next
+        h2 += [(5, 64, 4, 2, 2), (5, 32, 4, 2, 2), (5, 32, 2, 2, 2), (5, 64, 2, 2, 2)]
         # 2-4 rows: the same fp16 GEMV with a row's FMA per code pair (M_ROWS), against the tensor cores
         one = [(0, 16), (2, 16), (3, 16), (3, 32), (3, 64), *h2] if m == 1 else h2 if m <= 4 else []
         # 20: the tensor-core kernel with swapped operands, which won gate_up at 16 rows (RESULTS.md)
@@ -148,7 +154,7 @@ def sweep(
     def trial(cfg: tuple) -> None:
         nonlocal best
         bn, split = cfg[0], cfg[1]
-        if split > 1 and (g.n // bn) * split > 8 * 132:
+        if split > 1 and (g.n // bn) * split > MAX_PROGRAMS:
             return
         gpu.TUNING[key] = cfg
         try:
@@ -289,8 +295,15 @@ def main() -> None:
     p.add_argument("--gemv-only", action="store_true")
     modes_help = "int4k: only these mode/block_r[/chain/cols/prefetch], e.g. 18/16,5/64/4/2/1"
     p.add_argument("--modes", default="", help=modes_help)
+    p.add_argument("--block-ns", default="64,128,256", help="with --modes: tile widths to sweep")
+    p.add_argument("--splits", default="1,2,4,8", help="with --modes: split-K counts to sweep")
+    p.add_argument("--max-programs", type=int, default=8 * 132, help="skip split configs launching more")
     p.add_argument("--teal", type=float, default=0.4, help="fraction of activations TEAL zeroes")
     args = p.parse_args()
+    global ONLY_BLOCK_NS, ONLY_SPLITS, MAX_PROGRAMS
+    ONLY_BLOCK_NS = tuple(int(v) for v in args.block_ns.split(","))
+    ONLY_SPLITS = tuple(int(v) for v in args.splits.split(","))
+    MAX_PROGRAMS = args.max_programs
     if args.phase == "ship":
         ship(args)
         return

@@ -35,14 +35,16 @@ CHUNK_ROWS = 64
 # rows with per-row scales; 4 | 5: packed-fp16 multiply-adds, `w4k_gemv_h2_kernel`, 5 with the codes as
 # fp16 subnormals, optionally followed by chain (words a column per fp16 sum, default 2), cols (column
 # tiles sharing the activations, default 1) and prefetch (1: the next step's words load during this step's
-# math, `PREFETCH`, default 0); 4 | 5 also serve batches of 2-4 rows, keyed by that m, one
+# math; 2: its scales and biases too, and the first step's loads go before the absmax pass; `PREFETCH`,
+# default 0); 4 | 5 also serve batches of 2-4 rows, keyed by that m, one
 # fp16 FMA a row per code pair) | 16 = tensor cores (18: codes
 # made as bf16 pairs, `w4k_mm2_kernel`, where a step stays in one group; 20: the same with the operands
 # swapped, `w4k_mmt_kernel`), block_r word rows per step).
 # Set by the benchmarks (bench/quant_gpu.py kernels); the product reads the shipped `engine.quant.tuning`
 TUNING: dict[tuple, tuple[int, ...]] = {}
-# A config's PREFETCH slot (fp16 GEMV, cfg[8]) is obeyed; False turns it off everywhere (bench A/B)
-H2_PREFETCH = True
+# A config's PREFETCH slot (fp16 GEMV, cfg[8]) is obeyed up to this level; 0 turns it off everywhere, 1
+# keeps level 1 where a config says 2 (bench A/B: quant_e2e's 'prefetch' and 'sbahead' switches)
+H2_PREFETCH = 2
 # The swapped-operand bf16-pair tensor-core kernel (`w4k_mmt_kernel`, the codes as the dot's first operand,
 # in registers for wgmma) by mode: its JOIN, 20 a dot a nibble, 21 a dot a nibble pair, 22 a dot a step
 MMT_JOIN = {20: 1, 21: 2, 22: 8}
@@ -190,7 +192,8 @@ def _chunks(g: GpuWeight, cfg: tuple[int, ...], m: int) -> int:
 
 def _int4k_config(g: GpuWeight, cfg: tuple[int, ...], m: int) -> tuple[tuple[int, ...] | None, tuple | None]:
     """``cfg`` made runnable for this shape and batch, and ``(chain, cols, prefetch)`` when it is the fp16
-    GEMV (``cfg[8]``: PREFETCH, the next step's words loaded during this step's math).
+    GEMV (``cfg[8]``: PREFETCH, 1: the next step's words loaded during this step's math, 2: with its
+    scales and biases, capped at `H2_PREFETCH`).
 
     The fp16 GEMV (modes 4, 5) takes 1-4 rows, gemv3 (3) one; their steps must tile K and a chain must
     stay in a group, else gemv2 takes one token and the tensor cores a batch. A one-token config met by a
@@ -201,7 +204,7 @@ def _int4k_config(g: GpuWeight, cfg: tuple[int, ...], m: int) -> tuple[tuple[int
     mode = cfg[4]
     if (mode in (4, 5) and m <= 4) or (mode == 3 and m == 1):
         chain, cols = (cfg[6] if len(cfg) > 6 else 2, cfg[7] if len(cfg) > 7 else 1) if mode > 3 else (1, 1)
-        prefetch = len(cfg) > 8 and bool(cfg[8]) and H2_PREFETCH
+        prefetch = min(int(cfg[8]), int(H2_PREFETCH)) if len(cfg) > 8 else 0
         if not ((g.k // 8) % cfg[5] or cfg[5] % chain or (g.group // 8) % chain):
             return cfg, ((chain, cols, prefetch) if mode > 3 else None)
         if m == 1:

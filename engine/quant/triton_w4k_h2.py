@@ -171,7 +171,10 @@ def w4k_gemv_h2_kernel(
 
     ``PREFETCH``: the next step's words load before this step's math (held in registers), so a program
     keeps a step of loads in flight while it computes instead of waiting a round trip a step; costs a
-    second step of word registers, hence fewer resident programs."""
+    second step of word registers, hence fewer resident programs. 2: the step's scales and biases too
+    (else their HBM round trip, issued at the top of each step, is still waited for in every step), and
+    the first step's words, scales and biases are issued before the absmax pass, whose loads, reduction
+    and barriers they used to follow (ncu: the one-token GEMVs launch < 1 wave and stall on loads)."""
     RP: tl.constexpr = BLOCK_R // CHAIN
     BC: tl.constexpr = BLOCK_N // COLS
     LCU: tl.constexpr = 24 if DENORM else 0  # the codes are q * 2**-LCU
@@ -181,6 +184,9 @@ def w4k_gemv_h2_kernel(
     r0 = tl.program_id(1) * rows_per_split
     r1 = tl.minimum(r0 + rows_per_split, K // 8)
     pdl.wait(PDL)
+    if PREFETCH == 2:  # the first step's loads before the absmax pass: their round trips overlap
+        words = _h2_words(w_ptr, r0, rr, cols0, N, BC, CHAIN, COLS, EVEN, r0 < r1)
+        sbs = _h2_sb(s_ptr, b_ptr, r0, rr, cols0, N, GROUP, BC, COLS, EVEN, r0 < r1)
     xr, v, inv = (), (), ()  # per row of x: its pointer, scale and the scale's inverse (times 2**LCU)
     for m in tl.static_range(M_ROWS):
         xm = x_ptr if m == 0 else x_ptr + m * stride_xm
@@ -190,18 +196,28 @@ def w4k_gemv_h2_kernel(
             vm, im = _h2_scale(xm, r0 * 8, r1 * 8, TX, LCU)
         xr, v, inv = xr + (xm,), v + (vm,), inv + (im,)
     acc = (tl.zeros((RP, BC), dtype=tl.float32),) * (COLS * M_ROWS)  # index c * M_ROWS + m, as h
-    if PREFETCH:
+    if PREFETCH == 2:  # words, scales and biases a step ahead: no round trip inside the loop
+        for r in range(r0, r1, BLOCK_R):
+            ok = r + BLOCK_R < r1
+            ahead = _h2_words(w_ptr, r + BLOCK_R, rr, cols0, N, BC, CHAIN, COLS, EVEN, ok)
+            sbs_ahead = _h2_sb(s_ptr, b_ptr, r + BLOCK_R, rr, cols0, N, GROUP, BC, COLS, EVEN, ok)
+            acc = _h2_step(words, sbs, acc, r, rr, cols0, xr, v, N, BC, CHAIN, COLS, M_ROWS, LCU, ASM,
+                           DENORM)  # fmt: skip
+            words, sbs = ahead, sbs_ahead
+    elif PREFETCH:
         words = _h2_words(w_ptr, r0, rr, cols0, N, BC, CHAIN, COLS, EVEN, r0 < r1)
         for r in range(r0, r1, BLOCK_R):
             ahead = _h2_words(w_ptr, r + BLOCK_R, rr, cols0, N, BC, CHAIN, COLS, EVEN, r + BLOCK_R < r1)
-            acc = _h2_step(words, acc, r, rr, cols0, xr, v, s_ptr, b_ptr, N, GROUP, BC, CHAIN, COLS, M_ROWS,
-                           LCU, ASM, DENORM, EVEN)  # fmt: skip
+            sbs = _h2_sb(s_ptr, b_ptr, r, rr, cols0, N, GROUP, BC, COLS, EVEN)
+            acc = _h2_step(words, sbs, acc, r, rr, cols0, xr, v, N, BC, CHAIN, COLS, M_ROWS, LCU, ASM,
+                           DENORM)  # fmt: skip
             words = ahead
     else:
         for r in range(r0, r1, BLOCK_R):
             words = _h2_words(w_ptr, r, rr, cols0, N, BC, CHAIN, COLS, EVEN)
-            acc = _h2_step(words, acc, r, rr, cols0, xr, v, s_ptr, b_ptr, N, GROUP, BC, CHAIN, COLS, M_ROWS,
-                           LCU, ASM, DENORM, EVEN)  # fmt: skip
+            sbs = _h2_sb(s_ptr, b_ptr, r, rr, cols0, N, GROUP, BC, COLS, EVEN)
+            acc = _h2_step(words, sbs, acc, r, rr, cols0, xr, v, N, BC, CHAIN, COLS, M_ROWS, LCU, ASM,
+                           DENORM)  # fmt: skip
     pdl.release(PDL)
     for c in tl.static_range(COLS):
         for m in tl.static_range(M_ROWS):
@@ -228,11 +244,25 @@ def _h2_words(w_ptr, r, rr, cols0, N, BC: tl.constexpr, CHAIN: tl.constexpr, COL
 
 
 @triton.jit
-def _h2_step(words, acc, r, rr, cols0, xr, v, s_ptr, b_ptr, N, GROUP: tl.constexpr, BC: tl.constexpr,
-             CHAIN: tl.constexpr, COLS: tl.constexpr, M_ROWS: tl.constexpr, LCU: tl.constexpr,
-             ASM: tl.constexpr, DENORM: tl.constexpr, EVEN: tl.constexpr):  # fmt: skip
+def _h2_sb(s_ptr, b_ptr, r, rr, cols0, N, GROUP: tl.constexpr, BC: tl.constexpr, COLS: tl.constexpr,
+           EVEN: tl.constexpr, ok=True):  # fmt: skip
+    """A step's scales and biases (fp16, per row of the step's tiles), ``s, b`` per column tile. ``ok``
+    False: no loads (the step after a program's last)."""
+    sbs = ()
+    for c in tl.static_range(COLS):
+        cols = cols0 + c * BC
+        sb = ((r + rr) * 8 // GROUP)[:, None] * N + cols[None, :]
+        mask = ((cols < N) | EVEN)[None, :] & ok
+        sbs = sbs + (tl.load(s_ptr + sb, mask=mask, other=0.0), tl.load(b_ptr + sb, mask=mask, other=0.0))
+    return sbs
+
+
+@triton.jit
+def _h2_step(words, sbs, acc, r, rr, cols0, xr, v, N, BC: tl.constexpr, CHAIN: tl.constexpr,
+             COLS: tl.constexpr, M_ROWS: tl.constexpr, LCU: tl.constexpr, ASM: tl.constexpr,
+             DENORM: tl.constexpr):  # fmt: skip
     """One step of `w4k_gemv_h2_kernel`'s K loop: the fp16 pair sums of ``words`` for every row of x,
-    then scale and bias into the float32 accumulators ``acc``."""
+    then scale and bias (``sbs``, `_h2_sb`) into the float32 accumulators ``acc``."""
     RP: tl.constexpr = rr.shape[0]
     h = (tl.zeros((RP, BC), dtype=tl.int32) if ASM else tl.zeros((RP, BC, 2), tl.float32),)
     h = h * (COLS * M_ROWS)
@@ -263,10 +293,7 @@ def _h2_step(words, acc, r, rr, cols0, xr, v, s_ptr, b_ptr, N, GROUP: tl.constex
         xb = xb + ((xs[m] * (v[m] / (1 << LCU)))[:, None],)
     an = ()
     for c in tl.static_range(COLS):
-        cols = cols0 + c * BC
-        sb = ((r + rr) * 8 // GROUP)[:, None] * N + cols[None, :]
-        s2 = tl.load(s_ptr + sb, mask=((cols < N) | EVEN)[None, :], other=0.0).to(tl.float32)
-        b2 = tl.load(b_ptr + sb, mask=((cols < N) | EVEN)[None, :], other=0.0).to(tl.float32)
+        s2, b2 = sbs[2 * c].to(tl.float32), sbs[2 * c + 1].to(tl.float32)
         for m in tl.static_range(M_ROWS):
             an = an + (acc[c * M_ROWS + m] + _h2_sum(h[c * M_ROWS + m], ASM) * s2 + xb[m] * b2,)
     return an

@@ -324,22 +324,24 @@ def test_split_k_partials_are_summed_once_in_order_and_counters_reset(kind: str,
 @pytest.mark.parametrize("m", [1, 3])
 @pytest.mark.parametrize("mode, split", [(4, 1), (5, 2), (5, 3)])
 def test_fp16_gemv_prefetching_the_next_step_gives_the_same_bits(m: int, mode: int, split: int) -> None:
-    """PREFETCH (the next step's words loaded before this step's math) changes only when loads issue:
-    the same bits as without, for programs of 3 steps, of 2 and 1 (48 word rows in steps of 16 over 2
-    splits) and of 1 step each, and the step after a program's last loads nothing (masked: K = 384 has
-    no rows past the last program's)."""
+    """PREFETCH (1: the next step's words loaded before this step's math; 2: with its scales and biases,
+    and the first step's loads before the absmax pass) changes only when loads issue: the same bits as
+    without, for programs of 3 steps, of 2 and 1 (48 word rows in steps of 16 over 2 splits) and of 1
+    step each, and the step after a program's last loads nothing (masked: K = 384 has no rows past the
+    last program's)."""
     k = 384
     w = torch.randn(N, k, generator=torch.Generator().manual_seed(19)) * 0.05
     q = quantize_int4(w, group=64)
     gw = _on_device(gpu.pack(q))
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(20)).to(DEVICE)
     got = {}
-    for prefetch in (0, 1):
+    for prefetch in (0, 1, 2):
         gpu.TUNING[("int4k", N, k)] = (32, split, 4, 2, mode, 16, 2, 1, prefetch)
         try:
             got[prefetch] = gpu.matmul_small(gw, x)
         finally:
             gpu.TUNING.pop(("int4k", N, k))
     assert torch.equal(got[0], got[1])
+    assert torch.equal(got[0], got[2])
     want = x.cpu() @ _ref(q).t()
-    assert float((got[1].cpu() - want).abs().max() / want.abs().max()) < 4e-3
+    assert float((got[2].cpu() - want).abs().max() / want.abs().max()) < 4e-3
