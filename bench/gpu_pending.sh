@@ -20,6 +20,7 @@
 #   ncu: bash bench/gpu_pending.sh ncu   (no carry; the one-token GEMVs vs a plain read of their bytes, then ncu --set full)
 #   wide: bash bench/gpu_pending.sh wide   (carry .whl; one-token GEMVs over block_n 32 and splits up to 32, the model on the
 #         winners; W_MODES / GU_MODES: the modes for qkv, o, down / gate_up; TEST_K: compiled tests first)
+#   silu: bash bench/gpu_pending.sh silu   (carry .whl; gate_up's GEMV writing silu(gate) * up: compiled tests, then the A/B)
 #   final: bash bench/gpu_pending.sh final   (carry .whl; read floor vs shipped GEMVs, the model vs transformers; ~9 min)
 #   mmt: bash bench/gpu_pending.sh mmt   (no carry; tensor cores with swapped operands, modes 20-22, vs shipped; ~6 min)
 #   tune: bash bench/gpu_pending.sh tune   (no carry; TEST_K=... narrows the compiled tests, MODES=int4,bf16)
@@ -176,6 +177,11 @@ print("merged", sorted(res["tuning"]))
 PY
     echo "== whole model at batch 1: shipped table (tuned0) against the sweep's winners (tuned1)"
     E2E_EXTRA="--tune $OUT/quant_kernels.json --no-hf" model_ab 240 1 "${LAUNCHES:-tuned0,tuned1,tuned0,tuned1}"
+    ;;
+  silu)  # issue 6: gate_up's one-token GEMV writing silu(gate) * up itself (SILU_MUL): compiled tests, model A/B (~7 min)
+    compiled_tests "${TEST_S:-120}" "${TEST_K:-silu or shipped or prefetch}"
+    echo "== whole model at batch 1, gate_up's GEMV with the SiLU off / on (graphs captured again for each)"
+    E2E_EXTRA="--no-hf" model_ab 300 "${BATCHES:-1}" silugemv0,silugemv1,silugemv0,silugemv1
     ;;
   final)  # issue 6's closing figures: the read floor against the shipped GEMVs, then the model against transformers
     echo "== read floor vs shipped GEMVs (graph timing)"

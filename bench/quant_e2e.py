@@ -199,7 +199,7 @@ def _knobs(eng: Engine) -> dict[str, tuple[object, str]]:
     rows' absmax to the one-token int4 GEMV, or it takes its own), 'attnpre' (attention loads its metadata
     and first old tile before PDL's wait), 'prefetch' (the fp16 GEMV's configs may load a step ahead),
     'sbahead' (... their scales and biases too, where a config says PREFETCH 2), 'tuned' (the configs of
-    ``--tune``, or the shipped table)."""
+    ``--tune``, or the shipped table), 'silugemv' (gate_up's GEMV writes ``silu(gate) * up`` itself)."""
     return {
         "pdl": (pdl, "ENABLED"),
         "argmax": (eng.runner, "argmax_in_graph"),
@@ -207,6 +207,7 @@ def _knobs(eng: Engine) -> dict[str, tuple[object, str]]:
         "attnpre": (paged_attn_triton, "PRE_WAIT"),
         "prefetch": (PREFETCH_ANY, "on"),
         "sbahead": (SB_AHEAD, "on"),
+        "silugemv": (gpu, "SILU_IN_GEMV"),
         "tuned": (TUNED, "on"),
     }
 

@@ -212,16 +212,23 @@ def _silu_mul_kernel(GU, OUT, sg, so, inter, CUDA: tl.constexpr, BLOCK: tl.const
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     m = offs < inter
-    g = tl.load(GU + row * sg + offs, mask=m, other=0.0).to(tl.float32)
+    g = tl.load(GU + row * sg + offs, mask=m, other=0.0)
     u = tl.load(GU + row * sg + inter + offs, mask=m, other=0.0)
+    tl.store(OUT + row * so + offs, silu_mul_math(g, u, OUT.dtype.element_ty, CUDA), mask=m)
+
+
+@triton.jit
+def silu_mul_math(g, u, dt: tl.constexpr, CUDA: tl.constexpr):
+    """``silu(g) * u`` in ``dt`` from ``g`` and ``u`` held in ``dt``, rounded as torch rounds it; shared
+    with the int4 GEMV that writes it itself (`engine.quant.triton_w4k_h2`, ``SILU_MUL``), so the two
+    paths give the same bits."""
+    g = g.to(tl.float32)
     if CUDA:  # torch's CUDA silu: x / (1 + expf(-x)), IEEE division
         e = libdevice.exp(-g)
         s = tl.math.div_rn(g, 1.0 + e)
     else:
         s = g / (1.0 + tl.exp(-g))
-    dt = OUT.dtype.element_ty
-    out = _round(s, dt, CUDA).to(tl.float32) * u.to(tl.float32)
-    tl.store(OUT + row * so + offs, _round(out, dt, CUDA), mask=m)
+    return _round(_round(s, dt, CUDA).to(tl.float32) * u.to(tl.float32), dt, CUDA)
 
 
 def silu_mul(gu: torch.Tensor, inter: int) -> torch.Tensor:

@@ -138,6 +138,11 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gemv_silu = getattr(self.gate_up_proj, "silu_mul", None)  # a quantized layer whose GEMV may fuse it
+        if gemv_silu is not None and _fused(x):
+            h = gemv_silu(x, self.inter)
+            if h is not None:
+                return self.down_proj(h)
         gu = self.gate_up_proj(x)
         if _fused(gu):
             from engine.fused_ops import silu_mul

@@ -45,6 +45,10 @@ TUNING: dict[tuple, tuple[int, ...]] = {}
 # A config's PREFETCH slot (fp16 GEMV, cfg[8]) is obeyed up to this level; 0 turns it off everywhere, 1
 # keeps level 1 where a config says 2 (bench A/B: quant_e2e's 'prefetch' and 'sbahead' switches)
 H2_PREFETCH = 2
+# gate_up's one-token GEMV writes silu(gate) * up itself where its config allows (`matmul_small`
+# ``silu_inter``; `engine.model.MLP`), which would save the SiLU x up kernel and its launch. Off until
+# timed on a GPU (quant_e2e's 'silugemv' switch; `bash bench/gpu_pending.sh silu`): same bits either way
+SILU_IN_GEMV = False
 # The swapped-operand bf16-pair tensor-core kernel (`w4k_mmt_kernel`, the codes as the dot's first operand,
 # in registers for wgmma) by mode: its JOIN, 20 a dot a nibble, 21 a dot a nibble pair, 22 a dot a step
 MMT_JOIN = {20: 1, 21: 2, 22: 8}
@@ -217,11 +221,27 @@ def _int4k_config(g: GpuWeight, cfg: tuple[int, ...], m: int) -> tuple[tuple[int
     return cfg, None
 
 
+def _silu_in_gemv(g: GpuWeight, cfg: tuple[int, ...], h2: tuple | None, m: int, inter: int) -> bool:
+    """Whether the GEMV of this config can write ``silu(gate) * up`` itself: the fp16 GEMV (``h2``) with
+    two column tiles (gate's and up's columns) and one program over all of K (the config's split, as
+    dispatched, is 1), on ``[gate | up]`` of equal halves that its tiles divide."""
+    if not (h2 is not None and h2[1] == 2 and g.n == 2 * inter and m <= 4):
+        return False
+    return cfg[1] == 1 and inter % (cfg[0] // 2) == 0
+
+
 def matmul_small(
-    g: GpuWeight, x: torch.Tensor, thresh: float | None = None, amax: torch.Tensor | None = None
-) -> torch.Tensor:
+    g: GpuWeight,
+    x: torch.Tensor,
+    thresh: float | None = None,
+    amax: torch.Tensor | None = None,
+    silu_inter: int = 0,
+) -> torch.Tensor | None:
     """``x [M <= 16, K] @ W.T`` with the fused kernel of ``g.kind``. ``amax``: each row's ``max |x|`` as
-    float32, for the fp16 GEMV to skip its own pass (`triton_w4k_h2` AMAX_IN; measured by the probe)."""
+    float32, for the fp16 GEMV to skip its own pass (`triton_w4k_h2` AMAX_IN; measured by the probe).
+    ``silu_inter``: W is ``[gate | up]`` of ``2 * silu_inter`` rows and the result is ``silu(gate) * up``
+    (``[M, silu_inter]``, the bits of `engine.fused_ops.silu_mul` on the plain product), written by the
+    GEMV itself where its config allows (the fp16 GEMV with two column tiles and no split-K), else None."""
     from engine import pdl
     from engine.quant import triton_kernels as tk
     from engine.quant import triton_w4k as tw4k
@@ -235,8 +255,10 @@ def matmul_small(
     if g.kind == "int4k":
         tiled, h2 = _int4k_config(g, cfg, m)
         if tiled is None:
-            return F.linear(x, dense_weight(g, x.dtype))
+            return None if silu_inter else F.linear(x, dense_weight(g, x.dtype))
         cfg = tiled
+    if silu_inter and not _silu_in_gemv(g, cfg, h2, m, silu_inter):
+        return None
     block_n, split, warps, stages = cfg[:4]
     if g.kind == "int4_24":  # rows are looped over: no more than the batch needs
         block_m = 1 << (m - 1).bit_length()
@@ -267,11 +289,14 @@ def matmul_small(
     elif h2 is not None:  # fp16 pairs (5: codes as subnormals), m rows sharing each code pair
         aligned = x.data_ptr() % 4 == 0 and x.stride(-1) == 1 and (m == 1 or x.stride(0) % 2 == 0)
         xa = x if aligned else x.clone(memory_format=torch.contiguous_format)  # bf16: two values an int32
+        if silu_inter:
+            y = x.new_empty(m, silu_inter)
         tw4k_h2.w4k_gemv_h2_kernel[grid](
             xa, t["w"], t["s"], t["b"], y, ws, locks, g.n, g.k, per * cfg[5], xa.stride(0), y.stride(0),
             GROUP=g.group, BLOCK_N=block_n, BLOCK_R=cfg[5], SPLIT=nsplit, ASM=_asm(x), DENORM=cfg[4] == 5,
             CHAIN=h2[0], COLS=h2[1], EVEN=g.n % block_n == 0, M_ROWS=m, num_warps=warps, num_stages=stages,
-            amax_ptr=xa if amax is None else amax, AMAX_IN=amax is not None, PREFETCH=h2[2], **pdl_kw,
+            amax_ptr=xa if amax is None else amax, AMAX_IN=amax is not None, PREFETCH=h2[2],
+            SILU_MUL=bool(silu_inter), CUDA=os.environ.get("TRITON_INTERPRET") != "1", **pdl_kw,
         )  # fmt: skip
     elif g.kind == "int4k" and cfg[4] in (18, *MMT_JOIN) and g.group % (8 * cfg[5]) == 0:  # bf16 pairs
         swapped = {"JOIN": MMT_JOIN[cfg[4]]} if cfg[4] in MMT_JOIN else {}
@@ -347,31 +372,3 @@ def dense_weight(g: GpuWeight, dtype: torch.dtype) -> torch.Tensor:
         )
         return out
     return g.extra["w"].dequantize(dtype)
-
-
-def cuda_linear(layer: Any, x: torch.Tensor) -> torch.Tensor:
-    """`QuantLinear.forward` on CUDA."""
-    g = prepare(layer)
-    from engine.fused_ops import row_amax
-
-    lead = x.shape[:-1]
-    amax = row_amax(x)
-    x2 = x.reshape(-1, g.k)
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
-    if x2.shape[0] <= CHUNK_ROWS and g.kind != "fallback":
-        thresh = layer.act_threshold if g.kind == "int4" else None  # int4 is N-packed only for TEAL
-        if layer.act_threshold is not None and g.kind != "int4":
-            x2 = layer.sparsify(x2)
-        if amax is not None and amax.shape != x2.shape[:1]:
-            raise ValueError(f"row absmax of shape {tuple(amax.shape)} for {x2.shape[0]} rows")
-        parts = [
-            matmul_small(g, x2[i : i + SMALL_M], thresh, None if amax is None else amax[i : i + SMALL_M])
-            for i in range(0, x2.shape[0], SMALL_M)
-        ]
-        y = parts[0] if len(parts) == 1 else torch.cat(parts)
-    else:
-        y = F.linear(layer.sparsify(x2), dense_weight(g, x.dtype))
-    if layer.bias is not None:
-        y = y + layer.bias.to(y.dtype)
-    return y.reshape(*lead, g.n)

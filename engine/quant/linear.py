@@ -1,6 +1,6 @@
 """`QuantLinear`: a drop-in for ``nn.Linear`` holding an `Int8Weight` or `Int4Weight`.
 
-On CUDA the matmul is the GPU engineer's ``engine.quant.gpu.cuda_linear``. On CPU it is the reference path
+On CUDA the matmul is the GPU engineer's ``engine.quant.cuda_linear``. On CPU it is the reference path
 that CI runs: dequantize a block of output rows, matmul in the input's dtype, next block. No dequantized
 copy is cached between calls: a cache would make the CPU path use fp32 weights for everything after the
 first call and hide mistakes in the memory accounting (the budget counts packed bytes).
@@ -77,9 +77,19 @@ class QuantLinear(nn.Module):
             return x
         return x.masked_fill(x.abs() < thr, 0.0)
 
+    def silu_mul(self, x: torch.Tensor, inter: int) -> torch.Tensor | None:
+        """``silu(gate) * up`` of this ``[gate | up]`` layer's product, written by its CUDA GEMV where the
+        launch config allows (`engine.quant.cuda_linear.cuda_silu_mul`: one kernel instead of two, same bits);
+        None: the caller takes the product and `engine.fused_ops.silu_mul`."""
+        if not x.is_cuda:
+            return None
+        from engine.quant.cuda_linear import cuda_silu_mul
+
+        return cuda_silu_mul(self, x, inter)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_cuda:
-            from engine.quant.gpu import cuda_linear  # provided by the GPU side
+            from engine.quant.cuda_linear import cuda_linear
 
             return cuda_linear(self, x)
         x = self.sparsify(x)

@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from engine import pdl
+from engine.fused_ops import silu_mul_math
 from engine.quant.triton_kernels import _finish_split, _write_row
 
 # The packed-fp16 step of `w4k_gemv_h2_kernel`: ``$0 = codes($1 & $2) * $3 + $4`` on f16x2 words. OFFSET
@@ -140,7 +141,7 @@ def w4k_gemv_h2_kernel(
     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, SPLIT: tl.constexpr,
     ASM: tl.constexpr, DENORM: tl.constexpr, CHAIN: tl.constexpr, COLS: tl.constexpr, EVEN: tl.constexpr,
     M_ROWS: tl.constexpr, PDL: tl.constexpr = False, amax_ptr=None, AMAX_IN: tl.constexpr = False,
-    PREFETCH: tl.constexpr = False,
+    PREFETCH: tl.constexpr = False, SILU_MUL: tl.constexpr = False, CUDA: tl.constexpr = True,
 ):  # fmt: skip
     """gemv3 (steps of ``BLOCK_R`` word rows, scales in the accumulator's layout) with packed-fp16 FMAs: a
     pair of weights costs a ``lop3``, ``sub.f16x2`` and ``fma.f16x2`` (DENORM: ``and``, ``fma``), not ~7.
@@ -174,19 +175,33 @@ def w4k_gemv_h2_kernel(
     second step of word registers, hence fewer resident programs. 2: the step's scales and biases too
     (else their HBM round trip, issued at the top of each step, is still waited for in every step), and
     the first step's words, scales and biases are issued before the absmax pass, whose loads, reduction
-    and barriers they used to follow (ncu: the one-token GEMVs launch < 1 wave and stall on loads)."""
+    and barriers they used to follow (ncu: the one-token GEMVs launch < 1 wave and stall on loads).
+
+    ``SILU_MUL`` (``[gate | up]`` weights, two column tiles, no split-K): tile 0 takes gate's columns and
+    tile 1 the same columns of up's (``N // 2`` on), and the program writes ``silu(gate) * up`` (``y [M_ROWS,
+    N // 2]``) with each sum rounded as it would be stored and then `engine.fused_ops.silu_mul`'s
+    rounding (``CUDA``: torch's CUDA silu, as that kernel computes it compiled): the same bits as the two
+    kernels, with one launch and one PDL hand-over fewer a layer."""
     RP: tl.constexpr = BLOCK_R // CHAIN
     BC: tl.constexpr = BLOCK_N // COLS
     LCU: tl.constexpr = 24 if DENORM else 0  # the codes are q * 2**-LCU
     TX: tl.constexpr = 15 if DENORM else 10 - CHAIN // 2  # x's scaled absmax lies in [2**(TX-1), 2**TX)
-    cols0 = tl.program_id(0) * BLOCK_N + tl.arange(0, BC)
+    if SILU_MUL:  # column tile 0 of gate's half, tile 1 the same columns of up's (N // 2 on)
+        tl.static_assert(COLS == 2 and SPLIT == 0, "SILU_MUL: two column tiles, no split-K")
+        cols0 = tl.program_id(0) * BC + tl.arange(0, BC)
+        colv = (cols0, cols0 + N // 2)
+    else:
+        cols0 = tl.program_id(0) * BLOCK_N + tl.arange(0, BC)
+        colv = ()
+        for c in tl.static_range(COLS):
+            colv = colv + (cols0 + c * BC,)
     rr = tl.arange(0, RP) * CHAIN
     r0 = tl.program_id(1) * rows_per_split
     r1 = tl.minimum(r0 + rows_per_split, K // 8)
     pdl.wait(PDL)
     if PREFETCH == 2:  # the first step's loads before the absmax pass: their round trips overlap
-        words = _h2_words(w_ptr, r0, rr, cols0, N, BC, CHAIN, COLS, EVEN, r0 < r1)
-        sbs = _h2_sb(s_ptr, b_ptr, r0, rr, cols0, N, GROUP, BC, COLS, EVEN, r0 < r1)
+        words = _h2_words(w_ptr, r0, rr, colv, N, CHAIN, COLS, EVEN, r0 < r1)
+        sbs = _h2_sb(s_ptr, b_ptr, r0, rr, colv, N, GROUP, COLS, EVEN, r0 < r1)
     xr, v, inv = (), (), ()  # per row of x: its pointer, scale and the scale's inverse (times 2**LCU)
     for m in tl.static_range(M_ROWS):
         xm = x_ptr if m == 0 else x_ptr + m * stride_xm
@@ -199,71 +214,79 @@ def w4k_gemv_h2_kernel(
     if PREFETCH == 2:  # words, scales and biases a step ahead: no round trip inside the loop
         for r in range(r0, r1, BLOCK_R):
             ok = r + BLOCK_R < r1
-            ahead = _h2_words(w_ptr, r + BLOCK_R, rr, cols0, N, BC, CHAIN, COLS, EVEN, ok)
-            sbs_ahead = _h2_sb(s_ptr, b_ptr, r + BLOCK_R, rr, cols0, N, GROUP, BC, COLS, EVEN, ok)
-            acc = _h2_step(words, sbs, acc, r, rr, cols0, xr, v, N, BC, CHAIN, COLS, M_ROWS, LCU, ASM,
+            ahead = _h2_words(w_ptr, r + BLOCK_R, rr, colv, N, CHAIN, COLS, EVEN, ok)
+            sbs_ahead = _h2_sb(s_ptr, b_ptr, r + BLOCK_R, rr, colv, N, GROUP, COLS, EVEN, ok)
+            acc = _h2_step(words, sbs, acc, r, rr, xr, v, CHAIN, COLS, M_ROWS, LCU, ASM,
                            DENORM)  # fmt: skip
             words, sbs = ahead, sbs_ahead
     elif PREFETCH:
-        words = _h2_words(w_ptr, r0, rr, cols0, N, BC, CHAIN, COLS, EVEN, r0 < r1)
+        words = _h2_words(w_ptr, r0, rr, colv, N, CHAIN, COLS, EVEN, r0 < r1)
         for r in range(r0, r1, BLOCK_R):
-            ahead = _h2_words(w_ptr, r + BLOCK_R, rr, cols0, N, BC, CHAIN, COLS, EVEN, r + BLOCK_R < r1)
-            sbs = _h2_sb(s_ptr, b_ptr, r, rr, cols0, N, GROUP, BC, COLS, EVEN)
-            acc = _h2_step(words, sbs, acc, r, rr, cols0, xr, v, N, BC, CHAIN, COLS, M_ROWS, LCU, ASM,
+            ahead = _h2_words(w_ptr, r + BLOCK_R, rr, colv, N, CHAIN, COLS, EVEN, r + BLOCK_R < r1)
+            sbs = _h2_sb(s_ptr, b_ptr, r, rr, colv, N, GROUP, COLS, EVEN)
+            acc = _h2_step(words, sbs, acc, r, rr, xr, v, CHAIN, COLS, M_ROWS, LCU, ASM,
                            DENORM)  # fmt: skip
             words = ahead
     else:
         for r in range(r0, r1, BLOCK_R):
-            words = _h2_words(w_ptr, r, rr, cols0, N, BC, CHAIN, COLS, EVEN)
-            sbs = _h2_sb(s_ptr, b_ptr, r, rr, cols0, N, GROUP, BC, COLS, EVEN)
-            acc = _h2_step(words, sbs, acc, r, rr, cols0, xr, v, N, BC, CHAIN, COLS, M_ROWS, LCU, ASM,
+            words = _h2_words(w_ptr, r, rr, colv, N, CHAIN, COLS, EVEN)
+            sbs = _h2_sb(s_ptr, b_ptr, r, rr, colv, N, GROUP, COLS, EVEN)
+            acc = _h2_step(words, sbs, acc, r, rr, xr, v, CHAIN, COLS, M_ROWS, LCU, ASM,
                            DENORM)  # fmt: skip
     pdl.release(PDL)
-    for c in tl.static_range(COLS):
+    if SILU_MUL:  # y [M_ROWS, N // 2]: each row's gate and up rounded as stored, then as `silu_mul`
+        dt: tl.constexpr = y_ptr.dtype.element_ty
         for m in tl.static_range(M_ROWS):
-            out = tl.sum(acc[c * M_ROWS + m], axis=0) * inv[m]
+            g = (tl.sum(acc[m], axis=0) * inv[m]).to(dt)
+            u = (tl.sum(acc[M_ROWS + m], axis=0) * inv[m]).to(dt)
             ym = y_ptr if m == 0 else y_ptr + m * stride_ym
-            part = ws_ptr + (tl.program_id(1) * M_ROWS + m) * stride_ym
-            _write_row(ym, part, out, cols0 + c * BC, cols0 + c * BC < N, SPLIT)
+            tl.store(ym + cols0, silu_mul_math(g, u, dt, CUDA), mask=(cols0 < N // 2) | EVEN)
+    else:
+        for c in tl.static_range(COLS):
+            for m in tl.static_range(M_ROWS):
+                out = tl.sum(acc[c * M_ROWS + m], axis=0) * inv[m]
+                ym = y_ptr if m == 0 else y_ptr + m * stride_ym
+                part = ws_ptr + (tl.program_id(1) * M_ROWS + m) * stride_ym
+                _write_row(ym, part, out, colv[c], colv[c] < N, SPLIT)
     if SPLIT:
         _finish_split(y_ptr, ws_ptr, lock_ptr, M_ROWS, N, stride_ym, M_ROWS + (M_ROWS == 3), BLOCK_N, SPLIT)
 
 
 @triton.jit
-def _h2_words(w_ptr, r, rr, cols0, N, BC: tl.constexpr, CHAIN: tl.constexpr, COLS: tl.constexpr,
-              EVEN: tl.constexpr, ok=True):  # fmt: skip
-    """A step's weight words, ``CHAIN x COLS`` tiles (EVEN, N a multiple of BLOCK_N: a true mask, folded
-    away, so no zeroing of the lanes). ``ok`` False: no loads (the step after a program's last)."""
+def _h2_words(w_ptr, r, rr, colv, N, CHAIN: tl.constexpr, COLS: tl.constexpr, EVEN: tl.constexpr,
+              ok=True):  # fmt: skip
+    """A step's weight words, ``CHAIN x COLS`` tiles, tile ``c`` at the columns ``colv[c]`` (EVEN, N a
+    multiple of BLOCK_N: a true mask, folded away, so no zeroing of the lanes). ``ok`` False: no loads
+    (the step after a program's last)."""
     words = ()
     for p in tl.static_range(CHAIN):
         for c in tl.static_range(COLS):
-            ptrs = w_ptr + (r + rr + p)[:, None] * N + (cols0 + c * BC)[None, :]
-            mask = ((cols0 + c * BC < N) | EVEN)[None, :] & ok
+            ptrs = w_ptr + (r + rr + p)[:, None] * N + colv[c][None, :]
+            mask = ((colv[c] < N) | EVEN)[None, :] & ok
             words = words + (tl.load(ptrs, mask=mask, other=0),)
     return words
 
 
 @triton.jit
-def _h2_sb(s_ptr, b_ptr, r, rr, cols0, N, GROUP: tl.constexpr, BC: tl.constexpr, COLS: tl.constexpr,
-           EVEN: tl.constexpr, ok=True):  # fmt: skip
+def _h2_sb(s_ptr, b_ptr, r, rr, colv, N, GROUP: tl.constexpr, COLS: tl.constexpr, EVEN: tl.constexpr,
+           ok=True):  # fmt: skip
     """A step's scales and biases (fp16, per row of the step's tiles), ``s, b`` per column tile. ``ok``
     False: no loads (the step after a program's last)."""
     sbs = ()
     for c in tl.static_range(COLS):
-        cols = cols0 + c * BC
-        sb = ((r + rr) * 8 // GROUP)[:, None] * N + cols[None, :]
-        mask = ((cols < N) | EVEN)[None, :] & ok
+        sb = ((r + rr) * 8 // GROUP)[:, None] * N + colv[c][None, :]
+        mask = ((colv[c] < N) | EVEN)[None, :] & ok
         sbs = sbs + (tl.load(s_ptr + sb, mask=mask, other=0.0), tl.load(b_ptr + sb, mask=mask, other=0.0))
     return sbs
 
 
 @triton.jit
-def _h2_step(words, sbs, acc, r, rr, cols0, xr, v, N, BC: tl.constexpr, CHAIN: tl.constexpr,
-             COLS: tl.constexpr, M_ROWS: tl.constexpr, LCU: tl.constexpr, ASM: tl.constexpr,
-             DENORM: tl.constexpr):  # fmt: skip
+def _h2_step(words, sbs, acc, r, rr, xr, v, CHAIN: tl.constexpr, COLS: tl.constexpr, M_ROWS: tl.constexpr,
+             LCU: tl.constexpr, ASM: tl.constexpr, DENORM: tl.constexpr):  # fmt: skip
     """One step of `w4k_gemv_h2_kernel`'s K loop: the fp16 pair sums of ``words`` for every row of x,
     then scale and bias (``sbs``, `_h2_sb`) into the float32 accumulators ``acc``."""
     RP: tl.constexpr = rr.shape[0]
+    BC: tl.constexpr = words[0].shape[1]
     h = (tl.zeros((RP, BC), dtype=tl.int32) if ASM else tl.zeros((RP, BC, 2), tl.float32),)
     h = h * (COLS * M_ROWS)
     xs = (tl.zeros((RP,), dtype=tl.float32),) * M_ROWS

@@ -250,3 +250,36 @@ def test_model_hands_norm_absmax_to_quantized_qkv_and_gate_up_only(tmp_path, mon
     monkeypatch.setattr(model_mod, "ROW_AMAX", False)
     seen = _each_projection(quant, has_amax)
     assert not any(any(v) for v in seen.values())
+
+
+def test_quantized_mlp_takes_silu_mul_from_its_gate_up_layer_where_offered(tmp_path, monkeypatch) -> None:
+    """A quantized ``[gate | up]`` layer may write ``silu(gate) * up`` itself (its CUDA GEMV,
+    `QuantLinear.silu_mul`): the MLP then feeds that to down_proj and skips the product and
+    `fused_ops.silu_mul`; where the layer declines (None), the MLP runs those two as before. Both paths
+    give the same model output."""
+    from engine.quant.linear import QuantLinear
+
+    quant = _tiny_llama(tmp_path, monkeypatch, quantize=True)
+    offered: list[int] = []
+
+    def offer(self, x, inter):  # what the GEMV computes, the two-kernel way
+        offered.append(inter)
+        return fused_ops.silu_mul(QuantLinear.forward(self, x), inter)
+
+    def run() -> tuple[torch.Tensor, dict]:
+        from engine.model import AttnBatch
+
+        kv = [torch.zeros(4, 4, 2, 16, dtype=torch.bfloat16, device=DEV) for _ in range(2)]
+        pos = torch.arange(5, device=DEV)
+        ab = AttnBatch(pos, [(0, 5, 5, torch.arange(2, device=DEV))], kv, [k.clone() for k in kv])
+        with torch.inference_mode():
+            out = quant(torch.arange(5, device=DEV) * 7, pos, ab)
+        return out, _each_projection(quant, lambda args: True)
+
+    monkeypatch.setattr(QuantLinear, "silu_mul", lambda self, x, inter: None)
+    declined, calls = run()
+    assert len(calls["gate_up_proj"]) == 2 and not offered
+    monkeypatch.setattr(QuantLinear, "silu_mul", offer)
+    got, calls = run()
+    assert "gate_up_proj" not in calls and offered == [96] * 4  # 2 layers, 2 runs (the forward, the probe)
+    assert torch.equal(got, declined)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from engine.quant import gpu
+from engine.quant.cuda_linear import cuda_linear
 from engine.quant.quantize import quantize_int4, quantize_int8
 from tests.engine.quant.test_gpu_kernels import (  # noqa: F401 - _interpreter: the autouse fixture
     DEVICE,
@@ -68,7 +69,7 @@ def test_quant_linear_dispatch_after_packing(rows: int, fmt: str, monkeypatch) -
         return small(g, xs, thresh, amax)
 
     monkeypatch.setattr(gpu, "matmul_small", counted)
-    got = gpu.cuda_linear(layer, x.to(DEVICE)).cpu()
+    got = cuda_linear(layer, x.to(DEVICE)).cpu()
     torch.testing.assert_close(got, x @ want_w.t() + bias, **TOL)
     fused = [min(16, rows - i) for i in range(0, rows, 16)] if rows <= gpu.CHUNK_ROWS else []
     assert launches == fused
@@ -96,13 +97,13 @@ def test_quant_linear_takes_the_norms_row_absmax(rows: int, monkeypatch) -> None
     monkeypatch.setattr(gpu, "matmul_small", recorded)
     # the fp16 GEMV, split-K, up to 4 rows
     monkeypatch.setitem(gpu.TUNING, ("int4k", N, K), (32, 2, 4, 2, 4, 8, 2, 1))
-    got = gpu.cuda_linear(layer, x).cpu()
-    plain = gpu.cuda_linear(layer, x.clone()).cpu()
+    got = cuda_linear(layer, x).cpu()
+    plain = cuda_linear(layer, x.clone()).cpu()
     assert fused_ops.row_amax(x[:1]) is None  # a view is another tensor: it carries nothing stale
     bad = x.clone()
     setattr(bad, fused_ops.ROW_AMAX, torch.ones(rows + 1, device=DEVICE))
     with pytest.raises(ValueError, match="row absmax"):
-        gpu.cuda_linear(layer, bad)
+        cuda_linear(layer, bad)
     want = x.float().cpu() @ _ref(q).t()
     assert float((got - want).abs().max() / want.abs().max()) < 4e-3
     assert float((plain - want).abs().max() / want.abs().max()) < 4e-3

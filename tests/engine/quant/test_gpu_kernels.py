@@ -345,3 +345,57 @@ def test_fp16_gemv_prefetching_the_next_step_gives_the_same_bits(m: int, mode: i
     assert torch.equal(got[0], got[2])
     want = x.cpu() @ _ref(q).t()
     assert float((got[2].cpu() - want).abs().max() / want.abs().max()) < 4e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("m, mode, prefetch", [(1, 5, 2), (3, 5, 1), (1, 4, 0)])
+def test_gate_up_gemv_writing_silu_mul_gives_the_two_kernels_bits(
+    dtype: torch.dtype, m: int, mode: int, prefetch: int
+) -> None:
+    """SILU_MUL: the fp16 GEMV over ``[gate | up]`` takes column tile 0 from gate's half and tile 1 from
+    the same columns of up's, and writes ``silu(gate) * up`` itself: the same bits as the plain product
+    followed by `fused_ops.silu_mul` (the gate and up sums rounded as stored, then torch's rounding)."""
+    from engine import fused_ops
+
+    inter, k = 96, 256
+    w = torch.randn(2 * inter, k, generator=torch.Generator().manual_seed(21)) * 0.05
+    q = quantize_int4(w, group=64)
+    gw = _on_device(gpu.pack(q))
+    x = (torch.randn(m, k, generator=torch.Generator().manual_seed(22)) * 2).to(dtype).to(DEVICE)
+    key = ("int4k", 2 * inter, k)
+    gpu.TUNING[key] = (32, 1, 4, 2, mode, 16, 2, 2, prefetch)  # 16 columns of gate and 16 of up a program
+    try:
+        want = fused_ops.silu_mul(gpu.matmul_small(gw, x), inter)
+        got = gpu.matmul_small(gw, x, silu_inter=inter)
+    finally:
+        gpu.TUNING.pop(key)
+    assert got is not None and got.shape == (m, inter) and got.dtype == dtype
+    assert torch.equal(got, want)
+    g, u = (x.cpu().float() @ _ref(q).t()).split(inter, dim=-1)
+    torch.testing.assert_close(got.cpu().float(), torch.nn.functional.silu(g) * u, rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize(
+    "config, inter, rows",
+    [
+        ((32, 2, 4, 2, 5, 16, 2, 2, 2), 96, 1),  # split-K: no program holds a column's whole sum
+        ((32, 1, 4, 2, 5, 16, 2, 1, 2), 96, 1),  # one column tile: gate's and up's columns not paired
+        ((64, 1, 4, 2, 16, 16), 96, 1),  # the tensor-core kernel
+        ((32, 1, 4, 2, 5, 16, 2, 2, 2), 96, 5),  # more rows than the fp16 GEMV takes
+        ((64, 1, 4, 2, 5, 16, 2, 2, 2), 80, 1),  # a half of 80 columns is not tiled by 32
+    ],
+)
+def test_gate_up_gemv_declines_silu_mul_where_its_config_cannot(config: tuple, inter: int, rows: int) -> None:
+    """Where the launch cannot write ``silu(gate) * up`` itself, ``matmul_small`` says so (None) and the
+    caller takes the product and `fused_ops.silu_mul`: nothing half-done, nothing wrong."""
+    k = 256
+    q = quantize_int4(torch.randn(2 * inter, k, generator=torch.Generator().manual_seed(23)) * 0.05, group=64)
+    gw = _on_device(gpu.pack(q))
+    x = torch.randn(rows, k, generator=torch.Generator().manual_seed(24)).to(DEVICE)
+    key = ("int4k", 2 * inter, k)
+    gpu.TUNING[key] = config
+    try:
+        assert gpu.matmul_small(gw, x, silu_inter=inter) is None
+        assert gpu.matmul_small(gw, x).shape == (rows, 2 * inter)  # the plain product still runs
+    finally:
+        gpu.TUNING.pop(key)
