@@ -47,13 +47,15 @@ def cuda_silu_mul(layer: Any, x: torch.Tensor, inter: int) -> torch.Tensor | Non
     """``silu(gate) * up`` of the ``[gate | up]`` layer's product with ``x`` (1-4 rows, no bias, no TEAL),
     written by its GEMV (`gpu.matmul_small` ``silu_inter``), or None where that GEMV cannot: the caller then
     runs the product and `engine.fused_ops.silu_mul`, which give the same bits."""
+    if not gpu.SILU_IN_GEMV or layer.bias is not None or layer.act_threshold is not None:
+        return None
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.shape[0] > 4 or x2.stride(-1) != 1:  # prefill: the plain path, before any packing work
+        return None
     g = gpu.prepare(layer)
-    if not gpu.SILU_IN_GEMV or layer.bias is not None or layer.act_threshold is not None or g.kind != "int4k":
+    if g.kind != "int4k":
         return None
     from engine.fused_ops import row_amax
 
-    x2 = x.reshape(-1, g.k)
-    if x2.shape[0] > 4 or x2.stride(-1) != 1:
-        return None
     h = gpu.matmul_small(g, x2, amax=row_amax(x), silu_inter=inter)
     return None if h is None else h.reshape(*x.shape[:-1], inter)

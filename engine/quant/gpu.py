@@ -221,11 +221,11 @@ def _int4k_config(g: GpuWeight, cfg: tuple[int, ...], m: int) -> tuple[tuple[int
     return cfg, None
 
 
-def _silu_in_gemv(g: GpuWeight, cfg: tuple[int, ...], h2: tuple | None, m: int, inter: int) -> bool:
+def _silu_in_gemv(g: GpuWeight, cfg: tuple[int, ...], h2: tuple | None, inter: int) -> bool:
     """Whether the GEMV of this config can write ``silu(gate) * up`` itself: the fp16 GEMV (``h2``) with
     two column tiles (gate's and up's columns) and one program over all of K (the config's split, as
     dispatched, is 1), on ``[gate | up]`` of equal halves that its tiles divide."""
-    if not (h2 is not None and h2[1] == 2 and g.n == 2 * inter and m <= 4):
+    if h2 is None or h2[1] != 2 or g.n != 2 * inter:  # h2: 1-4 rows (`_int4k_config`)
         return False
     return cfg[1] == 1 and inter % (cfg[0] // 2) == 0
 
@@ -243,6 +243,7 @@ def matmul_small(
     (``[M, silu_inter]``, the bits of `engine.fused_ops.silu_mul` on the plain product), written by the
     GEMV itself where its config allows (the fp16 GEMV with two column tiles and no split-K), else None."""
     from engine import pdl
+    from engine.fused_ops import _interpreted  # SILU_MUL rounds as `fused_ops.silu_mul` does here
     from engine.quant import triton_kernels as tk
     from engine.quant import triton_w4k as tw4k
     from engine.quant import triton_w4k_h2 as tw4k_h2
@@ -257,7 +258,7 @@ def matmul_small(
         if tiled is None:
             return None if silu_inter else F.linear(x, dense_weight(g, x.dtype))
         cfg = tiled
-    if silu_inter and not _silu_in_gemv(g, cfg, h2, m, silu_inter):
+    if silu_inter and not _silu_in_gemv(g, cfg, h2, silu_inter):
         return None
     block_n, split, warps, stages = cfg[:4]
     if g.kind == "int4_24":  # rows are looped over: no more than the batch needs
@@ -271,7 +272,7 @@ def matmul_small(
     split = -(-chunks // per)
     nsplit = split if split > 1 else 0  # the kernels' SPLIT: how many partial tiles to add (0: none)
     grid = (-(-g.n // block_n), split)
-    y = x.new_empty(m, g.n)
+    y = x.new_empty(m, silu_inter or g.n)
     locks = split_locks(x.device)
     ws = x.new_empty(split, m, g.n, dtype=torch.float32) if nsplit else y  # partial tiles of split-K
     if nsplit and grid[0] > LOCK_TILES:
@@ -289,14 +290,12 @@ def matmul_small(
     elif h2 is not None:  # fp16 pairs (5: codes as subnormals), m rows sharing each code pair
         aligned = x.data_ptr() % 4 == 0 and x.stride(-1) == 1 and (m == 1 or x.stride(0) % 2 == 0)
         xa = x if aligned else x.clone(memory_format=torch.contiguous_format)  # bf16: two values an int32
-        if silu_inter:
-            y = x.new_empty(m, silu_inter)
         tw4k_h2.w4k_gemv_h2_kernel[grid](
             xa, t["w"], t["s"], t["b"], y, ws, locks, g.n, g.k, per * cfg[5], xa.stride(0), y.stride(0),
             GROUP=g.group, BLOCK_N=block_n, BLOCK_R=cfg[5], SPLIT=nsplit, ASM=_asm(x), DENORM=cfg[4] == 5,
             CHAIN=h2[0], COLS=h2[1], EVEN=g.n % block_n == 0, M_ROWS=m, num_warps=warps, num_stages=stages,
             amax_ptr=xa if amax is None else amax, AMAX_IN=amax is not None, PREFETCH=h2[2],
-            SILU_MUL=bool(silu_inter), CUDA=os.environ.get("TRITON_INTERPRET") != "1", **pdl_kw,
+            SILU_MUL=bool(silu_inter), CUDA=not _interpreted(), **pdl_kw,
         )  # fmt: skip
     elif g.kind == "int4k" and cfg[4] in (18, *MMT_JOIN) and g.group % (8 * cfg[5]) == 0:  # bf16 pairs
         swapped = {"JOIN": MMT_JOIN[cfg[4]]} if cfg[4] in MMT_JOIN else {}
