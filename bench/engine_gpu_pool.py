@@ -67,7 +67,12 @@ class PoolPhasesMixin:
         alone = [eng.complete(new, SamplingParams(max_tokens=1)).usage["ttft_ms"] for _ in range(3)]
         eng.close()
         ttft = sorted(r["ttft_ms"] for r in last)
+        h2d = self.h2d_bandwidth()
+        kv_tok = model.cfg.kv_bytes_per_token(2 if self.dtype != torch.float32 else 4)
         return {
+            # what bounds a restore from the CPU tier: a 16K-token history's KV over the host link
+            "h2d_gbps": round(h2d, 1),
+            "cpu_restore_floor_16k_ms": round(16384 * kv_tok / (h2d * 1e9) * 1e3, 1),
             "sessions": s_n,
             "first_turn_tokens": a.session_first_tokens,
             "turn_tokens": a.session_turn_tokens,
@@ -79,6 +84,16 @@ class PoolPhasesMixin:
             "new_alone_ms": statistics.median(alone),
             "cached_from_sum": {k: sum(r["cached_from"][k] for r in last) for k in last[0]["cached_from"]},
         }
+
+    def h2d_bandwidth(self) -> float:
+        """Pinned host -> GPU copy rate (GB/s), the rate the CPU tier's restores run at, at best."""
+        if self.dev.type != "cuda":
+            return 10.0
+        src = torch.empty(GiB // 2, dtype=torch.uint8).pin_memory()
+        dst = torch.empty(GiB // 2, dtype=torch.uint8, device=self.dev)
+        ms = self.timed(lambda src=src, dst=dst: dst.copy_(src, non_blocking=True), 5)
+        del src, dst
+        return (GiB // 2) / (ms / 1e3) / 1e9
 
     def restart(self, model, kw, disk: Path, turns) -> dict:
         """Turn 11 in a fresh engine (empty GPU and CPU tiers) restoring from the disk tier."""

@@ -46,9 +46,9 @@ TUNING: dict[tuple, tuple[int, ...]] = {}
 # keeps level 1 where a config says 2 (bench A/B: quant_e2e's 'prefetch' and 'sbahead' switches)
 H2_PREFETCH = 2
 # gate_up's one-token GEMV writes silu(gate) * up itself where its config allows (`matmul_small`
-# ``silu_inter``; `engine.model.MLP`), which would save the SiLU x up kernel and its launch. Off until
-# timed on a GPU (quant_e2e's 'silugemv' switch; `bash bench/gpu_pending.sh silu`): same bits either way
-SILU_IN_GEMV = False
+# ``silu_inter``; `engine.model.MLP`), saving the SiLU x up kernel and its launch: same bits either way,
+# the graph step 2122 -> 2065 us on the H200 (quant_e2e's 'silugemv' switch; `bash bench/gpu_pending.sh silu`)
+SILU_IN_GEMV = True
 # The swapped-operand bf16-pair tensor-core kernel (`w4k_mmt_kernel`, the codes as the dot's first operand,
 # in registers for wgmma) by mode: its JOIN, 20 a dot a nibble, 21 a dot a nibble pair, 22 a dot a step
 MMT_JOIN = {20: 1, 21: 2, 22: 8}
