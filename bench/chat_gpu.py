@@ -83,7 +83,7 @@ def prepare(args: argparse.Namespace) -> None:
     print(f"wrote {out}: {args.sessions} sessions x {args.turns} turns, tokenizer from {src.name}")
 
 
-def random_llama8b(vocab: int, eos: list[int], tiny: bool = False):  # noqa: ANN201 - torch stays local
+def random_llama8b(vocab: int, eos: list[int], tiny: bool = False, max_position: int = 8192):  # noqa: ANN201
     """Our decoder with the Llama-3-8B shape and N(0, 0.02) weights, built straight on the GPU
     (``tiny``: 2 small layers on the CPU, to test this script)."""
     import torch
@@ -100,7 +100,7 @@ def random_llama8b(vocab: int, eos: list[int], tiny: bool = False):  # noqa: ANN
         num_kv_heads=8,
         head_dim=128,
         rope_theta=500000.0,
-        max_position=8192,
+        max_position=max_position,
         eos_token_ids=eos,
     )
     dev = "cpu" if tiny else "cuda"

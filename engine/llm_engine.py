@@ -32,6 +32,7 @@ from engine.text_stream import TextStreams
 from engine.tokenizer import Tokenizer
 from engine.write_back import WriteBack
 
+WRITE_BACK_BATCH = 2  # dirty blocks written per hold of the engine's lock while idle (8 MiB each, 8B model)
 log = logging.getLogger(__name__)
 
 
@@ -281,16 +282,32 @@ class Engine:
     def _idle(self) -> bool:
         return not (self._closed or self._inbox or self._cancels or self.scheduler.has_work())
 
-    def _loop(self) -> None:
+    def _write_back_while_idle(self) -> None:
+        """Persist dirty blocks after a quiet spell (between a chat's turns, not inside a burst: disk I/O
+        and its Python work would slow the next prefill), a couple at a time.
+
+        Why the lock is let go between batches: a request submitted meanwhile then waits for one batch, not
+        for the whole backlog. Holding it throughout stalled the first request after half a second of idle
+        for 1.2 s on an H200 (`bench/prefill_probe.py`). Each batch still runs under the lock, so `forget`
+        never interleaves with a write that it must cancel."""
+        if not self.tiers:
+            return
+        with self._cv:
+            if not self._idle():
+                return
+            self._cv.wait_for(lambda: not self._idle(), timeout=self.config.write_back_idle_s)
         while True:
             with self._cv:
-                if self.tiers and self._idle():
-                    # write back only after a quiet spell: between a chat's turns, not inside a burst
-                    # (disk I/O and its Python work would otherwise slow the next request's prefill)
-                    self._cv.wait_for(lambda: not self._idle(), timeout=self.config.write_back_idle_s)
-                    while self.tiers and self._idle():
-                        self.tiers.write(4)
-                        self._cv.notify_all()
+                if not (self.tiers and self._idle()):
+                    return
+                self.tiers.write(WRITE_BACK_BATCH)
+                self._cv.notify_all()
+            time.sleep(0)  # a submit blocked on the lock takes it now, before the next batch
+
+    def _loop(self) -> None:
+        while True:
+            self._write_back_while_idle()
+            with self._cv:
                 self._cv.wait_for(lambda: not self._idle())
                 if self._closed:
                     for s in self.scheduler.running + self.scheduler.waiting + self._inbox:

@@ -6,6 +6,7 @@ import logging
 import random
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,31 @@ def test_forget_drops_kv_from_every_tier_but_keeps_the_shared_head(model_dir, tm
     with _small_engine(model_dir, disk_dir=str(disk)) as e2:  # a restart does not bring them back
         r = e2.complete(prompt, sp)
         assert r.usage["cached_from"]["disk"] <= 64 and r.token_ids == ref
+
+
+def test_a_request_during_idle_write_back_waits_for_one_batch_not_the_backlog(model_dir, tmp_path):
+    """The idle write-back lets go of the engine's lock between small batches, so a request that arrives
+    while a long backlog is being written is served at once; the backlog still reaches the disk after it."""
+    sp = SamplingParams(max_tokens=1, ignore_eos=True)
+    with _small_engine(model_dir, disk_dir=str(tmp_path / "kv"), write_back_idle_s=0.05) as eng:
+        started = threading.Event()
+        done: list[str] = []
+        put = eng.disk_tier.put
+
+        def slow_put(key, data):  # a slow disk: each block takes 30 ms to hand over
+            started.set()
+            time.sleep(0.03)
+            put(key, data)
+            done.append(key)
+
+        eng.disk_tier.put = slow_put
+        for i in range(5):
+            eng.complete([random.Random(i).randrange(100, 40000) for _ in range(200)], sp)
+        backlog = len(eng.tiers)
+        assert backlog >= 50
+        assert started.wait(5)
+        r = eng.complete([random.Random(99).randrange(100, 40000) for _ in range(40)], sp)
+        assert r.usage["completion_tokens"] == 1
+        assert len(done) < backlog // 2  # served before most of the backlog was written
+        eng.flush()
+        assert len(eng.tiers) == 0 and len(done) >= backlog
