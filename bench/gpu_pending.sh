@@ -21,6 +21,7 @@
 #   wide: bash bench/gpu_pending.sh wide   (carry .whl; one-token GEMVs over block_n 32 and splits up to 32, the model on the
 #         winners; W_MODES / GU_MODES: the modes for qkv, o, down / gate_up; TEST_K: compiled tests first)
 #   silu: bash bench/gpu_pending.sh silu   (carry .whl; gate_up's GEMV writing silu(gate) * up: compiled tests, then the A/B)
+#   pgraph: bash bench/gpu_pending.sh pgraph   (carry .whl; short prefills as CUDA graphs off / on: TTFT and greedy ids; ~4 min)
 #   final: bash bench/gpu_pending.sh final   (carry .whl; read floor vs shipped GEMVs, the model vs transformers; ~9 min)
 #   mmt: bash bench/gpu_pending.sh mmt   (no carry; tensor cores with swapped operands, modes 20-22, vs shipped; ~6 min)
 #   tune: bash bench/gpu_pending.sh tune   (no carry; TEST_K=... narrows the compiled tests, MODES=int4,bf16)
@@ -182,6 +183,10 @@ PY
     compiled_tests "${TEST_S:-120}" "${TEST_K:-silu or shipped or prefetch}"
     echo "== whole model at batch 1, gate_up's GEMV with the SiLU off / on (graphs captured again for each)"
     E2E_EXTRA="--no-hf" model_ab 300 "${BATCHES:-1}" silugemv0,silugemv1,silugemv0,silugemv1
+    ;;
+  pgraph)  # issue 3: short prefills as CUDA graphs (prefill_graph_tokens 0 vs 512): TTFT alone / after a recompute / reuse
+    timeout "${PROBE_S:-400}" python3 bench/prefill_probe.py --out "$OUT" --disk off --graph-tokens "${GRAPH_TOKENS:-0,512}" \
+      --reps 5 > "$OUT/probe.log" 2>&1; echo "rc=$?"; grep -E "graphs [0-9]+ (start|.*median|profile)" "$OUT/probe.log" | cut -c1-220
     ;;
   final)  # issue 6's closing figures: the read floor against the shipped GEMVs, then the model against transformers
     echo "== read floor vs shipped GEMVs (graph timing)"

@@ -98,7 +98,7 @@ def host_profile(eng: Engine, prompts: list[list[int]], top: int = 30) -> str:
     return buf.getvalue()
 
 
-def run_case(args, model, vocab: int, disk: bool) -> dict:
+def run_case(args, model, vocab: int, disk: bool, graph_tokens: int) -> dict:
     g = torch.Generator().manual_seed(1)
 
     def ids(n: int) -> list[int]:
@@ -108,15 +108,25 @@ def run_case(args, model, vocab: int, disk: bool) -> dict:
     shutil.rmtree(d, ignore_errors=True)
     dev = "cpu" if args.tiny else "cuda"
     cfg = EngineConfig(
-        model="<in-memory>", device=dev, gpu_memory_gb=22, cpu_cache_gb=24, disk_dir=str(d) if disk else None
+        model="<in-memory>",
+        device=dev,
+        gpu_memory_gb=22,
+        cpu_cache_gb=24,
+        disk_dir=str(d) if disk else None,
+        prefill_graph_tokens=graph_tokens,
     )
-    eng = Engine(cfg, model=model, fingerprint=f"probe-{disk}")
+    t0 = time.perf_counter()
+    eng = Engine(cfg, model=model, fingerprint=f"probe-{disk}-{graph_tokens}")
+    out: dict = {"start_s": round(time.perf_counter() - t0, 1), "graphs_at_start": eng.precaptured[0]}
     hist, n = ids(args.history), args.new
     # warm every kernel shape: a fresh prefill, a prefix prefill, a recompute
     ttft(eng, ids(2100))
     ttft(eng, hist)
     ttft(eng, hist + ids(n))
-    out: dict = {"clock_mhz_start": clock_mhz()}
+    out["clock_mhz_start"] = clock_mhz()
+    # the same prompt's greedy tokens in every case: prefill graphs must not change them (bf16 near-ties
+    # of random weights aside)
+    out["greedy_ids"] = eng.complete(ids(200), SamplingParams(max_tokens=16, ignore_eos=True)).token_ids
     eng.scheduler.prefix_cache = False
     out["alone_back_to_back"] = [ttft(eng, ids(n)) for _ in range(args.reps)]
     after_rec, rec = [], []
@@ -158,15 +168,18 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--host-profile", action="store_true", help="cProfile the engine thread's prefill steps")
     p.add_argument("--disk", default="on,off", help="cases: the disk tier on, off")
+    p.add_argument("--graph-tokens", default="0", help="cases: prefill_graph_tokens values, e.g. 0,512")
     a = p.parse_args()
     if a.tiny:
         a.history, a.new = min(a.history, 300), min(a.new, 16)
     vocab = 512 if a.tiny else 128256
     model = random_llama8b(vocab, [], a.tiny, max_position=32768)
     res = {}
-    for disk in [c == "on" for c in a.disk.split(",")]:
-        res["disk_on" if disk else "disk_off"] = r = run_case(a, model, vocab, disk)
-        tag = "disk on " if disk else "disk off"
+    cases = [(d == "on", int(g)) for d in a.disk.split(",") for g in a.graph_tokens.split(",")]
+    for disk, graphs in cases:
+        tag = f"disk {'on ' if disk else 'off'} graphs {graphs}"
+        res[tag.replace(" ", "_")] = r = run_case(a, model, vocab, disk, graphs)
+        print(f"{tag} start {r['start_s']} s, {r['graphs_at_start']} graphs; greedy {r['greedy_ids']}")
         for k, v in r.items():
             if isinstance(v, list) and v and isinstance(v[0], float):
                 print(f"{tag} {k:24s} median {statistics.median(v):7.1f}  {v}")

@@ -110,6 +110,9 @@ class EngineConfig:
     # capture them all at start, up to this context (tokens; capped by the model's max_position): a request
     # then never waits for a capture; 0 captures lazily, on first use
     cuda_graph_precapture_tokens: int = 16384
+    # one sequence's prefill chunk of up to this many tokens replays a CUDA graph too (engine.prefill_graphs:
+    # a short turn's prefill is host-bound); 0 = off, until timed on a GPU
+    prefill_graph_tokens: int = 0
     kv_dtype: str = "auto"  # "auto": the model dtype; "int8": per-(block, head) scales, half the bytes
     attn_backend: str = (
         "auto"  # "auto": Triton paged kernel on CUDA bf16/fp16, else gather; "gather"; "triton"

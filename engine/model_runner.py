@@ -19,6 +19,7 @@ from engine.attention import AttnBatch, pack_meta
 from engine.config import EngineConfig
 from engine.graph_inputs import PinnedRing, StaticInputs
 from engine.model import LlamaForCausalLM
+from engine.prefill_graphs import PrefillGraphs
 from engine.quant.memory import check_budget, dequant_reserve, weight_bytes
 from engine.sampling import argmax_rows
 from engine.sequence import Sequence
@@ -157,6 +158,7 @@ class ModelRunner:
         self._graph_wrote_ids = False  # whether that decode wrote its argmax into `tokens`
         self.last_prefill: tuple[int, float] = (0, 0.0)
         self.force_static = False  # tests: run the graph path's static buffers eagerly on CPU
+        self.prefill = PrefillGraphs(self, cfg.prefill_graph_tokens)  # short prefill chunks, as graphs
 
     def bucket(self, batch: int) -> int:
         """The graph batch size that serves ``batch`` running sequences (itself beyond the largest)."""
@@ -180,7 +182,7 @@ class ModelRunner:
         todo = [(b, w) for b in self.batch_buckets for w in widths if (b, w) not in self.graphs]
         for key in todo:
             self._make_static(*key)
-        return len(todo)
+        return len(todo) + self.prefill.precapture(max_len)
 
     def graph_argmax(self, logits: torch.Tensor) -> torch.Tensor | None:
         """The greedy ids of ``logits``' rows the decode graph already wrote, when ``logits`` is what the
@@ -315,6 +317,12 @@ class ModelRunner:
             last_rows.append(len(ids) - 1)
         decode = all(n == 1 for _, n in batch)
         self.model.ensure_rope(max(pos))
+        if self.prefill.serves(seqs, decode, ahead):
+            logits = self.prefill.run(ids, pos, slots, seqs[0])
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.last_prefill = (len(ids), time.perf_counter() - t0)
+            return logits
         if decode and (self.use_graphs or self.force_static):
             width = max(len(s[3]) for s in seqs)
             width = 1 << (width - 1).bit_length()  # power-of-two buckets bound the graph count

@@ -1,0 +1,154 @@
+"""CUDA graphs for short prefills: one sequence's chunk of up to ``prefill_graph_tokens`` new tokens.
+
+Why: a chat turn is a short prefill over a cached history, and eagerly it is host-bound. On an H200 a
+256-token prefill of an 8B model is 6.8 ms of kernels (12.9 ms over a 15K-token history) but 14-58 ms of
+wall time by machine: 334 launches from Python, Triton's argument binding on every call
+(`bench/prefill_probe.py`, bench/RESULTS.md). Decode steps replay graphs already; this does the same for
+prefill chunks, padded up to a token bucket (64, 128, 256, ...), with one graph per (bucket, table width).
+
+How padding stays invisible: the padded tokens come after the real ones, write their K/V only into the
+scratch block, and the attention kernel reads each sequence's real query count and context length from
+device tensors, so no real token attends to a padded one; only the last real row's logits are kept.
+The paged Triton reader serves every chunk (also a fresh one, which eager runs through SDPA). Off by
+default until timed on a GPU (``EngineConfig.prefill_graph_tokens``); unquantized models only, since a
+quantized prefill dequantizes whole weights, which a graph's private pool would keep reserved.
+On CPU (tests, ``force``) the same buffers run eagerly through the gather reader.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from engine.quant.linear import QuantLinear
+
+
+def token_buckets(max_tokens: int) -> list[int]:
+    """Chunk sizes graphs are captured for: powers of two from 16 up to ``max_tokens`` (and it)."""
+    sizes = [t for t in (16, 32, 64, 128, 256, 512, 1024, 2048) if t < max_tokens]
+    return sizes + [max_tokens] if max_tokens > 0 else []
+
+
+class PrefillGraphs:
+    def __init__(self, runner: Any, max_tokens: int) -> None:
+        self.runner = runner
+        self.buckets = token_buckets(max_tokens)
+        quantized = any(isinstance(m, QuantLinear) for m in runner.model.modules())
+        self.enabled = bool(self.buckets) and not quantized and not runner.int8
+        self.force = False  # tests: the static buffers on CPU, eagerly, through the gather reader
+        self.graphs: dict[tuple[int, int], dict] = {}
+        self.logits: torch.Tensor | None = None  # the last row's logits, written by every graph
+
+    def serves(self, seqs: list, decode: bool, ahead: torch.Tensor | None) -> bool:
+        """Whether this step is one sequence's prefill chunk that a graph (or, forced, its buffers) runs."""
+        if decode or ahead is not None or len(seqs) != 1 or not self.enabled:
+            return False
+        if not (self.force or (self.runner.use_graphs and self.runner.triton)):
+            return False
+        return seqs[0][1] <= self.buckets[-1]
+
+    def run(self, ids: list[int], pos: list[int], slots: list[int], seq: tuple) -> torch.Tensor:
+        """Logits ``[1, vocab]`` of the chunk's last token."""
+        r = self.runner
+        _, n, ctx, table = seq
+        t = next(b for b in self.buckets if b >= n)
+        width = 1 << (len(table) - 1).bit_length()
+        st = self.graphs.get((t, width)) or self._make(t, width)
+        pad = t - n
+        fields = (
+            ids + [0] * pad,
+            pos + [pos[-1]] * pad,
+            slots + [r.scratch * r.bs] * pad,
+            list(table) + [r.scratch] * (width - len(table)),
+            [n, ctx, n - 1],
+        )
+        host = r.staging.take(8 * st["buf"].numel())
+        raw = host.view(torch.int64).numpy()
+        off = 0
+        for f in fields:
+            raw[off : off + len(f)] = f
+            off += len(f)
+        st["buf"].copy_(host.view(torch.int64), non_blocking=True)
+        r.staging.copied()
+        if st["graph"] is None:
+            return self._body(st, t, width, (n, ctx, list(table)))
+        st["graph"].replay()
+        return self.logits
+
+    def _body(self, st: dict, t: int, width: int, host_seq: tuple | None = None) -> torch.Tensor:
+        """The forward a graph holds: its inputs are views of one int64 buffer; the int32 tensors the
+        Triton reader wants are converted inside the graph."""
+        r = self.runner
+        b = st["buf"]
+        ids, pos, slots = b[:t], b[t : 2 * t], b[2 * t : 3 * t]
+        table = b[3 * t : 3 * t + width]
+        extents = b[3 * t + width :]  # real query count, context length, last real row
+        ab = r._ab(slots)
+        if r.triton:
+            ext32 = extents.to(torch.int32)
+            ab.meta = {
+                "tables": table.to(torch.int32).view(1, width),
+                "q_starts": st["zero32"],
+                "q_lens": ext32[0:1],
+                "ctx_lens": ext32[1:2],
+                "max_q": t,
+                "max_ctx": width * r.bs,  # static per graph: the kernel's plan depends on it
+                "mode": "paged",
+            }
+        else:  # gather (CPU): host extents; the padded rows attend to themselves in the scratch block
+            n, ctx, tab = host_seq
+            dev = b.device
+            ab.seqs = [(0, n, ctx, torch.tensor(tab, device=dev))]
+            if t > n:
+                scratch = torch.full((-(-(t - n) // r.bs),), r.scratch, device=dev)
+                ab.seqs.append((n, t - n, t - n, scratch))
+        hidden = r.model(ids, pos, ab)
+        logits = r.model.logits(hidden[extents[2:3]])
+        if self.logits is None:
+            self.logits = torch.empty_like(logits)
+        return self.logits.copy_(logits)
+
+    def _make(self, t: int, width: int) -> dict:
+        r = self.runner
+        st: dict = {"buf": torch.zeros(3 * t + width + 3, dtype=torch.long, device=r.device), "graph": None}
+        st["zero32"] = torch.zeros(1, dtype=torch.int32, device=r.device)
+        b = st["buf"]
+        b[2 * t : 3 * t] = r.scratch * r.bs  # warm-up and capture write only the scratch block
+        b[3 * t : 3 * t + width] = r.scratch
+        m = min(t, width * r.bs)  # a warm-up context the table covers
+        b[3 * t + width :] = torch.tensor([m, m, m - 1])
+        if r.use_graphs and r.triton:
+            s = torch.cuda.Stream(r.device)
+            s.wait_stream(torch.cuda.current_stream(r.device))
+            with torch.cuda.stream(s):
+                for _ in range(2):
+                    self._body(st, t, width)
+            torch.cuda.current_stream(r.device).wait_stream(s)
+            if r.graph_pool is None:
+                r.graph_pool = torch.cuda.graph_pool_handle()
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=r.graph_pool, capture_error_mode="thread_local"):
+                self._body(st, t, width)
+            st["graph"] = g
+        self.graphs[(t, width)] = st
+        return st
+
+    def plan(self, max_len: int) -> list[tuple[int, int]]:
+        """The (bucket, width) pairs that contexts of up to ``max_len`` tokens can need."""
+        if not self.enabled:
+            return []
+        bs = self.runner.bs
+        top = min(-(-max_len // bs), self.runner.scratch)
+        widths = [1 << i for i in range(max(top - 1, 0).bit_length() + 1)]
+        lows = [1] + [b + 1 for b in self.buckets[:-1]]  # the fewest new tokens each bucket serves
+        return [(t, w) for t, lo in zip(self.buckets, lows, strict=True) for w in widths if w * bs >= lo]
+
+    def precapture(self, max_len: int) -> int:
+        """Capture every graph a context of ``max_len`` tokens can need now (see `ModelRunner.precapture`)."""
+        if not (self.runner.use_graphs and self.runner.triton):
+            return 0
+        todo = [k for k in self.plan(max_len) if k not in self.graphs]
+        for key in todo:
+            self._make(*key)
+        return len(todo)

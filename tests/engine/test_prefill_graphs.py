@@ -1,0 +1,121 @@
+"""Short prefill chunks through `engine.prefill_graphs`' padded static buffers: the same logits as the eager
+path, with and without a cached prefix, for both readers (the Triton kernel runs in Triton's CPU interpreter
+in CI; the capture itself needs a GPU, bench/prefill_probe.py times it there)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.config import EngineConfig, ModelConfig
+from engine.model import LlamaForCausalLM
+from engine.model_runner import ModelRunner
+from engine.prefill_graphs import token_buckets
+from engine.sampling import SamplingParams
+from engine.sequence import Sequence
+from tests.engine.test_attention import _interpreter_scalar_fix
+
+
+def _tiny_runner(triton: bool) -> ModelRunner:
+    mc = ModelConfig(
+        vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
+        head_dim=16, rope_theta=10000.0, max_position=4096, eos_token_ids=[],
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(mc)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.ones_like(p) if "norm" in name else torch.randn_like(p) * 0.1)
+    model.finish_load(torch.device("cpu"))
+    cfg = EngineConfig(model="<in-memory>", device="cpu", num_kv_blocks=32, prefill_graph_tokens=64)
+    r = ModelRunner(model.eval(), cfg, torch.device("cpu"))
+    r.triton = triton
+    return r
+
+
+def _seq(tokens: list[int], computed: int, blocks: list[int]) -> Sequence:
+    s = Sequence(tokens, SamplingParams(max_tokens=1))
+    s.num_computed = computed
+    s.block_table = blocks
+    return s
+
+
+@pytest.mark.parametrize("triton", [False, True])
+def test_padded_static_prefill_gives_the_eager_logits(triton: bool, monkeypatch) -> None:
+    if triton:
+        _interpreter_scalar_fix(monkeypatch)
+    r = _tiny_runner(triton)
+    assert r.prefill.enabled and r.prefill.buckets == [16, 32, 64]
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(1, 512, (90,), generator=g).tolist()
+    blocks = [5, 2, 9, 11, 3, 7]  # shuffled: 96 token slots of 16
+    # (already computed, new): a fresh chunk of 37 (padded to 64), then 20 over a cached 50 (to 32)
+    for computed, n in ((0, 37), (50, 20), (70, 16)):
+        seq = _seq(tokens[: computed + n], computed, blocks)
+        if computed:  # the prefix's K/V, written eagerly
+            r.prefill.force = False
+            r.run([(_seq(tokens[:computed], 0, blocks), computed)])
+        r.prefill.force = False
+        assert not r.prefill.serves([(0, n, computed + n, blocks)], False, None)  # CPU without force
+        eager = r.run([(seq, n)])
+        r.prefill.force = True
+        assert r.prefill.serves([(0, n, computed + n, blocks)], False, None)
+        before = r.kv.clone()
+        static = r.prefill.run(tokens[computed : computed + n], list(range(computed, computed + n)),
+                               [blocks[p // 16] * 16 + p % 16 for p in range(computed, computed + n)],
+                               (0, n, computed + n, blocks[: -(-(computed + n) // 16)]))  # fmt: skip
+        torch.testing.assert_close(static, eager, atol=1e-4, rtol=1e-4)
+        assert static.shape == (1, 512)
+        # the padded rows wrote only the scratch block: every other slot outside the chunk is unchanged
+        moved = (r.kv != before).flatten(4).any(-1).any(0).any(0)  # [blocks, slots]
+        for i, b in enumerate(blocks):
+            for o in range(16):
+                if not computed <= i * 16 + o < computed + n:
+                    assert not moved[b, o], (computed, n, b, o)
+        assert not moved[[b for b in range(32) if b not in blocks]].any()
+    assert {t for t, _ in r.prefill.graphs} == {64, 32, 16}
+
+
+def test_prefill_graphs_decline_what_they_cannot_serve() -> None:
+    r = _tiny_runner(False)
+    r.prefill.force = True
+    blocks = [0, 1, 2, 3, 4, 5]
+    assert not r.prefill.serves([(0, 65, 65, blocks)], False, None)  # beyond the largest bucket
+    assert not r.prefill.serves([(0, 1, 40, blocks)], True, None)  # decode: its own graphs
+    assert not r.prefill.serves([(0, 10, 10, blocks), (10, 5, 5, blocks)], False, None)  # two sequences
+    assert token_buckets(0) == [] and token_buckets(100) == [16, 32, 64, 100]
+    assert token_buckets(512) == [16, 32, 64, 128, 256, 512]
+
+
+def test_prefill_graph_plan_covers_every_width_a_bucket_can_meet() -> None:
+    r = _tiny_runner(True)
+    plan = r.prefill.plan(200)  # 13 blocks of 16: widths 1..16
+    assert (16, 1) in plan and (64, 2) not in plan and (64, 4) in plan and (64, 16) in plan
+    assert all(w * 16 >= lo for (t, w), lo in zip(plan, [1] * len(plan), strict=True))
+    assert r.prefill.precapture(200) == 0  # CPU: nothing is captured
+
+
+def test_chat_turns_through_the_static_prefill_match_transformers(engine, hf_model) -> None:
+    """The packaged SmolLM2: a first turn (fresh) and a second (over the cached first) prefill through the
+    padded buffers, and greedy decoding then gives transformers' tokens."""
+    from engine.prefill_graphs import token_buckets
+    from tests.engine.conftest import hf_greedy
+    from tests.engine.test_llm_engine import CHAT
+
+    p = engine.runner.prefill
+    p.enabled, p.buckets, p.force = True, token_buckets(64), True
+    runs = []
+    p.run = lambda *a, run=p.run: runs.append(a[3][1]) or run(*a)  # noqa: E731 - counts the chunks served
+    try:
+        sp = SamplingParams(max_tokens=8)
+        r1 = engine.complete(CHAT, sp)
+        assert r1.token_ids == hf_greedy(hf_model, engine.encode_prompt(CHAT), 8)
+        msgs = CHAT + [{"role": "assistant", "content": r1.text}, {"role": "user", "content": "And then?"}]
+        r2 = engine.complete(msgs, sp)
+        assert r2.usage["cached_tokens"] > 0
+        assert r2.token_ids == hf_greedy(hf_model, engine.encode_prompt(msgs), 8)
+        assert len(runs) == 2 and runs[0] == r1.usage["prompt_tokens"]  # each turn's prefill, padded
+    finally:
+        del p.run
+        p.enabled, p.buckets, p.force = False, [], False
+        p.graphs.clear()
