@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -65,14 +66,9 @@ def test_sigkill_mid_job_is_redelivered_exactly_once(cluster: Callable[..., Clus
     job_id = c.jobs.submit("dump", dump.root)
     # Kill while a batch is in flight (its items counted as delivered, not yet committed), so the
     # redelivery below is certain rather than a matter of when the kill lands.
-    wait_for(
-        lambda: c.job(job_id)["processed"] >= 12 and _in_flight(c, job_id),
-        120,
-        "the first worker to make progress and be inside a batch",
-    )
+    in_flight = _stop_inside_a_batch(c, first, job_id)
     c.kill(first, signal.SIGKILL)
-    in_flight = _in_flight(c, job_id)
-    assert in_flight, "no batch was in flight when the worker died"
+    assert _in_flight(c, job_id) == in_flight, "the stopped worker committed its batch"
     at_kill = c.job(job_id)
     assert at_kill["status"] == "running" and at_kill["processed"] < 93, at_kill
     # The kill can land inside kombu's restore pass (run every second here), leaving its lock
@@ -93,6 +89,28 @@ def test_sigkill_mid_job_is_redelivered_exactly_once(cluster: Callable[..., Clus
             select(IngestItem.attempts, IngestItem.status).where(IngestItem.id.in_(in_flight))
         ).all()
     assert all(a >= 2 and st == "succeeded" for a, st in redelivered), redelivered
+
+
+def _stop_inside_a_batch(c: Cluster, proc, job_id: str, timeout: float = 120.0) -> list[int]:
+    """SIGSTOP the worker while a batch is in flight and return that batch's items.
+
+    Why stop before checking: a batch of three files commits within milliseconds, so a batch seen in
+    flight could be committed before a SIGKILL lands (a CI run failed that way). A stopped worker commits
+    nothing, so what the check sees after the stop is what the kill leaves behind."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        wait_for(
+            lambda: c.job(job_id)["processed"] >= 12 and _in_flight(c, job_id),
+            max(1.0, deadline - time.monotonic()),
+            "the first worker to make progress and be inside a batch",
+        )
+        os.killpg(proc.pid, signal.SIGSTOP)
+        time.sleep(0.3)  # a commit already sent to the database lands before the check
+        items = _in_flight(c, job_id)
+        if items:
+            return items
+        os.killpg(proc.pid, signal.SIGCONT)
+    raise AssertionError("never stopped the worker inside a batch")
 
 
 def _in_flight(c: Cluster, job_id: str) -> list[int]:
