@@ -278,6 +278,7 @@ class Bench(PoolPhasesMixin, ReportMixin, BenchBase):
         disk = Path(a.disk_dir)
         shutil.rmtree(disk, ignore_errors=True)
         kw = dict(gpu_memory_gb=a.cap_gib - 2, cpu_cache_gb=a.cpu_cache_gb)
+        kw["prefill_graph_tokens"] = a.prefill_graph_tokens
         eng = self.engine(model, disk_dir=str(disk), **kw)
         self.res["pool_blocks"] = eng.bm.num_blocks
         self.res["graphs_at_start"] = [eng.precaptured[0], round(eng.precaptured[1], 1)]  # count, seconds
@@ -328,6 +329,7 @@ def main() -> None:
     p.add_argument("--session-first-tokens", type=int, default=2048)
     p.add_argument("--session-turn-tokens", type=int, default=256)
     p.add_argument("--turn-sizes", default="1536,256")
+    p.add_argument("--prefill-graph-tokens", type=int, default=0, help="EngineConfig.prefill_graph_tokens")
     p.add_argument("--compile-budget-s", type=float, default=150)
     p.add_argument("--phase", choices=["all", "hf", "ours"], default="all")
     p.add_argument("--skip", default="", help="sections of ours to leave out, e.g. correctness,int8_kv")
