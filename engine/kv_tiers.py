@@ -19,7 +19,7 @@ import queue
 import struct
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -337,11 +337,23 @@ class CostModel:
 
     disk_gbps: float = 2.0
     cpu_gbps: float = 10.0
-    prefill_tok_s: float = 5000.0
+    prefill_tok_s: float = 5000.0  # a prior until prefills are observed
+
+    def __post_init__(self) -> None:
+        self.recent_rates: deque[float] = deque(maxlen=64)  # not a field: stats() reports the fields
 
     def observe_prefill(self, tokens: int, seconds: float) -> None:
+        """The prefill rate is the best of the recent prefills', not their average.
+
+        Why: recomputing a prefix adds its tokens to a prefill that runs anyway, so what it costs is the
+        marginal rate, which long chunks approach. A short chunk's time is mostly per-step cost: on an
+        H200 a 256-token prefill is 6.8 ms of kernels and 14-58 ms of host-bound wall time
+        (bench/prefill_probe.py). Averaged in, a chat's short turns made recomputing a long prefix look
+        several times dearer than it is, so a restore from a slow disk could win against a faster
+        recompute. A window, so a slower device (or a new model) is seen again."""
         if tokens >= 16 and seconds > 0:
-            self.prefill_tok_s = 0.7 * self.prefill_tok_s + 0.3 * tokens / seconds
+            self.recent_rates.append(tokens / seconds)
+            self.prefill_tok_s = max(self.recent_rates)
 
     def observe_disk(self, nbytes: int, seconds: float) -> None:
         if nbytes > 0 and seconds > 0:

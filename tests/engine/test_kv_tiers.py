@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 
 import torch
 
@@ -109,6 +110,21 @@ def test_cost_model_prefers_recompute_on_slow_restore():
     assert cm.restore_ms(10**7, 0) < cm.recompute_ms(1000)
     cm.observe_prefill(1000, 1.0)
     assert cm.prefill_tok_s < 10000
+
+
+def test_cost_model_prices_a_prefix_at_the_rate_of_long_prefills():
+    """Short host-bound chunks (a chat's turns) do not make recomputing a long prefix look dearer: the
+    rate is the best recent one; older observations leave the window."""
+    cm = CostModel()
+    cm.observe_prefill(2048, 0.080)  # 25.6K tok/s: a long chunk, near the marginal rate
+    for _ in range(20):
+        cm.observe_prefill(256, 0.030)  # 8.5K tok/s: mostly per-step cost
+    assert cm.prefill_tok_s == 2048 / 0.080
+    assert 600 < cm.recompute_ms(16384) < 700
+    assert "recent_rates" not in asdict(cm)  # the engine's stats report the fields as JSON
+    for _ in range(64):
+        cm.observe_prefill(256, 0.030)
+    assert cm.prefill_tok_s == 256 / 0.030
 
 
 def test_cpu_tier_on_evict_sees_the_data_before_reuse():
