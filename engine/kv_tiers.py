@@ -197,6 +197,10 @@ class DiskTier:
             self.dropped.discard(key)
         self.q.put((key, data.to("cpu", copy=True)))
 
+    def pending(self) -> int:
+        """Blocks queued for writing, each a host copy held until written."""
+        return self.q.qsize()
+
     def drop(self, key: str) -> bool:
         """Delete ``key``'s file; a write of it still queued is skipped, so a deletion sticks."""
         with self.lock:

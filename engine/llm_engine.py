@@ -33,6 +33,7 @@ from engine.tokenizer import Tokenizer
 from engine.write_back import WriteBack
 
 WRITE_BACK_BATCH = 2  # dirty blocks written per hold of the engine's lock while idle (8 MiB each, 8B model)
+WRITE_BACK_QUEUE = 8  # blocks queued for the disk writer before the idle write-back waits for it
 log = logging.getLogger(__name__)
 
 
@@ -300,13 +301,21 @@ class Engine:
             with self._cv:
                 if not (self.tiers and self._idle()):
                     return
+                if self.disk_tier.pending() >= WRITE_BACK_QUEUE:
+                    # the disk is behind: wait for it rather than hold host copies of the whole pool
+                    # (a slow disk and an int4 8B pool would otherwise queue ~16 GB of them)
+                    self._cv.wait_for(lambda: not self._idle(), timeout=0.01)
+                    continue
                 self.tiers.write(WRITE_BACK_BATCH)
                 self._cv.notify_all()
             time.sleep(0)  # a submit blocked on the lock takes it now, before the next batch
 
     def _loop(self) -> None:
         while True:
-            self._write_back_while_idle()
+            try:
+                self._write_back_while_idle()
+            except Exception:  # noqa: BLE001 - an unwritten block costs a later recompute, not the engine
+                log.exception("idle write-back failed")
             with self._cv:
                 self._cv.wait_for(lambda: not self._idle())
                 if self._closed:
