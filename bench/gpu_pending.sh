@@ -186,6 +186,8 @@ PY
     E2E_EXTRA="--no-hf" model_ab 300 "${BATCHES:-1}" silugemv0,silugemv1,silugemv0,silugemv1
     ;;
   pgraph)  # issue 3: short prefills as CUDA graphs (prefill_graph_tokens 0 vs 512): TTFT alone / after a recompute / reuse
+    echo "== prefill graphs captured for real: same logits as eager, padding only in the scratch block"
+    timeout 120 python3 -m pytest --noconftest -q -p no:cacheprovider tests/engine/test_prefill_graphs.py -k "not chat" 2>&1 | tail -3
     timeout "${PROBE_S:-400}" python3 bench/prefill_probe.py --out "$OUT" --disk off --graph-tokens "${GRAPH_TOKENS:-0,512}" \
       --reps 5 > "$OUT/probe.log" 2>&1; echo "rc=$?"; grep -E "graphs [0-9]+ (start|.*median|profile)" "$OUT/probe.log" | cut -c1-220
     ;;
