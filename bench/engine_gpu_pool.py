@@ -85,16 +85,6 @@ class PoolPhasesMixin:
             "cached_from_sum": {k: sum(r["cached_from"][k] for r in last) for k in last[0]["cached_from"]},
         }
 
-    def h2d_bandwidth(self) -> float:
-        """Pinned host -> GPU copy rate (GB/s), the rate the CPU tier's restores run at, at best."""
-        if self.dev.type != "cuda":
-            return 10.0
-        src = torch.empty(GiB // 2, dtype=torch.uint8).pin_memory()
-        dst = torch.empty(GiB // 2, dtype=torch.uint8, device=self.dev)
-        ms = self.timed(lambda src=src, dst=dst: dst.copy_(src, non_blocking=True), 5)
-        del src, dst
-        return (GiB // 2) / (ms / 1e3) / 1e9
-
     def restart(self, model, kw, disk: Path, turns) -> dict:
         """Turn 11 in a fresh engine (empty GPU and CPU tiers) restoring from the disk tier."""
         out = {}

@@ -163,6 +163,16 @@ class BenchBase:
         del x, y
         return 2 * (GiB // 2) / (ms / 1e3) / 1e9
 
+    def h2d_bandwidth(self) -> float:
+        """Pinned host -> GPU copy rate (GB/s), the rate the CPU tier's restores run at, at best."""
+        if self.dev.type != "cuda":
+            return 10.0
+        src = torch.empty(GiB // 2, dtype=torch.uint8).pin_memory()
+        dst = torch.empty(GiB // 2, dtype=torch.uint8, device=self.dev)
+        ms = self.timed(lambda src=src, dst=dst: dst.copy_(src, non_blocking=True), 5)
+        del src, dst
+        return (GiB // 2) / (ms / 1e3) / 1e9
+
     def section(self, name, fn):
         t0 = time.perf_counter()
         try:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -177,12 +179,40 @@ class ModelRunner:
         KV pool itself require grad, and the CPU tier's copies of it then failed (H200, engine_gpu)."""
         if not self.use_graphs or not self.triton:
             return 0
-        top = min(-(-max_len // self.bs), self.scratch)
-        widths = [1 << i for i in range(max(top - 1, 0).bit_length() + 1)]
+        widths = self.table_widths(max_len)
         todo = [(b, w) for b in self.batch_buckets for w in widths if (b, w) not in self.graphs]
         for key in todo:
             self._make_static(*key)
         return len(todo) + self.prefill.precapture(max_len)
+
+    @staticmethod
+    def table_width(blocks: int) -> int:
+        """The graph table width that serves ``blocks``: powers of two bound the graph count."""
+        return 1 << (blocks - 1).bit_length()
+
+    def table_widths(self, max_len: int) -> list[int]:
+        """Every graph table width a context of up to ``max_len`` tokens can need."""
+        top = min(-(-max_len // self.bs), self.scratch)
+        return [1 << i for i in range(max(top - 1, 0).bit_length() + 1)]
+
+    def capture(self, warm: Callable[[], Any], body: Callable[[], Any]) -> tuple[torch.cuda.CUDAGraph, Any]:
+        """A CUDA graph of ``body`` in the pool every graph shares, after two runs of ``warm`` on a side
+        stream (compiles, cuBLAS workspaces); returns it and what the captured ``body`` returned."""
+        s = torch.cuda.Stream(self.device)
+        s.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(s):
+            for _ in range(2):
+                warm()
+        torch.cuda.current_stream(self.device).wait_stream(s)
+        if self.graph_pool is None:
+            self.graph_pool = torch.cuda.graph_pool_handle()
+        g = torch.cuda.CUDAGraph()
+        # thread_local: CUDA calls of other threads (the disk tier's writer and readers, a client's
+        # pinned copies) during the capture must not invalidate it, as the default "global" mode lets
+        # them (seen on an H200: cudaErrorStreamCaptureInvalidated in bench/engine_check.py)
+        with torch.cuda.graph(g, pool=self.graph_pool, capture_error_mode="thread_local"):
+            out = body()
+        return g, out
 
     def graph_argmax(self, logits: torch.Tensor) -> torch.Tensor | None:
         """The greedy ids of ``logits``' rows the decode graph already wrote, when ``logits`` is what the
@@ -267,20 +297,11 @@ class ModelRunner:
             if self.logits_out is None or self.logits_out.shape[0] < b:  # earlier graphs keep their view
                 rows, vocab = max(self.batch_buckets[-1], b), self.model.cfg.vocab_size
                 self.logits_out = torch.empty(rows, vocab, dtype=torch.float32, device=self.device)
-            s = torch.cuda.Stream(self.device)
-            s.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(s):
-                for _ in range(2):  # no argmax: `tokens` may hold the ids a step launched ahead needs
-                    self._static_body(st, b, argmax=False)
-            torch.cuda.current_stream(self.device).wait_stream(s)
-            if self.graph_pool is None:
-                self.graph_pool = torch.cuda.graph_pool_handle()
-            g = torch.cuda.CUDAGraph()
-            # thread_local: CUDA calls of other threads (the disk tier's writer and readers, a client's
-            # pinned copies) during the capture must not invalidate it, as the default "global" mode lets
-            # them (seen on an H200: cudaErrorStreamCaptureInvalidated in bench/engine_check.py)
-            with torch.cuda.graph(g, pool=self.graph_pool, capture_error_mode="thread_local"):
-                st["out"] = self._static_body(st, b, argmax=self.argmax_in_graph)
+            g, st["out"] = self.capture(
+                # warm-up without argmax: `tokens` may hold the ids a step launched ahead needs
+                lambda: self._static_body(st, b, argmax=False),
+                lambda: self._static_body(st, b, argmax=self.argmax_in_graph),
+            )
             st["graph"], st["argmax"] = g, self.argmax_in_graph
         self.graphs[(b, width)] = st
         return st
@@ -318,14 +339,9 @@ class ModelRunner:
         decode = all(n == 1 for _, n in batch)
         self.model.ensure_rope(max(pos))
         if self.prefill.serves(seqs, decode, ahead):
-            logits = self.prefill.run(ids, pos, slots, seqs[0])
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            self.last_prefill = (len(ids), time.perf_counter() - t0)
-            return logits
+            return self._timed_prefill(self.prefill.run(ids, pos, slots, seqs[0]), len(ids), t0)
         if decode and (self.use_graphs or self.force_static):
-            width = max(len(s[3]) for s in seqs)
-            width = 1 << (width - 1).bit_length()  # power-of-two buckets bound the graph count
+            width = self.table_width(max(len(s[3]) for s in seqs))
             tables = [s[3] + [self.scratch] * (width - len(s[3])) for s in seqs]
             lens = [s[2] for s in seqs]
             pad = self.bucket(len(seqs)) - len(seqs)  # padded rows write and read only the scratch block
@@ -351,8 +367,11 @@ class ModelRunner:
             ab.seqs = [(a, b, c, self._tensor(t)) for a, b, c, t in seqs]
         hidden = self.model(self._tensor(ids) if ahead is None else ahead, self._tensor(pos), ab)
         logits = self.model.logits(hidden[self._tensor(last_rows)])
-        if not decode:
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            self.last_prefill = (len(ids), time.perf_counter() - t0)
+        return logits if decode else self._timed_prefill(logits, len(ids), t0)
+
+    def _timed_prefill(self, logits: torch.Tensor, tokens: int, t0: float) -> torch.Tensor:
+        """Record a prefill step's tokens and time (once its work is done) for the cost model."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.last_prefill = (tokens, time.perf_counter() - t0)
         return logits

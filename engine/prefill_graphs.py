@@ -17,6 +17,7 @@ On CPU (tests, ``force``) the same buffers run eagerly through the gather reader
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -53,7 +54,7 @@ class PrefillGraphs:
         r = self.runner
         _, n, ctx, table = seq
         t = next(b for b in self.buckets if b >= n)
-        width = 1 << (len(table) - 1).bit_length()
+        width = r.table_width(len(table))
         st = self.graphs.get((t, width)) or self._make(t, width)
         pad = t - n
         fields = (
@@ -119,18 +120,8 @@ class PrefillGraphs:
         m = min(t, width * r.bs)  # a warm-up context the table covers
         b[3 * t + width :] = torch.tensor([m, m, m - 1])
         if r.use_graphs and r.triton:
-            s = torch.cuda.Stream(r.device)
-            s.wait_stream(torch.cuda.current_stream(r.device))
-            with torch.cuda.stream(s):
-                for _ in range(2):
-                    self._body(st, t, width)
-            torch.cuda.current_stream(r.device).wait_stream(s)
-            if r.graph_pool is None:
-                r.graph_pool = torch.cuda.graph_pool_handle()
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, pool=r.graph_pool, capture_error_mode="thread_local"):
-                self._body(st, t, width)
-            st["graph"] = g
+            body = partial(self._body, st, t, width)
+            st["graph"], _ = r.capture(body, body)
         self.graphs[(t, width)] = st
         return st
 
@@ -139,8 +130,7 @@ class PrefillGraphs:
         if not self.enabled:
             return []
         bs = self.runner.bs
-        top = min(-(-max_len // bs), self.runner.scratch)
-        widths = [1 << i for i in range(max(top - 1, 0).bit_length() + 1)]
+        widths = self.runner.table_widths(max_len)
         lows = [1] + [b + 1 for b in self.buckets[:-1]]  # the fewest new tokens each bucket serves
         return [(t, w) for t, lo in zip(self.buckets, lows, strict=True) for w in widths if w * bs >= lo]
 
