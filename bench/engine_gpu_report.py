@@ -22,6 +22,9 @@ class ReportMixin:
                 print(f"   HF held {[round(x) for x in held]}  HF rec {[round(x) for x in hrec]}")
             ratio, speed = reuse[-1] / alone[-1], rec[-1] / reuse[-1]
             print(f"   turn10: reuse/alone {ratio:.2f}x  recompute/reuse {speed:.1f}x")
+        for key, mt in r.get("int8_kv", {}).items():  # int8 KV reuse, torch's store against the kernel's
+            if key.startswith("int8_multiturn"):
+                print(f"{key}: reuse {[round(x) for x in mt['reuse_ms']]}")
         for k in ("ours_decode", "hf_static_compile", "sessions", "int8_kv", "restart", "peak_gib_ours"):
             if k in r:
                 print(k, json.dumps(r[k])[:600])

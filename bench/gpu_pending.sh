@@ -21,8 +21,11 @@
 #   wide: bash bench/gpu_pending.sh wide   (carry .whl; one-token GEMVs over block_n 32 and splits up to 32, the model on the
 #         winners; W_MODES / GU_MODES: the modes for qkv, o, down / gate_up; TEST_K: compiled tests first)
 #   silu: bash bench/gpu_pending.sh silu   (carry .whl; gate_up's GEMV writing silu(gate) * up: compiled tests, then the A/B)
-#   pgraph: bash bench/gpu_pending.sh pgraph   (carry .whl; short prefills as CUDA graphs off / on: TTFT and greedy ids; ~4 min;
+#   pgraph: bash bench/gpu_pending.sh pgraph   (carry .whl; short prefills as CUDA graphs off / on, bf16 and int8 KV (KV=auto
+#           narrows it): TTFT and greedy ids; ~8 min;
 #           the issue-3 figures with them: ENGINE_ARGS="--prefill-graph-tokens 512" bash bench/gpu_pending.sh engine)
+#   int8kv: bash bench/gpu_pending.sh int8kv   (carry .whl; int8 KV's one-launch store: compiled tests, then 256-token
+#           reuse turns with bf16 KV, int8 stored by torch, int8 stored by the kernel; ~6 min)
 #   final: bash bench/gpu_pending.sh final   (carry .whl; read floor vs shipped GEMVs, the model vs transformers; ~9 min)
 #   mmt: bash bench/gpu_pending.sh mmt   (no carry; tensor cores with swapped operands, modes 20-22, vs shipped; ~6 min)
 #   tune: bash bench/gpu_pending.sh tune   (no carry; TEST_K=... narrows the compiled tests, MODES=int4,bf16)
@@ -187,9 +190,19 @@ PY
     ;;
   pgraph)  # issue 3: short prefills as CUDA graphs (prefill_graph_tokens 0 vs 512): TTFT alone / after a recompute / reuse
     echo "== prefill graphs captured for real: same logits as eager, padding only in the scratch block"
-    timeout 120 python3 -m pytest --noconftest -q -p no:cacheprovider tests/engine/test_prefill_graphs.py -k "not chat" 2>&1 | tail -3
-    timeout "${PROBE_S:-400}" python3 bench/prefill_probe.py --out "$OUT" --disk off --graph-tokens "${GRAPH_TOKENS:-0,512}" \
-      --reps 5 > "$OUT/probe.log" 2>&1; echo "rc=$?"; grep -E "graphs [0-9]+ (start|.*median|profile)" "$OUT/probe.log" | cut -c1-220
+    timeout 100 python3 -m pytest --noconftest -q -p no:cacheprovider tests/engine/test_prefill_graphs.py \
+      tests/engine/test_kv_int8_store.py -k "not chat" 2>&1 | tail -3
+    timeout "${PROBE_S:-470}" python3 bench/prefill_probe.py --out "$OUT" --disk off --graph-tokens "${GRAPH_TOKENS:-0,512}" \
+      --kv-dtype "${KV:-auto,int8}" --reps 5 > "$OUT/probe.log" 2>&1; echo "rc=$?"
+    grep -E "graphs [0-9]+ .*(start|median|profile)" "$OUT/probe.log" | cut -c1-220
+    ;;
+  int8kv)  # issue 3: int8 KV stored by one kernel (engine.kv_int8_store) against torch's store, reuse turns of 256
+    echo "== int8 KV store and prefill graphs, compiled and captured"
+    timeout 150 python3 -m pytest --noconftest -q -p no:cacheprovider tests/engine/test_kv_int8_store.py \
+      tests/engine/test_prefill_graphs.py -k "not chat" 2>&1 | tail -3
+    timeout "${INT8_S:-420}" python3 bench/engine_gpu.py --phase ours --out "$OUT" \
+      --skip correctness,ours_decode,sessions,restart ${ENGINE_ARGS:-} > "$OUT/int8kv.log" 2>&1
+    echo "rc=$?"; grep -E "^(turns of|   |int8_multiturn|errors)" "$OUT/int8kv.log" | cut -c1-240
     ;;
   final)  # issue 6's closing figures: the read floor against the shipped GEMVs, then the model against transformers
     echo "== read floor vs shipped GEMVs (graph timing)"

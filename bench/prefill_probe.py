@@ -98,7 +98,7 @@ def host_profile(eng: Engine, prompts: list[list[int]], top: int = 30) -> str:
     return buf.getvalue()
 
 
-def run_case(args, model, vocab: int, disk: bool, graph_tokens: int) -> dict:
+def run_case(args, model, vocab: int, disk: bool, graph_tokens: int, kv_dtype: str) -> dict:
     g = torch.Generator().manual_seed(1)
 
     def ids(n: int) -> list[int]:
@@ -114,9 +114,10 @@ def run_case(args, model, vocab: int, disk: bool, graph_tokens: int) -> dict:
         cpu_cache_gb=24,
         disk_dir=str(d) if disk else None,
         prefill_graph_tokens=graph_tokens,
+        kv_dtype=kv_dtype,
     )
     t0 = time.perf_counter()
-    eng = Engine(cfg, model=model, fingerprint=f"probe-{disk}-{graph_tokens}")
+    eng = Engine(cfg, model=model, fingerprint=f"probe-{disk}-{graph_tokens}-{kv_dtype}")
     out: dict = {"start_s": round(time.perf_counter() - t0, 1), "graphs_at_start": eng.precaptured[0]}
     hist, n = ids(args.history), args.new
     # warm every kernel shape: a fresh prefill, a prefix prefill, a recompute
@@ -169,16 +170,22 @@ def main() -> None:
     p.add_argument("--host-profile", action="store_true", help="cProfile the engine thread's prefill steps")
     p.add_argument("--disk", default="on,off", help="cases: the disk tier on, off")
     p.add_argument("--graph-tokens", default="0", help="cases: prefill_graph_tokens values, e.g. 0,512")
+    p.add_argument("--kv-dtype", default="auto", help="cases: KV cache dtypes, e.g. auto,int8")
     a = p.parse_args()
     if a.tiny:
         a.history, a.new = min(a.history, 300), min(a.new, 16)
     vocab = 512 if a.tiny else 128256
     model = random_llama8b(vocab, [], a.tiny, max_position=32768)
     res = {}
-    cases = [(d == "on", int(g)) for d in a.disk.split(",") for g in a.graph_tokens.split(",")]
-    for disk, graphs in cases:
-        tag = f"disk {'on ' if disk else 'off'} graphs {graphs}"
-        res[tag.replace(" ", "_")] = r = run_case(a, model, vocab, disk, graphs)
+    cases = [
+        (d == "on", int(g), kv)
+        for kv in a.kv_dtype.split(",")
+        for d in a.disk.split(",")
+        for g in a.graph_tokens.split(",")
+    ]
+    for disk, graphs, kv in cases:
+        tag = f"disk {'on ' if disk else 'off'} graphs {graphs}" + (f" kv {kv}" if kv != "auto" else "")
+        res[tag.replace(" ", "_")] = r = run_case(a, model, vocab, disk, graphs, kv)
         print(f"{tag} start {r['start_s']} s, {r['graphs_at_start']} graphs; greedy {r['greedy_ids']}")
         for k, v in r.items():
             if isinstance(v, list) and v and isinstance(v[0], float):

@@ -46,6 +46,7 @@ class AttnBatch:
     v_scale: list[torch.Tensor] | None = None
     meta: dict | None = None  # {"tables","q_starts","q_lens","ctx_lens","max_q"} for the Triton kernel
     decode: bool = False
+    kv_plan: torch.Tensor | None = None  # int8 KV on CUDA: `engine.kv_int8_store.store_plan`, [blocks, 3]
 
 
 def quantize_block(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

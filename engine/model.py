@@ -30,6 +30,18 @@ def _fused(x: torch.Tensor) -> bool:
     return x.is_cuda if FUSED is None else FUSED
 
 
+def _stores_int8(k_scale: torch.Tensor | None, q: torch.Tensor, ab: AttnBatch) -> bool:
+    """Whether this layer's int8 K/V go through `engine.kv_int8_store` (one launch, no host sync) rather
+    than `write_kv`: on CUDA, for a prefill the runner planned (``kv_plan``) or a decode step."""
+    if k_scale is None or not _fused(q):
+        return False
+    if ab.kv_plan is not None:
+        return True
+    from engine.kv_int8_store import supported
+
+    return ab.decode and supported(ab.k_cache[0])
+
+
 def _takes_row_amax(linear: nn.Module) -> bool:
     return getattr(linear, "takes_row_amax", False)
 
@@ -113,7 +125,11 @@ class Attention(nn.Module):
         else:
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
-        if into is None:
+        if into is None and _stores_int8(ks, q, ab):
+            from engine.kv_int8_store import store_kv_int8
+
+            store_kv_int8(k, v, (kc, vc, ks, vs), None if ab.decode else ab.kv_plan, ab.slot_mapping)
+        elif into is None:
             write_kv(kc, ks, ab.slot_mapping, k, ab.decode)
             write_kv(vc, vs, ab.slot_mapping, v, ab.decode)
         mode = ab.meta.get("mode", "paged") if ab.meta is not None else "gather"

@@ -106,6 +106,15 @@ def kv_pool_blocks(model: LlamaForCausalLM, cfg: EngineConfig, device: torch.dev
     return n
 
 
+def int8_store_fits(k_cache: torch.Tensor) -> bool:
+    """Whether `engine.kv_int8_store` (Triton) can write this int8 cache; else `attention.write_kv` does."""
+    try:
+        from engine.kv_int8_store import supported
+    except ImportError:
+        return False
+    return supported(k_cache)
+
+
 def graph_batches(max_num_seqs: int) -> list[int]:
     """Batch sizes decode graphs are captured for: powers of two to 16, then steps of 16. A step pads its
     batch up to the next one (decode is memory-bound: padded rows cost little), so a few dozen graphs
@@ -140,6 +149,7 @@ class ModelRunner:
             self.k_cache = [self.kv[i, 0] for i in range(m.num_layers)]
             self.v_cache = [self.kv[i, 1] for i in range(m.num_layers)]
             self.k_scale = self.v_scale = None
+        self.int8_store = self.int8 and int8_store_fits(self.k_cache[0])
         self.pool_kv = self.kv[:, :, :n]  # what the block manager hands out
         self.scratch = n
         self.use_graphs = cfg.cuda_graphs and device.type == "cuda"
@@ -352,6 +362,11 @@ class ModelRunner:
             return self._graph_logits
         ab = self._ab(self._tensor(slots))
         ab.decode = decode
+        if self.int8_store and not decode:  # where the CUDA path's int8 store puts each block's new rows
+            from engine.kv_int8_store import store_plan
+
+            chunks = [(q0, ctx - n, n, table) for q0, n, ctx, table in seqs]
+            ab.kv_plan = self._tensor(store_plan(chunks, self.bs)).view(-1, 3)
         if self.triton:
             ab.meta = pack_meta(seqs, self.device)
             ab.meta["mode"] = prefill_mode(seqs, self.int8, decode)

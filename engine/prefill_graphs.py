@@ -11,7 +11,9 @@ scratch block, and the attention kernel reads each sequence's real query count a
 device tensors, so no real token attends to a padded one; only the last real row's logits are kept.
 The paged Triton reader serves every chunk (also a fresh one, which eager runs through SDPA). Off by
 default until timed on a GPU (``EngineConfig.prefill_graph_tokens``); unquantized models only, since a
-quantized prefill dequantizes whole weights, which a graph's private pool would keep reserved.
+quantized prefill dequantizes whole weights, which a graph's private pool would keep reserved. An int8 KV
+cache is written by `engine.kv_int8_store` from a plan in the same buffer, padded with empty entries, so
+padded tokens write no KV at all.
 On CPU (tests, ``force``) the same buffers run eagerly through the gather reader.
 """
 
@@ -36,7 +38,8 @@ class PrefillGraphs:
         self.runner = runner
         self.buckets = token_buckets(max_tokens)
         quantized = any(isinstance(m, QuantLinear) for m in runner.model.modules())
-        self.enabled = bool(self.buckets) and not quantized and not runner.int8
+        # int8 KV needs the one-launch store (`engine.kv_int8_store`): torch's write syncs on the GPU
+        self.enabled = bool(self.buckets) and not quantized and (not runner.int8 or runner.int8_store)
         self.force = False  # tests: the static buffers on CPU, eagerly, through the gather reader
         self.graphs: dict[tuple[int, int], dict] = {}
         self.logits: torch.Tensor | None = None  # the last row's logits, written by every graph
@@ -62,6 +65,7 @@ class PrefillGraphs:
             pos + [pos[-1]] * pad,
             slots + [r.scratch * r.bs] * pad,
             list(table) + [r.scratch] * (width - len(table)),
+            self._plan(t, pos[0], n, table),
             [n, ctx, n - 1],
         )
         host = r.staging.take(8 * st["buf"].numel())
@@ -77,6 +81,16 @@ class PrefillGraphs:
         st["graph"].replay()
         return self.logits
 
+    def _plan(self, t: int, start: int, n: int, table: list[int]) -> list[int]:
+        """The int8 store's plan for a chunk of ``n`` tokens from position ``start``, padded to what any
+        chunk of bucket ``t`` can touch; empty for bf16/fp16 KV (the fused RoPE kernel stores those)."""
+        if not self.runner.int8:
+            return []
+        from engine.kv_int8_store import plan_entries, store_plan
+
+        plan = store_plan([(0, start, n, table)], self.runner.bs)
+        return plan + [0] * (3 * plan_entries(t, self.runner.bs) - len(plan))
+
     def _body(self, st: dict, t: int, width: int, host_seq: tuple | None = None) -> torch.Tensor:
         """The forward a graph holds: its inputs are views of one int64 buffer; the int32 tensors the
         Triton reader wants are converted inside the graph."""
@@ -84,8 +98,11 @@ class PrefillGraphs:
         b = st["buf"]
         ids, pos, slots = b[:t], b[t : 2 * t], b[2 * t : 3 * t]
         table = b[3 * t : 3 * t + width]
-        extents = b[3 * t + width :]  # real query count, context length, last real row
+        plan = b[3 * t + width : -3]  # int8 KV: the chunk's blocks, padded with empty entries
+        extents = b[-3:]  # real query count, context length, last real row
         ab = r._ab(slots)
+        if plan.numel():
+            ab.kv_plan = plan.view(-1, 3)
         if r.triton:
             ext32 = extents.to(torch.int32)
             ab.meta = {
@@ -112,13 +129,14 @@ class PrefillGraphs:
 
     def _make(self, t: int, width: int) -> dict:
         r = self.runner
-        st: dict = {"buf": torch.zeros(3 * t + width + 3, dtype=torch.long, device=r.device), "graph": None}
+        size = 3 * t + width + len(self._plan(t, 0, 0, [])) + 3
+        st: dict = {"buf": torch.zeros(size, dtype=torch.long, device=r.device), "graph": None}
         st["zero32"] = torch.zeros(1, dtype=torch.int32, device=r.device)
         b = st["buf"]
         b[2 * t : 3 * t] = r.scratch * r.bs  # warm-up and capture write only the scratch block
         b[3 * t : 3 * t + width] = r.scratch
         m = min(t, width * r.bs)  # a warm-up context the table covers
-        b[3 * t + width :] = torch.tensor([m, m, m - 1])
+        b[-3:] = torch.tensor([m, m, m - 1])  # the int8 plan stays empty: warm-up writes no KV
         if r.use_graphs and r.triton:
             body = partial(self._body, st, t, width)
             st["graph"], _ = r.capture(body, body)

@@ -23,7 +23,7 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() and not INTERPRETED el
 CAPTURES = DEVICE.type == "cuda"  # with the Triton reader: real graphs
 
 
-def _tiny_runner(triton: bool) -> ModelRunner:
+def _tiny_runner(triton: bool, kv_dtype: str = "auto") -> ModelRunner:
     mc = ModelConfig(
         vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
         head_dim=16, rope_theta=10000.0, max_position=4096, eos_token_ids=[],
@@ -35,7 +35,9 @@ def _tiny_runner(triton: bool) -> ModelRunner:
             p.copy_(torch.ones_like(p) if "norm" in name else torch.randn_like(p) * 0.1)
     model = model.to(DEVICE, torch.bfloat16 if CAPTURES else torch.float32)
     model.finish_load(DEVICE)
-    cfg = EngineConfig(model="<in-memory>", device=DEVICE.type, num_kv_blocks=32, prefill_graph_tokens=64)
+    cfg = EngineConfig(
+        model="<in-memory>", device=DEVICE.type, num_kv_blocks=32, prefill_graph_tokens=64, kv_dtype=kv_dtype
+    )
     r = ModelRunner(model.eval(), cfg, DEVICE)
     r.triton = triton
     r.prefill.force = not (CAPTURES and triton)  # else the buffers run eagerly
@@ -49,11 +51,20 @@ def _seq(tokens: list[int], computed: int, blocks: list[int]) -> Sequence:
     return s
 
 
-@pytest.mark.parametrize("triton", [False, True])
-def test_padded_static_prefill_gives_the_eager_logits(triton: bool, monkeypatch) -> None:
-    if triton and INTERPRETED:
+@pytest.mark.parametrize(
+    "triton,kv_dtype", [(False, "auto"), (True, "auto"), (False, "int8"), (True, "int8")]
+)
+def test_padded_static_prefill_gives_the_eager_logits(triton: bool, kv_dtype: str, monkeypatch) -> None:
+    """int8 KV: both paths store through `engine.kv_int8_store` (on CPU its kernel runs interpreted). The
+    static run rewrites the chunk the eager run wrote: blocks outside it (the scratch block too: padded
+    tokens write nothing) keep every byte, and the chunk's blocks come out the same, up to one int8 step
+    where the two readers round layer 0's output apart."""
+    if (triton or kv_dtype == "int8") and INTERPRETED:
         _interpreter_scalar_fix(monkeypatch)
-    r = _tiny_runner(triton)
+    if kv_dtype == "int8" and not CAPTURES:
+        monkeypatch.setattr("engine.model.FUSED", True)  # the CUDA path's kernels, interpreted
+    r = _tiny_runner(triton, kv_dtype)
+    assert r.int8_store == (kv_dtype == "int8")
     tol = {"atol": 5e-2, "rtol": 5e-2} if CAPTURES else {"atol": 1e-4, "rtol": 1e-4}
     assert r.prefill.enabled and r.prefill.buckets == [16, 32, 64]
     g = torch.Generator().manual_seed(1)
@@ -73,6 +84,16 @@ def test_padded_static_prefill_gives_the_eager_logits(triton: bool, monkeypatch)
         static = r.run([(seq, n)])
         torch.testing.assert_close(static, eager, **tol)
         assert static.shape == (1, 512)
+        if kv_dtype == "int8":  # whole blocks: a write re-quantizes its block's earlier rows
+            mine = blocks[computed // 16 : (computed + n - 1) // 16 + 1]
+            others = [b for b in range(33) if b not in mine]  # the scratch block (32) too
+            assert torch.equal(r.kv[:, :, others], before[:, :, others]), (computed, n)
+            payload = 16 * 2 * 16  # the rows; each block's fp32 scales follow them
+            step = (r.kv[:, :, mine, :payload].int() - before[:, :, mine, :payload].int()).abs().max()
+            assert step <= (0 if not triton else 1), (computed, n)  # readers may round K/V apart
+            scales = [kv[:, :, mine, payload:].contiguous().view(torch.float32) for kv in (r.kv, before)]
+            torch.testing.assert_close(*scales, rtol=2e-2 if triton else 0, atol=0)
+            continue
         # the padded rows wrote only the scratch block: every other slot outside the chunk is unchanged
         moved = (r.kv != before).flatten(4).any(-1).any(0).any(0)  # [blocks, slots]
         for i, b in enumerate(blocks):
