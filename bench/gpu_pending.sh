@@ -22,7 +22,7 @@
 #         winners; W_MODES / GU_MODES: the modes for qkv, o, down / gate_up; TEST_K: compiled tests first)
 #   silu: bash bench/gpu_pending.sh silu   (carry .whl; gate_up's GEMV writing silu(gate) * up: compiled tests, then the A/B)
 #   pgraph: bash bench/gpu_pending.sh pgraph   (carry .whl; short prefills as CUDA graphs off / on, bf16 and int8 KV (KV=auto
-#           narrows it): TTFT and greedy ids; ~8 min;
+#           narrows it; QUANT=int4 KV=auto: int4 weights): TTFT and greedy ids; ~8 min;
 #           the issue-3 figures with them: ENGINE_ARGS="--prefill-graph-tokens 512" bash bench/gpu_pending.sh engine)
 #   int8kv: bash bench/gpu_pending.sh int8kv   (carry .whl; int8 KV's one-launch store: compiled tests, then 256-token
 #           reuse turns with bf16 KV, int8 stored by torch, int8 stored by the kernel; ~6 min)
@@ -193,7 +193,7 @@ PY
     timeout 100 python3 -m pytest --noconftest -q -p no:cacheprovider tests/engine/test_prefill_graphs.py \
       tests/engine/test_kv_int8_store.py -k "not chat" 2>&1 | tail -3
     timeout "${PROBE_S:-470}" python3 bench/prefill_probe.py --out "$OUT" --disk off --graph-tokens "${GRAPH_TOKENS:-0,512}" \
-      --kv-dtype "${KV:-auto,int8}" --reps 5 > "$OUT/probe.log" 2>&1; echo "rc=$?"
+      --kv-dtype "${KV:-auto,int8}" ${QUANT:+--quant "$QUANT"} --reps 5 > "$OUT/probe.log" 2>&1; echo "rc=$?"
     grep -E "graphs [0-9]+ .*(start|median|profile)" "$OUT/probe.log" | cut -c1-220
     ;;
   int8kv)  # issue 3: int8 KV stored by one kernel (engine.kv_int8_store) against torch's store, reuse turns of 256

@@ -8,6 +8,8 @@ history last. Each case with the disk tier on, then off (a second engine), and o
 torch.profiler: GPU kernel time against wall time says whether the slow ones wait on the GPU or the host.
 
 Run:  python3 bench/prefill_probe.py --out $OUT   (``--tiny``: two small layers on the CPU, to test it)
+Cases: ``--disk on,off``, ``--graph-tokens 0,512`` (prefill graphs), ``--kv-dtype auto,int8``;
+``--quant int4`` quantizes the weights of every case.
 """
 
 from __future__ import annotations
@@ -117,7 +119,7 @@ def run_case(args, model, vocab: int, disk: bool, graph_tokens: int, kv_dtype: s
         kv_dtype=kv_dtype,
     )
     t0 = time.perf_counter()
-    eng = Engine(cfg, model=model, fingerprint=f"probe-{disk}-{graph_tokens}-{kv_dtype}")
+    eng = Engine(cfg, model=model, fingerprint=f"probe-{disk}-{graph_tokens}-{kv_dtype}-{args.quant}")
     out: dict = {"start_s": round(time.perf_counter() - t0, 1), "graphs_at_start": eng.precaptured[0]}
     hist, n = ids(args.history), args.new
     # warm every kernel shape: a fresh prefill, a prefix prefill, a recompute
@@ -171,11 +173,20 @@ def main() -> None:
     p.add_argument("--disk", default="on,off", help="cases: the disk tier on, off")
     p.add_argument("--graph-tokens", default="0", help="cases: prefill_graph_tokens values, e.g. 0,512")
     p.add_argument("--kv-dtype", default="auto", help="cases: KV cache dtypes, e.g. auto,int8")
+    p.add_argument("--quant", default="", help="a weight policy for every case, e.g. int4 (RTN g128)")
     a = p.parse_args()
     if a.tiny:
         a.history, a.new = min(a.history, 300), min(a.new, 16)
     vocab = 512 if a.tiny else 128256
     model = random_llama8b(vocab, [], a.tiny, max_position=32768)
+    if a.quant:  # through the product path, packed before the KV pool is sized (as bench/quant_e2e.py)
+        from engine.quant.policy import apply_policy
+
+        apply_policy(model, a.quant)
+        if not a.tiny:
+            from engine.quant.gpu import prepare_model
+
+            prepare_model(model)
     res = {}
     cases = [
         (d == "on", int(g), kv)
@@ -185,6 +196,7 @@ def main() -> None:
     ]
     for disk, graphs, kv in cases:
         tag = f"disk {'on ' if disk else 'off'} graphs {graphs}" + (f" kv {kv}" if kv != "auto" else "")
+        tag += f" {a.quant}" if a.quant else ""
         res[tag.replace(" ", "_")] = r = run_case(a, model, vocab, disk, graphs, kv)
         print(f"{tag} start {r['start_s']} s, {r['graphs_at_start']} graphs; greedy {r['greedy_ids']}")
         for k, v in r.items():

@@ -84,7 +84,10 @@ def kv_pool_blocks(model: LlamaForCausalLM, cfg: EngineConfig, device: torch.dev
     # kv_cache_gb is the operator's call)
     derive = device.type == "cuda" and cfg.kv_cache_gb is None
     act = cfg.max_batch_tokens * (m.vocab_size * 4 + 4 * m.intermediate_size * 2) + GiB if derive else 0
-    act += dequant_reserve(model, cfg.max_num_seqs, torch.finfo(dtype).bits // 8) if derive else 0
+    elt = torch.finfo(dtype).bits // 8
+    act += dequant_reserve(model, cfg.max_num_seqs, elt) if derive else 0
+    if derive and prefill_graphs_dequantize(cfg):  # their own copy, in the graphs' pool (one LM-head row)
+        act += dequant_reserve(model, 1, elt)
     weights = weight_bytes(model)  # quantized layers count their packed bytes
     left = check_budget(weights, act, cfg.gpu_memory_gb, str(device))
     if cfg.kv_cache_gb is not None:
@@ -104,6 +107,14 @@ def kv_pool_blocks(model: LlamaForCausalLM, cfg: EngineConfig, device: torch.dev
         n, n * cfg.block_size, n * per_block / GiB, weights / GiB,
     )  # fmt: skip
     return n
+
+
+def prefill_graphs_dequantize(cfg: EngineConfig) -> bool:
+    """Whether a prefill graph's bucket is large enough for quantized layers to dequantize their weight
+    (`engine.quant.cuda_linear`: more than ``CHUNK_ROWS`` rows), which the graphs' pool then keeps."""
+    from engine.quant.gpu import CHUNK_ROWS
+
+    return cfg.prefill_graph_tokens > CHUNK_ROWS
 
 
 def int8_store_fits(k_cache: torch.Tensor) -> bool:

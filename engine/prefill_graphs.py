@@ -10,10 +10,12 @@ How padding stays invisible: the padded tokens come after the real ones, write t
 scratch block, and the attention kernel reads each sequence's real query count and context length from
 device tensors, so no real token attends to a padded one; only the last real row's logits are kept.
 The paged Triton reader serves every chunk (also a fresh one, which eager runs through SDPA). Off by
-default until timed on a GPU (``EngineConfig.prefill_graph_tokens``); unquantized models only, since a
-quantized prefill dequantizes whole weights, which a graph's private pool would keep reserved. An int8 KV
-cache is written by `engine.kv_int8_store` from a plan in the same buffer, padded with empty entries, so
-padded tokens write no KV at all.
+default until timed on a GPU (``EngineConfig.prefill_graph_tokens``).
+
+Quantized models too: buckets of up to ``CHUNK_ROWS`` tokens run the GEMV kernels, larger ones dequantize
+a layer's weight into the graphs' shared pool, which keeps one such copy; the KV budget reserves it
+(`model_runner.prefill_graphs_dequantize`). An int8 KV cache is written by `engine.kv_int8_store` from a
+plan in the same buffer, padded with empty entries, so padded tokens write no KV at all.
 On CPU (tests, ``force``) the same buffers run eagerly through the gather reader.
 """
 
@@ -23,8 +25,6 @@ from functools import partial
 from typing import Any
 
 import torch
-
-from engine.quant.linear import QuantLinear
 
 
 def token_buckets(max_tokens: int) -> list[int]:
@@ -37,9 +37,8 @@ class PrefillGraphs:
     def __init__(self, runner: Any, max_tokens: int) -> None:
         self.runner = runner
         self.buckets = token_buckets(max_tokens)
-        quantized = any(isinstance(m, QuantLinear) for m in runner.model.modules())
         # int8 KV needs the one-launch store (`engine.kv_int8_store`): torch's write syncs on the GPU
-        self.enabled = bool(self.buckets) and not quantized and (not runner.int8 or runner.int8_store)
+        self.enabled = bool(self.buckets) and (not runner.int8 or runner.int8_store)
         self.force = False  # tests: the static buffers on CPU, eagerly, through the gather reader
         self.graphs: dict[tuple[int, int], dict] = {}
         self.logits: torch.Tensor | None = None  # the last row's logits, written by every graph

@@ -23,7 +23,7 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() and not INTERPRETED el
 CAPTURES = DEVICE.type == "cuda"  # with the Triton reader: real graphs
 
 
-def _tiny_runner(triton: bool, kv_dtype: str = "auto") -> ModelRunner:
+def _tiny_runner(triton: bool, kv_dtype: str = "auto", quant: str | None = None, graph_tokens: int = 64):
     mc = ModelConfig(
         vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
         head_dim=16, rope_theta=10000.0, max_position=4096, eos_token_ids=[],
@@ -35,9 +35,18 @@ def _tiny_runner(triton: bool, kv_dtype: str = "auto") -> ModelRunner:
             p.copy_(torch.ones_like(p) if "norm" in name else torch.randn_like(p) * 0.1)
     model = model.to(DEVICE, torch.bfloat16 if CAPTURES else torch.float32)
     model.finish_load(DEVICE)
+    if quant:
+        from engine.quant.policy import apply_policy
+
+        apply_policy(model, quant)
+        if DEVICE.type == "cuda":  # packed GPU forms before any capture, as the engine does
+            from engine.quant.gpu import prepare_model
+
+            prepare_model(model)
     cfg = EngineConfig(
-        model="<in-memory>", device=DEVICE.type, num_kv_blocks=32, prefill_graph_tokens=64, kv_dtype=kv_dtype
-    )
+        model="<in-memory>", device=DEVICE.type, num_kv_blocks=32, prefill_graph_tokens=graph_tokens,
+        kv_dtype=kv_dtype,
+    )  # fmt: skip
     r = ModelRunner(model.eval(), cfg, DEVICE)
     r.triton = triton
     r.prefill.force = not (CAPTURES and triton)  # else the buffers run eagerly
@@ -52,26 +61,33 @@ def _seq(tokens: list[int], computed: int, blocks: list[int]) -> Sequence:
 
 
 @pytest.mark.parametrize(
-    "triton,kv_dtype", [(False, "auto"), (True, "auto"), (False, "int8"), (True, "int8")]
+    "triton,kv_dtype,quant",
+    [(False, "auto", None), (True, "auto", None), (False, "int8", None), (True, "int8", None)]
+    + [(False, "auto", "int4:g32"), (True, "auto", "int4:g32")],
 )
-def test_padded_static_prefill_gives_the_eager_logits(triton: bool, kv_dtype: str, monkeypatch) -> None:
-    """int8 KV: both paths store through `engine.kv_int8_store` (on CPU its kernel runs interpreted). The
-    static run rewrites the chunk the eager run wrote: blocks outside it (the scratch block too: padded
-    tokens write nothing) keep every byte, and the chunk's blocks come out the same, up to one int8 step
-    where the two readers round layer 0's output apart."""
+def test_padded_static_prefill_gives_the_eager_logits(
+    triton: bool, kv_dtype: str, quant, monkeypatch
+) -> None:
+    """int4 weights: buckets up to 128 tokens, so on a GPU the 128 bucket dequantizes its weights inside
+    the graph and the smaller ones run the GEMV kernels. int8 KV: both paths store through
+    `engine.kv_int8_store` (on CPU its kernel runs interpreted). The static run rewrites the chunk the eager
+    run wrote: blocks outside it (the scratch block too: padded tokens write nothing) keep every byte, and
+    the chunk's blocks come out the same, up to one int8 step where the two readers round layer 0's output
+    apart."""
     if (triton or kv_dtype == "int8") and INTERPRETED:
         _interpreter_scalar_fix(monkeypatch)
     if kv_dtype == "int8" and not CAPTURES:
         monkeypatch.setattr("engine.model.FUSED", True)  # the CUDA path's kernels, interpreted
-    r = _tiny_runner(triton, kv_dtype)
+    r = _tiny_runner(triton, kv_dtype, quant, graph_tokens=128 if quant else 64)
     assert r.int8_store == (kv_dtype == "int8")
     tol = {"atol": 5e-2, "rtol": 5e-2} if CAPTURES else {"atol": 1e-4, "rtol": 1e-4}
-    assert r.prefill.enabled and r.prefill.buckets == [16, 32, 64]
+    buckets = [16, 32, 64] + ([128] if quant else [])
+    assert r.prefill.enabled and r.prefill.buckets == buckets
     g = torch.Generator().manual_seed(1)
     tokens = torch.randint(1, 512, (90,), generator=g).tolist()
     blocks = [5, 2, 9, 11, 3, 7]  # shuffled: 96 token slots of 16
     # (already computed, new): a fresh chunk of 37 (padded to 64), then 20 over a cached 50 (to 32)
-    for computed, n in ((0, 37), (50, 20), (70, 16)):
+    for computed, n in ((0, 37), (50, 20), (70, 16)) + (((0, 80),) if quant else ()):
         seq = _seq(tokens[: computed + n], computed, blocks)
         r.prefill.enabled = False  # the eager path: the reference
         if computed:  # the prefix's K/V, written eagerly
@@ -101,7 +117,7 @@ def test_padded_static_prefill_gives_the_eager_logits(triton: bool, kv_dtype: st
                 if not computed <= i * 16 + o < computed + n:
                     assert not moved[b, o], (computed, n, b, o)
         assert not moved[[b for b in range(32) if b not in blocks]].any()
-    assert {t for t, _ in r.prefill.graphs} == {64, 32, 16}
+    assert {t for t, _ in r.prefill.graphs} == set(buckets)
     captured = [st["graph"] is not None for st in r.prefill.graphs.values()]
     assert all(captured) if CAPTURES and triton else not any(captured)
 

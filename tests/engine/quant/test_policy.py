@@ -142,3 +142,23 @@ def test_dequant_reserve_is_the_largest_prefill_weight_and_the_head_only_for_wid
     assert dequant_reserve(m, CHUNK_ROWS, 2) == body
     head = c.vocab_size * c.hidden_size * 2
     assert dequant_reserve(m, CHUNK_ROWS + 1, 2) == max(body, head)
+
+
+def test_kv_budget_keeps_room_for_the_prefill_graphs_own_dequantized_weight() -> None:
+    """Prefill graphs of more than CHUNK_ROWS tokens dequantize inside the graphs' pool, apart from the
+    eager allocator's copy: the derived KV pool gives up one more largest weight (no LM head: one row)."""
+    from dataclasses import replace
+
+    from engine.model_runner import kv_block_bytes, kv_pool_blocks
+    from engine.quant.gpu import CHUNK_ROWS
+    from engine.quant.memory import dequant_reserve
+
+    m = tiny(tied=False)
+    apply_policy(m, "int4:g64")
+    base = EngineConfig(model="<in-memory>", gpu_memory_gb=1.5, max_batch_tokens=64)
+    cuda, bf16 = torch.device("cuda"), torch.bfloat16  # sizes only: nothing is allocated
+    blocks = {t: kv_pool_blocks(m, replace(base, prefill_graph_tokens=t), cuda, bf16) for t in (0, 64, 512)}
+    per_block = kv_block_bytes(m.cfg, base.block_size, bf16, False)
+    assert blocks[CHUNK_ROWS] == blocks[0]  # its buckets run the GEMV kernels: no copy
+    extra = dequant_reserve(m, 1, 2)
+    assert extra > 0 and blocks[0] - blocks[512] in (extra // per_block, extra // per_block + 1)
