@@ -30,13 +30,19 @@ class PoolPhasesMixin:
 
     def int8_kv(self, model, kw, more) -> dict:
         """KV tokens that fit one budget (bf16 vs int8), and int8 reuse on the small-turn conversation."""
-        from engine import kv_int8_store
+        from engine import kv_int8_store, paged_attn_triton
 
         out = {}
         # int8 KV stored by torch (`attention.write_kv`: a GPU sync per layer in a prefill), then by the
-        # one-launch kernel (`engine.kv_int8_store`), on the same conversation
-        for kv, store in (("auto", True), ("int8", False), ("int8", True)):
-            kv_int8_store.ENABLED = store
+        # one-launch kernel (`engine.kv_int8_store`), then with the reader's scales folded into scores and
+        # probabilities (`paged_attn_triton.INT8_FOLD`), on the same conversation
+        for kv, store, fold in (
+            ("auto", True, False),
+            ("int8", False, False),
+            ("int8", True, False),
+            ("int8", True, True),
+        ):
+            kv_int8_store.ENABLED, paged_attn_triton.INT8_FOLD = store, fold
             eng = self.engine(model, kv_dtype=kv, **kw)
             r = eng.runner
             out[kv] = {"pool_blocks": eng.bm.num_blocks, "pool_tokens": eng.bm.num_blocks * r.bs}
@@ -45,13 +51,13 @@ class PoolPhasesMixin:
             if kv == "int8" and more:
                 self.warm(eng)
                 size, tt = next(iter(more.items()))
-                key = "int8_multiturn" if store else "int8_multiturn_torch_store"
+                key = "int8_multiturn" + ("" if store else "_torch_store") + ("_fold" if fold else "")
                 out[key] = {"turn_tokens": size, **self.ours_multiturn(eng, tt, key)}
                 out[key].pop("history")
             eng.close()
             del eng, r  # the runner holds the pool: drop it before the next engine allocates its own
             self.free()
-        kv_int8_store.ENABLED = True
+        kv_int8_store.ENABLED, paged_attn_triton.INT8_FOLD = True, False
         return out
 
     def sessions(self, model, kw) -> dict:

@@ -25,7 +25,7 @@
 #           narrows it; QUANT=int4 KV=auto: int4 weights): TTFT and greedy ids; ~8 min;
 #           the issue-3 figures with them: ENGINE_ARGS="--prefill-graph-tokens 512" bash bench/gpu_pending.sh engine)
 #   int8kv: bash bench/gpu_pending.sh int8kv   (carry .whl; int8 KV's one-launch store: compiled tests, then 256-token
-#           reuse turns with bf16 KV, int8 stored by torch, int8 stored by the kernel; ~6 min)
+#           reuse turns with bf16 KV, int8 stored by torch, by the kernel, and with the reader's scales folded; ~7 min)
 #   final: bash bench/gpu_pending.sh final   (carry .whl; read floor vs shipped GEMVs, the model vs transformers; ~9 min)
 #   mmt: bash bench/gpu_pending.sh mmt   (no carry; tensor cores with swapped operands, modes 20-22, vs shipped; ~6 min)
 #   tune: bash bench/gpu_pending.sh tune   (no carry; TEST_K=... narrows the compiled tests, MODES=int4,bf16)

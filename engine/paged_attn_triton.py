@@ -40,13 +40,19 @@ from engine import pdl
 OVERRIDE: dict = {}
 # Load the metadata and the first tile's old K/V before PDL's wait (the kernel's PRE; bench A/B: False)
 PRE_WAIT = True
+# int8 KV: apply each key's scale to its scores and each value's scale to its probabilities instead of
+# dequantizing the K/V tiles (an int8 value is exact in bf16/fp16, so the tiles only change dtype): per tile
+# BLOCK_M x BLOCK_N multiplies instead of 2 x BLOCK_N x HD multiplies and conversions. Off until timed on a
+# GPU (`bash bench/gpu_pending.sh int8kv`).
+INT8_FOLD = False
 
 
 @triton.jit
 def _tile_kv(K, V, KS, VS, TABLES, tb, kvh, start, ctx, stride_kb, stride_kt, stride_kh, stride_sb,
              dt: tl.constexpr, BS: tl.constexpr, BLOCK_N: tl.constexpr, HD: tl.constexpr,
-             INT8: tl.constexpr, ok=True):  # fmt: skip
-    """One KV tile's keys and values in ``dt`` (``ok`` False: no loads, zeros)."""
+             INT8: tl.constexpr, FOLD: tl.constexpr, ok=True):  # fmt: skip
+    """One KV tile's keys and values in ``dt`` (``ok`` False: no loads, zeros), and with ``FOLD`` their
+    per-key scales ``[BLOCK_N]`` (K and V still as int8 values, converted to ``dt``)."""
     n = start + tl.arange(0, BLOCK_N)
     d = tl.arange(0, HD)
     if BLOCK_N == BS:  # one cache block per tile: one table entry
@@ -57,26 +63,40 @@ def _tile_kv(K, V, KS, VS, TABLES, tb, kvh, start, ctx, stride_kb, stride_kt, st
         off = kb[:, None] * stride_kb + (n % BS)[:, None] * stride_kt + kvh * stride_kh + d[None, :]
     k = tl.load(K + off, mask=ok, other=0)
     v = tl.load(V + off, mask=ok, other=0)
+    ks = 0.0
+    vs = 0.0
     if INT8:
         if BLOCK_N == BS:
             ks = tl.load(KS + blk * stride_sb + kvh, mask=ok, other=0.0)
             vs = tl.load(VS + blk * stride_sb + kvh, mask=ok, other=0.0)
-            k = (k.to(tl.float32) * ks).to(dt)
-            v = (v.to(tl.float32) * vs).to(dt)
+            if FOLD:
+                ks = tl.zeros([BLOCK_N], dtype=tl.float32) + ks
+                vs = tl.zeros([BLOCK_N], dtype=tl.float32) + vs
+            else:
+                k = (k.to(tl.float32) * ks).to(dt)
+                v = (v.to(tl.float32) * vs).to(dt)
         else:
             ks = tl.load(KS + kb * stride_sb + kvh, mask=ok, other=0.0)
             vs = tl.load(VS + kb * stride_sb + kvh, mask=ok, other=0.0)
-            k = (k.to(tl.float32) * ks[:, None]).to(dt)
-            v = (v.to(tl.float32) * vs[:, None]).to(dt)
-    return k, v
+            if not FOLD:
+                k = (k.to(tl.float32) * ks[:, None]).to(dt)
+                v = (v.to(tl.float32) * vs[:, None]).to(dt)
+        if FOLD:
+            k = k.to(dt)
+            v = v.to(dt)
+    return k, v, ks, vs
 
 
 @triton.jit
-def _tile_math(acc, l_i, m_i, q, k, v, start, qpos, qk_scale, BLOCK_N: tl.constexpr, MASK: tl.constexpr):
+def _tile_math(acc, l_i, m_i, q, k, v, ks, vs, start, qpos, qk_scale, BLOCK_N: tl.constexpr,
+               MASK: tl.constexpr, FOLD: tl.constexpr):  # fmt: skip
     """Online softmax (exp2 domain) over one tile's ``k``, ``v``. ``MASK``: the causal mask (diagonal
-    tiles)."""
+    tiles). ``FOLD``: ``k``/``v`` hold int8 values; key ``j``'s scores are scaled by ``ks[j]`` and its
+    probabilities by ``vs[j]`` on their way into ``p @ v`` (the softmax sum takes them unscaled)."""
     n = start + tl.arange(0, BLOCK_N)
     s = tl.dot(q, tl.trans(k))
+    if FOLD:
+        s = s * ks[None, :]
     if MASK:
         s = tl.where(n[None, :] <= qpos[:, None], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
@@ -85,18 +105,21 @@ def _tile_math(acc, l_i, m_i, q, k, v, start, qpos, qk_scale, BLOCK_N: tl.conste
     p = tl.math.exp2(s * qk_scale - m_new[:, None])  # one FMA per score
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    if FOLD:
+        acc = acc * alpha[:, None] + tl.dot((p * vs[None, :]).to(v.dtype), v)
+    else:
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
     return acc, l_i, m_new
 
 
 @triton.jit
 def _tile(acc, l_i, m_i, q, K, V, KS, VS, TABLES, tb, kvh, start, ctx, qpos, stride_kb, stride_kt, stride_kh,
           stride_sb, qk_scale, BS: tl.constexpr, BLOCK_N: tl.constexpr, HD: tl.constexpr, INT8: tl.constexpr,
-          MASK: tl.constexpr):  # fmt: skip
+          MASK: tl.constexpr, FOLD: tl.constexpr):  # fmt: skip
     """One KV tile: its loads, then `_tile_math`."""
-    k, v = _tile_kv(K, V, KS, VS, TABLES, tb, kvh, start, ctx, stride_kb, stride_kt, stride_kh, stride_sb,
-                    q.dtype, BS, BLOCK_N, HD, INT8)  # fmt: skip
-    return _tile_math(acc, l_i, m_i, q, k, v, start, qpos, qk_scale, BLOCK_N, MASK)
+    k, v, ks, vs = _tile_kv(K, V, KS, VS, TABLES, tb, kvh, start, ctx, stride_kb, stride_kt, stride_kh,
+                            stride_sb, q.dtype, BS, BLOCK_N, HD, INT8, FOLD)  # fmt: skip
+    return _tile_math(acc, l_i, m_i, q, k, v, ks, vs, start, qpos, qk_scale, BLOCK_N, MASK, FOLD)
 
 
 @triton.jit(do_not_specialize=["stride_tb", "splits", "t_total"])
@@ -106,7 +129,7 @@ def _paged_attn_kernel(Q, K, V, KS, VS, Out, PO, PM, PL, TABLES, Q_STARTS, Q_LEN
                        sm_scale, NH: tl.constexpr, GROUP: tl.constexpr, HD: tl.constexpr, BS: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, INT8: tl.constexpr,
                        SPLIT: tl.constexpr, PDL: tl.constexpr = False,
-                       PRE: tl.constexpr = False):  # fmt: skip
+                       PRE: tl.constexpr = False, FOLD: tl.constexpr = False):  # fmt: skip
     """``PRE`` (with PDL): the metadata and the first tile's K/V, when all its keys are older than this
     step's tokens, load before `pdl.wait`. None of them is written by a kernel that may still run: the
     metadata come from the step's input copy, and this layer's RoPE writes only the new tokens' slots
@@ -143,23 +166,25 @@ def _paged_attn_kernel(Q, K, V, KS, VS, Out, PO, PM, PL, TABLES, Q_STARTS, Q_LEN
     qk_scale = sm_scale * 1.4426950408889634  # exp2
     if PRE:  # keys all older than this step's tokens: not written by a kernel that may still run
         early = (t0 < t1) & ((t0 + 1) * BLOCK_N <= ctx - q_len)
-        k0, v0 = _tile_kv(K, V, KS, VS, TABLES, tb, kvh, t0 * BLOCK_N, ctx, stride_kb, stride_kt, stride_kh,
-                          stride_sb, Q.dtype.element_ty, BS, BLOCK_N, HD, INT8, early)  # fmt: skip
+        k0, v0, ks0, vs0 = _tile_kv(K, V, KS, VS, TABLES, tb, kvh, t0 * BLOCK_N, ctx, stride_kb, stride_kt,
+                                    stride_kh, stride_sb, Q.dtype.element_ty, BS, BLOCK_N, HD, INT8, FOLD,
+                                    early)  # fmt: skip
         pdl.wait(PDL)
     q = tl.load(Q + (q_start + tok)[:, None] * stride_qt + head[:, None] * stride_qh + d[None, :],
                 mask=row_ok[:, None], other=0.0)  # fmt: skip
     if PRE:  # noqa: SIM102 - `early` exists only under the constexpr PRE
         if early:  # a tile before n_full: no mask
-            acc, l_i, m_i = _tile_math(acc, l_i, m_i, q, k0, v0, t0 * BLOCK_N, qpos, qk_scale, BLOCK_N, False)
+            acc, l_i, m_i = _tile_math(acc, l_i, m_i, q, k0, v0, ks0, vs0, t0 * BLOCK_N, qpos, qk_scale,
+                                       BLOCK_N, False, FOLD)  # fmt: skip
             t0 = t0 + 1
     for t in range(t0, tl.minimum(t1, n_full)):
         acc, l_i, m_i = _tile(acc, l_i, m_i, q, K, V, KS, VS, TABLES, tb, kvh, t * BLOCK_N, ctx, qpos,
                               stride_kb, stride_kt, stride_kh, stride_sb, qk_scale, BS, BLOCK_N, HD, INT8,
-                              False)  # fmt: skip
+                              False, FOLD)  # fmt: skip
     for t in range(tl.maximum(t0, n_full), t1):
         acc, l_i, m_i = _tile(acc, l_i, m_i, q, K, V, KS, VS, TABLES, tb, kvh, t * BLOCK_N, ctx, qpos,
                               stride_kb, stride_kt, stride_kh, stride_sb, qk_scale, BS, BLOCK_N, HD, INT8,
-                              True)  # fmt: skip
+                              True, FOLD)  # fmt: skip
     if SPLIT:  # unnormalised partials; `_combine_kernel` merges the splits
         r = (split * t_total + q_start + tok) * NH + head
         tl.store(PO + r[:, None] * HD + d[None, :], acc, mask=row_ok[:, None])
@@ -263,7 +288,7 @@ def paged_attention(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), ks.stride(0) if int8 else 0,
         meta["tables"].stride(0), splits, t, 1.0 / math.sqrt(hd),
         NH=nh, GROUP=group, HD=hd, BS=bs, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], INT8=int8,
-        SPLIT=splits > 1, PRE=PRE_WAIT, **kw, **pdl_kw,
+        SPLIT=splits > 1, PRE=PRE_WAIT, FOLD=int8 and INT8_FOLD, **kw, **pdl_kw,
     )  # fmt: skip
     if splits > 1:
         ckw = {} if q.device.type == "cpu" else {"num_warps": 4}

@@ -59,13 +59,22 @@ def _fill(seqs_spec, bs=16, kvh=2, nh=4, hd=32, int8=False, seed=0):
     return torch.cat(qs), kc, vc, ks, vs, seqs
 
 
-@pytest.mark.parametrize("int8", [False, True])
-def test_triton_kernel_matches_gather(int8, monkeypatch):
+@pytest.mark.parametrize(
+    "int8,fold,block_n", [(False, False, None), (True, False, None), (True, True, None), (True, True, 32)]
+)
+def test_triton_kernel_matches_gather(int8, fold, block_n, monkeypatch):
     """Prefill with a prefix, full prefill and decode rows in one launch, GQA, shuffled tables.
 
     Without a GPU (CI) the kernel runs in Triton's CPU interpreter (conftest sets TRITON_INTERPRET);
-    with one, the compiled kernel runs, whose fp32 dots use TF32 (hence the looser tolerance)."""
+    with one, the compiled kernel runs, whose fp32 dots use TF32 (hence the looser tolerance). ``fold``:
+    int8 scales applied to scores and probabilities (`INT8_FOLD`); ``block_n`` 32 makes a tile span two
+    16-token blocks, so each key carries its own block's scale."""
+    from engine import paged_attn_triton
     from engine.paged_attn_triton import paged_attention
+
+    monkeypatch.setattr(paged_attn_triton, "INT8_FOLD", fold)
+    if block_n:
+        monkeypatch.setitem(paged_attn_triton.OVERRIDE, "block_n", block_n)
 
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
     device = "cpu" if interpreted else "cuda"
