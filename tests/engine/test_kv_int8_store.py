@@ -149,3 +149,36 @@ def test_runner_steps_through_the_kernel_match_the_torch_path(monkeypatch):
     scales = [x[..., payload:].contiguous().view(torch.float32) for x in (kv, kv_ref)]
     torch.testing.assert_close(*scales, rtol=2e-2 if CAPTURES else 1e-5, atol=0)
     assert (scales[0][:, :, used] > 0).all()  # every used block holds written rows
+
+
+@pytest.mark.skipif(CAPTURES, reason="the CPU interpreter's run of the CUDA path; a GPU runs it compiled")
+def test_smollm2_int8_chat_through_the_cuda_path_kernels(model_dir, monkeypatch):
+    """The packaged SmolLM2 with int8 KV, its layers through the CUDA path's kernels (fused norms, RoPE,
+    SiLU and this store; interpreted): the torch path's greedy tokens for two chat turns, and turn 2
+    reuses turn 1's blocks."""
+    from engine.config import EngineConfig
+    from engine.llm_engine import Engine
+    from engine.sampling import SamplingParams
+    from tests.engine.test_attention import _interpreter_scalar_fix
+
+    _interpreter_scalar_fix(monkeypatch)
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    runs = []
+    for fused in (False, True):
+        monkeypatch.setattr("engine.model.FUSED", fused)
+        eng = Engine.from_config(
+            EngineConfig(model=str(model_dir), device="cpu", num_kv_blocks=64, kv_dtype="int8")
+        )
+        try:
+            assert eng.runner.int8_store
+            r1 = eng.complete(msgs, SamplingParams(max_tokens=6))
+            turn2 = msgs + [
+                {"role": "assistant", "content": r1.text},
+                {"role": "user", "content": "And Spain?"},
+            ]
+            r2 = eng.complete(turn2, SamplingParams(max_tokens=6))
+            assert r2.usage["cached_tokens"] >= 16
+            runs.append((r1.token_ids, r2.token_ids))
+        finally:
+            eng.close()
+    assert runs[0] == runs[1]
