@@ -328,6 +328,7 @@ def main() -> None:
     p.add_argument("--sessions", type=int, default=32)
     p.add_argument("--session-first-tokens", type=int, default=2048)
     p.add_argument("--session-turn-tokens", type=int, default=256)
+    p.add_argument("--sessions-kv-dtype", default="auto", help="the sessions phase's KV dtype (auto, int8)")
     p.add_argument("--turn-sizes", default="1536,256")
     p.add_argument("--prefill-graph-tokens", type=int, default=0, help="EngineConfig.prefill_graph_tokens")
     p.add_argument("--compile-budget-s", type=float, default=150)

@@ -63,7 +63,7 @@ class PoolPhasesMixin:
     def sessions(self, model, kw) -> dict:
         """S sessions advance turn by turn in one shared pool; older sessions spill to the CPU tier."""
         a = self.args
-        eng = self.engine(model, **kw)
+        eng = self.engine(model, kv_dtype=a.sessions_kv_dtype, **kw)  # int8: half the bytes to restore
         s_n, hist = a.sessions, {}
         last = []
         for t in range(a.turns):

@@ -130,7 +130,7 @@ def test_runner_steps_through_the_kernel_match_the_torch_path(monkeypatch):
     runs = []
     for fused in (False, True):
         monkeypatch.setattr("engine.model.FUSED", fused)
-        r = _tiny_runner(False, "int8")
+        r = _tiny_runner(CAPTURES, "int8")  # a GPU: the Triton reader and decode graphs, as served
         r.prefill.enabled = False
         a, b = _seq(ta, 0, [5, 2, 9, 30]), _seq(tb, 0, [7, 11, 3, 19])
         logits = []
