@@ -83,6 +83,7 @@ class PoolPhasesMixin:
         h2d = self.h2d_bandwidth()
         kv_tok = model.cfg.kv_bytes_per_token(2 if self.dtype != torch.float32 else 4)
         return {
+            "kv_dtype": a.sessions_kv_dtype,
             # what bounds a restore from the CPU tier: a 16K-token history's KV over the host link
             "h2d_gbps": round(h2d, 1),
             "cpu_restore_floor_16k_ms": round(16384 * kv_tok / (h2d * 1e9) * 1e3, 1),
