@@ -276,6 +276,7 @@ def phase(model: Any, tok: Any, sessions: list, reuse: bool, args: argparse.Name
         enable_prefix_cache=reuse,
         max_num_seqs=64,
         max_batch_tokens=args.max_batch_tokens,
+        prefill_graph_tokens=args.prefill_graph_tokens,
     )
     eng = Engine(cfg, model=model, tokenizer=tok, fingerprint="random-llama3-8b-shape-smollm2-vocab")
     gen = EngineGenerator(eng, model_name="kb-engine", owns_engine=False)
@@ -364,6 +365,7 @@ def main() -> None:
     b.add_argument("--block-size", type=int, default=64)
     b.add_argument("--cap-gib", type=float, default=24.0)
     b.add_argument("--cpu-cache-gb", type=float, default=16.0)
+    b.add_argument("--prefill-graph-tokens", type=int, default=0, help="EngineConfig.prefill_graph_tokens")
     b.add_argument("--out", default="bench/out")
     b.add_argument("--tiny", action="store_true", help="2 small random layers on the CPU (script test)")
     b.add_argument("--in-process-client", action="store_true", help="drive from the engine's process")

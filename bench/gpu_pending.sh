@@ -24,6 +24,8 @@
 #   pgraph: bash bench/gpu_pending.sh pgraph   (carry .whl; short prefills as CUDA graphs off / on, bf16 and int8 KV (KV=auto
 #           narrows it; QUANT=int4 KV=auto: int4 weights): TTFT and greedy ids; ~8 min;
 #           the issue-3 figures with them: ENGINE_ARGS="--prefill-graph-tokens 512" bash bench/gpu_pending.sh engine)
+#   chatgraph: bash bench/gpu_pending.sh chatgraph   (carry .whl bench/out/chat_gpu_bundle; 16 sessions x 5 turns through
+#           engine-serve with prefill graphs off, then on: decodes and a chunk as two graph replays; ~9 min)
 #   int8kv: bash bench/gpu_pending.sh int8kv   (carry .whl; int8 KV's one-launch store: compiled tests, then 256-token
 #           reuse turns with bf16 KV, int8 stored by torch, by the kernel, and with the reader's scales folded; ~7 min)
 #   final: bash bench/gpu_pending.sh final   (carry .whl; read floor vs shipped GEMVs, the model vs transformers; ~9 min)
@@ -195,6 +197,13 @@ PY
     timeout "${PROBE_S:-470}" python3 bench/prefill_probe.py --out "$OUT" --disk off --graph-tokens "${GRAPH_TOKENS:-0,512}" \
       --kv-dtype "${KV:-auto,int8}" ${QUANT:+--quant "$QUANT"} --reps 5 > "$OUT/probe.log" 2>&1; echo "rc=$?"
     grep -E "graphs [0-9]+ .*(start|median|profile)" "$OUT/probe.log" | cut -c1-220
+    ;;
+  chatgraph)  # issue 3 under load: 16 sessions x 5 turns through engine-serve, prefill graphs off / on (mixed steps)
+    for g in ${GRAPH_TOKENS:-0 512}; do
+      echo "== prefill_graph_tokens $g"
+      timeout "${CHAT_S:-260}" python3 -m bench.chat_gpu run --bundle bench/out/chat_gpu_bundle --out "$OUT/graphs$g" \
+        --prefill-graph-tokens "$g" 2>&1 | grep -vi warn | tail -8
+    done
     ;;
   int8kv)  # issue 3: int8 KV stored by one kernel (engine.kv_int8_store) against torch's store, reuse turns of 256
     echo "== int8 KV store and prefill graphs, compiled and captured"

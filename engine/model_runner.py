@@ -339,6 +339,10 @@ class ModelRunner:
 
         ``ahead``: a decode step whose input tokens are not on the host yet (`engine.lookahead`), one per
         sequence on the device, at each sequence's position ``num_computed``."""
+        if ahead is None and len(batch) > 1:
+            split = self.prefill.run_mixed(batch)  # decodes + one short chunk: two graph replays
+            if split is not None:
+                return split
         t0 = time.perf_counter()
         self._graph_logits = None
         ids: list[int] = []

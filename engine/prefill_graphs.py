@@ -5,6 +5,8 @@ Why: a chat turn is a short prefill over a cached history, and eagerly it is hos
 wall time by machine: 334 launches from Python, Triton's argument binding on every call
 (`bench/prefill_probe.py`, bench/RESULTS.md). Decode steps replay graphs already; this does the same for
 prefill chunks, padded up to a token bucket (64, 128, 256, ...), with one graph per (bucket, table width).
+A step that also carries one-token rows (other sessions decoding) runs as a decode graph, then the prefill
+graph (`run_mixed`), rather than as one eager pass that would leave those decodes waiting on the host.
 
 How padding stays invisible: the padded tokens come after the real ones, write their K/V only into the
 scratch block, and the attention kernel reads each sequence's real query count and context length from
@@ -50,6 +52,28 @@ class PrefillGraphs:
         if not (self.force or (self.runner.use_graphs and self.runner.triton)):
             return False
         return seqs[0][1] <= self.buckets[-1]
+
+    def run_mixed(self, batch: list) -> torch.Tensor | None:
+        """A step of one-token rows and one short prefill chunk as two replays, a decode graph then a
+        prefill graph, instead of one eager pass; None where the graphs cannot serve it. Why: eagerly the
+        chunk's ~330 launches make the step host-bound, and every running decode waits for them. The two
+        passes write different blocks, so their order does not matter."""
+        r = self.runner
+        long = [i for i, (_, n) in enumerate(batch) if n > 1]
+        if len(long) != 1 or not (r.use_graphs or r.force_static):
+            return None
+        i = long[0]
+        seq, n = batch[i]
+        ctx = seq.num_computed + n
+        if not self.serves([(0, n, ctx, seq.block_table[: -(-ctx // r.bs)])], False, None):
+            return None
+        rest = [j for j in range(len(batch)) if j != i]
+        decoded = r.run([batch[j] for j in rest])
+        prefilled = r.run([batch[i]])  # recorded for the cost model as its own prefill
+        out = torch.empty(len(batch), prefilled.shape[-1], dtype=prefilled.dtype, device=prefilled.device)
+        out[rest] = decoded
+        out[i] = prefilled[0]
+        return out
 
     def run(self, ids: list[int], pos: list[int], slots: list[int], seq: tuple) -> torch.Tensor:
         """Logits ``[1, vocab]`` of the chunk's last token."""

@@ -165,3 +165,32 @@ def test_chat_turns_through_the_static_prefill_match_transformers(engine, hf_mod
         del p.run
         p.enabled, p.buckets, p.force = False, [], False
         p.graphs.clear()
+
+
+@pytest.mark.parametrize("triton", [False, True])
+def test_a_mixed_step_runs_as_a_decode_graph_and_a_prefill_graph(triton: bool, monkeypatch) -> None:
+    """Two decoding sequences and one 30-token chunk over a cached prefix, in one step: the logits of the
+    eager mixed pass, in the batch's order, with the chunk's prefill recorded for the cost model."""
+    if triton and INTERPRETED:
+        _interpreter_scalar_fix(monkeypatch)
+    r = _tiny_runner(triton)
+    r.force_static = not CAPTURES  # the decode graph's buffers, eagerly on CPU
+    g = torch.Generator().manual_seed(2)
+    toks = [torch.randint(1, 512, (60,), generator=g).tolist() for _ in range(3)]
+    tables = [[5, 2, 9, 11], [3, 7, 1, 4], [8, 0, 6, 10]]
+    computed = [40, 21, 16]
+    for t, c, tab in zip(toks, computed, tables, strict=True):  # the cached prefixes
+        r.run([(_seq(t[:c], 0, tab), c)])
+    seqs = [_seq(t[: c + n], c, tab) for t, c, tab, n in zip(toks, computed, tables, (1, 30, 1), strict=True)]
+    batch = list(zip(seqs, (1, 30, 1), strict=True))
+    r.prefill.enabled, r.force_static, use_graphs = False, False, r.use_graphs
+    r.use_graphs = False
+    assert r.prefill.run_mixed(batch) is None  # the eager mixed pass: the reference
+    eager = r.run(batch)
+    r.prefill.enabled, r.force_static, r.use_graphs = True, not CAPTURES, use_graphs
+    r.last_prefill = (0, 0.0)
+    split = r.run(batch)
+    tol = {"atol": 5e-2, "rtol": 5e-2} if CAPTURES else {"atol": 1e-4, "rtol": 1e-4}
+    torch.testing.assert_close(split, eager, **tol)
+    assert split.shape == (3, 512) and r.last_prefill[0] == 30
+    assert (32, 4) in r.prefill.graphs and r.graphs  # a prefill graph and a decode graph served it
