@@ -47,6 +47,7 @@ class AttnBatch:
     meta: dict | None = None  # {"tables","q_starts","q_lens","ctx_lens","max_q"} for the Triton kernel
     decode: bool = False
     kv_plan: torch.Tensor | None = None  # int8 KV on CUDA: `engine.kv_int8_store.store_plan`, [blocks, 3]
+    int8_store: bool = False  # the runner's choice: `engine.kv_int8_store` can write these int8 caches
 
 
 def quantize_block(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,14 +32,11 @@ def _fused(x: torch.Tensor) -> bool:
 
 def _stores_int8(k_scale: torch.Tensor | None, q: torch.Tensor, ab: AttnBatch) -> bool:
     """Whether this layer's int8 K/V go through `engine.kv_int8_store` (one launch, no host sync) rather
-    than `write_kv`: on CUDA, for a prefill the runner planned (``kv_plan``) or a decode step."""
-    if k_scale is None or not _fused(q):
+    than `write_kv`: on CUDA, where the runner chose it, for a prefill it planned (``kv_plan``) or a
+    decode step."""
+    if k_scale is None or not ab.int8_store or not _fused(q):
         return False
-    if ab.kv_plan is not None:
-        return True
-    from engine.kv_int8_store import supported
-
-    return ab.decode and supported(ab.k_cache[0])
+    return ab.decode or ab.kv_plan is not None
 
 
 def _takes_row_amax(linear: nn.Module) -> bool:

@@ -118,12 +118,12 @@ def prefill_graphs_dequantize(cfg: EngineConfig) -> bool:
 
 
 def int8_store_fits(k_cache: torch.Tensor) -> bool:
-    """Whether `engine.kv_int8_store` (Triton) can write this int8 cache; else `attention.write_kv` does."""
+    """Whether `engine.kv_int8_store` (Triton) writes this int8 cache on CUDA; else `attention.write_kv`."""
     try:
-        from engine.kv_int8_store import supported
+        from engine import kv_int8_store
     except ImportError:
         return False
-    return supported(k_cache)
+    return kv_int8_store.ENABLED and kv_int8_store.supported(k_cache)
 
 
 def graph_batches(max_num_seqs: int) -> list[int]:
@@ -328,7 +328,9 @@ class ModelRunner:
         return st
 
     def _ab(self, slots, tables=None, lens=None) -> AttnBatch:
-        return AttnBatch(slots, [], self.k_cache, self.v_cache, tables, lens, self.k_scale, self.v_scale)
+        ab = AttnBatch(slots, [], self.k_cache, self.v_cache, tables, lens, self.k_scale, self.v_scale)
+        ab.int8_store = self.int8_store
+        return ab
 
     def _tensor(self, data: list[int]) -> torch.Tensor:
         return torch.tensor(data, dtype=torch.long).to(self.device, non_blocking=True)
