@@ -85,7 +85,7 @@ class EngineConfig:
 
     model: str
     device: str = "auto"  # "auto" -> cuda if available else cpu
-    dtype: str = "auto"  # "auto" -> bf16 on cuda, fp32 on cpu
+    dtype: str = "auto"  # "auto": bf16 on cuda, fp32 on cpu (bf16 there is opt-in: engine.devices)
     block_size: int = 16
     gpu_memory_gb: float = 22.0  # total budget for weights + KV + activations (fits a 24 GiB card)
     kv_cache_gb: float | None = None  # explicit KV pool size; overrides the derived one

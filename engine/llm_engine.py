@@ -19,6 +19,7 @@ import torch
 
 from engine.block_manager import BlockManager, block_hash, chain_hashes
 from engine.config import EngineConfig
+from engine.devices import bf16_hint, resolve_device, resolve_dtype
 from engine.kv_tiers import CostModel, CpuTier, DiskTier
 from engine.loader import load_model, resolve_model_dir, weight_fingerprint
 from engine.lookahead import Lookahead
@@ -58,14 +59,13 @@ class Engine:
     ) -> None:
         """Load ``config.model``; or adopt an in-memory ``model`` (benchmarks with random weights)."""
         self.config = config
-        dev = config.device
-        if dev == "auto":
-            dev = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(dev)
-        if config.dtype == "auto":
-            self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.device = resolve_device(config.device)
+        if model is not None and config.dtype == "auto":
+            self.dtype = next(model.parameters()).dtype  # an in-memory model comes in its own dtype
         else:
-            self.dtype = getattr(torch, config.dtype)
+            self.dtype = resolve_dtype(config.dtype, self.device)
+        if hint := bf16_hint(self.device, self.dtype):
+            log.info(hint)
         if model is None:
             self.model_dir = resolve_model_dir(config.model)
             self.model = load_model(self.model_dir, self.device, self.dtype)

@@ -1,7 +1,8 @@
 """`QuantLinear`: a drop-in for ``nn.Linear`` holding an `Int8Weight` or `Int4Weight`.
 
-On CUDA the matmul is the GPU engineer's ``engine.quant.cuda_linear``. On CPU it is the reference path
-that CI runs: dequantize a block of output rows, matmul in the input's dtype, next block. No dequantized
+On CUDA the matmul is the GPU engineer's ``engine.quant.cuda_linear``. On CPU, few bf16 rows (decode)
+go through torch's packed CPU kernels (``engine.quant.cpu_linear``); everything else takes the reference
+path that CI runs: dequantize a block of output rows, matmul in the input's dtype, next block. No dequantized
 copy is cached between calls: a cache would make the CPU path use fp32 weights for everything after the
 first call and hide mistakes in the memory accounting (the budget counts packed bytes).
 
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
+from engine.quant import cpu_linear
 from engine.quant.formats import Int4Weight, Int8Weight
 
 TEAL_MAX_ROWS = 16
@@ -56,6 +58,7 @@ class QuantLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.act_threshold = act_threshold
         self.gpu: object | None = None  # packed form, owned by engine.quant.gpu
+        self.cpu: cpu_linear.CpuPacked | bool | None = None  # packed on first CPU use; False: kernels n/a
 
     def extra_repr(self) -> str:
         kind = "int8" if isinstance(self.qweight, Int8Weight) else f"int4 g{self.qweight.group}"
@@ -68,6 +71,7 @@ class QuantLinear(nn.Module):
         """Move the quantized tensors with the module (``.to(device)``) without casting their dtypes."""
         super()._apply(fn, recurse)
         self.qweight = self.qweight.apply(fn)
+        self.cpu = None  # packed from the moved weight when next needed
         return self
 
     def sparsify(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,6 +97,12 @@ class QuantLinear(nn.Module):
 
             return cuda_linear(self, x)
         x = self.sparsify(x)
+        if cpu_linear.applies(x):
+            if self.cpu is None:
+                self.cpu = cpu_linear.pack(self.qweight) or False
+            if self.cpu:
+                y = cpu_linear.matmul(self.cpu, x)
+                return y if self.bias is None else y + self.bias.to(y.dtype)
         n = self.out_features
         step = max(1, ROW_CHUNK_ELEMS // max(1, self.in_features))
         out = torch.empty(*x.shape[:-1], n, dtype=x.dtype, device=x.device)

@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     generator_retry_after_s: int = Field(default=1, ge=0, description="Retry-After sent with a 429.")
     generator_preload: bool = Field(default=True, description="Load the generator when `kb serve` starts.")
     engine_device: str = "auto"
+    engine_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description="auto: bf16 on CUDA, fp32 on CPU. bfloat16 on a CPU with AMX/AVX512-BF16 prefills ~2.7x "
+        "faster, but greedy text may then depend on what was cached (engine/devices.py).",
+    )
     engine_kv_cache_gb: float | None = Field(default=None, gt=0, description="KV pool (CPU default 1 GiB).")
     engine_cpu_cache_gb: float = Field(default=0.5, ge=0)
     engine_disk_cache: bool = Field(default=True, description="KV disk tier under data_dir/kv_cache.")

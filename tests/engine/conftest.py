@@ -35,6 +35,7 @@ def engine(model_dir, tmp_path_factory):
     cfg = EngineConfig(
         model=str(model_dir),
         device="cpu",
+        dtype="float32",  # compared token by token with transformers in fp32
         num_kv_blocks=768,
         cpu_cache_gb=0.05,
         disk_dir=str(tmp_path_factory.mktemp("kv_disk")),

@@ -139,7 +139,9 @@ def test_int8_engine_greedy_and_fingerprint(model_dir, engine):
     default engine (caches never mix), greedy output on short prompts equal to full-precision KV for most
     prompts (SmolLM2-135M is small and sensitive), and turn-2 reuse of int8 blocks giving the same tokens
     as an int8 recompute."""
-    cfg = EngineConfig(model=str(model_dir), device="cpu", num_kv_blocks=256, kv_dtype="int8")
+    cfg = EngineConfig(
+        model=str(model_dir), device="cpu", dtype="float32", num_kv_blocks=256, kv_dtype="int8"
+    )
     eng = Engine.from_config(cfg)
     try:
         assert eng.fingerprint != engine.fingerprint

@@ -24,6 +24,7 @@ CHAT = [
 
 def _small_engine(model_dir, **kw) -> Engine:
     kw.setdefault("num_kv_blocks", 256)
+    kw.setdefault("dtype", "float32")  # the reference numerics; bf16 has its own tests (test_devices.py)
     return Engine.from_config(EngineConfig(model=str(model_dir), device="cpu", **kw))
 
 

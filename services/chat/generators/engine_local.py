@@ -61,6 +61,7 @@ class EngineGenerator(Generator):
         config = EngineConfig(
             model=model,
             device=settings.engine_device,
+            dtype=settings.engine_dtype,
             kv_cache_gb=settings.engine_kv_cache_gb,
             cpu_cache_gb=settings.engine_cpu_cache_gb,
             disk_dir=str(settings.data_dir / "kv_cache") if settings.engine_disk_cache else None,

@@ -93,3 +93,41 @@ def test_int4_answers_faq_style_prompts_coherently() -> None:
             assert all(w in text.lower() for w in words), (question, text)
     finally:
         eng.close()
+
+
+@pytest.mark.parametrize("policy", ["gguf", "int8"])
+def test_bf16_with_packed_cpu_kernels_within_one_percent(model_dir, setup, monkeypatch, policy) -> None:
+    """bf16 activations and the packed CPU kernels (bf16 scales) on every row: the numerics a decode
+    step on a bf16 CPU sees, scored as one prefill (+0.1 % measured, bench/RESULTS.md "CPU engine")."""
+    from engine.quant import cpu_linear
+
+    ids, ppl0, _ = setup
+    calls: list[int] = []
+    real = cpu_linear.matmul
+    monkeypatch.setattr(cpu_linear, "matmul", lambda p, x: calls.append(1) or real(p, x))
+    monkeypatch.setattr(cpu_linear, "MAX_ROWS", TOKENS)
+    m = load_model(model_dir, torch.device("cpu"), torch.bfloat16)
+    apply_policy(m, policy, source=default_model())
+    ppl = perplexity(m, ids, TOKENS)
+    assert len(calls) == 4 * m.cfg.num_layers  # every quantized layer went through a packed kernel
+    assert abs(ppl / ppl0 - 1) < 0.01, (ppl, ppl0)
+
+
+def test_bf16_engine_with_the_gguf_blocks_answers_and_reuses_turns() -> None:
+    """The fast CPU set-up end to end: bf16, the GGUF's own int4 blocks, packed decode kernels."""
+    cfg = EngineConfig(model=default_model(), device="cpu", dtype="bfloat16", quant="gguf", num_kv_blocks=64)
+    eng = Engine.from_config(cfg)
+    try:
+        msgs = [{"role": "user", "content": "What is a building permit?"}]
+        r1 = eng.complete(msgs, SamplingParams(max_tokens=40))
+        assert all(w in r1.text.lower() for w in ("permit", "build")), r1.text
+        packed = [m for m in eng.model.modules() if isinstance(m, QuantLinear) and m.cpu]
+        assert len(packed) == 4 * eng.model.cfg.num_layers  # decode steps went through the packed kernels
+        turn2 = msgs + [
+            {"role": "assistant", "content": r1.text},
+            {"role": "user", "content": "Who issues it?"},
+        ]
+        r2 = eng.complete(turn2, SamplingParams(max_tokens=12))
+        assert r2.usage["cached_tokens"] >= 16 * ((r1.usage["prompt_tokens"] + 24) // 16)
+    finally:
+        eng.close()

@@ -1,10 +1,11 @@
-"""`KB_ENGINE_QUANT` (and `KB_ENGINE_OVERLAP_DECODE`) reach the in-process engine, and a bad policy fails at
-start with its reason."""
+"""`KB_ENGINE_QUANT` (and `KB_ENGINE_OVERLAP_DECODE`, `KB_ENGINE_DTYPE`) reach the in-process engine, and a
+bad policy fails at start with its reason."""
 
 from __future__ import annotations
 
 import pydantic
 import pytest
+import torch
 
 from services.chat.generators.base import GenerationRequest
 from services.chat.generators.engine_local import EngineGenerator
@@ -43,3 +44,16 @@ async def test_int8_policy_quantizes_the_packaged_model_and_answers(tmp_path) ->
         assert gen.engine.stats()["steps_ahead"]["launched"] > 0  # greedy steps ran ahead
     finally:
         await gen.aclose()
+
+
+def test_engine_dtype_reaches_the_engine_and_a_bad_one_is_refused(tmp_path) -> None:
+    with pytest.raises(pydantic.ValidationError, match="engine_dtype"):
+        Settings(data_dir=tmp_path, engine_dtype="int8")
+    settings = Settings(
+        data_dir=tmp_path, engine_dtype="float32", engine_disk_cache=False, engine_cpu_cache_gb=0
+    )
+    gen = EngineGenerator.from_settings(settings)
+    try:
+        assert gen.engine.dtype == torch.float32 and gen.engine.runner.kv.dtype == torch.float32
+    finally:
+        gen.engine.close()
