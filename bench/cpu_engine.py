@@ -19,6 +19,7 @@ import statistics
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -26,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.config import EngineConfig, default_model  # noqa: E402
-from engine.devices import cpu_has_native_bf16  # noqa: E402
+from engine.devices import cpu_has_native_bf16, in_passing_thread  # noqa: E402
 from engine.llm_engine import Engine  # noqa: E402
 from engine.loader import load_model, resolve_model_dir  # noqa: E402
 from engine.quant.evaluate import eval_text, perplexity  # noqa: E402
@@ -150,13 +151,16 @@ def main() -> None:
     rows = []
     for label, dtype, quant in CONFIGS:
         row = {"label": label, "dtype": dtype, "quant": quant}
-        row |= engine_row(dtype, quant, ids, a.repeats) | quality_row(dtype, quant, faq)
+        # in a passing thread: a pool left in this thread would slow every later engine (engine.devices)
+        row |= engine_row(dtype, quant, ids, a.repeats) | in_passing_thread(
+            partial(quality_row, dtype, quant, faq)
+        )
         rows.append(row)
         print(json.dumps(row), flush=True)
     if not a.skip_hf:
         for dtype in ("float32", "bfloat16"):
             row = {"label": f"transformers {dtype} generate", "dtype": dtype, "quant": "none"}
-            rows.append(row | hf_row(dtype, ids, a.repeats))
+            rows.append(row | in_passing_thread(partial(hf_row, dtype, ids, a.repeats)))
             print(json.dumps(rows[-1]), flush=True)
     base = rows[0]
     meta = {"threads": torch.get_num_threads(), "native_bf16": cpu_has_native_bf16()}

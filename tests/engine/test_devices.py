@@ -48,3 +48,77 @@ def test_an_in_memory_model_keeps_its_dtype_under_auto() -> None:
         assert eng.dtype == torch.bfloat16 and eng.runner.kv.dtype == torch.bfloat16
     finally:
         eng.close()
+
+
+def test_in_passing_thread_returns_and_raises_from_another_thread() -> None:
+    import threading
+
+    assert devices.in_passing_thread(lambda: threading.get_ident()) != threading.get_ident()
+    with pytest.raises(KeyError, match="boom"):
+        devices.in_passing_thread(lambda: {}["boom"])
+
+
+POOL_SCRIPT = """
+import os, threading, time, torch
+from engine.devices import in_passing_thread
+tasks = lambda: len(os.listdir("/proc/self/task"))
+a = torch.randn(768, 768)
+base = tasks()
+in_passing_thread(lambda: a @ a)
+deadline = time.monotonic() + 5
+while tasks() != base and time.monotonic() < deadline:
+    time.sleep(0.01)
+after_passing = tasks()
+ran, hold = threading.Event(), threading.Event()
+def live():
+    a @ a
+    ran.set()
+    hold.wait()
+t = threading.Thread(target=live)
+t.start()
+ran.wait()
+during = tasks()
+hold.set()
+t.join()
+print(base, after_passing, during, torch.get_num_threads())
+"""
+
+
+def test_a_passing_thread_takes_its_openmp_pool_with_it() -> None:
+    """The premise of `in_passing_thread`: a live thread that ran a parallel op keeps its pool's
+    workers; one that ended does not (counted in /proc/self/task of a fresh process)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("no /proc on this platform")
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", POOL_SCRIPT], capture_output=True, text=True, cwd=root, check=True
+    )
+    base, after_passing, during, threads = map(int, out.stdout.split())
+    assert after_passing == base
+    assert during == base + 1 + (threads - 1)  # the live thread and its pool's workers
+
+
+def test_a_cpu_engine_builds_off_the_callers_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from engine import llm_engine
+
+    seen: list[int] = []
+    real = llm_engine.ModelRunner.__init__
+
+    def spy(self, *a, **kw):
+        seen.append(threading.get_ident())
+        real(self, *a, **kw)
+
+    monkeypatch.setattr(llm_engine.ModelRunner, "__init__", spy)
+    eng = Engine(EngineConfig(model="tiny", device="cpu", num_kv_blocks=8), model=tiny(), fingerprint="tiny")
+    try:
+        assert seen and seen[0] != threading.get_ident()
+        with pytest.raises(ValueError, match="kv_dtype"):  # set-up errors still reach the caller
+            Engine(EngineConfig(model="tiny", device="cpu", kv_dtype="fp8"), model=tiny(), fingerprint="tiny")
+    finally:
+        eng.close()

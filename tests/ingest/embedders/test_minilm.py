@@ -76,3 +76,19 @@ def test_fingerprint_identifies_the_model(minilm):
     fp = minilm.fingerprint
     assert fp.startswith("minilm:384:sha256-") and len(fp.split("sha256-")[1]) == 16
     assert fp == minilm.fingerprint
+
+
+def test_forward_passes_leave_the_calling_thread_without_an_openmp_pool(minilm, monkeypatch):
+    """Each forward runs in a thread that ends with it (engine.devices.in_passing_thread), so request
+    threads that embed keep no OpenMP pool that would slow the in-process engine's decode."""
+    import threading
+
+    import ingest.embedders.minilm as mod
+
+    seen: list[int] = []
+    real = mod.MiniLMEmbedder._encode
+    monkeypatch.setattr(
+        mod.MiniLMEmbedder, "_encode", lambda self, *a: seen.append(threading.get_ident()) or real(self, *a)
+    )
+    vector = minilm.embed_query(QUERY)
+    assert vector.shape == (384,) and seen and seen[0] != threading.get_ident()
