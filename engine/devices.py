@@ -2,7 +2,7 @@
 
 ``dtype="auto"`` is bf16 on CUDA and fp32 on a CPU. bf16 on a CPU is opt-in (``dtype="bfloat16"``,
 ``KB_ENGINE_DTYPE``): on chips with AMX or AVX512-BF16, oneDNN runs bf16 matmuls natively, so a
-1,024-token SmolLM2 prefill is ~2.7x faster than fp32 on 2 cores, perplexity moves by +0.1 %, and the
+1,024-token SmolLM2 prefill is 3-3.5x faster than fp32 on 2 cores, perplexity moves by +0.04 %, and the
 packed int4/int8 decode kernels (`engine.quant.cpu_linear`) apply (bench/RESULTS.md "CPU engine"). It is
 not the default because greedy text then depends on what was cached: a turn whose prefix is restored
 attends through another kernel than a fresh prefill, and at bf16's precision that flips near-ties
@@ -48,7 +48,7 @@ def bf16_hint(device: torch.device, dtype: torch.dtype) -> str | None:
     """A start-up note for an fp32 CPU engine on a chip where bf16 would prefill faster."""
     if device.type == "cpu" and dtype == torch.float32 and cpu_has_native_bf16():
         return (
-            "this CPU runs bf16 matmuls natively: dtype='bfloat16' (KB_ENGINE_DTYPE) prefills ~2.7x faster, "
+            "this CPU runs bf16 matmuls natively: dtype='bfloat16' (KB_ENGINE_DTYPE) prefills ~3x faster, "
             "but greedy text may then depend on what was cached (engine/devices.py)"
         )
     return None

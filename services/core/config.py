@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     engine_device: str = "auto"
     engine_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto",
-        description="auto: bf16 on CUDA, fp32 on CPU. bfloat16 on a CPU with AMX/AVX512-BF16 prefills ~2.7x "
+        description="auto: bf16 on CUDA, fp32 on CPU. bfloat16 on a CPU with AMX/AVX512-BF16 prefills ~3x "
         "faster, but greedy text may then depend on what was cached (engine/devices.py).",
     )
     engine_kv_cache_gb: float | None = Field(default=None, gt=0, description="KV pool (CPU default 1 GiB).")
