@@ -17,21 +17,8 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from engine.devices import in_passing_thread  # noqa: E402
+from engine.devices import cpu_has_native_bf16, in_passing_thread  # noqa: E402
 from ingest.embedders.base import Embedder, l2_normalise  # noqa: E402
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU does bf16 matmuls natively (AVX512-BF16 or AMX), so bf16 is a win."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
 
 
 class MiniLMEmbedder(Embedder):
