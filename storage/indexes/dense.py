@@ -90,7 +90,16 @@ class DenseIndex:
                 params = faiss.SearchParametersHNSW(sel=selector, efSearch=self.params.ef_search)
             else:
                 params = faiss.SearchParameters(sel=selector)
-        scores, ids = self._index.search(q, min(k, self.ntotal), params=params)
+        # One query: no parallel region to gain, and one would leave this (request) thread an OpenMP pool
+        # in the libgomp that torch loaded first, which FAISS's regions bind to; with the engine's pool
+        # that makes two, and libgomp then stops spinning: SmolLM2's CPU decode went from 33 to 55 ms a
+        # token after the first chat with retrieval (engine/devices.py). Per thread, so restored after.
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            scores, ids = self._index.search(q, min(k, self.ntotal), params=params)
+        finally:
+            faiss.omp_set_num_threads(threads)
         keep = ids[0] >= 0
         return ids[0][keep], scores[0][keep]
 
