@@ -71,7 +71,7 @@ def in_passing_thread(fn: Callable[[], Any]) -> Any:
         except BaseException as e:  # noqa: BLE001 - handed to the caller as is
             box["error"] = e
 
-    t = threading.Thread(target=run, name="kb-engine-setup")
+    t = threading.Thread(target=run, name="kb-passing")
     t.start()
     t.join()
     if "error" in box:

@@ -9,6 +9,7 @@ from engine import devices
 from engine.config import EngineConfig
 from engine.llm_engine import Engine
 from tests.engine.quant.test_policy import tiny
+from tests.threads import counts_in_fresh_process
 
 
 @pytest.mark.parametrize("native", [True, False])
@@ -32,12 +33,8 @@ def test_a_dtype_that_is_not_a_float_is_refused(name: str) -> None:
 
 
 def test_the_probe_matches_the_cpu_flags() -> None:
-    flags = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = {w for line in f if line.startswith("flags") for w in line.split()}
-    except OSError:
-        pytest.skip("no /proc/cpuinfo on this platform")
+    with open("/proc/cpuinfo") as f:  # Linux, as everywhere kb is tested
+        flags = {w for line in f if line.startswith("flags") for w in line.split()}
     assert devices.cpu_has_native_bf16() == bool(flags & {"amx_tile", "avx512_bf16"})
 
 
@@ -58,48 +55,18 @@ def test_in_passing_thread_returns_and_raises_from_another_thread() -> None:
         devices.in_passing_thread(lambda: {}["boom"])
 
 
-POOL_SCRIPT = """
-import os, threading, time, torch
-from engine.devices import in_passing_thread
-tasks = lambda: len(os.listdir("/proc/self/task"))
-a = torch.randn(768, 768)
-base = tasks()
-in_passing_thread(lambda: a @ a)
-deadline = time.monotonic() + 5
-while tasks() != base and time.monotonic() < deadline:
-    time.sleep(0.01)
-after_passing = tasks()
-ran, hold = threading.Event(), threading.Event()
-def live():
-    a @ a
-    ran.set()
-    hold.wait()
-t = threading.Thread(target=live)
-t.start()
-ran.wait()
-during = tasks()
-hold.set()
-t.join()
-print(base, after_passing, during, torch.get_num_threads())
-"""
-
-
 def test_a_passing_thread_takes_its_openmp_pool_with_it() -> None:
     """The premise of `in_passing_thread`: a live thread that ran a parallel op keeps its pool's
-    workers; one that ended does not (counted in /proc/self/task of a fresh process)."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    if not Path("/proc/self/task").is_dir():
-        pytest.skip("no /proc on this platform")
-    root = Path(__file__).resolve().parents[2]
-    out = subprocess.run(
-        [sys.executable, "-c", POOL_SCRIPT], capture_output=True, text=True, cwd=root, check=True
+    workers; a thread that ran it in passing keeps none."""
+    passing, live, threads = counts_in_fresh_process(
+        "import torch\n"
+        "from engine.devices import in_passing_thread\n"
+        "a = torch.randn(768, 768)\n"
+        "print(kept_pool_workers(lambda: in_passing_thread(lambda: a @ a)),"
+        " kept_pool_workers(lambda: a @ a), torch.get_num_threads())\n"
     )
-    base, after_passing, during, threads = map(int, out.stdout.split())
-    assert after_passing == base
-    assert during == base + 1 + (threads - 1)  # the live thread and its pool's workers
+    assert passing == 0
+    assert live == threads - 1  # the live thread's pool workers
 
 
 def test_a_cpu_engine_builds_off_the_callers_thread(monkeypatch: pytest.MonkeyPatch) -> None:

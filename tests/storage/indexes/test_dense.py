@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from storage.indexes.dense import DenseIndex, DenseParams, IndexFileError
+from tests.threads import counts_in_fresh_process
 
 
 def _random_unit(n: int, dim: int, seed: int) -> np.ndarray:
@@ -60,51 +61,22 @@ def test_corrupt_truncated_and_mismatched_files_are_rejected(tmp_path: Path) -> 
         DenseIndex.load(tmp_path / "missing.faiss", 8)
 
 
-SEARCH_POOL_SCRIPT = """
-import os, threading, time
-import torch  # first, as in kb serve: FAISS's parallel regions then bind to torch's libgomp
-import faiss
-import numpy as np
-from storage.indexes.dense import DenseIndex
-tasks = lambda: len(os.listdir("/proc/self/task"))
-index = DenseIndex(8)
-index.add(np.arange(5000, dtype=np.int64), np.random.default_rng(0).random((5000, 8), dtype=np.float32))
-ran, hold = threading.Event(), threading.Event()
-def live(search):
-    if search:
-        index.search(np.ones(8, np.float32), 3)
-    else:
-        index._index.search(np.ones((1, 8), np.float32), 3)  # FAISS as it comes
-    ran.set()
-    hold.wait()
-counts = []
-for search in (True, False):
-    ran.clear(); hold.clear()
-    base = tasks()
-    t = threading.Thread(target=live, args=(search,))
-    t.start(); ran.wait()
-    counts.append(tasks() - base - 1)
-    hold.set(); t.join()
-    while tasks() > base:
-        time.sleep(0.01)
-print(*counts, torch.get_num_threads(), faiss.omp_get_max_threads())
-"""
-
-
 def test_a_search_leaves_its_thread_without_an_openmp_pool() -> None:
     """A request thread that searched keeps no OpenMP pool (which would slow the in-process engine's
     decode, engine/devices.py), and FAISS's thread setting is restored afterwards."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    if not Path("/proc/self/task").is_dir():
-        pytest.skip("no /proc on this platform")
-    root = Path(__file__).resolve().parents[3]
-    out = subprocess.run(
-        [sys.executable, "-c", SEARCH_POOL_SCRIPT], capture_output=True, text=True, cwd=root, check=True
+    ours, plain, torch_threads, faiss_threads = counts_in_fresh_process(
+        "import numpy as np\n"
+        "import torch\n"  # first, as in kb serve: FAISS's parallel regions then bind to torch's libgomp
+        "import faiss\n"
+        "from storage.indexes.dense import DenseIndex\n"
+        "index = DenseIndex(8)\n"
+        "vectors = np.random.default_rng(0).random((5000, 8), dtype=np.float32)\n"
+        "index.add(np.arange(5000, dtype=np.int64), vectors)\n"
+        "q = np.ones(8, np.float32)\n"
+        "print(kept_pool_workers(lambda: index.search(q, 3)),"
+        " kept_pool_workers(lambda: index._index.search(q[None], 3)),"  # FAISS as it comes
+        " torch.get_num_threads(), faiss.omp_get_max_threads())\n"
     )
-    ours, plain, torch_threads, faiss_threads = map(int, out.stdout.split())
     assert ours == 0
     assert plain == torch_threads - 1  # the pool that our search avoids
     assert faiss_threads == torch_threads
