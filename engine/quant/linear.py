@@ -105,6 +105,9 @@ class QuantLinear(nn.Module):
                 return y if self.bias is None else y + self.bias.to(y.dtype)
         n = self.out_features
         step = max(1, ROW_CHUNK_ELEMS // max(1, self.in_features))
+        if step >= n:  # one chunk: no output buffer to copy into (~10 % of an int4 prefill's layer time)
+            y = x @ self.qweight.dequantize(x.dtype).T
+            return y if self.bias is None else y + self.bias.to(x.dtype)
         out = torch.empty(*x.shape[:-1], n, dtype=x.dtype, device=x.device)
         for r0 in range(0, n, step):
             rows = slice(r0, min(n, r0 + step))
