@@ -365,7 +365,12 @@ def main() -> None:
     b.add_argument("--block-size", type=int, default=64)
     b.add_argument("--cap-gib", type=float, default=24.0)
     b.add_argument("--cpu-cache-gb", type=float, default=16.0)
-    b.add_argument("--prefill-graph-tokens", type=int, default=0, help="EngineConfig.prefill_graph_tokens")
+    b.add_argument(
+        "--prefill-graph-tokens",
+        type=int,
+        default=None,
+        help="EngineConfig.prefill_graph_tokens (unset: its default)",
+    )
     b.add_argument("--out", default="bench/out")
     b.add_argument("--tiny", action="store_true", help="2 small random layers on the CPU (script test)")
     b.add_argument("--in-process-client", action="store_true", help="drive from the engine's process")

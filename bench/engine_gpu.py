@@ -330,7 +330,12 @@ def main() -> None:
     p.add_argument("--session-turn-tokens", type=int, default=256)
     p.add_argument("--sessions-kv-dtype", default="auto", help="the sessions phase's KV dtype (auto, int8)")
     p.add_argument("--turn-sizes", default="1536,256")
-    p.add_argument("--prefill-graph-tokens", type=int, default=0, help="EngineConfig.prefill_graph_tokens")
+    p.add_argument(
+        "--prefill-graph-tokens",
+        type=int,
+        default=None,
+        help="EngineConfig.prefill_graph_tokens (unset: its default)",
+    )
     p.add_argument("--compile-budget-s", type=float, default=150)
     p.add_argument("--phase", choices=["all", "hf", "ours"], default="all")
     p.add_argument("--skip", default="", help="sections of ours to leave out, e.g. correctness,int8_kv")

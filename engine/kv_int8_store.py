@@ -26,21 +26,34 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 ENABLED = True  # False: engines built afterwards store int8 KV with `attention.write_kv` (benchmarks' A/B)
-_MAGIC = 12582912.0  # 1.5 * 2**23: (v + M) - M rounds |v| < 2**22 to nearest even in fp32
 
 
 @triton.jit
 def _rint(v, CUDA: tl.constexpr):
-    if CUDA:
-        return libdevice.rint(v)
-    return (v + _MAGIC) - _MAGIC
+    if CUDA:  # noqa: SIM108 (if/else blocks: the form compiled and tested on the H100)
+        r = libdevice.rint(v)
+    else:  # the interpreter: (v + 1.5 * 2**23) - 1.5 * 2**23 rounds |v| < 2**22 to nearest even in fp32
+        r = (v + 12582912.0) - 12582912.0
+    return r
 
 
 @triton.jit
 def _div(a, b, CUDA: tl.constexpr):
-    if CUDA:
-        return tl.math.div_rn(a, b)
-    return a / b
+    if CUDA:  # noqa: SIM108
+        r = tl.math.div_rn(a, b)
+    else:
+        r = a / b
+    return r
+
+
+@triton.jit
+def _per_127(a, CUDA: tl.constexpr):
+    # torch divides by a CPU scalar as a product with its fp32 reciprocal on CUDA, exactly on the CPU
+    if CUDA:  # noqa: SIM108
+        r = a * 0.007874015718698502  # fp32(1 / 127)
+    else:
+        r = a / 127.0
+    return r
 
 
 @triton.jit
@@ -52,7 +65,7 @@ def _store_one(X, sxt, sxh, C, S, scb, ssb, blk, h, t0, off0, cnt, kvh, BS: tl.c
     tok = (t0 + rows - off0).to(tl.int64)
     x = tl.load(X + tok[:, None] * sxt + h * sxh + d[None, :], mask=new_row[:, None], other=0.0)
     x = x.to(tl.float32)
-    cand = _div(tl.max(tl.max(tl.abs(x), 1), 0), 127.0, CUDA)
+    cand = _per_127(tl.max(tl.max(tl.abs(x), 1), 0), CUDA)
     sp = S + blk * ssb + h
     old = tl.load(sp)
     old = tl.where(off0 == 0, 0.0, old)

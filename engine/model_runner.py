@@ -21,7 +21,7 @@ from engine.attention import AttnBatch, pack_meta
 from engine.config import EngineConfig
 from engine.graph_inputs import PinnedRing, StaticInputs
 from engine.model import LlamaForCausalLM
-from engine.prefill_graphs import PrefillGraphs
+from engine.prefill_graphs import PrefillGraphs, prefill_graph_limit, prefill_graphs_dequantize
 from engine.quant.memory import check_budget, dequant_reserve, weight_bytes
 from engine.sampling import argmax_rows
 from engine.sequence import Sequence
@@ -86,7 +86,7 @@ def kv_pool_blocks(model: LlamaForCausalLM, cfg: EngineConfig, device: torch.dev
     act = cfg.max_batch_tokens * (m.vocab_size * 4 + 4 * m.intermediate_size * 2) + GiB if derive else 0
     elt = torch.finfo(dtype).bits // 8
     act += dequant_reserve(model, cfg.max_num_seqs, elt) if derive else 0
-    if derive and prefill_graphs_dequantize(cfg):  # their own copy, in the graphs' pool (one LM-head row)
+    if derive and prefill_graphs_dequantize(cfg, model):  # their copy, in the graphs' pool (one LM-head row)
         act += dequant_reserve(model, 1, elt)
     weights = weight_bytes(model)  # quantized layers count their packed bytes
     left = check_budget(weights, act, cfg.gpu_memory_gb, str(device))
@@ -107,14 +107,6 @@ def kv_pool_blocks(model: LlamaForCausalLM, cfg: EngineConfig, device: torch.dev
         n, n * cfg.block_size, n * per_block / GiB, weights / GiB,
     )  # fmt: skip
     return n
-
-
-def prefill_graphs_dequantize(cfg: EngineConfig) -> bool:
-    """Whether a prefill graph's bucket is large enough for quantized layers to dequantize their weight
-    (`engine.quant.cuda_linear`: more than ``CHUNK_ROWS`` rows), which the graphs' pool then keeps."""
-    from engine.quant.gpu import CHUNK_ROWS
-
-    return cfg.prefill_graph_tokens > CHUNK_ROWS
 
 
 def int8_store_fits(k_cache: torch.Tensor) -> bool:
@@ -181,7 +173,7 @@ class ModelRunner:
         self._graph_wrote_ids = False  # whether that decode wrote its argmax into `tokens`
         self.last_prefill: tuple[int, float] = (0, 0.0)
         self.force_static = False  # tests: run the graph path's static buffers eagerly on CPU
-        self.prefill = PrefillGraphs(self, cfg.prefill_graph_tokens)  # short prefill chunks, as graphs
+        self.prefill = PrefillGraphs(self, prefill_graph_limit(cfg, model))  # short prefill chunks, as graphs
 
     def bucket(self, batch: int) -> int:
         """The graph batch size that serves ``batch`` running sequences (itself beyond the largest)."""

@@ -31,6 +31,7 @@ def test_precapture_plans_every_bucket_and_width_once(engine, monkeypatch) -> No
     r = engine.runner
     made: list[tuple[int, int]] = []
     monkeypatch.setattr(r, "use_graphs", True)
+    monkeypatch.setattr(r.prefill, "enabled", False)  # decode graphs only (prefill ones: test_prefill_graphs)
     monkeypatch.setattr(r, "triton", False)
     assert r.precapture(10_000) == 0  # the gather reader captures on first use only
     monkeypatch.setattr(r, "triton", True)

@@ -13,7 +13,7 @@ import torch
 from engine.config import EngineConfig, ModelConfig
 from engine.model import LlamaForCausalLM
 from engine.model_runner import ModelRunner
-from engine.prefill_graphs import token_buckets
+from engine.prefill_graphs import DEFAULT_PREFILL_GRAPH_TOKENS, prefill_graph_limit, token_buckets
 from engine.sampling import SamplingParams
 from engine.sequence import Sequence
 from tests.engine.test_attention import _interpreter_scalar_fix
@@ -23,7 +23,9 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() and not INTERPRETED el
 CAPTURES = DEVICE.type == "cuda"  # with the Triton reader: real graphs
 
 
-def _tiny_runner(triton: bool, kv_dtype: str = "auto", quant: str | None = None, graph_tokens: int = 64):
+def _tiny_runner(
+    triton: bool, kv_dtype: str = "auto", quant: str | None = None, graph_tokens: int | None = 64
+):
     mc = ModelConfig(
         vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
         head_dim=16, rope_theta=10000.0, max_position=4096, eos_token_ids=[],
@@ -194,3 +196,16 @@ def test_a_mixed_step_runs_as_a_decode_graph_and_a_prefill_graph(triton: bool, m
     torch.testing.assert_close(split, eager, **tol)
     assert split.shape == (3, 512) and r.last_prefill[0] == 30
     assert (32, 4) in r.prefill.graphs and r.graphs  # a prefill graph and a decode graph served it
+
+
+def test_graphs_default_on_for_unquantized_models_and_off_for_quantized_ones() -> None:
+    """Unset, `prefill_graph_tokens` means graphs up to 512 tokens where they were timed on a GPU (plain
+    weights), none for quantized layers (not yet timed); an explicit value wins either way."""
+    plain = _tiny_runner(False, graph_tokens=None)
+    assert prefill_graph_limit(EngineConfig(model="<in-memory>"), plain.model) == DEFAULT_PREFILL_GRAPH_TOKENS
+    assert plain.prefill.buckets[-1] == DEFAULT_PREFILL_GRAPH_TOKENS == 512
+    quantized = _tiny_runner(False, quant="int4:g32", graph_tokens=None)
+    assert quantized.prefill.buckets == []
+    assert not quantized.prefill.enabled
+    assert _tiny_runner(False, quant="int4:g32", graph_tokens=128).prefill.buckets[-1] == 128
+    assert _tiny_runner(False, graph_tokens=0).prefill.buckets == []
