@@ -113,7 +113,7 @@ class EngineConfig:
     # one sequence's prefill chunk of up to this many tokens replays a CUDA graph too (engine.prefill_graphs:
     # a short turn's prefill is host-bound); 0 = off. None: 512 with unquantized weights (a 256-token turn
     # 14.2 -> 8.8 ms on an H100, bench/RESULTS.md), off with quantized ones (their graphs are not yet
-    # timed on a GPU); model_runner.prefill_graph_limit
+    # timed on a GPU); engine.prefill_graphs.prefill_graph_limit
     prefill_graph_tokens: int | None = None
     kv_dtype: str = "auto"  # "auto": the model dtype; "int8": per-(block, head) scales, half the bytes
     attn_backend: str = (

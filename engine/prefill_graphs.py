@@ -39,7 +39,9 @@ def prefill_graph_limit(cfg: Any, model: torch.nn.Module) -> int:
     unquantized models only: theirs were timed on a GPU (bench/RESULTS.md), quantized ones' not yet."""
     if cfg.prefill_graph_tokens is not None:
         return cfg.prefill_graph_tokens
-    quantized = any(getattr(m, "qweight", None) is not None for m in model.modules())
+    from engine.quant.linear import QuantLinear
+
+    quantized = any(isinstance(m, QuantLinear) for m in model.modules())
     return 0 if quantized else DEFAULT_PREFILL_GRAPH_TOKENS
 
 

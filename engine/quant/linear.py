@@ -96,22 +96,23 @@ class QuantLinear(nn.Module):
             from engine.quant.cuda_linear import cuda_linear
 
             return cuda_linear(self, x)
-        x = self.sparsify(x)
+        y = self._cpu_product(self.sparsify(x))
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+    def _cpu_product(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ W.T`` on the CPU: torch's packed kernels for few bf16 rows, else dequantize-then-matmul, a
+        chunk of output rows at a time so that a large layer (an LM head) never exists whole in fp32."""
         if cpu_linear.applies(x):
             if self.cpu is None:
                 self.cpu = cpu_linear.pack(self.qweight) or False
             if self.cpu:
-                y = cpu_linear.matmul(self.cpu, x)
-                return y if self.bias is None else y + self.bias.to(y.dtype)
+                return cpu_linear.matmul(self.cpu, x)
         n = self.out_features
         step = max(1, ROW_CHUNK_ELEMS // max(1, self.in_features))
         if step >= n:  # one chunk: no output buffer to copy into (~10 % of an int4 prefill's layer time)
-            y = x @ self.qweight.dequantize(x.dtype).T
-            return y if self.bias is None else y + self.bias.to(x.dtype)
+            return x @ self.qweight.dequantize(x.dtype).T
         out = torch.empty(*x.shape[:-1], n, dtype=x.dtype, device=x.device)
         for r0 in range(0, n, step):
             rows = slice(r0, min(n, r0 + step))
             out[..., rows] = x @ self.qweight.dequantize(x.dtype, rows).T
-        if self.bias is not None:
-            out = out + self.bias.to(x.dtype)
         return out

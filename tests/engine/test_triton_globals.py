@@ -19,7 +19,7 @@ ENGINE = Path(__file__).resolve().parents[2] / "engine"
 
 def _is_jit(dec: ast.expr) -> bool:
     target = dec.func if isinstance(dec, ast.Call) else dec
-    return isinstance(target, ast.Attribute) and target.attr == "jit" or getattr(target, "id", "") == "jit"
+    return (isinstance(target, ast.Attribute) and target.attr == "jit") or getattr(target, "id", "") == "jit"
 
 
 def _jit_functions(tree: ast.Module) -> list[ast.FunctionDef]:
