@@ -111,9 +111,9 @@ class EngineConfig:
     # then never waits for a capture; 0 captures lazily, on first use
     cuda_graph_precapture_tokens: int = 16384
     # one sequence's prefill chunk of up to this many tokens replays a CUDA graph too (engine.prefill_graphs:
-    # a short turn's prefill is host-bound); 0 = off. None: 512 with unquantized weights (a 256-token turn
-    # 14.2 -> 8.8 ms on an H100, bench/RESULTS.md), off with quantized ones (their graphs are not yet
-    # timed on a GPU); engine.prefill_graphs.prefill_graph_limit
+    # a short turn's prefill is host-bound); 0 = off. None: 512 (a 256-token turn on an H100: 14.2 -> 8.8 ms
+    # with bf16 weights, 25.4 -> 15.4 ms with int4; bench/RESULTS.md);
+    # engine.prefill_graphs.prefill_graph_limit
     prefill_graph_tokens: int | None = None
     kv_dtype: str = "auto"  # "auto": the model dtype; "int8": per-(block, head) scales, half the bytes
     attn_backend: str = (

@@ -86,7 +86,7 @@ def kv_pool_blocks(model: LlamaForCausalLM, cfg: EngineConfig, device: torch.dev
     act = cfg.max_batch_tokens * (m.vocab_size * 4 + 4 * m.intermediate_size * 2) + GiB if derive else 0
     elt = torch.finfo(dtype).bits // 8
     act += dequant_reserve(model, cfg.max_num_seqs, elt) if derive else 0
-    if derive and prefill_graphs_dequantize(cfg, model):  # their copy, in the graphs' pool (one LM-head row)
+    if derive and prefill_graphs_dequantize(cfg):  # their copy, in the graphs' pool (one LM-head row)
         act += dequant_reserve(model, 1, elt)
     weights = weight_bytes(model)  # quantized layers count their packed bytes
     left = check_budget(weights, act, cfg.gpu_memory_gb, str(device))
@@ -173,7 +173,7 @@ class ModelRunner:
         self._graph_wrote_ids = False  # whether that decode wrote its argmax into `tokens`
         self.last_prefill: tuple[int, float] = (0, 0.0)
         self.force_static = False  # tests: run the graph path's static buffers eagerly on CPU
-        self.prefill = PrefillGraphs(self, prefill_graph_limit(cfg, model))  # short prefill chunks, as graphs
+        self.prefill = PrefillGraphs(self, prefill_graph_limit(cfg))  # short prefill chunks, as graphs
 
     def bucket(self, batch: int) -> int:
         """The graph batch size that serves ``batch`` running sequences (itself beyond the largest)."""

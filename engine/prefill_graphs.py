@@ -4,7 +4,7 @@ Why: a chat turn is a short prefill over a cached history, and eagerly it is hos
 256-token prefill of an 8B model is 6.8 ms of kernels (12.9 ms over a 15K-token history) but 14-58 ms of
 wall time by machine: 334 launches from Python, Triton's argument binding on every call
 (`bench/prefill_probe.py`, bench/RESULTS.md). Decode steps replay graphs already; this does the same for
-prefill chunks, padded up to a token bucket (64, 128, 256, ...), with one graph per (bucket, table width).
+prefill chunks, padded up to a token bucket (64, 128, 192, 256, ...), one graph per (bucket, table width).
 A step that also carries one-token rows (other sessions decoding) runs as a decode graph, then the prefill
 graph (`run_mixed`), rather than as one eager pass that would leave those decodes waiting on the host.
 
@@ -12,8 +12,8 @@ How padding stays invisible: the padded tokens come after the real ones, write t
 scratch block, and the attention kernel reads each sequence's real query count and context length from
 device tensors, so no real token attends to a padded one; only the last real row's logits are kept.
 The paged Triton reader serves every chunk (also a fresh one, which eager runs through SDPA). On by
-default for unquantized models (512 tokens: a 256-token turn 14.2 -> 8.8 ms on an H100, 302 launches -> 5),
-off for quantized ones until their graphs are timed on a GPU (``EngineConfig.prefill_graph_tokens``).
+default up to 512 tokens (``EngineConfig.prefill_graph_tokens``): on an H100 a 256-token turn went from
+14.2 to 8.8 ms with bf16 weights (302 launches -> 5) and from 25.4 to 15.4 ms with int4 weights.
 
 Quantized models too: buckets of up to ``CHUNK_ROWS`` tokens run the GEMV kernels, larger ones dequantize
 a layer's weight into the graphs' shared pool, which keeps one such copy; the KV budget reserves it
@@ -34,28 +34,29 @@ import torch
 DEFAULT_PREFILL_GRAPH_TOKENS = 512
 
 
-def prefill_graph_limit(cfg: Any, model: torch.nn.Module) -> int:
-    """The largest prefill chunk (tokens) that replays a CUDA graph, 0 for none. Unset, graphs serve
-    unquantized models only: theirs were timed on a GPU (bench/RESULTS.md), quantized ones' not yet."""
+def prefill_graph_limit(cfg: Any) -> int:
+    """The largest prefill chunk (tokens) that replays a CUDA graph, 0 for none: the config's value, else
+    512, for plain and quantized weights alike (both timed on an H100, bench/RESULTS.md)."""
     if cfg.prefill_graph_tokens is not None:
         return cfg.prefill_graph_tokens
-    from engine.quant.linear import QuantLinear
-
-    quantized = any(isinstance(m, QuantLinear) for m in model.modules())
-    return 0 if quantized else DEFAULT_PREFILL_GRAPH_TOKENS
+    return DEFAULT_PREFILL_GRAPH_TOKENS
 
 
-def prefill_graphs_dequantize(cfg: Any, model: torch.nn.Module) -> bool:
+def prefill_graphs_dequantize(cfg: Any) -> bool:
     """Whether a prefill graph's bucket is large enough for quantized layers to dequantize their weight
     (`engine.quant.cuda_linear`: more than ``CHUNK_ROWS`` rows), which the graphs' pool then keeps."""
     from engine.quant.gpu import CHUNK_ROWS
 
-    return prefill_graph_limit(cfg, model) > CHUNK_ROWS
+    return prefill_graph_limit(cfg) > CHUNK_ROWS
 
 
 def token_buckets(max_tokens: int) -> list[int]:
-    """Chunk sizes graphs are captured for: powers of two from 16 up to ``max_tokens`` (and it)."""
-    sizes = [t for t in (16, 32, 64, 128, 256, 512, 1024, 2048) if t < max_tokens]
+    """Chunk sizes graphs are captured for, up to ``max_tokens`` (and it): powers of two to 128, then steps
+    of 64 to 512, then powers of two. Why the steps: a chat turn of 256 new tokens arrives as 288-320 (the
+    partial last block and the previous answer are recomputed), and padding that to 512 cost a reuse turn
+    over a 15K history 24-26 ms against 9 ms for 256 tokens alone (H100, bench/RESULTS.md)."""
+    grid = [16, 32, 64, 128, *range(192, 513, 64), 1024, 2048]
+    sizes = [t for t in grid if t < max_tokens]
     return sizes + [max_tokens] if max_tokens > 0 else []
 
 

@@ -131,7 +131,9 @@ def test_prefill_graphs_decline_what_they_cannot_serve() -> None:
     assert not r.prefill.serves([(0, 1, 40, blocks)], True, None)  # decode: its own graphs
     assert not r.prefill.serves([(0, 10, 10, blocks), (10, 5, 5, blocks)], False, None)  # two sequences
     assert token_buckets(0) == [] and token_buckets(100) == [16, 32, 64, 100]
-    assert token_buckets(512) == [16, 32, 64, 128, 256, 512]
+    assert token_buckets(512) == [16, 32, 64, 128, 192, 256, 320, 384, 448, 512]
+    assert token_buckets(300) == [16, 32, 64, 128, 192, 256, 300]
+    assert token_buckets(2048)[-3:] == [512, 1024, 2048]
 
 
 def test_prefill_graph_plan_covers_every_width_a_bucket_can_meet() -> None:
@@ -198,14 +200,14 @@ def test_a_mixed_step_runs_as_a_decode_graph_and_a_prefill_graph(triton: bool, m
     assert (32, 4) in r.prefill.graphs and r.graphs  # a prefill graph and a decode graph served it
 
 
-def test_graphs_default_on_for_unquantized_models_and_off_for_quantized_ones() -> None:
-    """Unset, `prefill_graph_tokens` means graphs up to 512 tokens where they were timed on a GPU (plain
-    weights), none for quantized layers (not yet timed); an explicit value wins either way."""
+def test_graphs_default_on_up_to_512_tokens_for_plain_and_quantized_models() -> None:
+    """Unset, `prefill_graph_tokens` means graphs up to 512 tokens, with plain or quantized weights (both
+    timed on a GPU); an explicit value wins, 0 turns them off."""
+    assert prefill_graph_limit(EngineConfig(model="<in-memory>")) == DEFAULT_PREFILL_GRAPH_TOKENS == 512
+    assert prefill_graph_limit(EngineConfig(model="<in-memory>", prefill_graph_tokens=0)) == 0
     plain = _tiny_runner(False, graph_tokens=None)
-    assert prefill_graph_limit(EngineConfig(model="<in-memory>"), plain.model) == DEFAULT_PREFILL_GRAPH_TOKENS
-    assert plain.prefill.buckets[-1] == DEFAULT_PREFILL_GRAPH_TOKENS == 512
+    assert plain.prefill.enabled and plain.prefill.buckets[-1] == 512
     quantized = _tiny_runner(False, quant="int4:g32", graph_tokens=None)
-    assert quantized.prefill.buckets == []
-    assert not quantized.prefill.enabled
+    assert quantized.prefill.enabled and quantized.prefill.buckets[-1] == 512
     assert _tiny_runner(False, quant="int4:g32", graph_tokens=128).prefill.buckets[-1] == 128
     assert _tiny_runner(False, graph_tokens=0).prefill.buckets == []
