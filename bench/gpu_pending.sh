@@ -23,8 +23,8 @@
 #   silu: bash bench/gpu_pending.sh silu   (carry .whl; gate_up's GEMV writing silu(gate) * up: compiled tests, then the A/B)
 #   pgraph: bash bench/gpu_pending.sh pgraph   (carry .whl; short prefills as CUDA graphs off / on, bf16 and int8 KV (KV=auto
 #           narrows it; QUANT=int4 KV=auto: int4 weights): TTFT and greedy ids; ~8 min;
-#           timed 2026-12-05 on an H100 (bf16 and int8 KV) and now on by default for unquantized models, so
-#           `bash bench/gpu_pending.sh engine` gives the issue-3 figures with them; ENGINE_ARGS="--prefill-graph-tokens 0": without)
+#           timed 2026-12-05 on an H100 (bf16, int8 KV, int4 weights) and on by default, so `bash bench/gpu_pending.sh
+#           engine` gives the issue-3 figures with them; ENGINE_ARGS="--prefill-graph-tokens 0": without)
 #   chatgraph: bash bench/gpu_pending.sh chatgraph   (carry .whl bench/out/chat_gpu_bundle; 16 sessions x 5 turns through
 #           engine-serve with prefill graphs off, then on: decodes and a chunk as two graph replays; ~9 min)
 #   int8kv: bash bench/gpu_pending.sh int8kv   (carry .whl; int8 KV's one-launch store: compiled tests, then 256-token
