@@ -3,6 +3,13 @@
 A full block's key is ``sha256(parent key | model fingerprint | token ids)``: the same prefix under the
 same weights always gives the same chain of keys, in any process, so the keys double as file names for
 the disk tier. Unreferenced blocks stay in the pool (still findable) until space is needed, oldest first.
+
+A finished sequence's last, partial block stays findable too, on the GPU only, as a *tail* under its
+parent's key with the token ids it holds. Why: a chat's next turn starts with the previous answer, and its
+last block is partial in all but 1 of ``block_size`` cases, so without tails every turn recomputes up to a
+block of the answer (a "256-token" turn over a 15K history reached the engine as 288-320 new tokens with
+64-token blocks). A tail is taken over, not shared: the next turn writes its own tokens into the block's
+free rows, so only an unreferenced tail is handed out, and it stops being findable.
 """
 
 from __future__ import annotations
@@ -67,6 +74,9 @@ class BlockManager:
         self.free_plain: list[int] = list(range(self.num_blocks - 1, -1, -1))
         self.free_cached: OrderedDict[int, None] = OrderedDict()  # LRU: oldest first
         self.on_evict = on_evict
+        # parent key ("" for the first block) -> (block, the token ids whose KV its first rows hold)
+        self.tails: dict[str, tuple[int, tuple[int, ...]]] = {}
+        self.tail_parent: dict[int, str] = {}  # block -> its entry in ``tails``
 
     # --- accounting -------------------------------------------------------------------------
     @property
@@ -94,6 +104,7 @@ class BlockManager:
             b = self.free_plain.pop()
         elif self.free_cached:
             b, _ = self.free_cached.popitem(last=False)
+            self._drop_tail_block(b)
             key = self.key[b]
             if key is not None:
                 if self.on_evict is not None:
@@ -113,6 +124,50 @@ class BlockManager:
         self.by_key[key] = block
         return True
 
+    # --- partial tail blocks ------------------------------------------------------------------
+    def keep_tail(self, block: int, parent: str | None, tokens: list[int]) -> None:
+        """Keep a finishing sequence's partial last block findable after `release` (see the module doc).
+        The newest tail under a parent wins; a block already keyed or shared is left alone."""
+        if not tokens or self.key[block] is not None or self.ref[block] != 1 or block in self.tail_parent:
+            return
+        self.drop_tail(parent)
+        self.tails[parent or ""] = (block, tuple(tokens))
+        self.tail_parent[block] = parent or ""
+
+    def take_tail(self, parent: str | None, tokens: list[int]) -> tuple[int, int] | None:
+        """The unreferenced tail under ``parent``, if its token ids and ``tokens`` (those the caller
+        needs KV for) start alike: (block, rows of it that are valid for ``tokens``), now referenced once
+        and no longer findable; None otherwise. A row's KV depends only on the tokens up to it, so a
+        tail that goes on differently (an edited or regenerated turn) still serves its common rows."""
+        entry = self.tails.get(parent or "")
+        if entry is None:
+            return None
+        b, held = entry
+        common = min(len(held), len(tokens))
+        rows = next((i for i in range(common) if held[i] != tokens[i]), common)
+        if self.ref[b] != 0 or rows == 0:
+            return None
+        self._drop_tail_block(b)
+        self.free_cached.pop(b, None)
+        self.ref[b] = 1
+        return b, rows
+
+    def drop_tail(self, parent: str | None) -> None:
+        """Make the tail under ``parent`` unfindable (replaced, or its conversation deleted)."""
+        entry = self.tails.get(parent or "")
+        if entry is None:
+            return
+        b = entry[0]
+        self._drop_tail_block(b)
+        if self.ref[b] == 0 and b in self.free_cached:  # it waited among the cached blocks
+            del self.free_cached[b]
+            self.free_plain.append(b)
+
+    def _drop_tail_block(self, block: int) -> None:
+        parent = self.tail_parent.pop(block, None)
+        if parent is not None:
+            del self.tails[parent]
+
     def forget(self, key: str) -> bool:
         """Make an unreferenced cached block unfindable (its owner asked for deletion); in-use ones stay."""
         b = self.by_key.get(key)
@@ -131,7 +186,7 @@ class BlockManager:
             if self.ref[b] < 0:
                 raise RuntimeError(f"block {b} released twice")
             if self.ref[b] == 0:
-                if self.key[b] is None:
+                if self.key[b] is None and b not in self.tail_parent:
                     self.free_plain.append(b)
                 else:
                     self.free_cached[b] = None

@@ -240,16 +240,20 @@ class Engine:
             self.disk_tier.close()
 
     def forget(self, prompt: Prompt, keep_tokens: int = 0) -> int:
-        """Delete the cached KV of ``prompt``'s full blocks past ``keep_tokens`` from every tier.
+        """Delete the cached KV of ``prompt``'s full blocks past ``keep_tokens`` from every tier, and the
+        partial blocks kept after them on the GPU (`BlockManager.keep_tail`).
 
         Why: a chat session deleted by its user must not leave its text's KV on disk; the shared head
         (e.g. a system prompt, ``keep_tokens``) stays. Blocks in use by a running request stay as well.
         Returns how many tier entries were dropped."""
         bs = self.config.block_size
-        keys = chain_hashes(self.encode_prompt(prompt), bs, self.fingerprint)[keep_tokens // bs :]
+        chain = chain_hashes(self.encode_prompt(prompt), bs, self.fingerprint)
+        head, keys = chain[: keep_tokens // bs], chain[keep_tokens // bs :]
         dropped = 0
         with self._cv:
+            self.bm.drop_tail(head[-1] if head else None)  # a partial block past the kept head
             for key in keys:
+                self.bm.drop_tail(key)
                 self.tiers.drop(key)  # never written back
                 dropped += self.bm.forget(key)
                 dropped += self.cpu_tier is not None and self.cpu_tier.drop(key)
@@ -420,7 +424,7 @@ class Engine:
             self._inbox.remove(s)
         if s.block_table:
             self._commit_blocks(s)
-            self.scheduler.free(s)
+            self.scheduler.free(s, keep_tail=reason != "error")  # after an error its KV is not trusted
         s.status = Status.FINISHED
         rest = self.streams.close(s)
         if emit:

@@ -107,10 +107,18 @@ class Scheduler:
             counts[tier] += self.bs
         if disk_bytes:
             self.cost.observe_disk(disk_bytes, disk_s)
+        tail_rows = 0
+        if self.prefix_cache:  # a finished turn's partial last block (`BlockManager.keep_tail`)
+            needed = seq.tokens[len(table) * self.bs : len(seq.tokens) - 1]  # the last token is computed
+            tail = self.bm.take_tail(hit_keys[-1] if hit_keys else None, needed)
+            if tail is not None:
+                table.append(tail[0])
+                tail_rows = tail[1]
+                counts["gpu"] += tail_rows
         while len(table) < total_blocks:
             table.append(self.bm.allocate())
         seq.block_table, seq.block_keys = table, hit_keys
-        seq.num_computed = len(hit_keys) * self.bs
+        seq.num_computed = len(hit_keys) * self.bs + tail_rows
         if not seq.admitted:  # a preempted sequence keeps its first admission's numbers
             seq.cached_tokens, seq.cached_from = seq.num_computed, counts
         seq.status = Status.RUNNING
@@ -123,8 +131,14 @@ class Scheduler:
         while len(seq.block_table) * self.bs < upto:
             seq.block_table.append(self.bm.allocate())
 
-    def free(self, seq: Sequence) -> None:
-        """Release a sequence's blocks at once (finish, cancel or preemption)."""
+    def free(self, seq: Sequence, keep_tail: bool = False) -> None:
+        """Release a sequence's blocks at once (finish, cancel or preemption). ``keep_tail``: a finished
+        sequence's partial last block stays findable for the next turn (its full blocks are registered)."""
+        rows = seq.num_computed % self.bs
+        full = seq.num_computed // self.bs
+        if keep_tail and self.prefix_cache and rows and len(seq.block_keys) == full < len(seq.block_table):
+            parent = seq.block_keys[-1] if full else None
+            self.bm.keep_tail(seq.block_table[full], parent, seq.tokens[full * self.bs : seq.num_computed])
         self.bm.release(seq.block_table)
         seq.block_table, seq.block_keys = [], []
 

@@ -43,3 +43,53 @@ def test_read_write_block_roundtrip():
     bm.write_block(2, data)
     assert torch.equal(bm.read_block(2), data)
     assert not bm.register(2, "x") or not bm.register(1, "x")  # one block per key
+
+
+def test_a_partial_tail_is_taken_over_once_and_only_by_matching_tokens():
+    """`keep_tail`: a finished turn's partial last block, findable under its parent's key until taken
+    (then it is the new sequence's own block), evicted (LRU, like cached blocks) or dropped."""
+    bm = _bm(3)
+    full, tail = bm.allocate(), bm.allocate()
+    bm.register(full, "k0")
+    bm.keep_tail(tail, "k0", [7, 8])
+    bm.release([full, tail])
+    assert bm.num_free == 3 and bm.num_referenced == 0
+    assert bm.take_tail("k0", [9, 8, 1]) is None and bm.take_tail("other", [7, 8, 1]) is None
+    assert bm.take_tail("k0", []) is None  # nothing to serve
+    bm.acquire(full)
+    assert bm.take_tail("k0", [7, 8, 1]) == (tail, 2)
+    assert bm.ref[tail] == 1 and bm.take_tail("k0", [7, 8, 1]) is None  # taken: no longer findable
+    bm.release([full, tail])
+    assert bm.num_free == 3 and tail in bm.free_plain  # an unkeyed block again: plain free
+    for needed, rows in (([7], 1), ([7, 9, 1], 1)):  # the rows both start with: a regenerated or edited turn
+        t = bm.allocate()
+        bm.keep_tail(t, "k0", [7, 8])
+        bm.release([t])
+        assert bm.take_tail("k0", needed) == (t, rows)
+        bm.release([t])
+
+    # a referenced tail is not handed out; the newest tail under a parent replaces the older one
+    a, b = bm.allocate(), bm.allocate()
+    bm.keep_tail(a, None, [1])
+    assert bm.take_tail(None, [1, 2]) is None  # its sequence still holds it
+    bm.release([a])
+    bm.keep_tail(b, None, [3])
+    bm.release([b])
+    assert bm.take_tail(None, [1, 2]) is None and bm.take_tail(None, [3, 4]) == (b, 1)
+    bm.release([b])
+    assert bm.num_free == 3
+
+
+def test_tails_are_evicted_least_recently_used_and_dropped_on_request():
+    bm = _bm(2)
+    t0, t1 = bm.allocate(), bm.allocate()
+    bm.keep_tail(t0, "p0", [1])
+    bm.keep_tail(t1, "p1", [2])
+    bm.release([t0])
+    bm.release([t1])
+    assert bm.allocate() == t0  # the oldest unreferenced block goes first, tail or not
+    assert bm.take_tail("p0", [1, 5]) is None and bm.tails.keys() == {"p1"}
+    bm.drop_tail("p1")  # its conversation was deleted
+    assert bm.take_tail("p1", [2, 5]) is None and t1 in bm.free_plain and not bm.free_cached
+    bm.release([t0])
+    assert bm.num_free == 2

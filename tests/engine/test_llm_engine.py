@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.block_manager import chain_hashes
 from engine.config import EngineConfig
 from engine.llm_engine import Engine, QueueFull
 from engine.sampling import SamplingParams
@@ -41,6 +42,37 @@ def test_turn2_reuses_turn1_prompt_and_answer(engine, hf_model):
     assert r2.usage["cached_tokens"] >= (turn1_len - 1) // bs * bs > r1.usage["prompt_tokens"] - bs
     assert r2.usage["cached_from"]["gpu"] == r2.usage["cached_tokens"]
     assert r2.token_ids == hf_greedy(hf_model, engine.encode_prompt(msgs), 24)  # same as recompute
+
+
+def _turn_with_partial_tail(engine, question: str) -> tuple[list[int], list[int]]:
+    """A first turn whose computed tokens (prompt + answer - its last) end inside a block."""
+    bs = engine.config.block_size
+    ids1 = engine.encode_prompt(CHAT + [{"role": "user", "content": question}])
+    n1 = next(n for n in range(9, 9 + bs) if (len(ids1) + n - 1) % bs not in (0, 1))
+    return ids1, engine.complete(ids1, SamplingParams(max_tokens=n1, ignore_eos=True)).token_ids
+
+
+def test_turn2_reuses_turn1_partial_last_block_too(engine, hf_model):
+    """The previous answer's last, partial block is taken over (`BlockManager.keep_tail`): turn 2
+    recomputes only the one token turn 1 never fed (its last), then its own, and gives recompute's tokens."""
+    bs = engine.config.block_size
+    ids1, answer = _turn_with_partial_tail(engine, "Can I change the delivery address?")
+    ids2 = ids1 + answer + engine.tokenizer.encode("Thanks. And the return label?")
+    r2 = engine.complete(ids2, SamplingParams(max_tokens=12))
+    computed = len(ids1) + len(answer) - 1
+    assert r2.usage["cached_tokens"] == computed > computed // bs * bs
+    assert r2.usage["cached_from"]["gpu"] == r2.usage["cached_tokens"]
+    assert r2.token_ids == hf_greedy(hf_model, ids2, 12)
+
+
+def test_an_edited_turn_reuses_the_rows_it_shares_with_the_kept_tail(engine, hf_model):
+    """A turn that keeps all but the last two answer tokens and then goes on differently (an edit) takes
+    the tail's common rows only; the rows after them are recomputed, so its tokens are recompute's."""
+    ids1, answer = _turn_with_partial_tail(engine, "Do you deliver on Sundays?")
+    edited = ids1 + answer[:-2] + engine.tokenizer.encode(" Actually, what about Saturdays?")
+    r = engine.complete(edited, SamplingParams(max_tokens=12))
+    assert r.usage["cached_tokens"] == len(ids1) + len(answer) - 2
+    assert r.token_ids == hf_greedy(hf_model, edited, 12)
 
 
 def test_streaming_events_usage_and_stop_strings(engine):
@@ -186,7 +218,10 @@ def test_forget_drops_kv_from_every_tier_but_keeps_the_shared_head(model_dir, tm
         e1.flush()
         files_before = len(list(disk.glob("*/*.kvb")))
         assert files_before >= 3
+        chain = chain_hashes(prompt, e1.config.block_size, e1.fingerprint)
+        assert chain[-1] in e1.bm.tails  # the answer's partial block, kept on the GPU for a next turn
         dropped = e1.forget(prompt, keep_tokens=64)
+        assert not set(chain) & set(e1.bm.tails)  # gone with the conversation
         assert dropped >= 2
         again = e1.complete(prompt, sp)
         # only the kept head (the full blocks within its 64 tokens) is reused
