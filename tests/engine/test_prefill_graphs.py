@@ -163,8 +163,11 @@ def test_chat_turns_through_the_static_prefill_match_transformers(engine, hf_mod
         r2 = engine.complete(msgs, sp)
         assert r2.usage["cached_tokens"] > 0
         assert r2.token_ids == hf_greedy(hf_model, engine.encode_prompt(msgs), 8)
-        new1 = r1.usage["prompt_tokens"] - r1.usage["cached_tokens"]  # an earlier test may have cached CHAT
-        assert runs == [new1, r2.usage["prompt_tokens"] - r2.usage["cached_tokens"]]  # each turn's prefill
+        # each turn's prefill; an earlier test may have cached CHAT (its tail too), and a 1-token remainder
+        # runs as a decode step
+        new1 = r1.usage["prompt_tokens"] - r1.usage["cached_tokens"]
+        new2 = r2.usage["prompt_tokens"] - r2.usage["cached_tokens"]
+        assert new2 > 1 and runs == [n for n in (new1, new2) if n > 1]
     finally:
         del p.run
         p.enabled, p.buckets, p.force = False, [], False
