@@ -148,8 +148,7 @@ class BlockManager:
         if self.ref[b] != 0 or rows == 0:
             return None
         self._drop_tail_block(b)
-        self.free_cached.pop(b, None)
-        self.ref[b] = 1
+        self.acquire(b)
         return b, rows
 
     def drop_tail(self, parent: str | None) -> None:

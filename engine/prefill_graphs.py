@@ -52,9 +52,10 @@ def prefill_graphs_dequantize(cfg: Any) -> bool:
 
 def token_buckets(max_tokens: int) -> list[int]:
     """Chunk sizes graphs are captured for, up to ``max_tokens`` (and it): powers of two to 128, then steps
-    of 64 to 512, then powers of two. Why the steps: a chat turn of 256 new tokens arrives as 288-320 (the
-    partial last block and the previous answer are recomputed), and padding that to 512 cost a reuse turn
-    over a 15K history 24-26 ms against 9 ms for 256 tokens alone (H100, bench/RESULTS.md)."""
+    of 64 to 512, then powers of two. Why the steps: a chat turn's new tokens are rarely a power of two (a
+    "256-token" turn reached the engine as 288-320 before `BlockManager.keep_tail`, 257 since), and padding
+    288-320 to 512 cost a reuse turn over a 15K history 24-26 ms against 9 ms for 256 tokens alone (H100,
+    bench/RESULTS.md)."""
     grid = [16, 32, 64, 128, *range(192, 513, 64), 1024, 2048]
     sizes = [t for t in grid if t < max_tokens]
     return sizes + [max_tokens] if max_tokens > 0 else []
