@@ -301,7 +301,11 @@ class Bench(PoolPhasesMixin, ReportMixin, BenchBase):
         del eng
         self.free()
         self.section("int8_kv", lambda: self.int8_kv(model, kw, more))
-        self.section("sessions", lambda: self.sessions(model, kw))
+        skw = {**kw, "cpu_cache_gb": a.sessions_cpu_cache_gb or a.cpu_cache_gb}
+        if a.sessions_ab:  # the same sessions with CPU-tier blocks copied before the step (the old way)
+            before = {**skw, "restore_layerwise": False}
+            self.section("sessions_before_step", lambda: self.sessions(model, before))
+        self.section("sessions", lambda: self.sessions(model, skw))
         self.section("restart", lambda: self.restart(model, kw, disk, turns))
         if self.dev.type == "cuda":
             self.res["peak_gib_ours"] = round(torch.cuda.max_memory_allocated() / GiB, 2)
@@ -329,6 +333,12 @@ def main() -> None:
     p.add_argument("--session-first-tokens", type=int, default=2048)
     p.add_argument("--session-turn-tokens", type=int, default=256)
     p.add_argument("--sessions-kv-dtype", default="auto", help="the sessions phase's KV dtype (auto, int8)")
+    p.add_argument("--sessions-cpu-cache-gb", type=float, default=None, help="default: --cpu-cache-gb")
+    p.add_argument(
+        "--sessions-ab",
+        action="store_true",
+        help="also run the sessions with CPU-tier restores copied before the step (restore_layerwise=False)",
+    )
     p.add_argument("--turn-sizes", default="1536,256")
     p.add_argument(
         "--prefill-graph-tokens",

@@ -64,6 +64,7 @@ class PoolPhasesMixin:
         """S sessions advance turn by turn in one shared pool; older sessions spill to the CPU tier."""
         a = self.args
         eng = self.engine(model, kv_dtype=a.sessions_kv_dtype, **kw)  # int8: half the bytes to restore
+        self.rng.manual_seed(1234)  # an A/B of two runs gets the same prompts
         s_n, hist = a.sessions, {}
         last = []
         for t in range(a.turns):
@@ -74,6 +75,7 @@ class PoolPhasesMixin:
                 hist[s] = prompt + ev.token_ids
                 if t == a.turns - 1:
                     last.append({k: ev.usage[k] for k in USAGE_KEYS})
+        layerwise = eng.stats()["layerwise_restores"]
         eng.scheduler.prefix_cache = False
         full = hist[0][: last[0]["prompt_tokens"]]
         rec = [eng.complete(full, SamplingParams(max_tokens=1)).usage["ttft_ms"] for _ in range(3)]
@@ -97,6 +99,7 @@ class PoolPhasesMixin:
             "recompute_same_size_ms": statistics.median(rec),
             "new_alone_ms": statistics.median(alone),
             "cached_from_sum": {k: sum(r["cached_from"][k] for r in last) for k in last[0]["cached_from"]},
+            "layerwise_restores": layerwise,  # None: CPU-tier blocks copied before the step
         }
 
     def restart(self, model, kw, disk: Path, turns) -> dict:

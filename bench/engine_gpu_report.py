@@ -25,7 +25,16 @@ class ReportMixin:
         for key, mt in r.get("int8_kv", {}).items():  # int8 KV reuse, torch's store against the kernel's
             if key.startswith("int8_multiturn"):
                 print(f"{key}: reuse {[round(x) for x in mt['reuse_ms']]}")
-        for k in ("ours_decode", "hf_static_compile", "sessions", "int8_kv", "restart", "peak_gib_ours"):
+        for k in (
+            "sessions_before_step",
+            "sessions",
+        ):  # turn-10 of S sessions, most restored from the CPU tier
+            if k in r:
+                x = r[k]
+                keys = ("kv_dtype", "turn_tokens", "p50_last_ttft_ms", "p99_last_ttft_ms", "max_last_ttft_ms")
+                keys += ("recompute_same_size_ms", "new_alone_ms", "cached_from_sum", "layerwise_restores")
+                print(k, json.dumps({q: x.get(q) for q in keys}))
+        for k in ("ours_decode", "hf_static_compile", "int8_kv", "restart", "peak_gib_ours"):
             if k in r:
                 print(k, json.dumps(r[k])[:600])
         print("errors", {k: v for k, v in r.items() if k.endswith("_error")})

@@ -151,6 +151,8 @@ class BenchBase:
         gc.collect()
         if self.dev.type == "cuda":
             torch.cuda.empty_cache()
+            if hasattr(torch._C, "_host_emptyCache"):  # a closed engine's pinned CPU tier goes back too
+                torch._C._host_emptyCache()
 
     # --- phase 2: transformers --------------------------------------------------------------
 

@@ -6,6 +6,8 @@
 #   kernels only: bash bench/gpu_pending.sh kernels   (no carry; KINDS=..., MS=..., SWEEP_S=... to narrow it)
 #   check: bash bench/gpu_pending.sh check   (no carry; compiled tests, engine_check, e2e with shipped configs
 #          and each mode's prefill kernels)
+#   restore: bash bench/gpu_pending.sh restore   (carry .whl; layer-wise CPU-tier restores: compiled test, then issue 3's
+#           run with 32 sessions of ~15.4K tokens restored before the step / layer by layer; ~8 min)
 #   engine: bash bench/gpu_pending.sh engine   (carry .whl for xxhash; issue 3's reuse, sessions and restart figures;
 #           ENGINE_ARGS="--skip correctness,ours_decode,int8_kv --turn-sizes 1536" reruns what a change touched)
 #   pdl: bash bench/gpu_pending.sh pdl   (carry .whl; LAUNCHES="0,1,0,1": PDL off/on A/B, ~6 min)
@@ -239,6 +241,15 @@ PY
   engine)  # issue 3 without the transformers baselines (those: bench/engine_gpu.py --phase all), ~9 min
     timeout "${ENGINE_S:-560}" python3 bench/engine_gpu.py --phase ours --no-compile --out "$OUT" ${ENGINE_ARGS:-} 2>&1 \
       | grep -vi warn | tail -30
+    ;;
+  restore)  # issue 3: layer-wise restores from the CPU tier: the compiled copy test, then the run above with
+    # 32 sessions of ~15.4K tokens (int8 KV) restored before the step (the old way) and layer by layer; ~8 min
+    echo "== compiled: tests/engine/test_kv_restore.py -k lands"
+    timeout 150 python3 -m pytest --noconftest -q -p no:cacheprovider tests/engine/test_kv_restore.py -k lands 2>&1 | tail -3
+    timeout "${ENGINE_S:-420}" python3 bench/engine_gpu.py --phase ours --no-compile --out "$OUT" \
+      --skip "${SKIP:-correctness,ours_decode,int8_kv,restart}" --session-first-tokens "${FIRST:-13056}" \
+      --sessions-kv-dtype int8 --cpu-cache-gb 8 --sessions-cpu-cache-gb 40 --sessions-ab ${ENGINE_ARGS:-} 2>&1 \
+      | grep -vi warn | tail -40
     ;;
   kernels)  # issue 6: the kernel tests compiled on the GPU, then the K-packed int4 / int8 sweep
     echo "== kernel and fused-op tests, compiled (pytest --noconftest: the root conftest needs the DB stack)"

@@ -19,6 +19,7 @@ how it was written. A block whose first slot is written in this step is fresh: i
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +49,8 @@ class AttnBatch:
     decode: bool = False
     kv_plan: torch.Tensor | None = None  # int8 KV on CUDA: `engine.kv_int8_store.store_plan`, [blocks, 3]
     int8_store: bool = False  # the runner's choice: `engine.kv_int8_store` can write these int8 caches
+    # a layer-wise restore in flight (`engine.kv_restore`): layer l calls it before touching its cache
+    layer_ready: Callable[[int], None] | None = None
 
 
 def quantize_block(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

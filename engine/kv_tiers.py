@@ -64,6 +64,10 @@ class CpuTier:
         self.free: list[torch.Tensor] = []
         self.slab_bytes = 0
         self.lock = threading.Lock()
+        # slots a layer-wise restore still reads on the GPU (`engine.kv_restore`): never evicted or reused
+        # until released; a dropped held key's slot is freed on release
+        self.held: dict[str, int] = {}
+        self.dropped_held: dict[str, torch.Tensor] = {}
 
     def __contains__(self, key: str) -> bool:
         return key in self.items
@@ -99,8 +103,11 @@ class CpuTier:
                 self.slab_bytes += k * n
                 self.free.extend(slab[i] for i in range(k))
 
-    def _evict_oldest(self) -> torch.Tensor:
-        key, old = self.items.popitem(last=False)
+    def _evict_oldest(self) -> torch.Tensor | None:
+        key = next((k for k in self.items if k not in self.held), None)
+        if key is None:
+            return None
+        old = self.items.pop(key)
         self.bytes -= old.numel() * old.element_size()
         if self.on_evict is not None:
             self.on_evict(key, old)
@@ -120,13 +127,15 @@ class CpuTier:
         if n > self.max_bytes:
             return False
         with self.lock:
-            while self.bytes + n > self.max_bytes and self.items:
-                self.free.append(self._evict_oldest())
+            while self.bytes + n > self.max_bytes and (old := self._evict_oldest()) is not None:
+                self.free.append(old)
+            if self.bytes + n > self.max_bytes:
+                return False  # what is left is held by a restore in flight
             host = self._slot(data)
             if host is None:
-                if not self.items:
-                    return False
                 host = self._evict_oldest()
+                if host is None:
+                    return False
             asynchronous = non_blocking and self.pin and data.is_cuda
             if not asynchronous and self.pending and torch.cuda.is_available():
                 torch.cuda.current_stream().synchronize()  # a queued copy may still target this slot
@@ -144,8 +153,29 @@ class CpuTier:
             if host is None:
                 return False
             self.bytes -= host.numel() * host.element_size()
-            self.free.append(host)
+            if key in self.held:
+                self.dropped_held[key] = host  # a restore still reads it
+            else:
+                self.free.append(host)
             return True
+
+    def hold(self, key: str) -> None:
+        with self.lock:
+            self.held[key] = self.held.get(key, 0) + 1
+
+    def release(self, keys: list[str]) -> None:
+        """The GPU no longer reads these slots once the model stream has passed the restore's last event;
+        a later host-side write into one synchronises first (``pending``)."""
+        with self.lock:
+            for key in keys:
+                left = self.held.get(key, 0) - 1
+                if left > 0:
+                    self.held[key] = left
+                    continue
+                self.held.pop(key, None)
+                if key in self.dropped_held:
+                    self.free.append(self.dropped_held.pop(key))
+            self.pending = True
 
     def get(self, key: str) -> torch.Tensor | None:
         with self.lock:

@@ -136,6 +136,12 @@ class Engine:
             self.cost,
             prefix_cache=config.enable_prefix_cache,
         )
+        layerwise = config.restore_layerwise
+        if self.cpu_tier is not None and (layerwise or (layerwise is None and self.device.type == "cuda")):
+            from engine.kv_restore import LayerwiseRestore
+
+            self.runner.restore = LayerwiseRestore(self.runner.kv, self.cpu_tier)
+            self.scheduler.restorer = self.runner.restore
         self._cv = threading.Condition()
         self._inbox: list[Sequence] = []
         self._cancels: list[Sequence] = []
@@ -290,6 +296,11 @@ class Engine:
             "running": len(self.scheduler.running),
             "cost_model": asdict(self.cost),
             "steps_ahead": {"launched": self.ahead.launched, "dropped_rows": self.ahead.dropped},
+            "layerwise_restores": (
+                {"steps": r.steps, "blocks": r.copied_blocks}
+                if (r := self.runner.restore) is not None
+                else None
+            ),
         }
 
     # --- step loop --------------------------------------------------------------------------

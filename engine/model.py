@@ -109,6 +109,8 @@ class Attention(nn.Module):
         q = q.view(t, self.nh, self.hd)
         k = k.view(t, self.kvh, self.hd)
         v = v.view(t, self.kvh, self.hd)
+        if ab.layer_ready is not None:  # this layer's restored blocks must have landed
+            ab.layer_ready(self.layer)
         kc, vc = ab.k_cache[self.layer], ab.v_cache[self.layer]
         ks = ab.k_scale[self.layer] if ab.k_scale is not None else None
         vs = ab.v_scale[self.layer] if ab.v_scale is not None else None

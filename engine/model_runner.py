@@ -174,6 +174,9 @@ class ModelRunner:
         self.last_prefill: tuple[int, float] = (0, 0.0)
         self.force_static = False  # tests: run the graph path's static buffers eagerly on CPU
         self.prefill = PrefillGraphs(self, prefill_graph_limit(cfg))  # short prefill chunks, as graphs
+        self.restore: Any = (
+            None  # `engine.kv_restore.LayerwiseRestore`, set by an engine whose CPU tier has it
+        )
 
     def bucket(self, batch: int) -> int:
         """The graph batch size that serves ``batch`` running sequences (itself beyond the largest)."""
@@ -332,8 +335,20 @@ class ModelRunner:
         """Forward the scheduled tokens; returns fp32 logits of each sequence's last new token.
 
         ``ahead``: a decode step whose input tokens are not on the host yet (`engine.lookahead`), one per
-        sequence on the device, at each sequence's position ``num_computed``."""
-        if ahead is None and len(batch) > 1:
+        sequence on the device, at each sequence's position ``num_computed``.
+
+        A step with blocks restored from the CPU tier (`engine.kv_restore`) runs eagerly: each layer waits
+        for its own copy, which a graph replay cannot."""
+        if self.restore is None or not self.restore.pending():
+            return self._run(batch, ahead, None)
+        self.restore.start()
+        try:
+            return self._run(batch, ahead, self.restore.wait_layer)
+        finally:
+            self.restore.finish()
+
+    def _run(self, batch, ahead: torch.Tensor | None, layer_ready) -> torch.Tensor:
+        if ahead is None and len(batch) > 1 and layer_ready is None:
             split = self.prefill.run_mixed(batch)  # decodes + one short chunk: two graph replays
             if split is not None:
                 return split
@@ -357,9 +372,9 @@ class ModelRunner:
             last_rows.append(len(ids) - 1)
         decode = all(n == 1 for _, n in batch)
         self.model.ensure_rope(max(pos))
-        if self.prefill.serves(seqs, decode, ahead):
+        if layer_ready is None and self.prefill.serves(seqs, decode, ahead):
             return self._timed_prefill(self.prefill.run(ids, pos, slots, seqs[0]), len(ids), t0)
-        if decode and (self.use_graphs or self.force_static):
+        if decode and (self.use_graphs or self.force_static) and layer_ready is None:
             width = self.table_width(max(len(s[3]) for s in seqs))
             tables = [s[3] + [self.scratch] * (width - len(s[3])) for s in seqs]
             lens = [s[2] for s in seqs]
@@ -371,6 +386,7 @@ class ModelRunner:
             return self._graph_logits
         ab = self._ab(self._tensor(slots))
         ab.decode = decode
+        ab.layer_ready = layer_ready
         if self.int8_store and not decode:  # where the CUDA path's int8 store puts each block's new rows
             from engine.kv_int8_store import store_plan
 

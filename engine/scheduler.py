@@ -37,6 +37,9 @@ class Scheduler:
         self.cost = cost or CostModel()
         self.waiting: list[Sequence] = []
         self.running: list[Sequence] = []
+        # CPU-tier blocks are copied layer by layer during the step's forward (`engine.kv_restore`), set
+        # by the engine where it runs; None: copied here, before the step
+        self.restorer = None
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -95,7 +98,10 @@ class Scheduler:
                 if data is None:  # vanished or corrupt: recompute from here
                     break
                 b = self.bm.allocate()
-                self.bm.write_block(b, data)
+                if tier == "cpu" and self.restorer is not None:
+                    self.restorer.add(b, data, k)
+                else:
+                    self.bm.write_block(b, data)
                 self.bm.register(b, k)
                 if tier == "disk":
                     disk_bytes += data.numel() * data.element_size()

@@ -1,0 +1,145 @@
+"""Restores from the CPU tier that overlap the prefill: the copy runs layer by layer beside the model.
+
+Why: a session coming back from the CPU tier used to copy every block, all layers, before its prefill
+started, so the turn paid the copy and then the compute (a 15K-token history is 1 GB of int8 KV, ~19 ms
+over PCIe at 54 GB/s, before a 256-token turn's ~17 ms). Layer l's attention needs only layer l's KV, so
+layers l+1.. can cross the bus while layer l computes (the layer-wise pipelining LMCache does).
+
+How: the tier keeps a block as one slot ``[L, 2, X]`` (all layers), so one layer of N blocks is 2N strided
+pieces: too many ``cudaMemcpyAsync`` calls. One Triton kernel a layer instead reads the pinned slots in
+place (pinned host memory is mapped into the GPU's address space) and writes the pool, on a side stream,
+with an event after each layer; the model's attention at layer l waits for event l only
+(`AttnBatch.layer_ready`). The CPU tier keeps the slots it reads from held until the step is over.
+
+Without CUDA (tests) the same object copies layer l when layer l is waited for, so a forward that read a
+layer before waiting for it would read an empty block there too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - a CPU box without triton copies with torch
+    triton = None
+
+
+if triton is not None:
+
+    @triton.jit
+    def _copy_layer(src, src_off, dst, dst_blk, X, kv_stride, CHUNK: tl.constexpr, CHUNKS: tl.constexpr):
+        """Program (block i, K or V, chunk c) copies bytes ``[c*CHUNK, (c+1)*CHUNK)`` of the layer's K or V
+        slice of host slot i (at byte offset ``src_off[i]`` from ``src``, the layer already added) into
+        pool block ``dst_blk[i]`` of this layer (``dst``)."""
+        it = tl.program_id(0)
+        i = it // (2 * CHUNKS)
+        r = it % (2 * CHUNKS)
+        kv = r // CHUNKS
+        o = (r % CHUNKS) * CHUNK + tl.arange(0, CHUNK)
+        so = tl.multiple_of(tl.load(src_off + i), 16)
+        b = tl.load(dst_blk + i).to(tl.int64)
+        m = o < X
+        x = tl.load(src + so + kv * X + o, mask=m)
+        tl.store(dst + kv * kv_stride + b * X + o, x, mask=m)
+
+
+CHUNK = 4096  # bytes an item copies (a 128-bit load per thread, 8 warps)
+PROGRAMS = (
+    64  # programs a layer's kernel runs: enough loads in flight for the bus, most SMs left to the model
+)
+
+
+class LayerwiseRestore:
+    """Pending host -> pool block copies of one step, issued per layer (see the module docstring)."""
+
+    def __init__(self, kv: torch.Tensor, cpu_tier: Any, use_kernel: bool | None = None) -> None:
+        self.kv = kv  # the runner's whole pool, [L, 2, blocks, ...]
+        self.layers = kv.shape[0]
+        self.kv8 = kv.view(torch.uint8).view(self.layers, 2, kv.shape[2], -1)  # bytes: [L, 2, blocks, X]
+        self.x = self.kv8.shape[-1]
+        self.cpu = cpu_tier
+        self.cuda = kv.is_cuda
+        self.use_kernel = (triton is not None) if use_kernel is None else use_kernel
+        self.items: list[tuple[int, torch.Tensor, str]] = []  # (pool block, host slot, key)
+        self.started = False
+        self.done = 0  # layers copied so far (CPU)
+        self.stream = torch.cuda.Stream(kv.device) if self.cuda else None
+        self.events = [torch.cuda.Event() for _ in range(self.layers)] if self.cuda else []
+        self._args: tuple | None = None  # the launched kernels' device tensors, kept until the next start
+        self.copied_blocks = 0  # totals for `Engine.stats`
+        self.steps = 0
+
+    def add(self, block: int, host: torch.Tensor, key: str) -> None:
+        """Queue ``host`` (a CPU-tier slot, ``[L, 2, ...]``) for pool block ``block``; hold the slot."""
+        self.cpu.hold(key)
+        self.items.append((block, host, key))
+
+    def pending(self) -> bool:
+        return bool(self.items) and not self.started
+
+    def start(self) -> None:
+        """Launch every layer's copy (CUDA: on the side stream, after what the model stream queued so far,
+        e.g. a spill of the block being overwritten)."""
+        self.started, self.done = True, 0
+        self.steps += 1
+        self.copied_blocks += len(self.items)
+        if not self.cuda:
+            return
+        base = self.items[0][1]
+        offs = self._offsets(base)
+        dev = self.kv.device
+        off_t = torch.tensor(offs, dtype=torch.int64).to(dev, non_blocking=True)
+        blk_t = torch.tensor([b for b, _, _ in self.items], dtype=torch.int32).to(dev, non_blocking=True)
+        self._args = (off_t, blk_t)
+        self.stream.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(self.stream):
+            for layer in range(self.layers):
+                self._launch(base, off_t, blk_t, layer)
+                self.events[layer].record(self.stream)
+
+    def _launch(self, base: torch.Tensor, off_t: torch.Tensor, blk_t: torch.Tensor, layer: int) -> None:
+        if not self.use_kernel:
+            for b, h, _ in self.items:
+                self.kv[layer, :, b].copy_(h[layer], non_blocking=True)
+            return
+        src = base.view(torch.uint8).view(-1)[layer * 2 * self.x :]  # slot 0's layer; offsets: the others
+        chunks = triton.cdiv(self.x, CHUNK)
+        args = (src, off_t, self.kv8[layer], blk_t, self.x, self.kv8.stride(1), CHUNK, chunks)
+        _copy_layer[(len(self.items) * 2 * chunks,)](*args, num_warps=8)
+
+    def _offsets(self, base: torch.Tensor) -> list[int]:
+        return [h.data_ptr() - base.data_ptr() for _, h, _ in self.items]
+
+    def wait_layer(self, layer: int) -> None:
+        """Called by layer ``layer``'s attention before it touches the cache."""
+        if self.cuda:
+            torch.cuda.current_stream(self.kv.device).wait_event(self.events[layer])
+            return
+        self._copy_upto(layer + 1)
+
+    def _copy_upto(self, layers: int) -> None:
+        if not self.items:
+            return
+        base = self.items[0][1]
+        off_t = torch.tensor(self._offsets(base), dtype=torch.int64)
+        blk_t = torch.tensor([b for b, _, _ in self.items], dtype=torch.int32)
+        while self.done < layers:
+            self._launch(base, off_t, blk_t, self.done)
+            self.done += 1
+
+    def finish(self) -> None:
+        """After the step's forward (also when it raised): the model stream waits for the last layer's
+        copy, so anything it queues later (spills, write-back, the next step) sees the restored blocks;
+        then the held slots go back to the tier."""
+        if not self.started:
+            return
+        if self.cuda:
+            torch.cuda.current_stream(self.kv.device).wait_event(self.events[-1])
+        else:
+            self._copy_upto(self.layers)
+        self.cpu.release([k for _, _, k in self.items])
+        self.items, self.started = [], False

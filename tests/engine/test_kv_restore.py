@@ -1,0 +1,141 @@
+"""Layer-wise restores from the CPU tier (`engine.kv_restore`): the copy kernel (interpreted on CPU; on a
+GPU compiled, reading pinned slots) puts each host slot's layer into the right pool block and nothing else;
+on CPU a layer is there only once it was waited for; the tier keeps held slots; and an engine that restores
+this way gives recompute's tokens."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from engine.config import EngineConfig
+from engine.kv_restore import LayerwiseRestore, triton
+from engine.kv_tiers import CpuTier
+from engine.llm_engine import Engine
+from engine.sampling import SamplingParams
+from tests.engine.test_prefill_graphs import DEVICE
+
+L, BS, KVH, HD = 3, 4, 2, 8
+
+
+class _Tier:
+    """What the restore asks of the CPU tier."""
+
+    def __init__(self) -> None:
+        self.held: list[str] = []
+        self.released: list[str] = []
+
+    def hold(self, key: str) -> None:
+        self.held.append(key)
+
+    def release(self, keys: list[str]) -> None:
+        self.released.extend(keys)
+
+
+def _pool(int8: bool, blocks: int = 10) -> torch.Tensor:
+    if int8:  # the runner's int8 layout: each block's rows then its fp32 scales, one int8 row
+        return torch.zeros(L, 2, blocks, BS * KVH * HD + 4 * KVH, dtype=torch.int8, device=DEVICE)
+    return torch.zeros(L, 2, blocks, BS, KVH, HD, dtype=torch.bfloat16, device=DEVICE)
+
+
+def _slots(pool: torch.Tensor, n: int, seed: int) -> list[torch.Tensor]:
+    """Host slots as the tier has them: ``[L, 2, ...]`` each, from two separate slabs (offsets of either
+    sign from the first slot)."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (n, *pool[:, :, 0].shape)
+    if pool.dtype == torch.int8:
+        slabs = [torch.randint(-127, 128, shape, generator=g, dtype=torch.int8) for _ in range(2)]
+    else:
+        slabs = [torch.randn(shape, generator=g).to(pool.dtype) for _ in range(2)]
+    if pool.is_cuda:  # the tier's slots are pinned on a GPU box: the kernel reads them over the bus
+        slabs = [x.pin_memory() for x in slabs]
+    return [slabs[i % 2][i // 2] for i in range(n)][::-1]
+
+
+@pytest.mark.parametrize("int8", [False, True])
+@pytest.mark.parametrize("kernel", [True, False])
+def test_each_layer_lands_in_its_block_only_once_waited_for(int8, kernel):
+    if kernel and triton is None:
+        pytest.fail("triton is a dependency of the engine's CUDA path and of this test")
+    pool = _pool(int8)
+    slots = _slots(pool, 4, seed=int(int8))
+    targets = [7, 2, 9, 4]
+    tier = _Tier()
+    r = LayerwiseRestore(pool, tier, use_kernel=kernel)
+    for b, h in zip(targets, slots, strict=True):
+        r.add(b, h, f"k{b}")
+    assert r.pending() and tier.held == ["k7", "k2", "k9", "k4"]
+    r.start()
+    assert not r.pending()
+    if not pool.is_cuda:  # nothing copied before a layer asks
+        assert pool.abs().sum() == 0
+    r.wait_layer(1)  # layers 0 and 1
+    for b, h in zip(targets, slots, strict=True):
+        assert torch.equal(pool[:2, :, b].cpu(), h[:2])
+        if not pool.is_cuda:
+            assert pool[2, :, b].abs().sum() == 0
+    r.finish()
+    for b, h in zip(targets, slots, strict=True):
+        assert torch.equal(pool[:, :, b].cpu(), h)
+    others = [b for b in range(pool.shape[2]) if b not in targets]
+    assert pool[:, :, others].abs().sum() == 0
+    assert tier.released == tier.held and not r.items
+    assert (r.steps, r.copied_blocks) == (1, 4)
+
+
+def test_cpu_tier_keeps_held_slots_until_released():
+    blk = torch.randn(L, 2, BS, KVH, HD)
+    n = blk.numel() * blk.element_size()
+    c = CpuTier(n * 2)
+    assert c.put("a", blk) and c.put("b", blk * 2)
+    slot_a = c.get("a")
+    c.hold("a")
+    c.hold("b")
+    assert not c.put("c", blk * 3)  # every slot is being read: refused, nothing overwritten
+    assert "a" in c and "b" in c and torch.equal(slot_a, blk)
+    c.release(["b"])
+    assert c.put("c", blk * 3) and "b" not in c and "a" in c  # b was the oldest unheld
+    assert c.drop("a") and "a" not in c
+    assert c.put("d", blk * 4) is False or torch.equal(slot_a, blk)  # a's slot is not reused while held
+    assert torch.equal(slot_a, blk)
+    c.release(["a"])
+    assert c.pending  # a host-side write into a released slot synchronises first
+    assert c.put("e", blk * 5)
+
+
+def _engine(model_dir, layerwise: bool | None) -> Engine:
+    return Engine.from_config(
+        EngineConfig(
+            model=str(model_dir),
+            device="cpu",
+            dtype="float32",
+            num_kv_blocks=24,
+            cpu_cache_gb=0.1,
+            restore_layerwise=layerwise,
+        )
+    )
+
+
+def test_an_engine_restoring_layer_by_layer_gives_recompute_tokens(model_dir):
+    """A tiny GPU pool pushes a first conversation to the CPU tier; its next turn is restored layer by
+    layer (CPU: each layer copied when its attention asks) and writes the tokens of a recompute."""
+    sp = SamplingParams(max_tokens=6, ignore_eos=True)
+    rng = random.Random(3)
+    first = [rng.randrange(100, 40000) for _ in range(200)]
+    others = [[rng.randrange(100, 40000) for _ in range(200)] for _ in range(2)]
+    with _engine(model_dir, True) as eng:
+        a = eng.complete(first, sp)
+        for p in others:  # evict the first conversation's blocks from the 24-block pool
+            eng.complete(p, sp)
+        turn2 = first + a.token_ids + [rng.randrange(100, 40000) for _ in range(20)]
+        r = eng.complete(turn2, sp)
+        assert r.usage["cached_from"]["cpu"] >= 160
+        stats = eng.stats()["layerwise_restores"]
+        assert stats["steps"] >= 1 and stats["blocks"] >= 10
+        assert not eng.cpu_tier.held  # released after the step
+        eng.scheduler.prefix_cache = False
+        assert r.token_ids == eng.complete(turn2, sp).token_ids
+    with _engine(model_dir, None) as eng:  # the default on CPU: copied before the step
+        assert eng.runner.restore is None and eng.scheduler.restorer is None
