@@ -47,10 +47,11 @@ if triton is not None:
         tl.store(dst + kv * kv_stride + b * X + o, x, mask=m)
 
 
-CHUNK = 4096  # bytes an item copies (a 128-bit load per thread, 8 warps)
-PROGRAMS = (
-    64  # programs a layer's kernel runs: enough loads in flight for the bus, most SMs left to the model
-)
+# Below this many bytes a restore is copied whole before the step, which may then replay a prefill graph:
+# eager costs a short chunk ~5 ms of host launches over its graph (a 256-token turn on an H100: 14.2 against
+# 8.8 ms), about what ~256 MB take over the bus at ~50 GB/s. An estimate from those figures.
+MIN_BYTES = 256 << 20
+CHUNK = 16384  # bytes a program copies (8 warps: four 128-bit loads a thread, all in flight at once)
 
 
 class LayerwiseRestore:
@@ -70,8 +71,10 @@ class LayerwiseRestore:
         self.stream = torch.cuda.Stream(kv.device) if self.cuda else None
         self.events = [torch.cuda.Event() for _ in range(self.layers)] if self.cuda else []
         self._args: tuple | None = None  # the launched kernels' device tensors, kept until the next start
+        self.min_bytes = MIN_BYTES
         self.copied_blocks = 0  # totals for `Engine.stats`
         self.steps = 0
+        self.layerwise_steps = 0
 
     def add(self, block: int, host: torch.Tensor, key: str) -> None:
         """Queue ``host`` (a CPU-tier slot, ``[L, 2, ...]``) for pool block ``block``; hold the slot."""
@@ -80,6 +83,10 @@ class LayerwiseRestore:
 
     def pending(self) -> bool:
         return bool(self.items) and not self.started
+
+    def worth_it(self) -> bool:
+        """Whether the pending copy is large enough to run the step eagerly beside it (`MIN_BYTES`)."""
+        return sum(h.numel() * h.element_size() for _, h, _ in self.items) >= self.min_bytes
 
     def start(self) -> None:
         """Launch every layer's copy (CUDA: on the side stream, after what the model stream queued so far,
@@ -114,6 +121,13 @@ class LayerwiseRestore:
     def _offsets(self, base: torch.Tensor) -> list[int]:
         return [h.data_ptr() - base.data_ptr() for _, h, _ in self.items]
 
+    def wait_all(self) -> None:
+        """The whole copy before the step (a small restore: the step may replay a graph)."""
+        if self.cuda:
+            torch.cuda.current_stream(self.kv.device).wait_event(self.events[-1])
+        else:
+            self._copy_upto(self.layers)
+
     def wait_layer(self, layer: int) -> None:
         """Called by layer ``layer``'s attention before it touches the cache."""
         if self.cuda:
@@ -137,9 +151,6 @@ class LayerwiseRestore:
         then the held slots go back to the tier."""
         if not self.started:
             return
-        if self.cuda:
-            torch.cuda.current_stream(self.kv.device).wait_event(self.events[-1])
-        else:
-            self._copy_upto(self.layers)
+        self.wait_all()
         self.cpu.release([k for _, _, k in self.items])
         self.items, self.started = [], False

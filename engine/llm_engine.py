@@ -297,7 +297,7 @@ class Engine:
             "cost_model": asdict(self.cost),
             "steps_ahead": {"launched": self.ahead.launched, "dropped_rows": self.ahead.dropped},
             "layerwise_restores": (
-                {"steps": r.steps, "blocks": r.copied_blocks}
+                {"steps": r.steps, "layerwise_steps": r.layerwise_steps, "blocks": r.copied_blocks}
                 if (r := self.runner.restore) is not None
                 else None
             ),

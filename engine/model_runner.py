@@ -337,12 +337,16 @@ class ModelRunner:
         ``ahead``: a decode step whose input tokens are not on the host yet (`engine.lookahead`), one per
         sequence on the device, at each sequence's position ``num_computed``.
 
-        A step with blocks restored from the CPU tier (`engine.kv_restore`) runs eagerly: each layer waits
-        for its own copy, which a graph replay cannot."""
+        A step with many blocks restored from the CPU tier (`engine.kv_restore`) runs eagerly: each layer
+        waits for its own copy, which a graph replay cannot; a small restore is waited for whole first."""
         if self.restore is None or not self.restore.pending():
             return self._run(batch, ahead, None)
         self.restore.start()
         try:
+            if not self.restore.worth_it():
+                self.restore.wait_all()
+                return self._run(batch, ahead, None)
+            self.restore.layerwise_steps += 1
             return self._run(batch, ahead, self.restore.wait_layer)
         finally:
             self.restore.finish()
