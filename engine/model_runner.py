@@ -341,8 +341,8 @@ class ModelRunner:
         waits for its own copy, which a graph replay cannot; a small restore is waited for whole first."""
         if self.restore is None or not self.restore.pending():
             return self._run(batch, ahead, None)
-        self.restore.start()
         try:
+            self.restore.start()
             if not self.restore.worth_it():
                 self.restore.wait_all()
                 return self._run(batch, ahead, None)
