@@ -22,36 +22,15 @@ from typing import Any
 import torch
 
 try:
-    import triton
-    import triton.language as tl
+    from engine.kv_restore_triton import copy_layer
 except ImportError:  # pragma: no cover - a CPU box without triton copies with torch
-    triton = None
-
-
-if triton is not None:
-
-    @triton.jit
-    def _copy_layer(src, src_off, dst, dst_blk, X, kv_stride, CHUNK: tl.constexpr, CHUNKS: tl.constexpr):
-        """Program (block i, K or V, chunk c) copies bytes ``[c*CHUNK, (c+1)*CHUNK)`` of the layer's K or V
-        slice of host slot i (at byte offset ``src_off[i]`` from ``src``, the layer already added) into
-        pool block ``dst_blk[i]`` of this layer (``dst``)."""
-        it = tl.program_id(0)
-        i = it // (2 * CHUNKS)
-        r = it % (2 * CHUNKS)
-        kv = r // CHUNKS
-        o = (r % CHUNKS) * CHUNK + tl.arange(0, CHUNK)
-        so = tl.multiple_of(tl.load(src_off + i), 16)
-        b = tl.load(dst_blk + i).to(tl.int64)
-        m = o < X
-        x = tl.load(src + so + kv * X + o, mask=m)
-        tl.store(dst + kv * kv_stride + b * X + o, x, mask=m)
+    copy_layer = None
 
 
 # Below this many bytes a restore is copied whole before the step, which may then replay a prefill graph:
 # eager costs a short chunk ~5 ms of host launches over its graph (a 256-token turn on an H100: 14.2 against
 # 8.8 ms), about what ~256 MB take over the bus at ~50 GB/s. An estimate from those figures.
 MIN_BYTES = 256 << 20
-CHUNK = 16384  # bytes a program copies (8 warps: four 128-bit loads a thread, all in flight at once)
 
 
 class LayerwiseRestore:
@@ -64,7 +43,7 @@ class LayerwiseRestore:
         self.x = self.kv8.shape[-1]
         self.cpu = cpu_tier
         self.cuda = kv.is_cuda
-        self.use_kernel = (triton is not None) if use_kernel is None else use_kernel
+        self.use_kernel = (copy_layer is not None) if use_kernel is None else use_kernel
         self.items: list[tuple[int, torch.Tensor, str]] = []  # (pool block, host slot, key)
         self.started = False
         self.done = 0  # layers copied so far (CPU)
@@ -114,9 +93,7 @@ class LayerwiseRestore:
                 self.kv[layer, :, b].copy_(h[layer], non_blocking=True)
             return
         src = base.view(torch.uint8).view(-1)[layer * 2 * self.x :]  # slot 0's layer; offsets: the others
-        chunks = triton.cdiv(self.x, CHUNK)
-        args = (src, off_t, self.kv8[layer], blk_t, self.x, self.kv8.stride(1), CHUNK, chunks)
-        _copy_layer[(len(self.items) * 2 * chunks,)](*args, num_warps=8)
+        copy_layer(src, off_t, self.kv8[layer], blk_t, self.x, self.kv8.stride(1))
 
     def _offsets(self, base: torch.Tensor) -> list[int]:
         return [h.data_ptr() - base.data_ptr() for _, h, _ in self.items]
