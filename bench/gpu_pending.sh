@@ -246,7 +246,11 @@ PY
     # 32 sessions of ~15.4K tokens (int8 KV) restored before the step (the old way) and layer by layer; ~8 min
     echo "== compiled: tests/engine/test_kv_restore.py -k lands"
     timeout 150 python3 -m pytest --noconftest -q -p no:cacheprovider tests/engine/test_kv_restore.py -k lands 2>&1 | tail -3
-    timeout "${ENGINE_S:-420}" python3 bench/engine_gpu.py --phase ours --no-compile --out "$OUT" \
+    echo "== bench/restore_probe.py: a 15.4K history back from the CPU tier each turn (int8 KV)"
+    timeout "${PROBE_S:-150}" python3 bench/restore_probe.py --out "$OUT" 2>&1 | grep -vi warn | tail -8
+    echo "== bench/engine_gpu.py: 256-token turns, then 32 sessions of ~15.4K tokens, before the step / layer-wise"
+    timeout "${ENGINE_S:-400}" python3 bench/engine_gpu.py --phase ours --no-compile --out "$OUT" \
+      --turn-tokens 256 --turn-sizes 256 \
       --skip "${SKIP:-correctness,ours_decode,int8_kv,restart}" --session-first-tokens "${FIRST:-13056}" \
       --sessions-kv-dtype int8 --cpu-cache-gb 8 --sessions-cpu-cache-gb 40 --sessions-ab ${ENGINE_ARGS:-} 2>&1 \
       | grep -vi warn | tail -40
