@@ -302,9 +302,10 @@ class Bench(PoolPhasesMixin, ReportMixin, BenchBase):
         self.free()
         self.section("int8_kv", lambda: self.int8_kv(model, kw, more))
         skw = {**kw, "cpu_cache_gb": a.sessions_cpu_cache_gb or a.cpu_cache_gb}
-        if a.sessions_ab:  # the same sessions with CPU-tier blocks copied before the step (the old way)
+        if a.sessions_ab:  # the same sessions with CPU-tier blocks copied before the step / layer-wise
             before = {**skw, "restore_layerwise": False}
             self.section("sessions_before_step", lambda: self.sessions(model, before))
+            skw["restore_layerwise"] = True
         self.section("sessions", lambda: self.sessions(model, skw))
         self.section("restart", lambda: self.restart(model, kw, disk, turns))
         if self.dev.type == "cuda":

@@ -17,9 +17,12 @@ layer before waiting for it would read an empty block there too.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
+
+log = logging.getLogger(__name__)
 
 try:
     from engine.kv_restore_triton import copy_layer
@@ -31,6 +34,8 @@ except ImportError:  # pragma: no cover - a CPU box without triton copies with t
 # eager costs a short chunk ~5 ms of host launches over its graph (a 256-token turn on an H100: 14.2 against
 # 8.8 ms), about what ~256 MB take over the bus at ~50 GB/s. An estimate from those figures.
 MIN_BYTES = 256 << 20
+# whether engines on CUDA restore this way unless configured: off until timed on a GPU (bench/RESULTS.md)
+ON_BY_DEFAULT = False
 
 
 class LayerwiseRestore:
@@ -51,6 +56,7 @@ class LayerwiseRestore:
         self.events = [torch.cuda.Event() for _ in range(self.layers)] if self.cuda else []
         self._args: tuple | None = None  # the launched kernels' device tensors, kept until the next start
         self.min_bytes = MIN_BYTES
+        self.broken = False  # the kernel failed once: the scheduler copies blocks itself again
         self.copied_blocks = 0  # totals for `Engine.stats`
         self.steps = 0
         self.layerwise_steps = 0
@@ -65,6 +71,8 @@ class LayerwiseRestore:
 
     def worth_it(self) -> bool:
         """Whether the pending copy is large enough to run the step eagerly beside it (`MIN_BYTES`)."""
+        if self.broken:
+            return False
         return sum(h.numel() * h.element_size() for _, h, _ in self.items) >= self.min_bytes
 
     def start(self) -> None:
@@ -82,10 +90,18 @@ class LayerwiseRestore:
         blk_t = torch.tensor([b for b, _, _ in self.items], dtype=torch.int32).to(dev, non_blocking=True)
         self._args = (off_t, blk_t)
         self.stream.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(self.stream):
-            for layer in range(self.layers):
-                self._launch(base, off_t, blk_t, layer)
-                self.events[layer].record(self.stream)
+        try:
+            with torch.cuda.stream(self.stream):
+                for layer in range(self.layers):
+                    self._launch(base, off_t, blk_t, layer)
+                    self.events[layer].record(self.stream)
+        except Exception:  # noqa: BLE001 - e.g. a kernel this GPU or driver refuses: copy as before, stop
+            log.exception("layer-wise KV restore failed; copying blocks before each step from now on")
+            self.broken = True
+            cur = torch.cuda.current_stream(dev)
+            cur.wait_stream(self.stream)
+            for b, h, _ in self.items:
+                self.kv[:, :, b].copy_(h, non_blocking=True)
 
     def _launch(self, base: torch.Tensor, off_t: torch.Tensor, blk_t: torch.Tensor, layer: int) -> None:
         if not self.use_kernel:

@@ -136,8 +136,7 @@ class Engine:
             self.cost,
             prefix_cache=config.enable_prefix_cache,
         )
-        layerwise = config.restore_layerwise
-        if self.cpu_tier is not None and (layerwise or (layerwise is None and self.device.type == "cuda")):
+        if self.cpu_tier is not None and self._restores_layerwise(config.restore_layerwise):
             from engine.kv_restore import LayerwiseRestore
 
             self.runner.restore = LayerwiseRestore(self.runner.kv, self.cpu_tier)
@@ -154,6 +153,15 @@ class Engine:
             n = self.runner.precapture(min(config.cuda_graph_precapture_tokens, self.model.cfg.max_position))
             self.precaptured = (n, time.perf_counter() - t0)
             log.info("captured %d decode CUDA graphs in %.1f s", *self.precaptured)
+
+    def _restores_layerwise(self, asked: bool | None) -> bool:
+        if asked is not None:
+            return asked
+        if self.device.type != "cuda":
+            return False
+        from engine.kv_restore import ON_BY_DEFAULT
+
+        return ON_BY_DEFAULT
 
     @classmethod
     def from_config(cls, config: EngineConfig | dict[str, Any] | None = None, **kw: Any) -> Engine:

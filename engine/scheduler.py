@@ -98,7 +98,7 @@ class Scheduler:
                 if data is None:  # vanished or corrupt: recompute from here
                     break
                 b = self.bm.allocate()
-                if tier == "cpu" and self.restorer is not None:
+                if tier == "cpu" and self.restorer is not None and not self.restorer.broken:
                     self.restorer.add(b, data, k)
                 else:
                     self.bm.write_block(b, data)
