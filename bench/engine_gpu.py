@@ -305,7 +305,7 @@ class Bench(PoolPhasesMixin, ReportMixin, BenchBase):
         if a.sessions_ab:  # the same sessions with CPU-tier blocks copied before the step / layer-wise
             before = {**skw, "restore_layerwise": False}
             self.section("sessions_before_step", lambda: self.sessions(model, before))
-            skw["restore_layerwise"] = True
+        skw["restore_layerwise"] = a.sessions_layerwise
         self.section("sessions", lambda: self.sessions(model, skw))
         self.section("restart", lambda: self.restart(model, kw, disk, turns))
         if self.dev.type == "cuda":
@@ -335,6 +335,12 @@ def main() -> None:
     p.add_argument("--session-turn-tokens", type=int, default=256)
     p.add_argument("--sessions-kv-dtype", default="auto", help="the sessions phase's KV dtype (auto, int8)")
     p.add_argument("--sessions-cpu-cache-gb", type=float, default=None, help="default: --cpu-cache-gb")
+    p.add_argument(
+        "--sessions-layerwise",
+        type=lambda v: {"on": True, "off": False, "auto": None}[v],
+        default="auto",
+        help="restore_layerwise of the sessions' engine: on, off, auto (the engine's default)",
+    )
     p.add_argument(
         "--sessions-ab",
         action="store_true",

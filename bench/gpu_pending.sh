@@ -252,7 +252,7 @@ PY
     timeout "${ENGINE_S:-400}" python3 bench/engine_gpu.py --phase ours --no-compile --out "$OUT" \
       --turn-tokens 256 --turn-sizes 256 \
       --skip "${SKIP:-correctness,ours_decode,int8_kv,restart}" --session-first-tokens "${FIRST:-13056}" \
-      --sessions-kv-dtype int8 --cpu-cache-gb 8 --sessions-cpu-cache-gb 40 --sessions-ab ${ENGINE_ARGS:-} 2>&1 \
+      --sessions-kv-dtype int8 --cpu-cache-gb 8 --sessions-cpu-cache-gb 40 --sessions-layerwise on ${SESSIONS_AB---sessions-ab} ${ENGINE_ARGS:-} 2>&1 \
       | grep -vi warn | tail -40
     ;;
   kernels)  # issue 6: the kernel tests compiled on the GPU, then the K-packed int4 / int8 sweep
