@@ -149,3 +149,14 @@ def test_an_engine_restoring_from_the_cpu_tier_gives_recompute_tokens(model_dir,
 def test_the_default_on_cpu_copies_before_the_step(model_dir):
     with _engine(model_dir, None) as eng:
         assert eng.runner.restore is None and eng.scheduler.restorer is None
+
+
+def test_cuda_engines_restore_layer_by_layer_unless_told_otherwise():
+    """The default chosen from the H100 A/B (bench/RESULTS.md): on for CUDA, off for CPU, config wins."""
+    from types import SimpleNamespace
+
+    pick = Engine._restores_layerwise
+    assert pick(SimpleNamespace(device=torch.device("cuda")), None) is True
+    assert pick(SimpleNamespace(device=torch.device("cpu")), None) is False
+    assert pick(SimpleNamespace(device=torch.device("cuda")), False) is False
+    assert pick(SimpleNamespace(device=torch.device("cpu")), True) is True
