@@ -174,9 +174,8 @@ class ModelRunner:
         self.last_prefill: tuple[int, float] = (0, 0.0)
         self.force_static = False  # tests: run the graph path's static buffers eagerly on CPU
         self.prefill = PrefillGraphs(self, prefill_graph_limit(cfg))  # short prefill chunks, as graphs
-        self.restore: Any = (
-            None  # `engine.kv_restore.LayerwiseRestore`, set by an engine whose CPU tier has it
-        )
+        # `engine.kv_restore.LayerwiseRestore`, set by an engine whose CPU tier restores layer by layer
+        self.restore: Any = None
 
     def bucket(self, batch: int) -> int:
         """The graph batch size that serves ``batch`` running sequences (itself beyond the largest)."""
