@@ -25,10 +25,8 @@ class ReportMixin:
         for key, mt in r.get("int8_kv", {}).items():  # int8 KV reuse, torch's store against the kernel's
             if key.startswith("int8_multiturn"):
                 print(f"{key}: reuse {[round(x) for x in mt['reuse_ms']]}")
-        for k in (
-            "sessions_before_step",
-            "sessions",
-        ):  # turn-10 of S sessions, most restored from the CPU tier
+        # turn 10 of S sessions, most restored from the CPU tier (before the step / as configured)
+        for k in ("sessions_before_step", "sessions"):
             if k in r:
                 x = r[k]
                 keys = ("kv_dtype", "turn_tokens", "p50_last_ttft_ms", "p99_last_ttft_ms", "max_last_ttft_ms")

@@ -56,7 +56,9 @@ class LayerwiseRestore:
         self.done = 0  # layers copied so far (CPU)
         self.stream = torch.cuda.Stream(kv.device) if self.cuda else None
         self.events = [torch.cuda.Event() for _ in range(self.layers)] if self.cuda else []
-        self._args: tuple | None = None  # the launched kernels' device tensors, kept until the next start
+        # slot 0, each slot's byte offset from it, each slot's pool block: built once a step, and kept (on
+        # CUDA the side stream's kernels read them) until the next start
+        self._args: tuple = ()
         self.min_bytes = MIN_BYTES
         self.broken = False  # the kernel failed once: the scheduler copies blocks itself again
         self.copied_blocks = 0  # totals for `Engine.stats`
@@ -83,19 +85,19 @@ class LayerwiseRestore:
         self.started, self.done = True, 0
         self.steps += 1
         self.copied_blocks += len(self.items)
-        if not self.cuda:
-            return
         base = self.items[0][1]
-        offs = self._offsets(base)
         dev = self.kv.device
+        offs = [h.data_ptr() - base.data_ptr() for _, h, _ in self.items]
         off_t = torch.tensor(offs, dtype=torch.int64).to(dev, non_blocking=True)
         blk_t = torch.tensor([b for b, _, _ in self.items], dtype=torch.int32).to(dev, non_blocking=True)
-        self._args = (off_t, blk_t)
+        self._args = (base, off_t, blk_t)
+        if not self.cuda:
+            return
         self.stream.wait_stream(torch.cuda.current_stream(dev))
         try:
             with torch.cuda.stream(self.stream):
                 for layer in range(self.layers):
-                    self._launch(base, off_t, blk_t, layer)
+                    self._launch(layer)
                     self.events[layer].record(self.stream)
         except Exception:  # noqa: BLE001 - e.g. a kernel this GPU or driver refuses: copy as before, stop
             log.exception("layer-wise KV restore failed; copying blocks before each step from now on")
@@ -105,16 +107,14 @@ class LayerwiseRestore:
             for b, h, _ in self.items:
                 self.kv[:, :, b].copy_(h, non_blocking=True)
 
-    def _launch(self, base: torch.Tensor, off_t: torch.Tensor, blk_t: torch.Tensor, layer: int) -> None:
+    def _launch(self, layer: int) -> None:
+        base, off_t, blk_t = self._args
         if not self.use_kernel:
             for b, h, _ in self.items:
                 self.kv[layer, :, b].copy_(h[layer], non_blocking=True)
             return
         src = base.view(torch.uint8).view(-1)[layer * 2 * self.x :]  # slot 0's layer; offsets: the others
         copy_layer(src, off_t, self.kv8[layer], blk_t, self.x, self.kv8.stride(1))
-
-    def _offsets(self, base: torch.Tensor) -> list[int]:
-        return [h.data_ptr() - base.data_ptr() for _, h, _ in self.items]
 
     def wait_all(self) -> None:
         """The whole copy before the step (a small restore: the step may replay a graph)."""
@@ -131,13 +131,8 @@ class LayerwiseRestore:
         self._copy_upto(layer + 1)
 
     def _copy_upto(self, layers: int) -> None:
-        if not self.items:
-            return
-        base = self.items[0][1]
-        off_t = torch.tensor(self._offsets(base), dtype=torch.int64)
-        blk_t = torch.tensor([b for b, _, _ in self.items], dtype=torch.int32)
         while self.done < layers:
-            self._launch(base, off_t, blk_t, self.done)
+            self._launch(self.done)
             self.done += 1
 
     def finish(self) -> None:
