@@ -6,6 +6,8 @@
 #   kernels only: bash bench/gpu_pending.sh kernels   (no carry; KINDS=..., MS=..., SWEEP_S=... to narrow it)
 #   check: bash bench/gpu_pending.sh check   (no carry; compiled tests, engine_check, e2e with shipped configs
 #          and each mode's prefill kernels)
+#   turns16k: bash bench/gpu_pending.sh turns16k   (carry .whl; issue 3's 15.6K conversation of 256-token turns, 32 sessions
+#           of ~15.4K int8 KV restored before the step / layer by layer, the reader's tile sweep at 257 x 15.6K; ~7 min)
 #   restore: bash bench/gpu_pending.sh restore   (carry .whl; layer-wise CPU-tier restores: compiled test, then issue 3's
 #           run with 32 sessions of ~15.4K tokens restored before the step / layer by layer; ~8 min)
 #   engine: bash bench/gpu_pending.sh engine   (carry .whl for xxhash; issue 3's reuse, sessions and restart figures;
@@ -254,6 +256,27 @@ PY
       --skip "${SKIP:-correctness,ours_decode,int8_kv,restart}" --session-first-tokens "${FIRST:-13056}" \
       --sessions-kv-dtype int8 --cpu-cache-gb 8 --sessions-cpu-cache-gb 40 --sessions-layerwise on ${SESSIONS_AB---sessions-ab} ${ENGINE_ARGS:-} 2>&1 \
       | grep -vi warn | tail -40
+    ;;
+  turns16k)  # issue 3: the 15.6K conversation of 256-token turns (tails, finer buckets), 32 sessions of ~15.4K
+    # tokens (int8 KV) restored before the step / layer by layer, then the reader's tiles at a turn's shape; ~7 min
+    echo "== bench/engine_gpu.py: 256-token turns over ~15.4K, then 32 sessions of ~15.4K, before the step / layer-wise"
+    timeout "${ENGINE_S:-380}" python3 bench/engine_gpu.py --phase ours --no-compile --out "$OUT" \
+      --turn-tokens 1536 --turn-sizes 256 \
+      --skip "${SKIP:-correctness,ours_decode,ours_multiturn,ours_recompute,int8_kv,restart}" \
+      --session-first-tokens 13056 --sessions-kv-dtype int8 --cpu-cache-gb 8 --sessions-cpu-cache-gb 40 \
+      --sessions-layerwise on --sessions-ab ${ENGINE_ARGS:-} 2>&1 | grep -vi warn | tail -30
+    echo "== engine/attn_bench.py: 257 new tokens over 15.6K keys, every tile shape x splits, bf16 and int8 KV"
+    timeout "${ATTN_S:-200}" python3 -m engine.attn_bench --out "$OUT" --shapes turn257 --kv bf16,int8 \
+      --sweep "${SPLITS:-2,3,4}" --no-smoke 2>&1 | grep -vi warn | tail -12
+    python3 - "$OUT/attn_bench.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+for shape, x in r.items():
+    if not isinstance(x, dict) or "variants" not in x:
+        continue
+    rows = sorted((v["ms"], k, v["tflops"], v["rel_err"]) for k, v in x["variants"].items() if "ms" in v)
+    print(shape, "fastest:", "; ".join(f"{k} {ms:.4f} ms {tf} TF/s err {e}" for ms, k, tf, e in rows[:6]))
+PY
     ;;
   kernels)  # issue 6: the kernel tests compiled on the GPU, then the K-packed int4 / int8 sweep
     echo "== kernel and fused-op tests, compiled (pytest --noconftest: the root conftest needs the DB stack)"

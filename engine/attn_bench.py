@@ -22,6 +22,7 @@ NH, KVH, HD, BS = 32, 8, 128, 64
 # (name, new tokens per sequence, context per sequence, sequences, decode)
 SHAPES = [
     ("turn256_ctx15.4K", 256, 15_424, 1, False),
+    ("turn257_ctx15.6K", 257, 15_620, 1, False),  # what a 256-token turn reaches the engine as (tails)
     ("turn1536_ctx14.1K", 1536, 14_080, 1, False),
     ("chunk2048_ctx16K", 2048, 16_384, 1, False),
     ("chunk2048_ctx8K", 2048, 8_192, 1, False),
@@ -55,7 +56,9 @@ def flops(q_len: int, ctx: int, seqs: int) -> float:
     return 4.0 * HD * NH * visible * seqs
 
 
-def setup(q_len: int, ctx: int, seqs: int, dev) -> dict:
+def setup(q_len: int, ctx: int, seqs: int, dev, int8: bool = False) -> dict:
+    """Random q and paged K/V; ``int8``: the caches as the engine stores int8 KV (values and per-(block,
+    head) scales), and the reference reads their dequantized values, so the error is the reader's."""
     g = torch.Generator(device=dev).manual_seed(q_len + ctx + seqs)
     nblk = (ctx + BS - 1) // BS
     pool = nblk * seqs + 1
@@ -65,7 +68,19 @@ def setup(q_len: int, ctx: int, seqs: int, dev) -> dict:
     tables = perm[: nblk * seqs].view(seqs, nblk)
     q = torch.randn(q_len * seqs, NH, HD, device=dev, generator=g, dtype=torch.bfloat16)
     seq_list = [(i * q_len, q_len, ctx, tables[i].tolist()) for i in range(seqs)]
-    return {"q": q, "kc": kc, "vc": vc, "tables": tables, "seqs": seq_list}
+    d = {"q": q, "kc": kc, "vc": vc, "tables": tables, "seqs": seq_list, "ks": None, "vs": None}
+    if int8:
+        from engine.attention import quantize_block
+
+        d["kc"], d["ks"] = quantize_block(kc)
+        d["vc"], d["vs"] = quantize_block(vc)
+    return d
+
+
+def dequantized(d: dict, which: str) -> torch.Tensor:
+    """The cache ``which`` ("k" or "v") as the values the reader should see."""
+    c, s = d[which + "c"], d[which + "s"]
+    return c if s is None else (c.float() * s[:, None, :, None]).to(torch.bfloat16)
 
 
 def reference(d: dict) -> torch.Tensor:
@@ -73,8 +88,8 @@ def reference(d: dict) -> torch.Tensor:
     outs = []
     for q_start, q_len, ctx, _ in d["seqs"]:
         t = d["tables"][len(outs)]
-        k = d["kc"][t].flatten(0, 1)[:ctx].float().repeat_interleave(NH // KVH, 1).transpose(0, 1)
-        v = d["vc"][t].flatten(0, 1)[:ctx].float().repeat_interleave(NH // KVH, 1).transpose(0, 1)
+        k = dequantized(d, "k")[t].flatten(0, 1)[:ctx].float().repeat_interleave(NH // KVH, 1).transpose(0, 1)
+        v = dequantized(d, "v")[t].flatten(0, 1)[:ctx].float().repeat_interleave(NH // KVH, 1).transpose(0, 1)
         q = d["q"][q_start : q_start + q_len].float().transpose(0, 1)
         o = torch.empty_like(q)
         for h0 in range(0, NH, 8):  # bound the fp32 score matrix
@@ -101,7 +116,7 @@ def variants(d: dict, decode: bool, sweep_splits: tuple[int, ...] = (), quick: b
         def fn():
             pat.OVERRIDE = override
             try:
-                return pat.paged_attention(q, kc, vc, None, None, meta, decode)
+                return pat.paged_attention(q, kc, vc, d["ks"], d["vs"], meta, decode)
             finally:
                 pat.OVERRIDE = {}
 
@@ -116,7 +131,7 @@ def variants(d: dict, decode: bool, sweep_splits: tuple[int, ...] = (), quick: b
             out[name] = paged(cfg)
             for sp in sweep_splits:
                 out[f"{name}_x{sp}"] = paged({**cfg, "splits": sp})
-    if len(d["seqs"]) == 1 and not decode:
+    if len(d["seqs"]) == 1 and not decode and d["ks"] is None:  # the SDPA readers take bf16 caches
         _, q_len, ctx, table = d["seqs"][0]
         t0 = d["tables"][0]
         out["prefix_flash"] = lambda: attend_prefix_flash(q, kc, vc, t0, ctx)
@@ -142,7 +157,11 @@ def variants(d: dict, decode: bool, sweep_splits: tuple[int, ...] = (), quick: b
 
 
 def run(
-    out_dir: Path | None = None, shapes: str = "", sweep: tuple[int, ...] = (), quick: bool = False
+    out_dir: Path | None = None,
+    shapes: str = "",
+    sweep: tuple[int, ...] = (),
+    quick: bool = False,
+    kv_dtypes: tuple[str, ...] = ("bf16",),
 ) -> dict:
     import triton.testing
 
@@ -156,10 +175,12 @@ def run(
         res["probe"]["varlen_attn"] = str(inspect.signature(varlen.varlen_attn))
     except Exception as e:  # noqa: BLE001
         res["probe"]["varlen_attn"] = f"unavailable: {e}"
-    for name, q_len, ctx, seqs, decode in SHAPES:
+    cases = [(s, kv) for s in SHAPES for kv in kv_dtypes]
+    for (name, q_len, ctx, seqs, decode), kv in cases:
         if shapes and not any(name.startswith(x) for x in shapes.split(",")):
             continue
-        d = setup(q_len, ctx, seqs, dev)
+        d = setup(q_len, ctx, seqs, dev, int8=kv == "int8")
+        name = name if kv == "bf16" else f"{name}_{kv}"
         ref = reference(d)
         fl = flops(q_len, ctx, seqs)
         rows = {}
@@ -236,13 +257,15 @@ def main() -> None:
     p.add_argument("--sweep", default="", help="comma-separated split counts to try with every tile shape")
     p.add_argument("--no-smoke", action="store_true")
     p.add_argument("--quick", action="store_true", help="only the chosen plan and the SDPA readers")
+    p.add_argument("--kv", default="bf16", help="KV dtypes, comma-separated: bf16, int8")
     a = p.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.cuda.set_per_process_memory_fraction(
         min(1.0, 24 * 1024**3 / torch.cuda.get_device_properties(0).total_memory)
     )
-    res = run(out, a.shapes, tuple(int(x) for x in a.sweep.split(",") if x), a.quick)
+    sweep = tuple(int(x) for x in a.sweep.split(",") if x)
+    res = run(out, a.shapes, sweep, a.quick, tuple(a.kv.split(",")))
     if a.no_smoke:
         return
     try:
