@@ -63,6 +63,7 @@ class PoolPhasesMixin:
     def sessions(self, model, kw) -> dict:
         """S sessions advance turn by turn in one shared pool; older sessions spill to the CPU tier."""
         a = self.args
+        self.free()  # an A/B's first engine must be gone before this one sizes its pool
         eng = self.engine(model, kv_dtype=a.sessions_kv_dtype, **kw)  # int8: half the bytes to restore
         self.rng.manual_seed(1234)  # an A/B of two runs gets the same prompts
         s_n, hist = a.sessions, {}
@@ -81,6 +82,8 @@ class PoolPhasesMixin:
         rec = [eng.complete(full, SamplingParams(max_tokens=1)).usage["ttft_ms"] for _ in range(3)]
         alone = [eng.complete(new, SamplingParams(max_tokens=1)).usage["ttft_ms"] for _ in range(3)]
         eng.close()
+        del eng
+        self.free()
         ttft = sorted(r["ttft_ms"] for r in last)
         h2d = self.h2d_bandwidth()
         kv_tok = model.cfg.kv_bytes_per_token(2 if self.dtype != torch.float32 else 4)

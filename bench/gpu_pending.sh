@@ -258,17 +258,12 @@ PY
       | grep -vi warn | tail -40
     ;;
   turns16k)  # issue 3: the 15.6K conversation of 256-token turns (tails, finer buckets), 32 sessions of ~15.4K
-    # tokens (int8 KV) restored before the step / layer by layer, then the reader's tiles at a turn's shape; ~7 min
-    echo "== bench/engine_gpu.py: 256-token turns over ~15.4K, then 32 sessions of ~15.4K, before the step / layer-wise"
-    timeout "${ENGINE_S:-380}" python3 bench/engine_gpu.py --phase ours --no-compile --out "$OUT" \
-      --turn-tokens 1536 --turn-sizes 256 \
-      --skip "${SKIP:-correctness,ours_decode,ours_multiturn,ours_recompute,int8_kv,restart}" \
-      --session-first-tokens 13056 --sessions-kv-dtype int8 --cpu-cache-gb 8 --sessions-cpu-cache-gb 40 \
-      --sessions-layerwise on --sessions-ab ${ENGINE_ARGS:-} 2>&1 | grep -vi warn | tail -30
-    echo "== engine/attn_bench.py: 257 new tokens over 15.6K keys, every tile shape x splits, bf16 and int8 KV"
-    timeout "${ATTN_S:-200}" python3 -m engine.attn_bench --out "$OUT" --shapes turn257 --kv bf16,int8 \
-      --sweep "${SPLITS:-2,3,4}" --no-smoke 2>&1 | grep -vi warn | tail -12
-    python3 - "$OUT/attn_bench.json" <<'PY'
+    # tokens (int8 KV) restored before the step / layer by layer, the reader's tiles at a turn's shape; ~7-9 min.
+    # ATTN=quick: first the reader's plan against the plan before it at turn shapes (bf16, int8), no sweep
+    attn() {  # $1: seconds, then engine.attn_bench's arguments
+      local s=$1; shift
+      timeout "$s" python3 -m engine.attn_bench --out "$OUT" --kv bf16,int8 --no-smoke "$@" 2>&1 | grep -vi warn | tail -24
+      python3 - "$OUT/attn_bench.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 for shape, x in r.items():
@@ -277,6 +272,21 @@ for shape, x in r.items():
     rows = sorted((v["ms"], k, v["tflops"], v["rel_err"]) for k, v in x["variants"].items() if "ms" in v)
     print(shape, "fastest:", "; ".join(f"{k} {ms:.4f} ms {tf} TF/s err {e}" for ms, k, tf, e in rows[:6]))
 PY
+    }
+    if [ "${ATTN:-}" = quick ]; then
+      echo "== engine/attn_bench.py --quick: the plan (auto) against the plan before it, turn shapes"
+      attn "${ATTN_S:-100}" --quick --shapes turn256,turn257,turn512,turn1536
+    fi
+    echo "== bench/engine_gpu.py: 256-token turns over ~15.4K, then 32 sessions of ~15.4K, before the step / layer-wise"
+    timeout "${ENGINE_S:-380}" python3 bench/engine_gpu.py --phase ours --no-compile --out "$OUT" \
+      --turn-tokens 1536 --turn-sizes 256 \
+      --skip "${SKIP:-correctness,ours_decode,ours_multiturn,ours_recompute,int8_kv,restart}" \
+      --session-first-tokens 13056 --sessions-kv-dtype int8 --cpu-cache-gb 8 --sessions-cpu-cache-gb 40 \
+      --sessions-layerwise on --sessions-ab ${ENGINE_ARGS:-} 2>&1 | grep -vi warn | tail -30
+    if [ "${ATTN:-}" != quick ]; then
+      echo "== engine/attn_bench.py: 257 new tokens over 15.6K keys, every tile shape x splits, bf16 and int8 KV"
+      attn "${ATTN_S:-200}" --shapes turn257 --sweep "${SPLITS:-2,3,4}"
+    fi
     ;;
   kernels)  # issue 6: the kernel tests compiled on the GPU, then the K-packed int4 / int8 sweep
     echo "== kernel and fused-op tests, compiled (pytest --noconftest: the root conftest needs the DB stack)"

@@ -23,6 +23,7 @@ NH, KVH, HD, BS = 32, 8, 128, 64
 SHAPES = [
     ("turn256_ctx15.4K", 256, 15_424, 1, False),
     ("turn257_ctx15.6K", 257, 15_620, 1, False),  # what a 256-token turn reaches the engine as (tails)
+    ("turn512_ctx15.4K", 512, 15_424, 1, False),
     ("turn1536_ctx14.1K", 1536, 14_080, 1, False),
     ("chunk2048_ctx16K", 2048, 16_384, 1, False),
     ("chunk2048_ctx8K", 2048, 8_192, 1, False),
@@ -123,6 +124,12 @@ def variants(d: dict, decode: bool, sweep_splits: tuple[int, ...] = (), quick: b
         return fn
 
     out = {"paged_auto": paged({}), "paged_splits1": paged({"splits": 1})}
+    if not decode:  # the plan before 2026-12-06: 128-key tiles, 8 warps, splits up to one wave
+        progs = -(-d["seqs"][0][1] * (NH // KVH) // 128) * KVH * len(d["seqs"])
+        tiles = -(-max(s[2] for s in d["seqs"]) // 128)
+        sms = pat._num_sms(q.device)
+        old = max(1, min(sms // progs, tiles // 4, 32)) if tiles >= 8 else 1
+        out["paged_plan_before"] = paged({"block_n": 128, "num_warps": 8, "splits": old})
     for s in () if quick else (2, 4, 8, 16):
         out[f"paged_splits{s}"] = paged({"splits": s})
     if not decode and not quick:
@@ -201,7 +208,9 @@ def run(
         auto = rows.get("paged_auto", {})
         print(f"{name:22s} auto {auto.get('ms')} ms ({auto.get('tflops')} TF/s, err {auto.get('rel_err')})"
               f"  best {best[1]} {best[0]:.4f} ms", flush=True)  # fmt: skip
-        for k in ("prefix_flash", "dense_sdpa", "dense_flash", "dense_cudnn", "paged_splits1"):
+        shown = ("prefix_flash", "dense_sdpa", "dense_flash", "dense_cudnn", "paged_splits1")
+        shown += ("paged_plan_before",)
+        for k in shown:
             if k in rows:
                 print(f"    {k:16s} {rows[k]}", flush=True)
         del d, ref

@@ -230,21 +230,27 @@ def plan(
 
     Measured on the H100 (engine/attn_bench.py, docs/engine.md): prefill tiles of 128 rows x 128 keys,
     8 warps, 3 stages ran 377-396 TFLOP/s on 1.5K-2K new tokens over 8K-16K keys (64-key tiles: 337-347).
-    Splits: a prefill grid smaller than one wave of the SMs is split up to about one wave (256 tokens over
-    15.4K keys: 64 programs, 2 splits 0.223 ms vs 0.391 unsplit and 0.277 at 5 splits); a decode grid up to
-    two waves (1 token over 16K keys: 32 splits 0.042 ms vs 0.376 unsplit). At least 4 tiles per split: the
-    combine pass reads every split's partial, so splitting short contexts costs more than it gains.
+    A prefill grid smaller than one wave of the SMs (a chat turn over a long history) takes 128 x 64 tiles
+    with 4 warps instead, two programs an SM, and is split up to two programs an SM: 257 new tokens over
+    15.6K keys (72 programs) took 0.256 ms at 3 splits against 0.355 for 128 x 128 tiles and 8 warps
+    unsplit (the plan before, since 72 programs left no whole second split), and 0.310 against 0.548 ms
+    with int8 KV, whose in-register dequantization suits the narrower tile. A decode grid is split up to
+    two waves (1 token over 16K keys: 32 splits 0.042 ms vs 0.376 unsplit). At least 4 tiles per split:
+    the combine pass reads every split's partial, so splitting short contexts costs more than it gains.
     """
     cpu = device.type == "cpu"
     small = decode or rows <= 16
     block_m = 16 if small else (64 if cpu else 128)
     block_n = bs if cpu else (64 if small else 128)
     cfg = {"block_m": block_m, "block_n": block_n, "num_warps": 4 if block_m <= 64 else 8, "num_stages": 3}
+    sms = _num_sms(device)
+    few = not (small or cpu) and triton.cdiv(rows, block_m) * kvh * num_seqs < sms  # under one wave
+    if few:
+        cfg.update(block_n=64, num_warps=4)
     cfg.update({k: v for k, v in OVERRIDE.items() if k != "splits"})
     progs = triton.cdiv(rows, cfg["block_m"]) * kvh * num_seqs
     tiles = triton.cdiv(max_ctx, cfg["block_n"])
-    sms = _num_sms(device)
-    want = triton.cdiv(2 * sms, progs) if small else sms // progs
+    want = triton.cdiv(2 * sms, progs) if small else (2 * sms if few else sms) // progs
     splits = min(want, tiles // 4, 32) if tiles >= 8 else 1
     cfg["splits"] = max(1, OVERRIDE.get("splits", splits))
     return cfg

@@ -111,6 +111,11 @@ def test_plan_splits_only_small_grids():
     pat._num_sms = lambda d: 132  # an H100
     try:
         assert plan(256 * 4, 15_400, 1, 8, 64, False, cuda)["splits"] > 1  # 64 programs, 241 tiles
+        # a turn of 257 tokens: 72 programs of 128 x 64 tiles, two an SM, 3 splits (timed best on an H100)
+        turn = plan(257 * 4, 15_620, 1, 8, 64, False, cuda)
+        assert (turn["block_n"], turn["num_warps"], turn["splits"]) == (64, 4, 3)
+        full = plan(2048 * 4, 16_384, 1, 8, 64, False, cuda)  # a full grid keeps the wide tiles
+        assert (full["block_n"], full["num_warps"]) == (128, 8)
         assert plan(2048 * 4, 16_384, 1, 8, 64, False, cuda)["splits"] == 1  # 512 programs
         assert plan(4, 192, 1, 8, 64, True, cuda)["splits"] == 1  # decode, 3 tiles
         assert plan(4, 16_384, 1, 8, 64, True, cuda)["splits"] == 32  # decode, long context
