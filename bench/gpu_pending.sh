@@ -6,6 +6,8 @@
 #   kernels only: bash bench/gpu_pending.sh kernels   (no carry; KINDS=..., MS=..., SWEEP_S=... to narrow it)
 #   check: bash bench/gpu_pending.sh check   (no carry; compiled tests, engine_check, e2e with shipped configs
 #          and each mode's prefill kernels)
+#   graphrestore: bash bench/gpu_pending.sh graphrestore   (carry .whl; CPU-tier restores inside prefill graphs: compiled
+#           copy tests, bench/restore_probe.py before / graph / layer:64, then turns16k without the attention part)
 #   turns16k: bash bench/gpu_pending.sh turns16k   (carry .whl; issue 3's 15.6K conversation of 256-token turns, 32 sessions
 #           of ~15.4K int8 KV restored before the step / layer by layer, the reader's tile sweep at 257 x 15.6K; ~7 min)
 #   restore: bash bench/gpu_pending.sh restore   (carry .whl; layer-wise CPU-tier restores: compiled test, then issue 3's
@@ -257,9 +259,20 @@ PY
       --sessions-kv-dtype int8 --cpu-cache-gb 8 --sessions-cpu-cache-gb 40 --sessions-layerwise on ${SESSIONS_AB---sessions-ab} ${ENGINE_ARGS:-} 2>&1 \
       | grep -vi warn | tail -40
     ;;
+  graphrestore)  # issue 3: CPU-tier restores inside the prefill graphs: the compiled copy tests, the probe
+    # (before the step / in the graph / eagerly layer by layer, with an answers check), then turns16k's
+    # engine run without the attention benchmark; ~8 min
+    echo "== compiled: tests/engine/test_kv_restore.py -k 'lands or reads_how_many'"
+    timeout 150 python3 -m pytest --noconftest -q -p no:cacheprovider tests/engine/test_kv_restore.py \
+      -k "lands or reads_how_many" 2>&1 | tail -3
+    echo "== bench/restore_probe.py: a 15.4K history back from the CPU tier each turn (int8 KV)"
+    timeout "${PROBE_S:-150}" python3 bench/restore_probe.py --out "$OUT" 2>&1 | grep -vi warn | tail -8
+    ATTN=none bash "$0" turns16k
+    ;;
   turns16k)  # issue 3: the 15.6K conversation of 256-token turns (tails, finer buckets), 32 sessions of ~15.4K
     # tokens (int8 KV) restored before the step / layer by layer, the reader's tiles at a turn's shape; ~7-9 min.
-    # ATTN=quick: first the reader's plan against the plan before it at turn shapes (bf16, int8), no sweep
+    # ATTN=quick: first the reader's plan against the plan before it at turn shapes (bf16, int8), no sweep;
+    # ATTN=none: no attention benchmark
     attn() {  # $1: seconds, then engine.attn_bench's arguments
       local s=$1; shift
       timeout "$s" python3 -m engine.attn_bench --out "$OUT" --kv bf16,int8 --no-smoke "$@" 2>&1 | grep -vi warn | tail -24
@@ -283,7 +296,7 @@ PY
       --skip "${SKIP:-correctness,ours_decode,ours_multiturn,ours_recompute,int8_kv,restart}" \
       --session-first-tokens 13056 --sessions-kv-dtype int8 --cpu-cache-gb 8 --sessions-cpu-cache-gb 40 \
       --sessions-layerwise on --sessions-ab ${ENGINE_ARGS:-} 2>&1 | grep -vi warn | tail -30
-    if [ "${ATTN:-}" != quick ]; then
+    if [ "${ATTN:-sweep}" = sweep ]; then
       echo "== engine/attn_bench.py: 257 new tokens over 15.6K keys, every tile shape x splits, bf16 and int8 KV"
       attn "${ATTN_S:-200}" --shapes turn257 --sweep "${SPLITS:-2,3,4}"
     fi

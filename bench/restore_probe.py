@@ -34,10 +34,11 @@ ANSWER = SamplingParams(max_tokens=4, ignore_eos=True)
 
 
 def variants(spec: str) -> list[tuple[str, int | None]]:
-    """``before`` (copied before the step) or ``layer:P`` (layer by layer, P programs; 0 = one an item)."""
+    """``before`` (copied before the step), ``graph`` (layer by layer inside the prefill graph, the
+    programs it was captured with) or ``layer:P`` (layer by layer, eagerly, P programs; 0 = one an item)."""
     out = []
     for v in spec.split(","):
-        out.append((v, None) if v == "before" else (v, int(v.split(":")[1])))
+        out.append((v, None) if v in ("before", "graph") else (v, int(v.split(":")[1])))
     return out
 
 
@@ -49,7 +50,7 @@ def main() -> None:
     p.add_argument("--new", type=int, default=256)
     p.add_argument("--turns", type=int, default=6, help="turns per conversation and variant")
     p.add_argument("--kv-dtype", default="int8")
-    p.add_argument("--variants", default="before,layer:64,layer:0,layer:32,before")
+    p.add_argument("--variants", default="before,graph,layer:64,graph,before")
     a = p.parse_args()
     if a.tiny:
         a.history, a.new = 300, 16
@@ -82,27 +83,38 @@ def main() -> None:
     hist = {c: ids(a.history) for c in "AB"}
     for c in "AB":  # first turns (recompute), and a warm-up round of restores for every kernel variant
         hist[c] += eng.complete(hist[c], ANSWER).token_ids
+    # every variant gets the same turns, so the ones that copy the same bytes into the same graph must
+    # answer alike: `same_answers_as_before` checks the in-graph copies on the GPU
+    news = [ids(a.new) for _ in range(2 * (a.turns + 1))]
+    answers: dict[str, list] = {}
+    graph_default = restorer.in_graphs
     for name, programs in variants(a.variants):
-        eng.scheduler.restorer = None if programs is None else restorer
+        eng.scheduler.restorer = None if name == "before" else restorer
+        restorer.in_graphs = graph_default and name == "graph"
         if programs is not None:
             kv_restore_triton.PROGRAMS = programs
             restorer.min_bytes = 0  # layer by layer whatever the size (the tiny run restores a few KB)
-        rows = []
-        for _ in range(a.turns + 1):  # the first round of each variant warms it (a compile, a capture)
-            for c in "AB":
-                prompt = hist[c] + ids(a.new)  # the same history, new tokens: every turn restores it
+        rows, said = [], []
+        for i in range(a.turns + 1):  # the first round of each variant warms it (a compile, a capture)
+            for j, c in enumerate("AB"):
+                prompt = hist[c] + news[2 * i + j]  # the same history, new tokens: every turn restores it
                 ev = eng.complete(prompt, ANSWER)
                 rows.append((ev.usage["ttft_ms"], ev.usage["cached_from"]["cpu"], ev.usage["prompt_tokens"]))
+                said.append(ev.token_ids)
         rows = rows[2:]
         name = name if name not in res else name + "_again"
+        answers[name] = said
         res[name] = {
             "ttft_ms": [round(r[0], 1) for r in rows],
             "median_ms": round(statistics.median(r[0] for r in rows), 1),
             "cpu_tokens": statistics.median(r[1] for r in rows),
             "prompt_tokens": rows[-1][2],
+            "same_answers_as_before": said == answers.get("before"),
         }
         print(f"{name:10s} median {res[name]['median_ms']:7.1f} ms  {res[name]['ttft_ms']}  "
-              f"cpu tokens {res[name]['cpu_tokens']}", flush=True)  # fmt: skip
+              f"cpu tokens {res[name]['cpu_tokens']}  same answers as before: "
+              f"{res[name]['same_answers_as_before']}", flush=True)  # fmt: skip
+    restorer.in_graphs = graph_default
     eng.scheduler.restorer = restorer
     res["layerwise_stats"] = eng.stats()["layerwise_restores"]
     eng.scheduler.prefix_cache = False

@@ -11,6 +11,12 @@ place (pinned host memory is mapped into the GPU's address space) and writes the
 with an event after each layer; the model's attention at layer l waits for event l only
 (`AttnBatch.layer_ready`). The CPU tier keeps the slots it reads from held until the step is over.
 
+A step that a prefill CUDA graph replays (a chat turn: one short chunk) keeps its graph: every prefill
+graph holds the 32 copies on a side stream and the per-layer waits, and reads the step's slots and their
+count from device buffers (`stage`); a replay without a restore finds a count of 0 and copies nothing.
+Eagerly such a turn paid ~5-10 ms of launches, which ate most of what the overlap saved (32 sessions of
+~15.4K tokens on an H100: 45.0 ms a turn layer by layer eagerly against 47.4 ms copied first).
+
 Without CUDA (tests) the same object copies layer l when layer l is waited for, so a forward that read a
 layer before waiting for it would read an empty block there too.
 """
@@ -18,6 +24,7 @@ layer before waiting for it would read an empty block there too.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -38,6 +45,8 @@ MIN_BYTES = 256 << 20
 # tokens (int8 KV) took 39.8 ms against 48.3-49.6 copied before the step (bench/restore_probe.py,
 # bench/RESULTS.md 2026-12-06)
 ON_BY_DEFAULT = True
+# whether prefill graphs hold the copies (see the module docstring); False: such steps run eagerly
+IN_GRAPHS = True
 
 
 class LayerwiseRestore:
@@ -64,6 +73,21 @@ class LayerwiseRestore:
         self.copied_blocks = 0  # totals for `Engine.stats`
         self.steps = 0
         self.layerwise_steps = 0
+        self.graph_steps = 0
+        # prefill graphs (`graph_copies`): the step's slots as offsets from `g_origin`, their pool blocks
+        # and count, in buffers the captured copies read; tests set it on CPU (graph bodies run eagerly)
+        self.in_graphs = IN_GRAPHS and self.cuda and self.use_kernel
+        self._staged = False  # this step's slots are in those buffers
+        self.replayed = False  # and the graph (or its body) that copies them ran (set by `PrefillGraphs.run`)
+        if self.cuda:
+            dev = kv.device
+            self.g_off = torch.zeros(kv.shape[2], dtype=torch.int64, device=dev)
+            self.g_blk = torch.zeros(kv.shape[2], dtype=torch.int32, device=dev)
+            self.g_n = torch.zeros(1, dtype=torch.int32, device=dev)
+            self.g_origin = torch.empty(16, dtype=torch.uint8).pin_memory()
+            self.g_stream = torch.cuda.Stream(dev)
+            self.g_events = [torch.cuda.Event() for _ in range(self.layers)]
+            self.g_fence = torch.zeros(1, dtype=torch.int32, device=dev)
 
     def add(self, block: int, host: torch.Tensor, key: str) -> None:
         """Queue ``host`` (a CPU-tier slot, ``[L, 2, ...]``) for pool block ``block``; hold the slot."""
@@ -107,6 +131,58 @@ class LayerwiseRestore:
             for b, h, _ in self.items:
                 self.kv[:, :, b].copy_(h, non_blocking=True)
 
+    def rides_graph(self, prefill: Any, batch: list, ahead: Any) -> bool:
+        """Whether this step (``batch``: (sequence, new tokens) pairs) replays a prefill graph
+        (`engine.prefill_graphs`), whose copies then serve it."""
+        if not self.in_graphs or self.broken or ahead is not None or len(batch) != 1 or batch[0][1] < 2:
+            return False
+        return prefill.serves([(0, batch[0][1], 0, [])], False, None)
+
+    def stage(self) -> None:
+        """For a step a prefill graph replays: its slots into the buffers the graph's copies read (CPU:
+        as `start`, each layer copied when waited for)."""
+        if not self.cuda:
+            self.start()
+        else:
+            self.started, self.done = True, 0
+            self.steps += 1
+            n = len(self.items)
+            self.copied_blocks += n
+            origin = self.g_origin.data_ptr()
+            offs = torch.tensor([h.data_ptr() - origin for _, h, _ in self.items], dtype=torch.int64)
+            blks = torch.tensor([b for b, _, _ in self.items], dtype=torch.int32)
+            self.g_off[:n].copy_(offs, non_blocking=True)
+            self.g_blk[:n].copy_(blks, non_blocking=True)
+            self.g_n.fill_(n)
+        self._staged, self.replayed = True, False
+        self.graph_steps += 1
+
+    def graph_copies(self) -> Callable[[int], None]:
+        """In a prefill graph's body (captured, or run eagerly): every layer's copy of the staged slots on
+        a side stream, an event after each; returns the wait layer l's attention calls. The wait adds a
+        memset on the model stream: the next kernel is launched with PDL, whose edge in a graph would let
+        it start (and load old K/V before its PDL wait, `paged_attn_triton.PRE_WAIT`) before the copy has
+        finished; after a memset node its edge is a full one. `graph_join` ends the fork."""
+        if not self.cuda:
+            return self.wait_layer if self._staged else (lambda layer: None)
+        cur = torch.cuda.current_stream(self.kv.device)
+        self.g_stream.wait_stream(cur)
+        with torch.cuda.stream(self.g_stream):
+            for layer in range(self.layers):
+                copy_layer(self.g_origin, self.g_off, self.kv8[layer], self.g_blk, self.x, self.kv8.stride(1),
+                           layer * 2 * self.x, self.g_n)  # fmt: skip
+                self.g_events[layer].record(self.g_stream)
+
+        def wait(layer: int) -> None:
+            cur.wait_event(self.g_events[layer])
+            self.g_fence.zero_()
+
+        return wait
+
+    def graph_join(self) -> None:
+        if self.cuda:
+            torch.cuda.current_stream(self.kv.device).wait_stream(self.g_stream)
+
     def _launch(self, layer: int) -> None:
         base, off_t, blk_t = self._args
         if not self.use_kernel:
@@ -141,6 +217,12 @@ class LayerwiseRestore:
         then the held slots go back to the tier."""
         if not self.started:
             return
-        self.wait_all()
+        if self._staged and self.cuda:
+            if not self.replayed:  # the step raised before its graph ran: copy the blocks whole
+                for b, h, _ in self.items:
+                    self.kv[:, :, b].copy_(h, non_blocking=True)
+            self.g_n.zero_()  # later replays copy nothing
+        else:
+            self.wait_all()
         self.cpu.release([k for _, _, k in self.items])
-        self.items, self.started = [], False
+        self.items, self.started, self._staged = [], False, False

@@ -305,7 +305,12 @@ class Engine:
             "cost_model": asdict(self.cost),
             "steps_ahead": {"launched": self.ahead.launched, "dropped_rows": self.ahead.dropped},
             "layerwise_restores": (
-                {"steps": r.steps, "layerwise_steps": r.layerwise_steps, "blocks": r.copied_blocks}
+                {
+                    "steps": r.steps,
+                    "layerwise_steps": r.layerwise_steps,
+                    "graph_steps": r.graph_steps,
+                    "blocks": r.copied_blocks,
+                }
                 if (r := self.runner.restore) is not None
                 else None
             ),

@@ -336,11 +336,15 @@ class ModelRunner:
         ``ahead``: a decode step whose input tokens are not on the host yet (`engine.lookahead`), one per
         sequence on the device, at each sequence's position ``num_computed``.
 
-        A step with many blocks restored from the CPU tier (`engine.kv_restore`) runs eagerly: each layer
-        waits for its own copy, which a graph replay cannot; a small restore is waited for whole first."""
+        A step with blocks restored from the CPU tier (`engine.kv_restore`) replays its prefill graph, which
+        holds every layer's copy and wait, where one serves it; else it runs eagerly with each layer waiting
+        for its own copy, or, for a small restore, waits for the whole copy first."""
         if self.restore is None or not self.restore.pending():
             return self._run(batch, ahead, None)
         try:
+            if self.restore.rides_graph(self.prefill, batch, ahead):
+                self.restore.stage()
+                return self._run(batch, ahead, None)
             self.restore.start()
             if not self.restore.worth_it():
                 self.restore.wait_all()

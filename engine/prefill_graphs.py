@@ -126,9 +126,13 @@ class PrefillGraphs:
         st["buf"].copy_(host.view(torch.int64), non_blocking=True)
         r.staging.copied()
         if st["graph"] is None:
-            return self._body(st, t, width, (n, ctx, list(table)))
-        st["graph"].replay()
-        return self.logits
+            out = self._body(st, t, width, (n, ctx, list(table)))
+        else:
+            st["graph"].replay()
+            out = self.logits
+        if r.restore is not None:  # a staged restore's copies ran in there
+            r.restore.replayed = True
+        return out
 
     def _plan(self, t: int, start: int, n: int, table: list[int]) -> list[int]:
         """The int8 store's plan for a chunk of ``n`` tokens from position ``start``, padded to what any
@@ -170,11 +174,17 @@ class PrefillGraphs:
             if t > n:
                 scratch = torch.full((-(-(t - n) // r.bs),), r.scratch, device=dev)
                 ab.seqs.append((n, t - n, t - n, scratch))
+        restore = r.restore if r.restore is not None and r.restore.in_graphs else None
+        if restore is not None:  # every layer's copy of a staged CPU-tier restore (engine.kv_restore)
+            ab.layer_ready = restore.graph_copies()
         hidden = r.model(ids, pos, ab)
         logits = r.model.logits(hidden[extents[2:3]])
         if self.logits is None:
             self.logits = torch.empty_like(logits)
-        return self.logits.copy_(logits)
+        out = self.logits.copy_(logits)
+        if restore is not None:
+            restore.graph_join()
+        return out
 
     def _make(self, t: int, width: int) -> dict:
         r = self.runner

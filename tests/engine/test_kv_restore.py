@@ -85,6 +85,36 @@ def test_each_layer_lands_in_its_block_only_once_waited_for(int8, kernel):
     assert (r.steps, r.copied_blocks) == (1, 4)
 
 
+@pytest.mark.parametrize("int8", [False, True])
+def test_the_graph_copy_reads_how_many_slots_from_the_device(int8, monkeypatch):
+    """A prefill graph's copy (`LayerwiseRestore.graph_copies`) has fixed arguments: offsets from a fixed
+    origin, a layer offset, and the slot count in a device tensor, which a replay without a restore finds
+    at 0. Layer 1 of the first ``count`` slots lands; nothing else is written."""
+    from tests.engine.test_attention import _interpreter_scalar_fix
+
+    if copy_layer is None:
+        pytest.fail("triton is a dependency of the engine's CUDA path and of this test")
+    if DEVICE.type != "cuda":
+        _interpreter_scalar_fix(monkeypatch)  # the interpreter's loop over a loaded count
+    pool = _pool(int8)
+    slots = _slots(pool, 4, seed=7)
+    kv8 = pool.view(torch.uint8).view(L, 2, pool.shape[2], -1)
+    x = kv8.shape[-1]
+    origin = torch.empty(16, dtype=torch.uint8)
+    origin = origin.pin_memory() if pool.is_cuda else origin
+    offs = torch.tensor([h.data_ptr() - origin.data_ptr() for h in slots], device=DEVICE)
+    blocks = torch.tensor([7, 2, 9, 4], dtype=torch.int32, device=DEVICE)
+    count = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+    copy_layer(origin, offs, kv8[1], blocks, x, kv8.stride(1), 2 * x, count)
+    assert pool.abs().sum() == 0
+    count.fill_(2)
+    copy_layer(origin, offs, kv8[1], blocks, x, kv8.stride(1), 2 * x, count)
+    for b, h in zip([7, 2], slots, strict=False):
+        assert torch.equal(pool[1, :, b].cpu(), h[1])
+    pool[1, :, [7, 2]] = 0
+    assert pool.abs().sum() == 0  # not layer 0 or 2, not blocks 9 and 4
+
+
 def test_cpu_tier_keeps_held_slots_until_released():
     blk = torch.randn(L, 2, BS, KVH, HD)
     n = blk.numel() * blk.element_size()
@@ -118,13 +148,14 @@ def _engine(model_dir, layerwise: bool | None) -> Engine:
     )
 
 
-@pytest.mark.parametrize("mode", ["layerwise", "whole", "broken"])
+@pytest.mark.parametrize("mode", ["layerwise", "graph", "whole", "broken"])
 def test_an_engine_restoring_from_the_cpu_tier_gives_recompute_tokens(model_dir, mode):
     """A tiny GPU pool pushes a first conversation to the CPU tier; its next turn is restored layer by
-    layer (CPU: each layer copied when its attention asks), or, below `min_bytes`, whole before the step,
-    or (after the kernel failed once: ``broken``) by the scheduler as before, and writes the tokens of a
-    recompute every time."""
-    layerwise = mode == "layerwise"
+    layer (CPU: each layer copied when its attention asks), or inside its prefill graph (CPU: the graph's
+    buffers, run eagerly, with the graph's copies and waits), or, below `min_bytes`, whole before the
+    step, or (after the kernel failed once: ``broken``) by the scheduler as before, and writes the tokens
+    of a recompute every time."""
+    layerwise = mode in ("layerwise", "graph")
     sp = SamplingParams(max_tokens=6, ignore_eos=True)
     rng = random.Random(3)
     first = [rng.randrange(100, 40000) for _ in range(200)]
@@ -132,6 +163,7 @@ def test_an_engine_restoring_from_the_cpu_tier_gives_recompute_tokens(model_dir,
     with _engine(model_dir, True) as eng:
         eng.runner.restore.min_bytes = 0 if layerwise else 1 << 40
         eng.runner.restore.broken = mode == "broken"
+        eng.runner.restore.in_graphs = eng.runner.prefill.force = mode == "graph"
         a = eng.complete(first, sp)
         for p in others:  # evict the first conversation's blocks from the 24-block pool
             eng.complete(p, sp)
@@ -140,7 +172,8 @@ def test_an_engine_restoring_from_the_cpu_tier_gives_recompute_tokens(model_dir,
         assert r.usage["cached_from"]["cpu"] >= 160
         stats = eng.stats()["layerwise_restores"]
         assert (stats["steps"] >= 1 and stats["blocks"] >= 10) is (mode != "broken")
-        assert (stats["layerwise_steps"] >= 1) is layerwise
+        assert (stats["layerwise_steps"] >= 1) is (mode == "layerwise")
+        assert (stats["graph_steps"] >= 1) is (mode == "graph")
         assert not eng.cpu_tier.held  # released after the step
         eng.scheduler.prefix_cache = False
         assert r.token_ids == eng.complete(turn2, sp).token_ids
