@@ -262,12 +262,12 @@ PY
   graphrestore)  # issue 3: CPU-tier restores inside the prefill graphs: the compiled copy tests, the probe
     # (before the step / in the graph / eagerly layer by layer, with an answers check), then turns16k's
     # engine run without the attention benchmark; ~8 min
-    echo "== compiled: tests/engine/test_kv_restore.py -k 'lands or reads_how_many'"
+    echo "== compiled: tests/engine/test_kv_restore.py -k 'lands or reads_how_many or graph_holding'"
     timeout 150 python3 -m pytest --noconftest -q -p no:cacheprovider tests/engine/test_kv_restore.py \
-      -k "lands or reads_how_many" 2>&1 | tail -3
+      -k "lands or reads_how_many or graph_holding" 2>&1 | tail -3
     echo "== bench/restore_probe.py: a 15.4K history back from the CPU tier each turn (int8 KV)"
-    timeout "${PROBE_S:-150}" python3 bench/restore_probe.py --out "$OUT" 2>&1 | grep -vi warn | tail -8
-    ATTN=none bash "$0" turns16k
+    timeout "${PROBE_S:-150}" python3 bench/restore_probe.py --out "$OUT" ${PROBE_ARGS:-} 2>&1 | grep -vi warn | tail -8
+    [ -n "${NO_ENGINE:-}" ] || ATTN=none bash "$0" turns16k
     ;;
   turns16k)  # issue 3: the 15.6K conversation of 256-token turns (tails, finer buckets), 32 sessions of ~15.4K
     # tokens (int8 KV) restored before the step / layer by layer, the reader's tiles at a turn's shape; ~7-9 min.

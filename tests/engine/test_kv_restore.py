@@ -115,6 +115,61 @@ def test_the_graph_copy_reads_how_many_slots_from_the_device(int8, monkeypatch):
     assert pool.abs().sum() == 0  # not layer 0 or 2, not blocks 9 and 4
 
 
+@pytest.mark.parametrize("int8", [False, True])
+def test_a_graph_holding_the_copies_restores_what_is_staged_and_nothing_else(int8):
+    """What a prefill graph holds (`LayerwiseRestore.graph_copies`, the layer waits, `graph_join`),
+    captured once on a GPU (on CPU run as the graphs' buffers are, eagerly): a replay with nothing staged
+    copies nothing; one with slots staged lands them, and each layer, read after its wait, sees them;
+    after `finish` the next replay copies nothing again."""
+    pool = _pool(int8)
+    slots = _slots(pool, 4, seed=11)
+    targets = [7, 2, 9, 4]
+    idx = torch.tensor(targets, device=DEVICE)
+    tier = _Tier()
+    r = LayerwiseRestore(pool, tier)
+    r.in_graphs = True
+    seen = torch.zeros(
+        L, dtype=torch.float32, device=DEVICE
+    )  # each layer's restored blocks, read after the wait
+
+    def body():
+        wait = r.graph_copies()
+        for layer in range(L):
+            wait(layer)
+            seen[layer] = pool[layer][:, idx].float().sum()
+        r.graph_join()
+
+    run = body
+    if DEVICE.type == "cuda":
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            body()  # warm-up: compiles the copy kernel
+        torch.cuda.current_stream().wait_stream(side)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            body()
+        run = g.replay
+    run()
+    assert pool.abs().sum() == 0 and seen.abs().sum() == 0
+    for b, h in zip(targets, slots, strict=True):
+        r.add(b, h, f"k{b}")
+    r.stage()
+    run()
+    r.replayed = True
+    r.finish()
+    want = [sum(h[layer].float().sum() for h in slots) for layer in range(L)]
+    torch.testing.assert_close(seen.cpu(), torch.stack(want))
+    for b, h in zip(targets, slots, strict=True):
+        assert torch.equal(pool[:, :, b].cpu(), h)
+    others = [b for b in range(pool.shape[2]) if b not in targets]
+    assert pool[:, :, others].abs().sum() == 0
+    assert tier.released == tier.held and r.graph_steps == 1
+    pool.zero_()
+    run()
+    assert pool.abs().sum() == 0  # finished: the count went back to 0
+
+
 def test_cpu_tier_keeps_held_slots_until_released():
     blk = torch.randn(L, 2, BS, KVH, HD)
     n = blk.numel() * blk.element_size()
