@@ -1,0 +1,92 @@
+"""Host -> GPU rates on this machine: the copy engine (one large ``copy_`` from pinned memory) against the
+restore copy kernel (`engine.kv_restore_triton`, SMs reading mapped pinned memory) at several program
+counts, on an int8 Llama-3-8B block's layout (issue 3: which of the two a CPU-tier restore should use).
+
+Why: the layer-wise restore's gain varied between H100 machines (bench/RESULTS.md, 2026-12-06): a turn
+restoring 9.9K tokens took 17.7 ms on one and 27.0 on another, against 26-27 ms copied first on both.
+
+Run:  python3 bench/h2d_probe.py --out $OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine import kv_restore_triton  # noqa: E402
+
+X = 64 * 8 * 128 + 8 * 4  # an int8 block's K (or V) rows and scales, one layer
+
+
+def timed(fn, reps: int = 5) -> float:
+    """Median milliseconds of ``fn`` on the current stream."""
+    fn()
+    out = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        out.append(a.elapsed_time(b))
+    return sorted(out)[len(out) // 2]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default="bench/out")
+    p.add_argument("--mb", type=int, default=512)
+    p.add_argument("--programs", default="32,64,132,264,0")
+    a = p.parse_args()
+    n = a.mb * 2**20 // (2 * X)
+    host = torch.randint(-127, 128, (n, 2, X), dtype=torch.int8).pin_memory()
+    dev = torch.empty(2, n, X, dtype=torch.int8, device="cuda")
+    flat = torch.empty(n * 2 * X, dtype=torch.int8, device="cuda")
+    nbytes = n * 2 * X
+    res: dict = {"mb": round(nbytes / 2**20), "slots": n}
+    try:
+        res["affinity"] = sorted(os.sched_getaffinity(0))[:4] + ["..."]
+        topo = subprocess.run(["nvidia-smi", "topo", "-m"], capture_output=True, text=True)
+        res["topo"] = topo.stdout[-600:]
+    except Exception as e:  # noqa: BLE001
+        res["topo"] = str(e)
+    res["dma_gbps"] = round(nbytes / timed(lambda: flat.copy_(host.view(-1), non_blocking=True)) / 1e6, 1)
+    # the "before the step" path copies block by block, all layers of a block a piece
+    per_block = dev.view(2, n, X)
+
+    def slot_by_slot():
+        for i in range(n):
+            per_block[:, i].copy_(host[i], non_blocking=True)
+
+    res["dma_per_slot_gbps"] = round(nbytes / timed(slot_by_slot, 3) / 1e6, 1)
+    offs = torch.arange(n, dtype=torch.int64, device="cuda") * (2 * X)
+    blocks = torch.arange(n, dtype=torch.int32, device="cuda")
+    kv8 = dev.view(torch.uint8)
+    src = host.view(torch.uint8).view(-1)
+    for progs in [int(x) for x in a.programs.split(",")]:
+        kv_restore_triton.PROGRAMS = progs
+
+        def run():
+            kv_restore_triton.copy_layer(src, offs, kv8, blocks, X, kv8.stride(0))
+
+        run()
+        assert torch.equal(dev[0].cpu(), host[:, 0]) and torch.equal(dev[1].cpu(), host[:, 1])
+        res[f"kernel_{progs}_gbps"] = round(nbytes / timed(run) / 1e6, 1)
+        dev.zero_()
+    print(json.dumps({k: v for k, v in res.items() if k != "topo"}))
+    print(res["topo"])
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "h2d_probe.json").write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
