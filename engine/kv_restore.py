@@ -15,7 +15,8 @@ A step that a prefill CUDA graph replays (a chat turn: one short chunk) keeps it
 graph holds the 32 copies on a side stream and the per-layer waits, and reads the step's slots and their
 count from device buffers (`stage`); a replay without a restore finds a count of 0 and copies nothing.
 Eagerly such a turn paid ~5-10 ms of launches, which ate most of what the overlap saved (32 sessions of
-~15.4K tokens on an H100: 45.0 ms a turn layer by layer eagerly against 47.4 ms copied first).
+~15.4K tokens on an H100: 45.0 ms a turn layer by layer eagerly against 47.4 ms copied first; in the graph
+35.1 against 48.4, bench/RESULTS.md).
 
 Without CUDA (tests) the same object copies layer l when layer l is waited for, so a forward that read a
 layer before waiting for it would read an empty block there too.
@@ -37,15 +38,18 @@ except ImportError:  # pragma: no cover - a CPU box without triton copies with t
     copy_layer = None
 
 
-# Below this many bytes a restore is copied whole before the step, which may then replay a prefill graph:
+# For steps no prefill graph serves (they run eagerly): below this many bytes a restore is copied whole
+# before the step instead, which may then replay a graph:
 # eager costs a short chunk ~5 ms of host launches over its graph (a 256-token turn on an H100: 14.2 against
 # 8.8 ms), about what ~256 MB take over the bus at ~50 GB/s. An estimate from those figures.
 MIN_BYTES = 256 << 20
 # whether engines on CUDA restore this way unless configured: on an H100, a turn restoring 9.6K of its 15.6K
-# tokens (int8 KV) took 39.8 ms against 48.3-49.6 copied before the step (bench/restore_probe.py,
+# tokens (int8 KV) took 39.8 ms eagerly against 48.3-49.6 copied before the step (bench/restore_probe.py,
 # bench/RESULTS.md 2026-12-06)
 ON_BY_DEFAULT = True
-# whether prefill graphs hold the copies (see the module docstring); False: such steps run eagerly
+# whether prefill graphs hold the copies (see the module docstring); False: such steps run eagerly. H100s,
+# a turn restoring 9.9K tokens: 16.3-18.8 ms against 24.8-26.7 copied first (two machines), 27.0 against
+# 26.0 (a third)
 IN_GRAPHS = True
 
 
