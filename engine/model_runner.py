@@ -1,16 +1,15 @@
 """Owns the KV tensor and turns a scheduled batch into one forward pass.
 
-The KV pool is sized from a memory budget: on CUDA, ``gpu_memory_gb`` minus the weights and an
-activation reserve; on CPU, ``kv_cache_gb`` (default 1 GiB). Layout ``[L, 2, blocks, block, kvh, hd]``
-keeps one block of all layers addressable as one strided copy for the CPU/disk tiers. With
-``kv_dtype="int8"`` the pool is ``int8 [L, 2, blocks, block*kvh*hd + 4*kvh]``: each block's int8 values are
-followed by its fp32 per-head scales, so a block (values + scales) still moves as one copy through the
-tiers, and its bytes are about half of bf16's.
+The KV pool is sized from a memory budget (`engine.kv_pool`): on CUDA, ``gpu_memory_gb`` minus the
+weights and an activation reserve; on CPU, ``kv_cache_gb`` (default 1 GiB). Layout
+``[L, 2, blocks, block, kvh, hd]`` keeps one block of all layers addressable as one strided copy for the
+CPU/disk tiers. With ``kv_dtype="int8"`` the pool is ``int8 [L, 2, blocks, block*kvh*hd + 4*kvh]``: each
+block's int8 values are followed by its fp32 per-head scales, so a block (values + scales) still moves as
+one copy through the tiers, and its bytes are about half of bf16's.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,21 +19,13 @@ import torch
 from engine.attention import AttnBatch, pack_meta
 from engine.config import EngineConfig
 from engine.graph_inputs import PinnedRing, StaticInputs
+from engine.kv_pool import kv_pool_blocks
 from engine.model import LlamaForCausalLM
-from engine.prefill_graphs import PrefillGraphs, prefill_graph_limit, prefill_graphs_dequantize
-from engine.quant.memory import check_budget, dequant_reserve, weight_bytes
+from engine.prefill_graphs import PrefillGraphs, prefill_graph_limit
 from engine.sampling import argmax_rows
 from engine.sequence import Sequence
 
 GiB = 1024**3
-log = logging.getLogger(__name__)
-
-
-def kv_block_bytes(m, block_size: int, dtype, int8: bool) -> int:
-    """Bytes of one block across all layers (K and V), scales included for int8."""
-    if int8:
-        return 2 * m.num_layers * (block_size * m.num_kv_heads * m.head_dim + 4 * m.num_kv_heads)
-    return m.kv_bytes_per_token(torch.finfo(dtype).bits // 8) * block_size
 
 
 def use_triton(cfg: EngineConfig, device: torch.device, dtype) -> bool:
@@ -70,43 +61,6 @@ def prefill_mode(seqs: list, int8: bool, decode: bool) -> str:
     if thr is not None and q_len >= thr:
         return "prefix_flash"
     return "paged"
-
-
-def kv_pool_blocks(model: LlamaForCausalLM, cfg: EngineConfig, device: torch.device, dtype) -> int:
-    """How many blocks the budget allows (explicit counts/sizes win)."""
-    if cfg.num_kv_blocks:
-        return cfg.num_kv_blocks
-    m = model.cfg
-    per_block = kv_block_bytes(m, cfg.block_size, dtype, cfg.kv_dtype == "int8")
-    # activations: logits of a full token budget in fp32 + MLP intermediates + the largest weight a
-    # quantized prefill dequantizes, plus slack (reserved when the KV pool is derived on CUDA; otherwise the
-    # budget bounds the weights alone: on CPU the pool is kv_cache_gb or 1 GiB of RAM, and an explicit
-    # kv_cache_gb is the operator's call)
-    derive = device.type == "cuda" and cfg.kv_cache_gb is None
-    act = cfg.max_batch_tokens * (m.vocab_size * 4 + 4 * m.intermediate_size * 2) + GiB if derive else 0
-    elt = torch.finfo(dtype).bits // 8
-    act += dequant_reserve(model, cfg.max_num_seqs, elt) if derive else 0
-    if derive and prefill_graphs_dequantize(cfg):  # their copy, in the graphs' pool (one LM-head row)
-        act += dequant_reserve(model, 1, elt)
-    weights = weight_bytes(model)  # quantized layers count their packed bytes
-    left = check_budget(weights, act, cfg.gpu_memory_gb, str(device))
-    if cfg.kv_cache_gb is not None:
-        budget = cfg.kv_cache_gb * GiB
-    elif device.type == "cuda":
-        budget = left
-    else:
-        budget = 1 * GiB
-    n = int(budget // per_block)
-    if n < 4:
-        raise ValueError(
-            f"KV budget too small: {budget / GiB:.3f} GiB left for the KV pool holds {n} blocks of"
-            f" {per_block} B ({n * cfg.block_size} tokens); at least 4 are needed"
-        )
-    log.info(
-        "KV pool: %d blocks = %d tokens (%.3f GiB); weights %.3f GiB",
-        n, n * cfg.block_size, n * per_block / GiB, weights / GiB,
-    )  # fmt: skip
-    return n
 
 
 def int8_store_fits(k_cache: torch.Tensor) -> bool:

@@ -103,7 +103,7 @@ def test_gpu_memory_budget_refuses_with_numbers_and_counts_quantized_bytes(caplo
     cfg = EngineConfig(model="tiny", device="cpu", gpu_memory_gb=budget_gb, kv_cache_gb=0.001)
     with pytest.raises(ModelTooLarge, match=r"weights 0\.\d+ MiB.*> budget 0\.\d+ MiB.*quantize"):
         Engine(cfg, model=m, fingerprint="tiny")
-    with caplog.at_level(logging.INFO, logger="engine.model_runner"):
+    with caplog.at_level(logging.INFO, logger="engine.kv_pool"):
         eng = Engine(EngineConfig(**{**cfg.__dict__, "quant": "int8"}), model=tiny(), fingerprint="tiny")
     try:
         assert eng.quant["weight_bytes"] < 0.8 * full
@@ -149,7 +149,7 @@ def test_kv_budget_keeps_room_for_the_prefill_graphs_own_dequantized_weight() ->
     eager allocator's copy: the derived KV pool gives up one more largest weight (no LM head: one row)."""
     from dataclasses import replace
 
-    from engine.model_runner import kv_block_bytes, kv_pool_blocks
+    from engine.kv_pool import kv_block_bytes, kv_pool_blocks
     from engine.quant.gpu import CHUNK_ROWS
     from engine.quant.memory import dequant_reserve
 
