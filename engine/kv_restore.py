@@ -164,9 +164,10 @@ class LayerwiseRestore:
     def graph_copies(self) -> Callable[[int], None]:
         """In a prefill graph's body (captured, or run eagerly): every layer's copy of the staged slots on
         a side stream, an event after each; returns the wait layer l's attention calls. The wait adds a
-        memset on the model stream: the next kernel is launched with PDL, whose edge in a graph would let
-        it start (and load old K/V before its PDL wait, `paged_attn_triton.PRE_WAIT`) before the copy has
-        finished; after a memset node its edge is a full one. `graph_join` ends the fork."""
+        one-element fill on the model stream, a kernel launched without PDL, so it starts only once the
+        copy has finished; the next kernel, launched with PDL, may overlap the fill but not the copy (its
+        own edge from the copy could let it start, and load old K/V before its PDL wait,
+        `paged_attn_triton.PRE_WAIT`, while the copy still runs). `graph_join` ends the fork."""
         if not self.cuda:
             return self.wait_layer if self._staged else (lambda layer: None)
         cur = torch.cuda.current_stream(self.kv.device)
