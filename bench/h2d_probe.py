@@ -45,6 +45,7 @@ def main() -> None:
     p.add_argument("--out", default="bench/out")
     p.add_argument("--mb", type=int, default=512)
     p.add_argument("--programs", default="32,64,132,264,0")
+    p.add_argument("--chunks", default="16384", help="bytes an item copies (kv_restore_triton.CHUNK), each")
     a = p.parse_args()
     n = a.mb * 2**20 // (2 * X)
     host = torch.randint(-127, 128, (n, 2, X), dtype=torch.int8).pin_memory()
@@ -71,15 +72,18 @@ def main() -> None:
     blocks = torch.arange(n, dtype=torch.int32, device="cuda")
     kv8 = dev.view(torch.uint8)
     src = host.view(torch.uint8).view(-1)
-    for progs in [int(x) for x in a.programs.split(",")]:
-        kv_restore_triton.PROGRAMS = progs
+    chunks, programs = ([int(x) for x in v.split(",")] for v in (a.chunks, a.programs))
+    grid = [(c, g) for c in chunks for g in programs]
+    for chunk, progs in grid:
+        kv_restore_triton.PROGRAMS, kv_restore_triton.CHUNK = progs, chunk
 
         def run():
             kv_restore_triton.copy_layer(src, offs, kv8, blocks, X, kv8.stride(0))
 
         run()
         assert torch.equal(dev[0].cpu(), host[:, 0]) and torch.equal(dev[1].cpu(), host[:, 1])
-        res[f"kernel_{progs}_gbps"] = round(nbytes / timed(run) / 1e6, 1)
+        name = f"kernel_{progs}" + ("" if chunk == 16384 else f"_chunk{chunk}")
+        res[name + "_gbps"] = round(nbytes / timed(run) / 1e6, 1)
         dev.zero_()
     print(json.dumps({k: v for k, v in res.items() if k != "topo"}))
     print(res["topo"])
