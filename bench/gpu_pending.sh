@@ -6,7 +6,8 @@
 #   kernels only: bash bench/gpu_pending.sh kernels   (no carry; KINDS=..., MS=..., SWEEP_S=... to narrow it)
 #   check: bash bench/gpu_pending.sh check   (no carry; compiled tests, engine_check, e2e with shipped configs
 #          and each mode's prefill kernels)
-#   bus: bash bench/gpu_pending.sh bus   (no carry; the restore kernel's read rate of pinned memory vs the copy engine, ~1 min)
+#   bus: bash bench/gpu_pending.sh bus   (no carry; the restore kernel's read rate of pinned memory vs the copy engine,
+#        and a layer's pieces in one cuMemcpyBatchAsync, engine.dma_batch; ~1 min)
 #   graphrestore: bash bench/gpu_pending.sh graphrestore   (carry .whl; CPU-tier restores inside prefill graphs: compiled
 #           copy tests, bench/restore_probe.py before / graph / layer:64, then turns16k without the attention part)
 #   turns16k: bash bench/gpu_pending.sh turns16k   (carry .whl; issue 3's 15.6K conversation of 256-token turns, 32 sessions
@@ -260,8 +261,10 @@ PY
       --sessions-kv-dtype int8 --cpu-cache-gb 8 --sessions-cpu-cache-gb 40 --sessions-layerwise on ${SESSIONS_AB---sessions-ab} ${ENGINE_ARGS:-} 2>&1 \
       | grep -vi warn | tail -40
     ;;
-  bus)  # issue 3: pinned host -> GPU by the copy engine against the restore kernel, programs x chunk bytes (~1 min);
-    # on 2026-12-06 the kernel read 49 GB/s on one H100 and 29 on another (copy engine 54-55)
+  bus)  # issue 3: pinned host -> GPU by the copy engine against the restore kernel, programs x chunk bytes, and
+    # the copy engines fed a layer's pieces in one cuMemcpyBatchAsync (engine.dma_batch) (~1 min); on 2026-12-06
+    # the kernel read 49 GB/s on one H100 and 29 on another (copy engine 54-55)
+    timeout 60 python3 -m pytest --noconftest -q -p no:cacheprovider tests/engine/test_dma_batch.py 2>&1 | tail -2
     timeout "${BUS_S:-120}" python3 bench/h2d_probe.py --out "$OUT" --programs "${PROGRAMS:-64,132,264,528,1056}" \
       --chunks "${CHUNKS:-4096,16384,65536}" 2>&1 | grep -vi warn | head -1
     ;;
