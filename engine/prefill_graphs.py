@@ -20,6 +20,10 @@ a layer's weight into the graphs' shared pool, which keeps one such copy; the KV
 (`prefill_graphs_dequantize`). An int8 KV cache is written by `engine.kv_int8_store` from a
 plan in the same buffer, padded with empty entries, so padded tokens write no KV at all.
 On CPU (tests, ``force``) the same buffers run eagerly through the gather reader.
+
+A turn whose history comes back from the CPU tier keeps its graph: with a layer-wise restorer
+(`engine.kv_restore`), every graph also holds each layer's copy of the staged slots on a side stream and
+each layer's wait for it; a replay with nothing staged copies nothing.
 """
 
 from __future__ import annotations
