@@ -110,15 +110,11 @@ class LayerwiseRestore:
     def start(self) -> None:
         """Launch every layer's copy (CUDA: on the side stream, after what the model stream queued so far,
         e.g. a spill of the block being overwritten)."""
-        self.started, self.done = True, 0
-        self.steps += 1
-        self.copied_blocks += len(self.items)
+        self._begin()
         base = self.items[0][1]
         dev = self.kv.device
-        offs = [h.data_ptr() - base.data_ptr() for _, h, _ in self.items]
-        off_t = torch.tensor(offs, dtype=torch.int64).to(dev, non_blocking=True)
-        blk_t = torch.tensor([b for b, _, _ in self.items], dtype=torch.int32).to(dev, non_blocking=True)
-        self._args = (base, off_t, blk_t)
+        offs, blks = self._slot_tensors(base)
+        self._args = (base, offs.to(dev, non_blocking=True), blks.to(dev, non_blocking=True))
         if not self.cuda:
             return
         self.stream.wait_stream(torch.cuda.current_stream(dev))
@@ -130,10 +126,8 @@ class LayerwiseRestore:
         except Exception:  # noqa: BLE001 - e.g. a kernel this GPU or driver refuses: copy as before, stop
             log.exception("layer-wise KV restore failed; copying blocks before each step from now on")
             self.broken = True
-            cur = torch.cuda.current_stream(dev)
-            cur.wait_stream(self.stream)
-            for b, h, _ in self.items:
-                self.kv[:, :, b].copy_(h, non_blocking=True)
+            torch.cuda.current_stream(dev).wait_stream(self.stream)
+            self._copy_whole()
 
     def rides_graph(self, prefill: Any, batch: list, ahead: Any) -> bool:
         """Whether this step (``batch``: (sequence, new tokens) pairs) replays a prefill graph
@@ -148,13 +142,9 @@ class LayerwiseRestore:
         if not self.cuda:
             self.start()
         else:
-            self.started, self.done = True, 0
-            self.steps += 1
+            self._begin()
             n = len(self.items)
-            self.copied_blocks += n
-            origin = self.g_origin.data_ptr()
-            offs = torch.tensor([h.data_ptr() - origin for _, h, _ in self.items], dtype=torch.int64)
-            blks = torch.tensor([b for b, _, _ in self.items], dtype=torch.int32)
+            offs, blks = self._slot_tensors(self.g_origin)
             self.g_off[:n].copy_(offs, non_blocking=True)
             self.g_blk[:n].copy_(blks, non_blocking=True)
             self.g_n.fill_(n)
@@ -188,14 +178,33 @@ class LayerwiseRestore:
         if self.cuda:
             torch.cuda.current_stream(self.kv.device).wait_stream(self.g_stream)
 
+    def _begin(self) -> None:
+        """A step's restore starts: counted for `Engine.stats`."""
+        self.started, self.done = True, 0
+        self.steps += 1
+        self.copied_blocks += len(self.items)
+
+    def _slot_tensors(self, origin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each queued slot's byte offset from ``origin`` (int64) and its pool block (int32), on the host."""
+        offs = [h.data_ptr() - origin.data_ptr() for _, h, _ in self.items]
+        return (
+            torch.tensor(offs, dtype=torch.int64),
+            torch.tensor([b for b, _, _ in self.items], dtype=torch.int32),
+        )
+
+    def _copy_whole(self) -> None:
+        """Every queued block, all layers, on the model stream (a failed kernel, a graph that never ran)."""
+        for b, h, _ in self.items:
+            self.kv[:, :, b].copy_(h, non_blocking=True)
+
     def _launch(self, layer: int) -> None:
         base, off_t, blk_t = self._args
         if not self.use_kernel:
             for b, h, _ in self.items:
                 self.kv[layer, :, b].copy_(h[layer], non_blocking=True)
             return
-        src = base.view(torch.uint8).view(-1)[layer * 2 * self.x :]  # slot 0's layer; offsets: the others
-        copy_layer(src, off_t, self.kv8[layer], blk_t, self.x, self.kv8.stride(1))
+        src = base.view(torch.uint8)  # the kernel counts offsets in bytes
+        copy_layer(src, off_t, self.kv8[layer], blk_t, self.x, self.kv8.stride(1), layer * 2 * self.x)
 
     def wait_all(self) -> None:
         """The whole copy before the step (a small restore: the step may replay a graph)."""
@@ -224,8 +233,7 @@ class LayerwiseRestore:
             return
         if self._staged and self.cuda:
             if not self.replayed:  # the step raised before its graph ran: copy the blocks whole
-                for b, h, _ in self.items:
-                    self.kv[:, :, b].copy_(h, non_blocking=True)
+                self._copy_whole()
             self.g_n.zero_()  # later replays copy nothing
         else:
             self.wait_all()

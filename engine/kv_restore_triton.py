@@ -49,7 +49,8 @@ def _copy_layer(src, src_off, lay, dst, dst_blk, X, kv_stride, n_items, count, C
 
 def copy_layer(src: torch.Tensor, offsets: torch.Tensor, dst: torch.Tensor, blocks: torch.Tensor, x: int,
                kv_stride: int, lay: int = 0, count: torch.Tensor | None = None) -> None:  # fmt: skip
-    """``src``: any pinned tensor, the origin of ``offsets`` (int64): each slot's byte offset from it;
+    """``src``: a uint8 tensor (pinned, on CUDA), the origin of ``offsets`` (int64): each slot's byte offset
+    from it;
     ``lay``: the layer's byte offset inside a slot; ``dst``: the layer's pool as bytes ``[2, blocks, x]``;
     ``blocks`` (int32): each slot's pool block. ``count`` (int32 ``[1]`` on the device): how many of
     ``offsets``/``blocks`` to copy, read by the kernel (CUDA: `PROGRAMS` programs loop over them); else
