@@ -7,13 +7,14 @@
 #   check: bash bench/gpu_pending.sh check   (no carry; compiled tests, engine_check, e2e with shipped configs
 #          and each mode's prefill kernels)
 #   bus: bash bench/gpu_pending.sh bus   (no carry; the restore kernel's read rate of pinned memory vs the copy engine,
-#        and a layer's pieces in one cuMemcpyBatchAsync, engine.dma_batch; ~1 min)
+#        and a layer's pieces in one cuMemcpyBatchAsync; ~1 min)
 #   graphrestore: bash bench/gpu_pending.sh graphrestore   (carry .whl; CPU-tier restores inside prefill graphs: compiled
 #           copy tests, bench/restore_probe.py before / graph / layer:64, then turns16k without the attention part)
 #   turns16k: bash bench/gpu_pending.sh turns16k   (carry .whl; issue 3's 15.6K conversation of 256-token turns, 32 sessions
 #           of ~15.4K int8 KV restored before the step / layer by layer, the reader's tile sweep at 257 x 15.6K; ~7 min)
 #   restore: bash bench/gpu_pending.sh restore   (carry .whl; layer-wise CPU-tier restores: compiled test, then issue 3's
 #           run with 32 sessions of ~15.4K tokens restored before the step / layer by layer; ~8 min)
+#   full3: bash bench/gpu_pending.sh full3   (carry .whl; issue 3 complete with the transformers baselines, ~9.5 min)
 #   engine: bash bench/gpu_pending.sh engine   (carry .whl for xxhash; issue 3's reuse, sessions and restart figures;
 #           ENGINE_ARGS="--skip correctness,ours_decode,int8_kv --turn-sizes 1536" reruns what a change touched)
 #   pdl: bash bench/gpu_pending.sh pdl   (carry .whl; LAUNCHES="0,1,0,1": PDL off/on A/B, ~6 min)
@@ -28,6 +29,7 @@
 #   ncu: bash bench/gpu_pending.sh ncu   (no carry; the one-token GEMVs vs a plain read of their bytes, then ncu --set full)
 #   wide: bash bench/gpu_pending.sh wide   (carry .whl; one-token GEMVs over block_n 32 and splits up to 32, the model on the
 #         winners; W_MODES / GU_MODES: the modes for qkv, o, down / gate_up; TEST_K: compiled tests first)
+#   gemvpre: bash bench/gpu_pending.sh gemvpre   (no carry; the fp16 GEMV's first weights before PDL's wait: tests, A/B)
 #   silu: bash bench/gpu_pending.sh silu   (carry .whl; gate_up's GEMV writing silu(gate) * up: compiled tests, then the A/B)
 #   pgraph: bash bench/gpu_pending.sh pgraph   (carry .whl; short prefills as CUDA graphs off / on, bf16 and int8 KV (KV=auto
 #           narrows it; QUANT=int4 KV=auto: int4 weights): TTFT and greedy ids; ~8 min;
@@ -199,6 +201,11 @@ PY
     echo "== whole model at batch 1, gate_up's GEMV with the SiLU off / on (graphs captured again for each)"
     E2E_EXTRA="--no-hf" model_ab 300 "${BATCHES:-1}" silugemv0,silugemv1,silugemv0,silugemv1
     ;;
+  gemvpre)  # issue 6: the fp16 GEMV's first step of weights before PDL's wait (PRE_WAIT): compiled tests, model A/B (~7 min)
+    compiled_tests "${TEST_S:-120}" "${TEST_K:-prefetching or silu or shipped}"
+    echo "== whole model at batch 1, the GEMV's first weights after / before PDL's wait (graphs captured again for each)"
+    E2E_EXTRA="--no-hf" model_ab 300 "${BATCHES:-1}" gemvpre0,gemvpre1,gemvpre0,gemvpre1
+    ;;
   pgraph)  # issue 3: short prefills as CUDA graphs (prefill_graph_tokens 0 vs 512): TTFT alone / after a recompute / reuse
     echo "== prefill graphs captured for real: same logits as eager, padding only in the scratch block"
     timeout 100 python3 -m pytest --noconftest -q -p no:cacheprovider tests/engine/test_prefill_graphs.py \
@@ -244,6 +251,12 @@ PY
       --tune "$OUT/quant_kernels.json" --overlap > "$OUT/e2e.log" 2>&1
     e2e_summary
     ;;
+  full3)  # issue 3 complete, transformers baselines in the same run: correctness, decode, 1,536- and 256-token
+    # conversations, 32 sessions of ~15.4K tokens (int8 KV) from the CPU tier, restart; ~9.5 min
+    timeout "${ENGINE_S:-585}" python3 bench/engine_gpu.py --phase all --compile-budget-s "${HF_S:-60}" --out "$OUT" \
+      --session-first-tokens 13056 --sessions-kv-dtype int8 --cpu-cache-gb 8 --sessions-cpu-cache-gb 40 \
+      --skip "${SKIP:-int8_kv}" ${ENGINE_ARGS:-} 2>&1 | grep -vi warn | tail -40
+    ;;
   engine)  # issue 3 without the transformers baselines (those: bench/engine_gpu.py --phase all), ~9 min
     timeout "${ENGINE_S:-560}" python3 bench/engine_gpu.py --phase ours --no-compile --out "$OUT" ${ENGINE_ARGS:-} 2>&1 \
       | grep -vi warn | tail -30
@@ -262,11 +275,15 @@ PY
       | grep -vi warn | tail -40
     ;;
   bus)  # issue 3: pinned host -> GPU by the copy engine against the restore kernel, programs x chunk bytes, and
-    # the copy engines fed a layer's pieces in one cuMemcpyBatchAsync (engine.dma_batch) (~1 min); on 2026-12-06
+    # the copy engines fed a layer's pieces in one cuMemcpyBatchAsync (the probe's copy_batch) (~1 min); on 2026-12-06
     # the kernel read 49 GB/s on one H100 and 29 on another (copy engine 54-55)
-    timeout 60 python3 -m pytest --noconftest -q -p no:cacheprovider tests/engine/test_dma_batch.py 2>&1 | tail -2
+    echo "== compiled: tests/engine/test_kv_restore.py -k 'lands or reads_how_many or graph_holding'"
+    timeout 150 python3 -m pytest --noconftest -q -p no:cacheprovider tests/engine/test_kv_restore.py \
+      -k "lands or reads_how_many or graph_holding" 2>&1 | tail -3
+    echo "== bench/graph_event_probe.py: when a graph's external event wait takes the event's record"
+    timeout 30 python3 bench/graph_event_probe.py 2>&1 | tail -3
     timeout "${BUS_S:-120}" python3 bench/h2d_probe.py --out "$OUT" --programs "${PROGRAMS:-64,132,264,528,1056}" \
-      --chunks "${CHUNKS:-4096,16384,65536}" 2>&1 | grep -vi warn | head -1
+      --chunks "${CHUNKS:-4096,16384,65536}" 2>&1 | grep -E '^\{|Error|Traceback|File' | head -8
     ;;
   graphrestore)  # issue 3: CPU-tier restores inside the prefill graphs: the compiled copy tests, the probe
     # (before the step / in the graph / eagerly layer by layer, with an answers check), then turns16k's

@@ -199,7 +199,8 @@ def _knobs(eng: Engine) -> dict[str, tuple[object, str]]:
     rows' absmax to the one-token int4 GEMV, or it takes its own), 'attnpre' (attention loads its metadata
     and first old tile before PDL's wait), 'prefetch' (the fp16 GEMV's configs may load a step ahead),
     'sbahead' (... their scales and biases too, where a config says PREFETCH 2), 'tuned' (the configs of
-    ``--tune``, or the shipped table), 'silugemv' (gate_up's GEMV writes ``silu(gate) * up`` itself)."""
+    ``--tune``, or the shipped table), 'silugemv' (gate_up's GEMV writes ``silu(gate) * up`` itself),
+    'gemvpre' (the fp16 GEMV's first step of weights loads before PDL's wait)."""
     return {
         "pdl": (pdl, "ENABLED"),
         "argmax": (eng.runner, "argmax_in_graph"),
@@ -208,6 +209,7 @@ def _knobs(eng: Engine) -> dict[str, tuple[object, str]]:
         "prefetch": (PREFETCH_ANY, "on"),
         "sbahead": (SB_AHEAD, "on"),
         "silugemv": (gpu, "SILU_IN_GEMV"),
+        "gemvpre": (gpu, "H2_PRE_WAIT"),
         "tuned": (TUNED, "on"),
     }
 
@@ -393,7 +395,8 @@ def main() -> None:
         (out / "quant_e2e.json").write_text(json.dumps(res, indent=1))
     base = res.get("hf_compiled_bf16", {}).get(1, {})
     print(
-        "| mode | weights GiB | b1 tok/s | b1 % roof | b16 tok/s | ahead b1 / b16 | prefill 2K | peak GiB |"
+        "| mode | weights GiB | b1 tok/s | b1 % roof | b16 tok/s | ahead b1 / b16 "
+        f"| prefill {a.prefill_tokens} ms | peak GiB |"
     )
     for name, r in res["modes"].items():
         if "error" in r:

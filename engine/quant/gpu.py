@@ -49,6 +49,10 @@ H2_PREFETCH = 2
 # ``silu_inter``; `engine.model.MLP`), saving the SiLU x up kernel and its launch: same bits either way,
 # the graph step 2122 -> 2065 us on the H200 (quant_e2e's 'silugemv' switch; `bash bench/gpu_pending.sh silu`)
 SILU_IN_GEMV = True
+# The fp16 GEMV's first step of weights (configs with PREFETCH 2) loads before PDL's wait, overlapping the
+# kernel ahead (`triton_w4k_h2` PRE_WAIT): the int4 batch-1 graph step 2405.9 / 2406.4 -> 2399.5 / 2399.8 us
+# on an H100, same tokens (quant_e2e's 'gemvpre' switch; `bash bench/gpu_pending.sh gemvpre`)
+H2_PRE_WAIT = True
 # The swapped-operand bf16-pair tensor-core kernel (`w4k_mmt_kernel`, the codes as the dot's first operand,
 # in registers for wgmma) by mode: its JOIN, 20 a dot a nibble, 21 a dot a nibble pair, 22 a dot a step
 MMT_JOIN = {20: 1, 21: 2, 22: 8}
@@ -295,7 +299,7 @@ def matmul_small(
             GROUP=g.group, BLOCK_N=block_n, BLOCK_R=cfg[5], SPLIT=nsplit, ASM=_asm(x), DENORM=cfg[4] == 5,
             CHAIN=h2[0], COLS=h2[1], EVEN=g.n % block_n == 0, M_ROWS=m, num_warps=warps, num_stages=stages,
             amax_ptr=xa if amax is None else amax, AMAX_IN=amax is not None, PREFETCH=h2[2],
-            SILU_MUL=bool(silu_inter), CUDA=not _interpreted(), **pdl_kw,
+            SILU_MUL=bool(silu_inter), CUDA=not _interpreted(), PRE_WAIT=H2_PRE_WAIT and h2[2] == 2, **pdl_kw,
         )  # fmt: skip
     elif g.kind == "int4k" and cfg[4] in (18, *MMT_JOIN) and g.group % (8 * cfg[5]) == 0:  # bf16 pairs
         swapped = {"JOIN": MMT_JOIN[cfg[4]]} if cfg[4] in MMT_JOIN else {}

@@ -142,6 +142,7 @@ def w4k_gemv_h2_kernel(
     ASM: tl.constexpr, DENORM: tl.constexpr, CHAIN: tl.constexpr, COLS: tl.constexpr, EVEN: tl.constexpr,
     M_ROWS: tl.constexpr, PDL: tl.constexpr = False, amax_ptr=None, AMAX_IN: tl.constexpr = False,
     PREFETCH: tl.constexpr = False, SILU_MUL: tl.constexpr = False, CUDA: tl.constexpr = True,
+    PRE_WAIT: tl.constexpr = False,
 ):  # fmt: skip
     """gemv3 (steps of ``BLOCK_R`` word rows, scales in the accumulator's layout) with packed-fp16 FMAs: a
     pair of weights costs a ``lop3``, ``sub.f16x2`` and ``fma.f16x2`` (DENORM: ``and``, ``fma``), not ~7.
@@ -177,6 +178,11 @@ def w4k_gemv_h2_kernel(
     the first step's words, scales and biases are issued before the absmax pass, whose loads, reduction
     and barriers they used to follow (ncu: the one-token GEMVs launch < 1 wave and stall on loads).
 
+    ``PRE_WAIT`` (with ``PREFETCH`` 2 and ``PDL``): the first step's words, scales and biases load before
+    PDL's wait, so their HBM round trip overlaps the kernel ahead (a norm, attention, or a GEMV's split-K
+    tail) instead of following it. Safe: no kernel writes weights. Unlike pulling a program's whole slice
+    into L2 (`engine.pdl`, slower), this is one step's registers a program.
+
     ``SILU_MUL`` (``[gate | up]`` weights, two column tiles, no split-K): tile 0 takes gate's columns and
     tile 1 the same columns of up's (``N // 2`` on), and the program writes ``silu(gate) * up`` (``y [M_ROWS,
     N // 2]``) with each sum rounded as it would be stored and then `engine.fused_ops.silu_mul`'s
@@ -198,9 +204,12 @@ def w4k_gemv_h2_kernel(
     rr = tl.arange(0, RP) * CHAIN
     r0 = tl.program_id(1) * rows_per_split
     r1 = tl.minimum(r0 + rows_per_split, K // 8)
-    pdl.wait(PDL)
-    if PREFETCH == 2:  # the first step's loads before the absmax pass: their round trips overlap
+    if PREFETCH == 2 and PRE_WAIT:  # weights: written by no kernel, so they may load before the wait
         words = _h2_words(w_ptr, r0, rr, colv, N, CHAIN, COLS, EVEN, r0 < r1)
+        sbs = _h2_sb(s_ptr, b_ptr, r0, rr, colv, N, GROUP, COLS, EVEN, r0 < r1)
+    pdl.wait(PDL)
+    if PREFETCH == 2 and not PRE_WAIT:  # the first step's loads before the absmax pass: their round trips
+        words = _h2_words(w_ptr, r0, rr, colv, N, CHAIN, COLS, EVEN, r0 < r1)  # overlap
         sbs = _h2_sb(s_ptr, b_ptr, r0, rr, colv, N, GROUP, COLS, EVEN, r0 < r1)
     xr, v, inv = (), (), ()  # per row of x: its pointer, scale and the scale's inverse (times 2**LCU)
     for m in tl.static_range(M_ROWS):

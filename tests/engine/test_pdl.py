@@ -71,6 +71,22 @@ def test_gemv_waits_before_its_first_load_and_releases_before_its_stores() -> No
     assert not any(re.search(r"\b(ACQBULK|PREEXIT)\b", ins) for ins in plain)
 
 
+def test_gemv_with_pre_wait_loads_its_first_step_of_weights_before_the_wait_and_x_after() -> None:
+    """PRE_WAIT (with PREFETCH 2): the first step's words, scales and biases issue before ACQBULK, the
+    activations' loads (the absmax pass over x) only after it; without PRE_WAIT nothing loads before."""
+    pre = _sass({"PDL": True, "PREFETCH": 2, "PRE_WAIT": True})
+    after = _sass({"PDL": True, "PREFETCH": 2, "PRE_WAIT": False})
+    wait = _first(pre, r"\bACQBULK\b")
+    early = [ins for ins in pre[:wait] if re.search(r"\bLDG\b", ins)]
+    # a step of words (64 rows, 2 column tiles) plus its scales and biases: several loads, all weights
+    assert len(early) >= 3
+    late = [ins for ins in pre[wait:] if re.search(r"\bLDG\b", ins)]
+    assert late  # x (and the later steps' weights)
+    assert not any(re.search(r"\bLDG\b", ins) for ins in after[: _first(after, r"\bACQBULK\b")])
+    # the loads moved, not added: the same number in all
+    assert len(early) + len(late) == sum(bool(re.search(r"\bLDG\b", ins)) for ins in after)
+
+
 def test_pdl_is_kept_for_models_whose_every_matmul_is_ours() -> None:
     """A bf16 model runs cuBLAS GEMMs after our early-releasing kernels (not checked on a GPU with PDL),
     so it keeps PDL off; a quantized one with a quantized LM head runs only our kernels. Tied embeddings

@@ -328,23 +328,27 @@ def test_fp16_gemv_prefetching_the_next_step_gives_the_same_bits(m: int, mode: i
     and the first step's loads before the absmax pass) changes only when loads issue: the same bits as
     without, for programs of 3 steps, of 2 and 1 (48 word rows in steps of 16 over 2 splits) and of 1
     step each, and the step after a program's last loads nothing (masked: K = 384 has no rows past the
-    last program's)."""
+    last program's). PRE_WAIT (the first step before PDL's wait) moves loads only: the same bits too."""
     k = 384
     w = torch.randn(N, k, generator=torch.Generator().manual_seed(19)) * 0.05
     q = quantize_int4(w, group=64)
     gw = _on_device(gpu.pack(q))
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(20)).to(DEVICE)
     got = {}
-    for prefetch in (0, 1, 2):
+    shipped = gpu.H2_PRE_WAIT
+    for prefetch, pre_wait in ((0, False), (1, False), (2, False), (2, True)):
         gpu.TUNING[("int4k", N, k)] = (32, split, 4, 2, mode, 16, 2, 1, prefetch)
+        gpu.H2_PRE_WAIT = pre_wait  # the first step's weights before PDL's wait
         try:
-            got[prefetch] = gpu.matmul_small(gw, x)
+            got[prefetch, pre_wait] = gpu.matmul_small(gw, x)
         finally:
             gpu.TUNING.pop(("int4k", N, k))
-    assert torch.equal(got[0], got[1])
-    assert torch.equal(got[0], got[2])
+            gpu.H2_PRE_WAIT = shipped
+    assert torch.equal(got[0, False], got[1, False])
+    assert torch.equal(got[0, False], got[2, False])
+    assert torch.equal(got[0, False], got[2, True])
     want = x.cpu() @ _ref(q).t()
-    assert float((got[2].cpu() - want).abs().max() / want.abs().max()) < 4e-3
+    assert float((got[2, True].cpu() - want).abs().max() / want.abs().max()) < 4e-3
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
