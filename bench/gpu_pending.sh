@@ -29,7 +29,6 @@
 #   ncu: bash bench/gpu_pending.sh ncu   (no carry; the one-token GEMVs vs a plain read of their bytes, then ncu --set full)
 #   wide: bash bench/gpu_pending.sh wide   (carry .whl; one-token GEMVs over block_n 32 and splits up to 32, the model on the
 #         winners; W_MODES / GU_MODES: the modes for qkv, o, down / gate_up; TEST_K: compiled tests first)
-#   int4prefill: bash bench/gpu_pending.sh int4prefill   (no carry; int4 prefill from the packed weight: tests, sweep, model A/B)
 #   gemvpre: bash bench/gpu_pending.sh gemvpre   (no carry; the fp16 GEMV's first weights before PDL's wait: tests, A/B)
 #   silu: bash bench/gpu_pending.sh silu   (carry .whl; gate_up's GEMV writing silu(gate) * up: compiled tests, then the A/B)
 #   pgraph: bash bench/gpu_pending.sh pgraph   (carry .whl; short prefills as CUDA graphs off / on, bf16 and int8 KV (KV=auto
@@ -201,11 +200,6 @@ PY
     compiled_tests "${TEST_S:-120}" "${TEST_K:-silu or shipped or prefetch}"
     echo "== whole model at batch 1, gate_up's GEMV with the SiLU off / on (graphs captured again for each)"
     E2E_EXTRA="--no-hf" model_ab 300 "${BATCHES:-1}" silugemv0,silugemv1,silugemv0,silugemv1
-    ;;
-  int4prefill)  # issue 6: int4 prefill rows on tensor cores from the packed weight (engine.quant.prefill_mm): compiled tests,
-    # per-layer sweep against dequantize + GEMM and bf16 weights, the model's 256/512-token TTFT off/on (~5 min)
-    timeout 120 python3 -m pytest --noconftest -q -p no:cacheprovider tests/engine/quant/test_prefill_mm.py 2>&1 | tail -2
-    timeout "${PROBE_S:-420}" python3 bench/int4_prefill_probe.py --out "$OUT" ${PROBE_ARGS:-} 2>&1 | grep -vi warn | tail -16
     ;;
   gemvpre)  # issue 6: the fp16 GEMV's first step of weights before PDL's wait (PRE_WAIT): compiled tests, model A/B (~7 min)
     compiled_tests "${TEST_S:-120}" "${TEST_K:-prefetching or silu or shipped}"

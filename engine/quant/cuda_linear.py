@@ -1,9 +1,8 @@
 """A quantized layer's forward on CUDA: its rows through the fused kernels of `engine.quant.gpu` (decode
-sizes) or, for prefill, `engine.quant.prefill_mm` or the dequantized weight and a GEMM, and the
-``[gate | up]`` layer's GEMV that writes ``silu(gate) * up`` itself. Kept apart from `engine.quant.gpu`,
-which packs weights and launches kernels, so that the layer-level choices (row chunks, the norm's absmax,
-TEAL, bias) read in one place. The kernels are reached through the module (``gpu.matmul_small``), which
-tests and benchmarks patch."""
+sizes) or the dequantized weight and a GEMM (prefill), and the ``[gate | up]`` layer's GEMV that writes
+``silu(gate) * up`` itself. Kept apart from `engine.quant.gpu`, which packs weights and launches kernels,
+so that the layer-level choices (row chunks, the norm's absmax, TEAL, bias) read in one place. The
+kernels are reached through the module (``gpu.matmul_small``), which tests and benchmarks patch."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from engine.quant import gpu, prefill_mm
+from engine.quant import gpu
 
 
 def cuda_linear(layer: Any, x: torch.Tensor) -> torch.Tensor:
@@ -38,11 +37,7 @@ def cuda_linear(layer: Any, x: torch.Tensor) -> torch.Tensor:
         ]
         y = parts[0] if len(parts) == 1 else torch.cat(parts)
     else:
-        y = None
-        if prefill_mm.ENABLED and layer.act_threshold is None:
-            y = prefill_mm.matmul_prefill(g, x2)  # int4 codes to bf16 tile by tile (None: not this layer)
-        if y is None:
-            y = F.linear(layer.sparsify(x2), gpu.dense_weight(g, x.dtype))
+        y = F.linear(layer.sparsify(x2), gpu.dense_weight(g, x.dtype))
     if layer.bias is not None:
         y = y + layer.bias.to(y.dtype)
     return y.reshape(*lead, g.n)
