@@ -29,6 +29,8 @@
 #   ncu: bash bench/gpu_pending.sh ncu   (no carry; the one-token GEMVs vs a plain read of their bytes, then ncu --set full)
 #   wide: bash bench/gpu_pending.sh wide   (carry .whl; one-token GEMVs over block_n 32 and splits up to 32, the model on the
 #         winners; W_MODES / GU_MODES: the modes for qkv, o, down / gate_up; TEST_K: compiled tests first)
+#   tma: bash bench/gpu_pending.sh tma   (no carry; the paged reader's K/V tiles by TMA: compiled tests, the graph check,
+#        attn_bench --quick; NO_ATTN=1: without attn_bench, ~2 min; then KB_ENGINE_ATTN_TMA=1 ATTN=none ... turns16k)
 #   gemvpre: bash bench/gpu_pending.sh gemvpre   (no carry; the fp16 GEMV's first weights before PDL's wait: tests, A/B)
 #   silu: bash bench/gpu_pending.sh silu   (carry .whl; gate_up's GEMV writing silu(gate) * up: compiled tests, then the A/B)
 #   pgraph: bash bench/gpu_pending.sh pgraph   (carry .whl; short prefills as CUDA graphs off / on, bf16 and int8 KV (KV=auto
@@ -200,6 +202,14 @@ PY
     compiled_tests "${TEST_S:-120}" "${TEST_K:-silu or shipped or prefetch}"
     echo "== whole model at batch 1, gate_up's GEMV with the SiLU off / on (graphs captured again for each)"
     E2E_EXTRA="--no-hf" model_ab 300 "${BATCHES:-1}" silugemv0,silugemv1,silugemv0,silugemv1
+    ;;
+  tma)  # issue 3: the paged reader's K/V tiles by TMA (paged_attn_triton.TMA): compiled tests, then engine/attn_bench.py
+    # --quick at turn, prefill and decode shapes with the TMA variants beside the plan (~3 min)
+    timeout 90 python3 -m pytest --noconftest -q -p no:cacheprovider tests/engine/test_split_kv.py 2>&1 | tail -2
+    echo "== bench/tma_graph_check.py: TMA tiles inside a CUDA graph, replayed, against eager per-thread loads"
+    timeout 60 python3 bench/tma_graph_check.py 2>&1 | tail -2
+    [ -n "${NO_ATTN:-}" ] || timeout "${ATTN_S:-200}" python3 -m engine.attn_bench --out "$OUT" --kv bf16 --no-smoke --quick \
+      --shapes "${SHAPES:-turn256,turn257,turn512,turn1536,chunk2048_ctx16K,decode_b1_ctx16K,decode_b32}" 2>&1 | grep -vi warn | tail -60
     ;;
   gemvpre)  # issue 6: the fp16 GEMV's first step of weights before PDL's wait (PRE_WAIT): compiled tests, model A/B (~7 min)
     compiled_tests "${TEST_S:-120}" "${TEST_K:-prefetching or silu or shipped}"

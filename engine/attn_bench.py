@@ -113,17 +113,22 @@ def variants(d: dict, decode: bool, sweep_splits: tuple[int, ...] = (), quick: b
     meta = pack_meta(d["seqs"], d["q"].device)
     q, kc, vc = d["q"], d["kc"], d["vc"]
 
-    def paged(override):
+    def paged(override, tma: bool = False):
         def fn():
-            pat.OVERRIDE = override
+            pat.OVERRIDE, keep, pat.TMA = override, pat.TMA, tma
             try:
                 return pat.paged_attention(q, kc, vc, d["ks"], d["vs"], meta, decode)
             finally:
-                pat.OVERRIDE = {}
+                pat.OVERRIDE, pat.TMA = {}, keep
 
         return fn
 
     out = {"paged_auto": paged({}), "paged_splits1": paged({"splits": 1})}
+    if d["ks"] is None:  # K/V tiles by TMA (bf16 caches, one block a tile: 64-key tiles)
+        out["paged_tma"] = paged({}, tma=True)
+        out["paged_tma_w8"] = paged({"block_n": BS, "num_warps": 8}, tma=True)
+        out["paged_tma_w8_s2"] = paged({"block_n": BS, "num_warps": 8, "num_stages": 2}, tma=True)
+        out["paged_n64_w8"] = paged({"block_n": BS, "num_warps": 8})
     if not decode:  # the plan before 2026-12-06: 128-key tiles, 8 warps, splits up to one wave
         progs = -(-d["seqs"][0][1] * (NH // KVH) // 128) * KVH * len(d["seqs"])
         tiles = -(-max(s[2] for s in d["seqs"]) // 128)
@@ -209,7 +214,7 @@ def run(
         print(f"{name:22s} auto {auto.get('ms')} ms ({auto.get('tflops')} TF/s, err {auto.get('rel_err')})"
               f"  best {best[1]} {best[0]:.4f} ms", flush=True)  # fmt: skip
         shown = ("prefix_flash", "dense_sdpa", "dense_flash", "dense_cudnn", "paged_splits1")
-        shown += ("paged_plan_before",)
+        shown += ("paged_plan_before", "paged_tma", "paged_tma_w8", "paged_tma_w8_s2", "paged_n64_w8")
         for k in shown:
             if k in rows:
                 print(f"    {k:16s} {rows[k]}", flush=True)

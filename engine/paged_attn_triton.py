@@ -28,6 +28,7 @@ the gather path and `transformers`.
 from __future__ import annotations
 
 import math
+import os
 from functools import lru_cache
 
 import torch
@@ -45,6 +46,19 @@ PRE_WAIT = True
 # BLOCK_M x BLOCK_N multiplies instead of 2 x BLOCK_N x HD multiplies and conversions. Off until timed on a
 # GPU (`bash bench/gpu_pending.sh int8kv`).
 INT8_FOLD = False
+# Prefill over bf16 caches with one cache block a tile (the plan's 64-key tiles for grids under one wave:
+# a chat turn over a long history): K/V tiles come by TMA, through on-device tensor descriptors over the
+# pool as rows of ``kvh * hd``, instead of per-thread loads. In the sm_90 SASS the per-thread form at that
+# plan spills (972 local loads and stores) and issues no asynchronous copies; with TMA 56 and pipelined
+# bulk copies. H100, `engine.attn_bench` (same bits, compiled test): 257 tokens over 15.6K keys 0.259 ->
+# 0.219 ms a layer, 256 over 15.4K 0.211 -> 0.175, 512 over 15.4K 0.361 -> 0.301. Off until a CUDA graph
+# holding it has run on a GPU (the kernel's descriptor scratch then comes from the graph's pool):
+# `NO_ATTN=1 bash bench/gpu_pending.sh tma` (bench/tma_graph_check.py), then issue 3's turns with it on
+# (``KB_ENGINE_ATTN_TMA=1``).
+TMA = os.environ.get("KB_ENGINE_ATTN_TMA", "0") == "1"
+# the unmasked loop warp-specialized (``tl.range(warp_specialize=)``): Triton 3.6 leaves the sm_90 SASS of
+# this kernel unchanged, so it stays off
+WS = False
 
 
 @triton.jit
@@ -115,21 +129,30 @@ def _tile_math(acc, l_i, m_i, q, k, v, ks, vs, start, qpos, qk_scale, BLOCK_N: t
 @triton.jit
 def _tile(acc, l_i, m_i, q, K, V, KS, VS, TABLES, tb, kvh, start, ctx, qpos, stride_kb, stride_kt, stride_kh,
           stride_sb, qk_scale, BS: tl.constexpr, BLOCK_N: tl.constexpr, HD: tl.constexpr, INT8: tl.constexpr,
-          MASK: tl.constexpr, FOLD: tl.constexpr):  # fmt: skip
-    """One KV tile: its loads, then `_tile_math`."""
-    k, v, ks, vs = _tile_kv(K, V, KS, VS, TABLES, tb, kvh, start, ctx, stride_kb, stride_kt, stride_kh,
-                            stride_sb, q.dtype, BS, BLOCK_N, HD, INT8, FOLD)  # fmt: skip
+          MASK: tl.constexpr, FOLD: tl.constexpr, kd=None, vd=None, TMA: tl.constexpr = False):  # fmt: skip
+    """One KV tile: its loads (``TMA``: the tile is cache block ``table[start // BS]``'s rows of head
+    ``kvh``, through the descriptors ``kd``/``vd``), then `_tile_math`."""
+    if TMA:
+        blk = tl.load(TABLES + tb + start // BS).to(tl.int32)
+        k = kd.load([blk * BS, kvh * HD])
+        v = vd.load([blk * BS, kvh * HD])
+        ks = 0.0
+        vs = 0.0
+    else:
+        k, v, ks, vs = _tile_kv(K, V, KS, VS, TABLES, tb, kvh, start, ctx, stride_kb, stride_kt, stride_kh,
+                                stride_sb, q.dtype, BS, BLOCK_N, HD, INT8, FOLD)  # fmt: skip
     return _tile_math(acc, l_i, m_i, q, k, v, ks, vs, start, qpos, qk_scale, BLOCK_N, MASK, FOLD)
 
 
 @triton.jit(do_not_specialize=["stride_tb", "splits", "t_total"])
 def _paged_attn_kernel(Q, K, V, KS, VS, Out, PO, PM, PL, TABLES, Q_STARTS, Q_LENS, CTX_LENS, stride_qt,
                        stride_qh, stride_ot, stride_oh, stride_kb, stride_kt, stride_kh, stride_sb, stride_tb,
-                       splits, t_total,
+                       splits, t_total, n_rows,
                        sm_scale, NH: tl.constexpr, GROUP: tl.constexpr, HD: tl.constexpr, BS: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, INT8: tl.constexpr,
                        SPLIT: tl.constexpr, PDL: tl.constexpr = False,
-                       PRE: tl.constexpr = False, FOLD: tl.constexpr = False):  # fmt: skip
+                       PRE: tl.constexpr = False, FOLD: tl.constexpr = False, TMA: tl.constexpr = False,
+                       WS: tl.constexpr = False):  # fmt: skip
     """``PRE`` (with PDL): the metadata and the first tile's K/V, when all its keys are older than this
     step's tokens, load before `pdl.wait`. None of them is written by a kernel that may still run: the
     metadata come from the step's input copy, and this layer's RoPE writes only the new tokens' slots
@@ -172,19 +195,26 @@ def _paged_attn_kernel(Q, K, V, KS, VS, Out, PO, PM, PL, TABLES, Q_STARTS, Q_LEN
         pdl.wait(PDL)
     q = tl.load(Q + (q_start + tok)[:, None] * stride_qt + head[:, None] * stride_qh + d[None, :],
                 mask=row_ok[:, None], other=0.0)  # fmt: skip
+    kd = None
+    vd = None
+    if TMA:  # the cache as rows of kvh * hd (``stride_kt``): a tile is BLOCK_N (= BS) rows x HD columns
+        kd = tl.make_tensor_descriptor(K, shape=[n_rows, stride_kt], strides=[stride_kt, 1],
+                                       block_shape=[BLOCK_N, HD])  # fmt: skip
+        vd = tl.make_tensor_descriptor(V, shape=[n_rows, stride_kt], strides=[stride_kt, 1],
+                                       block_shape=[BLOCK_N, HD])  # fmt: skip
     if PRE:  # noqa: SIM102 - `early` exists only under the constexpr PRE
         if early:  # a tile before n_full: no mask
             acc, l_i, m_i = _tile_math(acc, l_i, m_i, q, k0, v0, ks0, vs0, t0 * BLOCK_N, qpos, qk_scale,
                                        BLOCK_N, False, FOLD)  # fmt: skip
             t0 = t0 + 1
-    for t in range(t0, tl.minimum(t1, n_full)):
+    for t in tl.range(t0, tl.minimum(t1, n_full), warp_specialize=WS):
         acc, l_i, m_i = _tile(acc, l_i, m_i, q, K, V, KS, VS, TABLES, tb, kvh, t * BLOCK_N, ctx, qpos,
                               stride_kb, stride_kt, stride_kh, stride_sb, qk_scale, BS, BLOCK_N, HD, INT8,
-                              False, FOLD)  # fmt: skip
+                              False, FOLD, kd, vd, TMA)  # fmt: skip
     for t in range(tl.maximum(t0, n_full), t1):
         acc, l_i, m_i = _tile(acc, l_i, m_i, q, K, V, KS, VS, TABLES, tb, kvh, t * BLOCK_N, ctx, qpos,
                               stride_kb, stride_kt, stride_kh, stride_sb, qk_scale, BS, BLOCK_N, HD, INT8,
-                              True, FOLD)  # fmt: skip
+                              True, FOLD, kd, vd, TMA)  # fmt: skip
     if SPLIT:  # unnormalised partials; `_combine_kernel` merges the splits
         r = (split * t_total + q_start + tok) * NH + head
         tl.store(PO + r[:, None] * HD + d[None, :], acc, mask=row_ok[:, None])
@@ -214,6 +244,23 @@ def _combine_kernel(Out, PO, PM, PL, stride_ot, stride_oh, splits, t_total, NH: 
     acc = tl.load(PO + r[:, None] * HD + d[None, :], mask=ok[:, None], other=0.0)
     o = tl.sum(acc * w[:, None], 0) / tl.sum(lsum * w, 0)
     tl.store(Out + t * stride_ot + h * stride_oh + d, o.to(Out.dtype.element_ty))
+
+
+@lru_cache(maxsize=8)
+def _has_tma(device: torch.device) -> bool:
+    """Hopper and later (the interpreter, in tests, runs descriptors anywhere); an RTX 4090 has none."""
+    return device.type != "cuda" or torch.cuda.get_device_capability(device)[0] >= 9
+
+
+@lru_cache(maxsize=1)
+def _descriptor_scratch() -> None:
+    """Triton writes on-device tensor descriptors to global scratch it asks this allocator for (inside a
+    CUDA graph capture, from the graph's pool)."""
+
+    def alloc(size: int, alignment: int, stream) -> torch.Tensor:
+        return torch.empty(size, dtype=torch.int8, device="cuda" if torch.cuda.is_available() else "cpu")
+
+    triton.set_allocator(alloc)
 
 
 @lru_cache(maxsize=8)
@@ -285,6 +332,12 @@ def paged_attention(
     else:
         po = pm = pl = out
     grid = (triton.cdiv(meta["max_q"] * group, cfg["block_m"]), kvh, n_seqs * splits)
+    # decode keeps per-thread loads: its programs are short, and creating the descriptors cost more than
+    # they saved (H100: 1 token over 16K keys 0.079 -> 0.122 ms, 32 x 192 keys 0.020 -> 0.093 ms)
+    rows_2d = k_cache.stride(0) == bs * k_cache.stride(1)  # the pool as rows of kvh * hd
+    tma = TMA and not (int8 or decode) and cfg["block_n"] == bs and rows_2d and _has_tma(q.device)
+    if tma:
+        _descriptor_scratch()
     pdl_kw = pdl.kwargs(q)  # launched with PDL (Hopper): see engine.pdl
     kw = {} if q.device.type == "cpu" else {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
     _paged_attn_kernel[grid](
@@ -292,9 +345,9 @@ def paged_attention(
         meta["tables"], meta["q_starts"], meta["q_lens"], meta["ctx_lens"],
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), ks.stride(0) if int8 else 0,
-        meta["tables"].stride(0), splits, t, 1.0 / math.sqrt(hd),
+        meta["tables"].stride(0), splits, t, k_cache.shape[0] * bs, 1.0 / math.sqrt(hd),
         NH=nh, GROUP=group, HD=hd, BS=bs, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], INT8=int8,
-        SPLIT=splits > 1, PRE=PRE_WAIT, FOLD=int8 and INT8_FOLD, **kw, **pdl_kw,
+        SPLIT=splits > 1, PRE=PRE_WAIT, FOLD=int8 and INT8_FOLD, TMA=tma, WS=tma and WS, **kw, **pdl_kw,
     )  # fmt: skip
     if splits > 1:
         ckw = {} if q.device.type == "cpu" else {"num_warps": 4}

@@ -150,3 +150,36 @@ def test_prefill_mode(monkeypatch):
     monkeypatch.setitem(mr.PREFILL_POLICY, "prefix_flash_min_q", 128)
     assert prefill_mode(prefix, int8=False, decode=False) == "prefix_flash"
     assert prefill_mode([(0, 1, 15_000, [0])], int8=False, decode=True) == "paged"
+
+
+@pytest.mark.parametrize("ws", [False, True])
+def test_triton_reader_with_tma_tiles_matches_gather(ws, monkeypatch):
+    """`TMA`: a prefill's tile of one cache block comes through a tensor descriptor over the pool (block
+    ``table[t]``'s rows, head ``kvh``'s columns) instead of per-thread loads: the same bits as those loads,
+    with a cached prefix and with forced splits (decode steps keep the loads: the same bits trivially);
+    ``WS`` changes nothing here. A wrong block or head in the descriptor's offsets fails it."""
+    import engine.paged_attn_triton as pat
+
+    device = _interp(monkeypatch)
+    q, kc, vc, _, _, seqs = _fill([(20, 90), (33, 33), (1, 70)], int8=False, seed=5)
+    moved = [x.to(device) for x in (q, kc, vc)]
+    for decode, rows in ((False, None), (True, [19, 52, 53])):
+        part = seqs if not decode else [(i, 1, c, t) for i, (_, _, c, t) in enumerate(seqs)]
+        qq = moved[0] if rows is None else moved[0][rows]
+        meta = pack_meta(part, torch.device(device))
+        for override in ({}, {"splits": 3}):
+            monkeypatch.setattr(pat, "OVERRIDE", override)
+            monkeypatch.setattr(pat, "TMA", False)
+            loads = pat.paged_attention(qq, moved[1], moved[2], None, None, meta, decode=decode)
+            monkeypatch.setattr(pat, "TMA", True)
+            monkeypatch.setattr(pat, "WS", ws)
+            got = pat.paged_attention(qq, moved[1], moved[2], None, None, meta, decode=decode)
+            assert torch.equal(got, loads)
+    ab = AttnBatch(
+        torch.zeros(0, dtype=torch.long), [(a, b, c, torch.tensor(t)) for a, b, c, t in seqs], [], []
+    )
+    want = attend_gather(q, kc, vc, None, None, ab, 4, 2)
+    monkeypatch.setattr(pat, "OVERRIDE", {})
+    got = pat.paged_attention(*moved, None, None, pack_meta(seqs, torch.device(device)), decode=False).cpu()
+    tol = {"atol": 2e-5, "rtol": 1e-4} if device == "cpu" else {"atol": 2e-2, "rtol": 2e-2}
+    torch.testing.assert_close(got, want, **tol)
