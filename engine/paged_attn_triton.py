@@ -56,9 +56,6 @@ INT8_FOLD = False
 # `NO_ATTN=1 bash bench/gpu_pending.sh tma` (bench/tma_graph_check.py), then issue 3's turns with it on
 # (``KB_ENGINE_ATTN_TMA=1``).
 TMA = os.environ.get("KB_ENGINE_ATTN_TMA", "0") == "1"
-# the unmasked loop warp-specialized (``tl.range(warp_specialize=)``): Triton 3.6 leaves the sm_90 SASS of
-# this kernel unchanged, so it stays off
-WS = False
 
 
 @triton.jit
@@ -151,8 +148,8 @@ def _paged_attn_kernel(Q, K, V, KS, VS, Out, PO, PM, PL, TABLES, Q_STARTS, Q_LEN
                        sm_scale, NH: tl.constexpr, GROUP: tl.constexpr, HD: tl.constexpr, BS: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, INT8: tl.constexpr,
                        SPLIT: tl.constexpr, PDL: tl.constexpr = False,
-                       PRE: tl.constexpr = False, FOLD: tl.constexpr = False, TMA: tl.constexpr = False,
-                       WS: tl.constexpr = False):  # fmt: skip
+                       PRE: tl.constexpr = False, FOLD: tl.constexpr = False,
+                       TMA: tl.constexpr = False):  # fmt: skip
     """``PRE`` (with PDL): the metadata and the first tile's K/V, when all its keys are older than this
     step's tokens, load before `pdl.wait`. None of them is written by a kernel that may still run: the
     metadata come from the step's input copy, and this layer's RoPE writes only the new tokens' slots
@@ -207,7 +204,7 @@ def _paged_attn_kernel(Q, K, V, KS, VS, Out, PO, PM, PL, TABLES, Q_STARTS, Q_LEN
             acc, l_i, m_i = _tile_math(acc, l_i, m_i, q, k0, v0, ks0, vs0, t0 * BLOCK_N, qpos, qk_scale,
                                        BLOCK_N, False, FOLD)  # fmt: skip
             t0 = t0 + 1
-    for t in tl.range(t0, tl.minimum(t1, n_full), warp_specialize=WS):
+    for t in range(t0, tl.minimum(t1, n_full)):
         acc, l_i, m_i = _tile(acc, l_i, m_i, q, K, V, KS, VS, TABLES, tb, kvh, t * BLOCK_N, ctx, qpos,
                               stride_kb, stride_kt, stride_kh, stride_sb, qk_scale, BS, BLOCK_N, HD, INT8,
                               False, FOLD, kd, vd, TMA)  # fmt: skip
@@ -347,7 +344,7 @@ def paged_attention(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), ks.stride(0) if int8 else 0,
         meta["tables"].stride(0), splits, t, k_cache.shape[0] * bs, 1.0 / math.sqrt(hd),
         NH=nh, GROUP=group, HD=hd, BS=bs, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], INT8=int8,
-        SPLIT=splits > 1, PRE=PRE_WAIT, FOLD=int8 and INT8_FOLD, TMA=tma, WS=tma and WS, **kw, **pdl_kw,
+        SPLIT=splits > 1, PRE=PRE_WAIT, FOLD=int8 and INT8_FOLD, TMA=tma, **kw, **pdl_kw,
     )  # fmt: skip
     if splits > 1:
         ckw = {} if q.device.type == "cpu" else {"num_warps": 4}
