@@ -36,8 +36,7 @@ def main() -> None:
         return pat.paged_attention(q, kc, vc, None, None, meta, decode=False)
 
     run(True)  # compile outside the capture
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
+    torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = run(True)
