@@ -58,9 +58,9 @@ def _first(instrs: list[str], pattern: str) -> int:
 
 
 def test_gemv_waits_before_its_first_load_and_releases_before_its_stores() -> None:
-    """With PDL the GEMV loads nothing before ``griddepcontrol.wait`` (ACQBULK), not even its weights
-    (prefetching them was slower: engine.pdl), and releases the next kernel (PREEXIT) after the main
-    loop's loads, before the split-K stores; without PDL neither instruction is there."""
+    """With PDL (and without PRE_WAIT, the next test's) the GEMV loads nothing before
+    ``griddepcontrol.wait`` (ACQBULK), and releases the next kernel (PREEXIT) after the main loop's loads,
+    before the split-K stores; without PDL neither instruction is there."""
     instrs = _sass({"PDL": True})
     wait, release = _first(instrs, r"\bACQBULK\b"), _first(instrs, r"\bPREEXIT\b")
     loads = [i for i, ins in enumerate(instrs) if re.search(r"\bLDG\b", ins)]
