@@ -44,17 +44,19 @@ SIG_MM = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp16", "b_ptr": "*fp16",
           "SPLIT": "constexpr"}  # fmt: skip
 
 
-def sass(fn, consts: dict, warps: int, stages: int) -> str:
+def sass(fn, consts: dict, warps: int, stages: int, sig: dict | None = None, div: tuple = ()) -> str:
     """The kernel's sm_90 SASS. Every defaulted constexpr is passed explicitly: Triton's offline compile
     cache keys the constants by value only (`ASTSource.hash`), so ``{"A": True}`` and ``{"B": True}``
-    would share one cached binary (seen: one variant's build returned another's)."""
+    would share one cached binary (seen: one variant's build returned another's). ``sig`` and ``div``
+    (the arguments specialised as multiples of 16): another kernel's than the int4 GEMVs'/GEMMs'."""
     empty = inspect.Parameter.empty
     defaults = {p.name: p.default for p in fn.params if p.is_constexpr and p.default is not empty}
     consts = defaults | consts
-    base = SIG_MM if "M" in fn.arg_names else SIG
+    base = sig or (SIG_MM if "M" in fn.arg_names else SIG)
     sig = {k: v for k, v in base.items() if k in fn.arg_names}  # args a kernel lacks (amax_ptr) dropped
     sig |= {k: "constexpr" for k in consts if k not in base}
-    div = DIV16 + (("stride_xm", "stride_ym") if base is SIG_MM else ())
+    if not div:
+        div = DIV16 + (("stride_xm", "stride_ym") if base is SIG_MM else ())
     attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in div}
     src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
     options = {"num_warps": warps, "num_stages": stages}

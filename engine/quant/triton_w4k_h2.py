@@ -204,13 +204,14 @@ def w4k_gemv_h2_kernel(
     rr = tl.arange(0, RP) * CHAIN
     r0 = tl.program_id(1) * rows_per_split
     r1 = tl.minimum(r0 + rows_per_split, K // 8)
-    if PREFETCH == 2 and PRE_WAIT:  # weights: written by no kernel, so they may load before the wait
+    EARLY: tl.constexpr = PREFETCH == 2 and PRE_WAIT  # weights: written by no kernel, so before the wait
+    if not EARLY:
+        pdl.wait(PDL)
+    if PREFETCH == 2:  # the first step's loads before the absmax pass: their round trips overlap
         words = _h2_words(w_ptr, r0, rr, colv, N, CHAIN, COLS, EVEN, r0 < r1)
         sbs = _h2_sb(s_ptr, b_ptr, r0, rr, colv, N, GROUP, COLS, EVEN, r0 < r1)
-    pdl.wait(PDL)
-    if PREFETCH == 2 and not PRE_WAIT:  # the first step's loads before the absmax pass: their round trips
-        words = _h2_words(w_ptr, r0, rr, colv, N, CHAIN, COLS, EVEN, r0 < r1)  # overlap
-        sbs = _h2_sb(s_ptr, b_ptr, r0, rr, colv, N, GROUP, COLS, EVEN, r0 < r1)
+    if EARLY:
+        pdl.wait(PDL)
     xr, v, inv = (), (), ()  # per row of x: its pointer, scale and the scale's inverse (times 2**LCU)
     for m in tl.static_range(M_ROWS):
         xm = x_ptr if m == 0 else x_ptr + m * stride_xm

@@ -184,29 +184,20 @@ def test_triton_reader_with_tma_tiles_matches_gather(monkeypatch):
 
 
 TMA_SASS = """
-import json, re, subprocess, sys, tempfile
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from bench.sass_count import BIN
+import json, re
+from bench.sass_count import sass
 import engine.paged_attn_triton as pat
 fn = pat._paged_attn_kernel
-ptrs = dict.fromkeys(["Q", "K", "V", "KS", "VS", "Out"], "*bf16") | dict.fromkeys(["PO", "PM", "PL"], "*fp32")
-ptrs |= dict.fromkeys(["TABLES", "Q_STARTS", "Q_LENS", "CTX_LENS"], "*i32")
+sig = dict.fromkeys(["Q", "K", "V", "KS", "VS", "Out"], "*bf16") | dict.fromkeys(["PO", "PM", "PL"], "*fp32")
+sig |= dict.fromkeys(["TABLES", "Q_STARTS", "Q_LENS", "CTX_LENS"], "*i32") | {"sm_scale": "fp32"}
 ints = [a for a in fn.arg_names if a.startswith("stride_")] + ["splits", "t_total", "n_rows"]
+sig |= dict.fromkeys(ints, "i32")
+div = ("Q", "K", "V", "Out", "PO", "TABLES", "stride_qt", "stride_kb", "stride_kt", "stride_ot")
 out = {}
 for tma in (False, True):
     consts = {"NH": 32, "GROUP": 4, "HD": 128, "BS": 64, "BLOCK_M": 128, "BLOCK_N": 64, "INT8": False,
               "SPLIT": True, "PDL": True, "PRE": True, "FOLD": False, "TMA": tma}
-    sig = ptrs | dict.fromkeys(ints, "i32") | {"sm_scale": "fp32"} | dict.fromkeys(consts, "constexpr")
-    div = ["Q", "K", "V", "Out", "PO", "TABLES", "stride_qt", "stride_kb", "stride_kt", "stride_ot"]
-    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in div}
-    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
-                       target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_stages": 3})
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(k.asm["cubin"]); f.flush()
-        text = subprocess.run([BIN / "nvdisasm", "-c", f.name], capture_output=True, text=True).stdout
-    ins = re.findall(r"/\\*[0-9a-f]+\\*/\\s+(.*?)\\s*;", text)
+    ins = re.findall(r"/\\*[0-9a-f]+\\*/\\s+(.*?)\\s*;", sass(fn, consts, 4, 3, sig, div))
     out[str(tma)] = {p: sum(bool(re.search(r, i)) for i in ins)
                      for p, r in (("tma", r"UTMALDG"), ("local", r"\\b(STL|LDL)\\b"), ("wgmma", r"\\bHGMMA"))}
 print(json.dumps(out))
