@@ -31,6 +31,8 @@
 #         winners; W_MODES / GU_MODES: the modes for qkv, o, down / gate_up; TEST_K: compiled tests first)
 #   tma: bash bench/gpu_pending.sh tma   (no carry; the paged reader's K/V tiles by TMA: compiled tests, the graph check,
 #        attn_bench --quick; NO_ATTN=1: without attn_bench, ~2 min; then KB_ENGINE_ATTN_TMA=1 ATTN=none ... turns16k)
+#   tmaturns: bash bench/gpu_pending.sh tmaturns   (carry .whl; the TMA reader: compiled tests, the graph check, every TMA tile
+#           shape x splits at turn shapes, then the 256-token turns with TMA off / on, one process each; ~9 min)
 #   gemvpre: bash bench/gpu_pending.sh gemvpre   (no carry; the fp16 GEMV's first weights before PDL's wait: tests, A/B)
 #   silu: bash bench/gpu_pending.sh silu   (carry .whl; gate_up's GEMV writing silu(gate) * up: compiled tests, then the A/B)
 #   pgraph: bash bench/gpu_pending.sh pgraph   (carry .whl; short prefills as CUDA graphs off / on, bf16 and int8 KV (KV=auto
@@ -210,6 +212,26 @@ PY
     timeout 60 python3 bench/tma_graph_check.py 2>&1 | tail -2
     [ -n "${NO_ATTN:-}" ] || timeout "${ATTN_S:-200}" python3 -m engine.attn_bench --out "$OUT" --kv bf16 --no-smoke --quick \
       --shapes "${SHAPES:-turn256,turn257,turn512,turn1536,chunk2048_ctx16K,decode_b1_ctx16K,decode_b32}" 2>&1 | grep -vi warn | tail -60
+    ;;
+  tmaturns)  # issue 3: is the TMA reader worth turning on? Bits and graphs first, then tiles, then the turns
+    [ -n "${TURNS_ONLY:-}" ] || NO_ATTN=1 bash "$0" tma
+    [ -n "${TURNS_ONLY:-}" ] || echo "== engine/attn_bench.py: every TMA tile shape at the plan's splits (x0) and 2-11 splits"
+    [ -n "${TURNS_ONLY:-}" ] || timeout "${ATTN_S:-170}" python3 -m engine.attn_bench --out "$OUT" --kv bf16 --no-smoke --quick \
+      --shapes "${SHAPES:-turn256,turn257,turn512}" --tma-sweep "${SPLITS:-0,2,3,4,5,6,8,11}" 2>&1 | grep -vi warn | grep -v "^    " | tail -6
+    [ -n "${TURNS_ONLY:-}" ] || python3 - "$OUT/attn_bench.json" <<'PY'
+import json, sys
+for shape, x in json.load(open(sys.argv[1])).items():
+    if isinstance(x, dict) and "variants" in x:
+        rows = sorted((v["ms"], k) for k, v in x["variants"].items() if "ms" in v and v["rel_err"] < 2e-2)
+        auto = x["variants"]["paged_auto"]["ms"]
+        print(shape, "auto", auto, "| fastest:", "; ".join(f"{k} {ms:.4f}" for ms, k in rows[:8]))
+PY
+    for t in ${TMA_SETTINGS:-0 1}; do
+      echo "== bench/engine_gpu.py: ten turns of ${TURN_SIZES:-256} tokens to ~15.6K, KB_ENGINE_ATTN_TMA=$t"
+      KB_ENGINE_ATTN_TMA=$t timeout "${ENGINE_S:-170}" python3 bench/engine_gpu.py --phase ours --no-compile \
+        --out "$OUT/tma$t" --turn-tokens 1536 --turn-sizes "${TURN_SIZES:-256}" \
+        --skip "${SKIP:-correctness,ours_decode,ours_multiturn,ours_recompute,int8_kv,sessions,sessions_before_step,restart}" 2>&1 | grep -vi warn | grep -A3 "^turns of"
+    done
     ;;
   gemvpre)  # issue 6: the fp16 GEMV's first step of weights before PDL's wait (PRE_WAIT): compiled tests, model A/B (~7 min)
     compiled_tests "${TEST_S:-120}" "${TEST_K:-prefetching or silu or shipped}"

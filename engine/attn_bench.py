@@ -49,6 +49,13 @@ TILES = [
         (64, 128, 4, 2),
     ]
 ]
+# TMA tiles are one cache block of keys (block_n = BS); the sweep varies rows, warps and stages.
+TMA_TILES = [
+    {"block_m": bm, "block_n": BS, "num_warps": w, "num_stages": st}
+    for bm in (64, 128)
+    for w in (4, 8)
+    for st in (2, 3, 4)
+]
 
 
 def flops(q_len: int, ctx: int, seqs: int) -> float:
@@ -105,8 +112,15 @@ def reference(d: dict) -> torch.Tensor:
     return torch.cat(outs)
 
 
-def variants(d: dict, decode: bool, sweep_splits: tuple[int, ...] = (), quick: bool = False) -> dict:
-    """name -> zero-argument callable returning ``[T, NH, HD]``."""
+def variants(
+    d: dict,
+    decode: bool,
+    sweep_splits: tuple[int, ...] = (),
+    quick: bool = False,
+    tma_splits: tuple[int, ...] = (),
+) -> dict:
+    """name -> zero-argument callable returning ``[T, NH, HD]``; ``tma_splits``: every TMA tile shape at
+    the plan's split count (0) and at each of these."""
     import engine.paged_attn_triton as pat
     from engine.attention import attend_dense, attend_prefix_flash, pack_meta
 
@@ -129,6 +143,11 @@ def variants(d: dict, decode: bool, sweep_splits: tuple[int, ...] = (), quick: b
         out["paged_tma_w8"] = paged({"block_n": BS, "num_warps": 8}, tma=True)
         out["paged_tma_w8_s2"] = paged({"block_n": BS, "num_warps": 8, "num_stages": 2}, tma=True)
         out["paged_n64_w8"] = paged({"block_n": BS, "num_warps": 8})
+        for cfg in TMA_TILES if tma_splits and not decode else ():
+            name = "paged_tma_m{block_m}_w{num_warps}_s{num_stages}".format(**cfg)
+            for sp in tma_splits:  # 0: the plan's split count
+                over = {**cfg, "splits": sp} if sp else cfg
+                out[name + (f"_x{sp}" if sp else "")] = paged(over, tma=True)
     if not decode:  # the plan before 2026-12-06: 128-key tiles, 8 warps, splits up to one wave
         progs = -(-d["seqs"][0][1] * (NH // KVH) // 128) * KVH * len(d["seqs"])
         tiles = -(-max(s[2] for s in d["seqs"]) // 128)
@@ -174,6 +193,7 @@ def run(
     sweep: tuple[int, ...] = (),
     quick: bool = False,
     kv_dtypes: tuple[str, ...] = ("bf16",),
+    tma_splits: tuple[int, ...] = (),
 ) -> dict:
     import triton.testing
 
@@ -196,7 +216,7 @@ def run(
         ref = reference(d)
         fl = flops(q_len, ctx, seqs)
         rows = {}
-        for vname, fn in variants(d, decode, sweep, quick).items():
+        for vname, fn in variants(d, decode, sweep, quick, tma_splits).items():
             try:
                 o = fn()
                 err = ((o.float() - ref).norm() / ref.norm()).item()
@@ -269,6 +289,7 @@ def main() -> None:
     p.add_argument("--out", default="bench/out")
     p.add_argument("--shapes", default="", help="comma-separated name prefixes (default: all)")
     p.add_argument("--sweep", default="", help="comma-separated split counts to try with every tile shape")
+    p.add_argument("--tma-sweep", default="", help="split counts (0: the plan's) for every TMA tile shape")
     p.add_argument("--no-smoke", action="store_true")
     p.add_argument("--quick", action="store_true", help="only the chosen plan and the SDPA readers")
     p.add_argument("--kv", default="bf16", help="KV dtypes, comma-separated: bf16, int8")
@@ -279,7 +300,8 @@ def main() -> None:
         min(1.0, 24 * 1024**3 / torch.cuda.get_device_properties(0).total_memory)
     )
     sweep = tuple(int(x) for x in a.sweep.split(",") if x)
-    res = run(out, a.shapes, sweep, a.quick, tuple(a.kv.split(",")))
+    tma = tuple(int(x) for x in a.tma_sweep.split(",") if x)
+    res = run(out, a.shapes, sweep, a.quick, tuple(a.kv.split(",")), tma)
     if a.no_smoke:
         return
     try:

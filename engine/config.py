@@ -86,7 +86,7 @@ class EngineConfig:
     model: str
     device: str = "auto"  # "auto" -> cuda if available else cpu
     dtype: str = "auto"  # "auto": bf16 on cuda, fp32 on cpu (bf16 there is opt-in: engine.devices)
-    block_size: int = 16
+    block_size: int = 0  # tokens a KV block; 0: `default_block_size` of the device
     gpu_memory_gb: float = 22.0  # total budget for weights + KV + activations (fits a 24 GiB card)
     kv_cache_gb: float | None = None  # explicit KV pool size; overrides the derived one
     num_kv_blocks: int | None = None  # explicit block count (tests); overrides both
@@ -126,6 +126,17 @@ class EngineConfig:
     # weight quantization policy (engine.quant.policy): "none", "int8", "int4:g128", "int4:g64,attn=int8",
     # "int4:g128+2:4", "int4:g128+teal0.4"; applied after load, part of the KV cache fingerprint
     quant: str = "none"
+
+
+def default_block_size(device_type: str) -> int:
+    """64 tokens a block on a GPU, 16 on a CPU.
+
+    Why two sizes: every GPU figure in bench/RESULTS.md is at 64, where the paged reader's prefill tile
+    is one block and comes by TMA (engine.paged_attn_triton), and a 15K-token restore moves 240 blocks a
+    layer, not 960. On a CPU the reader has no tiles to fill, and 16 keeps the reuse granularity fine for
+    the small models it serves (CI's tests are written at 16).
+    """
+    return 64 if device_type == "cuda" else 16
 
 
 def default_model() -> str:

@@ -46,16 +46,15 @@ PRE_WAIT = True
 # BLOCK_M x BLOCK_N multiplies instead of 2 x BLOCK_N x HD multiplies and conversions. Off until timed on a
 # GPU (`bash bench/gpu_pending.sh int8kv`).
 INT8_FOLD = False
-# Prefill over bf16 caches with one cache block a tile (the plan's 64-key tiles for grids under one wave:
-# a chat turn over a long history): K/V tiles come by TMA, through on-device tensor descriptors over the
-# pool as rows of ``kvh * hd``, instead of per-thread loads. In the sm_90 SASS the per-thread form at that
-# plan spills (972 local loads and stores) and issues no asynchronous copies; with TMA 56 and pipelined
-# bulk copies. H100, `engine.attn_bench` (same bits, compiled test): 257 tokens over 15.6K keys 0.259 ->
-# 0.219 ms a layer, 256 over 15.4K 0.211 -> 0.175, 512 over 15.4K 0.361 -> 0.301. Off until a CUDA graph
-# holding it has run on a GPU (the kernel's descriptor scratch then comes from the graph's pool):
-# `NO_ATTN=1 bash bench/gpu_pending.sh tma` (bench/tma_graph_check.py), then issue 3's turns with it on
-# (``KB_ENGINE_ATTN_TMA=1``).
-TMA = os.environ.get("KB_ENGINE_ATTN_TMA", "0") == "1"
+# Prefill over bf16 caches of 64-token blocks on sm_90+: K/V tiles of one cache block come by TMA,
+# through on-device tensor descriptors over the pool as rows of ``kvh * hd``, instead of per-thread loads
+# (an RTX 4090 has no TMA and keeps them). In the sm_90 SASS the per-thread form at a chat turn's plan
+# spills (972 local loads and stores) and issues no asynchronous copies; with TMA 56 and pipelined bulk
+# copies. Same bits (compiled tests), also inside a CUDA graph, where the descriptor scratch comes from the
+# graph's pool (bench/tma_graph_check.py). H100, ms a layer (`engine.attn_bench`): 257 tokens over 15.6K
+# keys 0.255 -> 0.218, 1,536 over 14.1K 0.890 -> 0.750, 2,048 over 16K 1.332 -> 1.060; the 256-token chat
+# turn at ~15.6K (bench/engine_gpu.py) 19.2 -> 17.6 ms. ``KB_ENGINE_ATTN_TMA=0`` turns it off.
+TMA = os.environ.get("KB_ENGINE_ATTN_TMA", "1") == "1"
 
 
 @triton.jit
@@ -249,15 +248,16 @@ def _has_tma(device: torch.device) -> bool:
     return device.type != "cuda" or torch.cuda.get_device_capability(device)[0] >= 9
 
 
-@lru_cache(maxsize=1)
+def _scratch(size: int, alignment: int, stream) -> torch.Tensor:
+    return torch.empty(size, dtype=torch.int8, device="cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _descriptor_scratch() -> None:
     """Triton writes on-device tensor descriptors to global scratch it asks this allocator for (inside a
-    CUDA graph capture, from the graph's pool)."""
-
-    def alloc(size: int, alignment: int, stream) -> torch.Tensor:
-        return torch.empty(size, dtype=torch.int8, device="cuda" if torch.cuda.is_available() else "cpu")
-
-    triton.set_allocator(alloc)
+    CUDA graph capture, from the graph's pool). Set at every such launch: Triton keeps the allocator in a
+    context variable, which a thread does not inherit, and the engine launches from its own loop thread
+    (set once at start-up, in the thread capturing graphs, the loop's first prefill failed on the H100)."""
+    triton.set_allocator(_scratch)
 
 
 @lru_cache(maxsize=8)
@@ -268,7 +268,14 @@ def _num_sms(device: torch.device) -> int:
 
 
 def plan(
-    rows: int, max_ctx: int, num_seqs: int, kvh: int, bs: int, decode: bool, device: torch.device
+    rows: int,
+    max_ctx: int,
+    num_seqs: int,
+    kvh: int,
+    bs: int,
+    decode: bool,
+    device: torch.device,
+    tma: bool = False,
 ) -> dict:
     """Tile shape, warps, pipelining depth and KV splits for one launch (pure function of static sizes).
 
@@ -281,6 +288,11 @@ def plan(
     with int8 KV, whose in-register dequantization suits the narrower tile. A decode grid is split up to
     two waves (1 token over 16K keys: 32 splits 0.042 ms vs 0.376 unsplit). At least 4 tiles per split:
     the combine pass reads every split's partial, so splitting short contexts costs more than it gains.
+
+    ``tma`` (K/V tiles by TMA, see `TMA`): every prefill takes 128 x 64 tiles with 4 warps, and a grid of
+    one to three waves is split in two. H100, against 128 x 128 tiles and 8 warps unsplit: 1,536 new
+    tokens over 14.1K keys (384 programs, 2.9 waves) 0.890 -> 0.750 ms at 2 splits (0.887 at 1); 2,048
+    over 16K (512 programs, 3.9 waves) 1.332 -> 1.060 ms at 1 split (1.140 at 2).
     """
     cpu = device.type == "cpu"
     small = decode or rows <= 16
@@ -289,12 +301,15 @@ def plan(
     cfg = {"block_m": block_m, "block_n": block_n, "num_warps": 4 if block_m <= 64 else 8, "num_stages": 3}
     sms = _num_sms(device)
     few = not (small or cpu) and triton.cdiv(rows, block_m) * kvh * num_seqs < sms  # under one wave
-    if few:
+    tma = tma and not (small or cpu)
+    if few or tma:
         cfg.update(block_n=64, num_warps=4)
     cfg.update({k: v for k, v in OVERRIDE.items() if k != "splits"})
     progs = triton.cdiv(rows, cfg["block_m"]) * kvh * num_seqs
     tiles = triton.cdiv(max_ctx, cfg["block_n"])
     want = triton.cdiv(2 * sms, progs) if small else (2 * sms if few else sms) // progs
+    if tma and sms <= progs < 3 * sms:
+        want = 2
     splits = min(want, tiles // 4, 32) if tiles >= 8 else 1
     cfg["splits"] = max(1, OVERRIDE.get("splits", splits))
     return cfg
@@ -316,10 +331,15 @@ def paged_attention(
     group = nh // kvh
     n_seqs = meta["tables"].shape[0]
     max_ctx = meta.get("max_ctx") or meta["tables"].shape[1] * bs
-    cfg = plan(meta["max_q"] * group, max_ctx, n_seqs, kvh, bs, decode, q.device)
+    int8 = k_scale is not None
+    # decode keeps per-thread loads: its programs are short, and creating the descriptors cost more than
+    # they saved (H100: 1 token over 16K keys 0.079 -> 0.122 ms, 32 x 192 keys 0.020 -> 0.093 ms)
+    rows_2d = k_cache.stride(0) == bs * k_cache.stride(1)  # the pool as rows of kvh * hd
+    tma = TMA and not (int8 or decode) and rows_2d and _has_tma(q.device)
+    cfg = plan(meta["max_q"] * group, max_ctx, n_seqs, kvh, bs, decode, q.device, tma and bs == 64)
+    tma = tma and cfg["block_n"] == bs  # a tile is one cache block
     splits = cfg["splits"]
     out = torch.empty_like(q)
-    int8 = k_scale is not None
     ks = k_scale if int8 else k_cache
     vs = v_scale if int8 else v_cache
     if splits > 1:
@@ -329,10 +349,6 @@ def paged_attention(
     else:
         po = pm = pl = out
     grid = (triton.cdiv(meta["max_q"] * group, cfg["block_m"]), kvh, n_seqs * splits)
-    # decode keeps per-thread loads: its programs are short, and creating the descriptors cost more than
-    # they saved (H100: 1 token over 16K keys 0.079 -> 0.122 ms, 32 x 192 keys 0.020 -> 0.093 ms)
-    rows_2d = k_cache.stride(0) == bs * k_cache.stride(1)  # the pool as rows of kvh * hd
-    tma = TMA and not (int8 or decode) and cfg["block_n"] == bs and rows_2d and _has_tma(q.device)
     if tma:
         _descriptor_scratch()
     pdl_kw = pdl.kwargs(q)  # launched with PDL (Hopper): see engine.pdl

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from engine.block_manager import chain_hashes
-from engine.config import EngineConfig
+from engine.config import EngineConfig, default_block_size
 from engine.llm_engine import Engine, QueueFull
 from engine.sampling import SamplingParams
 from tests.engine.conftest import hf_greedy
@@ -50,6 +50,14 @@ def _turn_with_partial_tail(engine, question: str) -> tuple[list[int], list[int]
     ids1 = engine.encode_prompt(CHAT + [{"role": "user", "content": question}])
     n1 = next(n for n in range(9, 9 + bs) if (len(ids1) + n - 1) % bs not in (0, 1))
     return ids1, engine.complete(ids1, SamplingParams(max_tokens=n1, ignore_eos=True)).token_ids
+
+
+def test_block_size_left_unset_follows_the_device(engine):
+    """Unset (0), a KV block holds 16 tokens on a CPU and 64 on a GPU, where every GPU figure was measured
+    and the reader's prefill tile is one block; the engine's pool, scheduler and keys use the resolved size."""
+    assert EngineConfig(model="m").block_size == 0
+    assert engine.config.block_size == 16 and engine.bm.block_size == 16 and engine.runner.bs == 16
+    assert default_block_size("cuda") == 64 and default_block_size("cpu") == 16
 
 
 def test_turn2_reuses_turn1_partial_last_block_too(engine, hf_model):

@@ -119,6 +119,13 @@ def test_plan_splits_only_small_grids():
         assert plan(2048 * 4, 16_384, 1, 8, 64, False, cuda)["splits"] == 1  # 512 programs
         assert plan(4, 192, 1, 8, 64, True, cuda)["splits"] == 1  # decode, 3 tiles
         assert plan(4, 16_384, 1, 8, 64, True, cuda)["splits"] == 32  # decode, long context
+        # K/V tiles by TMA: 128 x 64 tiles, 4 warps at every prefill size; one to three waves split in two
+        t1536 = plan(1536 * 4, 14_080, 1, 8, 64, False, cuda, tma=True)  # 384 programs
+        assert (t1536["block_n"], t1536["num_warps"], t1536["splits"]) == (64, 4, 2)
+        t2048 = plan(2048 * 4, 16_384, 1, 8, 64, False, cuda, tma=True)  # 512 programs
+        assert (t2048["block_n"], t2048["num_warps"], t2048["splits"]) == (64, 4, 1)
+        assert plan(257 * 4, 15_620, 1, 8, 64, False, cuda, tma=True) == turn  # under a wave: as before
+        assert plan(4, 16_384, 1, 8, 64, True, cuda, tma=True) == plan(4, 16_384, 1, 8, 64, True, cuda)
     finally:
         pat._num_sms = orig
 
@@ -156,11 +163,12 @@ def test_triton_reader_with_tma_tiles_matches_gather(monkeypatch):
     """`TMA`: a prefill's tile of one cache block comes through a tensor descriptor over the pool (block
     ``table[t]``'s rows, head ``kvh``'s columns) instead of per-thread loads: the same bits as those loads,
     with a cached prefix and with forced splits (decode steps keep the loads: the same bits trivially). A
-    wrong block or head in the descriptor's offsets fails it."""
+    wrong block or head in the descriptor's offsets fails it. 64-token blocks, as on a GPU: the only size
+    whose tiles the GPU plan fetches by TMA, so the compiled run checks the bulk copies too."""
     import engine.paged_attn_triton as pat
 
     device = _interp(monkeypatch)
-    q, kc, vc, _, _, seqs = _fill([(20, 90), (33, 33), (1, 70)], int8=False, seed=5)
+    q, kc, vc, _, _, seqs = _fill([(20, 150), (33, 33), (1, 70)], bs=64, int8=False, seed=5)
     moved = [x.to(device) for x in (q, kc, vc)]
     for decode, rows in ((False, None), (True, [19, 52, 53])):
         part = seqs if not decode else [(i, 1, c, t) for i, (_, _, c, t) in enumerate(seqs)]
@@ -181,6 +189,37 @@ def test_triton_reader_with_tma_tiles_matches_gather(monkeypatch):
     got = pat.paged_attention(*moved, None, None, pack_meta(seqs, torch.device(device)), decode=False).cpu()
     tol = {"atol": 2e-5, "rtol": 1e-4} if device == "cpu" else {"atol": 2e-2, "rtol": 2e-2}
     torch.testing.assert_close(got, want, **tol)
+
+
+def test_tma_launch_sets_the_descriptor_allocator_in_the_launching_thread(monkeypatch):
+    """Triton asks a context-variable allocator for the descriptors' scratch, and a new thread starts
+    without it: the engine's loop thread must get it at its own launches, not only the thread that ran
+    the first one (on the H100 the loop's first prefill failed when the start-up capture had set it)."""
+    import threading
+
+    import triton.runtime._allocation as alloc
+
+    import engine.paged_attn_triton as pat
+
+    device = _interp(monkeypatch)
+    q, kc, vc, _, _, seqs = _fill([(20, 150)], bs=64, int8=False, seed=7)
+    meta = pack_meta(seqs, torch.device(device))
+    moved = [x.to(device) for x in (q, kc, vc)]
+    monkeypatch.setattr(pat, "TMA", True)
+    pat.paged_attention(*moved, None, None, meta, decode=False)  # this thread first, as at start-up
+    seen = {}
+
+    def loop_thread():
+        seen["before"] = alloc._allocator.get()
+        seen["out"] = pat.paged_attention(*moved, None, None, meta, decode=False)
+        seen["after"] = alloc._allocator.get()
+
+    t = threading.Thread(target=loop_thread)
+    t.start()
+    t.join()
+    assert seen["before"] is alloc._NULL_ALLOCATOR  # what a fresh thread has
+    assert seen["after"] is pat._scratch
+    assert torch.equal(seen["out"], pat.paged_attention(*moved, None, None, meta, decode=False))
 
 
 TMA_SASS = """
