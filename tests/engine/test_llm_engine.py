@@ -53,8 +53,9 @@ def _turn_with_partial_tail(engine, question: str) -> tuple[list[int], list[int]
 
 
 def test_block_size_left_unset_follows_the_device(engine):
-    """Unset (0), a KV block holds 16 tokens on a CPU and 64 on a GPU, where every GPU figure was measured
-    and the reader's prefill tile is one block; the engine's pool, scheduler and keys use the resolved size."""
+    """Unset (0), a KV block holds 16 tokens on a CPU and 64 on a GPU, where every GPU figure was
+    measured and the reader's prefill tile is one block; the pool, scheduler and runner use the resolved
+    size."""
     assert EngineConfig(model="m").block_size == 0
     assert engine.config.block_size == 16 and engine.bm.block_size == 16 and engine.runner.bs == 16
     assert default_block_size("cuda") == 64 and default_block_size("cpu") == 16
