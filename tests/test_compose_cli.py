@@ -74,6 +74,19 @@ def test_healthchecks_volumes_and_gpu(normalised: dict) -> None:
     assert devices[0]["capabilities"] == ["gpu"]
 
 
+def test_the_gpu_engine_gets_a_cpu_tier_that_holds_long_sessions(normalised: dict, monkeypatch) -> None:
+    """The engine service's environment, read by kb's own settings: on the GPU, sessions evicted from the
+    pool go to a CPU tier that holds several 16K-token sessions (2 GiB each in bf16), not the embedded
+    default's 0.5 GiB."""
+    from services.core.config import Settings
+
+    for key, value in normalised["services"]["engine"]["environment"].items():
+        monkeypatch.setenv(key, str(value))
+    settings = Settings(_env_file=None)
+    assert settings.engine_device == "cuda"
+    assert settings.engine_cpu_cache_gb >= 4 > Settings.model_fields["engine_cpu_cache_gb"].default
+
+
 def test_compose_refuses_a_broken_file(tmp_path: Path) -> None:
     """The check has teeth: a depends_on condition Compose does not know is an error."""
     broken = COMPOSE_FILE.read_text().replace(
