@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +126,12 @@ class EngineConfig:
     # weight quantization policy (engine.quant.policy): "none", "int8", "int4:g128", "int4:g64,attn=int8",
     # "int4:g128+2:4", "int4:g128+teal0.4"; applied after load, part of the KV cache fingerprint
     quant: str = "none"
+
+    def for_device(self, device_type: str) -> EngineConfig:
+        """This config with an unset `block_size` (0) resolved for the device (`default_block_size`)."""
+        if self.block_size > 0:
+            return self
+        return replace(self, block_size=default_block_size(device_type))
 
 
 def default_block_size(device_type: str) -> int:

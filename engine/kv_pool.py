@@ -28,6 +28,7 @@ def kv_pool_blocks(model: LlamaForCausalLM, cfg: EngineConfig, device: torch.dev
     """How many blocks the budget allows (explicit counts/sizes win)."""
     if cfg.num_kv_blocks:
         return cfg.num_kv_blocks
+    cfg = cfg.for_device(device.type)
     m = model.cfg
     per_block = kv_block_bytes(m, cfg.block_size, dtype, cfg.kv_dtype == "int8")
     # activations: logits of a full token budget in fp32 + MLP intermediates + the largest weight a

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from engine.block_manager import BlockManager, block_hash, chain_hashes
-from engine.config import EngineConfig, default_block_size
+from engine.config import EngineConfig
 from engine.devices import bf16_hint, in_passing_thread, resolve_device, resolve_dtype
 from engine.kv_tiers import CostModel, CpuTier, DiskTier
 from engine.loader import load_model, resolve_model_dir, weight_fingerprint
@@ -59,9 +59,7 @@ class Engine:
     ) -> None:
         """Load ``config.model``; or adopt an in-memory ``model`` (benchmarks with random weights)."""
         self.device = resolve_device(config.device)
-        if config.block_size <= 0:
-            config = replace(config, block_size=default_block_size(self.device.type))
-        self.config = config
+        self.config = config = config.for_device(self.device.type)
         if model is not None and config.dtype == "auto":
             self.dtype = next(model.parameters()).dtype  # an in-memory model comes in its own dtype
         else:

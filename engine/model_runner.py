@@ -84,6 +84,7 @@ class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, cfg: EngineConfig, device: torch.device) -> None:
         self.model = model
         self.device = device
+        cfg = cfg.for_device(device.type)
         self.bs = cfg.block_size
         m = model.cfg
         dtype = next(model.parameters()).dtype

@@ -147,7 +147,7 @@ def test_int8_engine_greedy_and_fingerprint(model_dir, engine):
         assert eng.fingerprint != engine.fingerprint
         assert eng.runner.kv.dtype == torch.int8
         m = eng.model.cfg
-        bf16_block = m.kv_bytes_per_token(2) * cfg.block_size
+        bf16_block = m.kv_bytes_per_token(2) * eng.config.block_size
         int8_block = eng.runner.kv[:, :, 0].numel()
         assert int8_block < 0.53 * bf16_block
         sp = SamplingParams(max_tokens=12, temperature=0.0)

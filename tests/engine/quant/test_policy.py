@@ -158,7 +158,7 @@ def test_kv_budget_keeps_room_for_the_prefill_graphs_own_dequantized_weight() ->
     base = EngineConfig(model="<in-memory>", gpu_memory_gb=1.5, max_batch_tokens=64)
     cuda, bf16 = torch.device("cuda"), torch.bfloat16  # sizes only: nothing is allocated
     blocks = {t: kv_pool_blocks(m, replace(base, prefill_graph_tokens=t), cuda, bf16) for t in (0, 64, 512)}
-    per_block = kv_block_bytes(m.cfg, base.block_size, bf16, False)
+    per_block = kv_block_bytes(m.cfg, base.for_device("cuda").block_size, bf16, False)
     assert blocks[CHUNK_ROWS] == blocks[0]  # its buckets run the GEMV kernels: no copy
     extra = dequant_reserve(m, 1, 2)
     assert extra > 0 and blocks[0] - blocks[512] in (extra // per_block, extra // per_block + 1)
