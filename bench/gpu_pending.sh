@@ -33,8 +33,6 @@
 #        attn_bench --quick; NO_ATTN=1: without attn_bench, ~2 min; then KB_ENGINE_ATTN_TMA=1 ATTN=none ... turns16k)
 #   tmaturns: bash bench/gpu_pending.sh tmaturns   (carry .whl; the TMA reader: compiled tests, the graph check, every TMA tile
 #           shape x splits at turn shapes, then the 256-token turns with TMA off / on, one process each; ~9 min)
-#   tma8: bash bench/gpu_pending.sh tma8   (no carry; int8 caches' tiles by TMA (TMA_INT8): compiled tests, then
-#         engine.attn_bench --kv int8 --quick at the turn, 1.5K-turn and 16K-chunk shapes; ~2.5 min)
 #   gemvpre: bash bench/gpu_pending.sh gemvpre   (no carry; the fp16 GEMV's first weights before PDL's wait: tests, A/B)
 #   silu: bash bench/gpu_pending.sh silu   (carry .whl; gate_up's GEMV writing silu(gate) * up: compiled tests, then the A/B)
 #   pgraph: bash bench/gpu_pending.sh pgraph   (carry .whl; short prefills as CUDA graphs off / on, bf16 and int8 KV (KV=auto
@@ -234,11 +232,6 @@ PY
         --out "$OUT/tma$t" --turn-tokens 1536 --turn-sizes "${TURN_SIZES:-256}" \
         --skip "${SKIP:-correctness,ours_decode,ours_multiturn,ours_recompute,int8_kv,sessions,sessions_before_step,restart}" 2>&1 | grep -vi warn | grep -A3 "^turns of"
     done
-    ;;
-  tma8)  # issue 3: int8 KV's tiles by TMA against its per-thread loads (paged_auto), bits first
-    timeout 120 python3 -m pytest --noconftest -q -p no:cacheprovider tests/engine/test_split_kv.py -k tma 2>&1 | tail -2
-    timeout "${ATTN_S:-200}" python3 -m engine.attn_bench --out "$OUT" --kv int8 --no-smoke --quick \
-      --shapes "${SHAPES:-turn257,turn1536,chunk2048_ctx16K}" 2>&1 | grep -vi warn | tail -30
     ;;
   gemvpre)  # issue 6: the fp16 GEMV's first step of weights before PDL's wait (PRE_WAIT): compiled tests, model A/B (~7 min)
     compiled_tests "${TEST_S:-120}" "${TEST_K:-prefetching or silu or shipped}"

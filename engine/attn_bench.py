@@ -129,29 +129,27 @@ def variants(
 
     def paged(override, tma: bool = False):
         def fn():
-            keep = pat.TMA, pat.TMA_INT8
-            pat.OVERRIDE, pat.TMA, pat.TMA_INT8 = override, tma, tma
+            pat.OVERRIDE, keep, pat.TMA = override, pat.TMA, tma
             try:
                 return pat.paged_attention(q, kc, vc, d["ks"], d["vs"], meta, decode)
             finally:
-                pat.OVERRIDE, (pat.TMA, pat.TMA_INT8) = {}, keep
+                pat.OVERRIDE, pat.TMA = {}, keep
 
         return fn
 
-    # "paged_auto" is the plan as shipped (pat.TMA / TMA_INT8 as configured); the TMA variants force both on
+    # "paged_auto": the plan as shipped (TMA tiles where `pat.TMA` allows); "paged_loads": per-thread loads
     out = {"paged_auto": paged({}, tma=pat.TMA), "paged_splits1": paged({"splits": 1}, tma=pat.TMA)}
-    if d["ks"] is not None:  # int8: the shipped plan with per-thread loads, unless TMA_INT8 ships
-        out["paged_auto"] = paged({}, tma=pat.TMA and pat.TMA_INT8)
-        out["paged_loads"] = paged({})
-    out["paged_tma"] = paged({}, tma=True)  # K/V tiles by TMA (one cache block a tile: 64-key tiles)
-    out["paged_tma_w8"] = paged({"block_n": BS, "num_warps": 8}, tma=True)
-    out["paged_tma_w8_s2"] = paged({"block_n": BS, "num_warps": 8, "num_stages": 2}, tma=True)
-    out["paged_n64_w8"] = paged({"block_n": BS, "num_warps": 8})
-    for cfg in TMA_TILES if tma_splits and not decode else ():
-        name = "paged_tma_m{block_m}_w{num_warps}_s{num_stages}".format(**cfg)
-        for sp in tma_splits:  # 0: the plan's split count
-            over = {**cfg, "splits": sp} if sp else cfg
-            out[name + (f"_x{sp}" if sp else "")] = paged(over, tma=True)
+    out["paged_loads"] = paged({})
+    if d["ks"] is None:  # K/V tiles by TMA (bf16 caches, one block a tile: 64-key tiles)
+        out["paged_tma"] = paged({}, tma=True)
+        out["paged_tma_w8"] = paged({"block_n": BS, "num_warps": 8}, tma=True)
+        out["paged_tma_w8_s2"] = paged({"block_n": BS, "num_warps": 8, "num_stages": 2}, tma=True)
+        out["paged_n64_w8"] = paged({"block_n": BS, "num_warps": 8})
+        for cfg in TMA_TILES if tma_splits and not decode else ():
+            name = "paged_tma_m{block_m}_w{num_warps}_s{num_stages}".format(**cfg)
+            for sp in tma_splits:  # 0: the plan's split count
+                over = {**cfg, "splits": sp} if sp else cfg
+                out[name + (f"_x{sp}" if sp else "")] = paged(over, tma=True)
     if not decode:  # the plan before 2026-12-06: 128-key tiles, 8 warps, splits up to one wave
         progs = -(-d["seqs"][0][1] * (NH // KVH) // 128) * KVH * len(d["seqs"])
         tiles = -(-max(s[2] for s in d["seqs"]) // 128)
@@ -237,7 +235,7 @@ def run(
         auto = rows.get("paged_auto", {})
         print(f"{name:22s} auto {auto.get('ms')} ms ({auto.get('tflops')} TF/s, err {auto.get('rel_err')})"
               f"  best {best[1]} {best[0]:.4f} ms", flush=True)  # fmt: skip
-        shown = ("prefix_flash", "dense_sdpa", "dense_flash", "dense_cudnn", "paged_splits1")
+        shown = ("prefix_flash", "dense_sdpa", "dense_flash", "dense_cudnn", "paged_splits1", "paged_loads")
         shown += ("paged_plan_before", "paged_tma", "paged_tma_w8", "paged_tma_w8_s2", "paged_n64_w8")
         for k in shown:
             if k in rows:

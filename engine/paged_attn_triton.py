@@ -55,9 +55,6 @@ INT8_FOLD = False
 # keys 0.255 -> 0.218, 1,536 over 14.1K 0.890 -> 0.750, 2,048 over 16K 1.332 -> 1.060; the 256-token chat
 # turn at ~15.6K (bench/engine_gpu.py) 19.2 -> 17.6 ms. ``KB_ENGINE_ATTN_TMA=0`` turns it off.
 TMA = os.environ.get("KB_ENGINE_ATTN_TMA", "1") == "1"
-# int8 caches' tiles by TMA too (the descriptors over int8 rows, the per-block scales by plain loads). Off
-# until timed on a GPU: `bash bench/gpu_pending.sh tma8` (engine.attn_bench --kv int8 with the TMA sweep).
-TMA_INT8 = False
 
 
 @triton.jit
@@ -80,34 +77,23 @@ def _tile_kv(K, V, KS, VS, TABLES, tb, kvh, start, ctx, stride_kb, stride_kt, st
     vs = 0.0
     if INT8:
         if BLOCK_N == BS:
-            k, v, ks, vs = _scale_block(k, v, KS, VS, blk, kvh, stride_sb, dt, BLOCK_N, FOLD, ok)
+            ks = tl.load(KS + blk * stride_sb + kvh, mask=ok, other=0.0)
+            vs = tl.load(VS + blk * stride_sb + kvh, mask=ok, other=0.0)
+            if FOLD:
+                ks = tl.zeros([BLOCK_N], dtype=tl.float32) + ks
+                vs = tl.zeros([BLOCK_N], dtype=tl.float32) + vs
+            else:
+                k = (k.to(tl.float32) * ks).to(dt)
+                v = (v.to(tl.float32) * vs).to(dt)
         else:
             ks = tl.load(KS + kb * stride_sb + kvh, mask=ok, other=0.0)
             vs = tl.load(VS + kb * stride_sb + kvh, mask=ok, other=0.0)
-            if FOLD:
-                k = k.to(dt)
-                v = v.to(dt)
-            else:
+            if not FOLD:
                 k = (k.to(tl.float32) * ks[:, None]).to(dt)
                 v = (v.to(tl.float32) * vs[:, None]).to(dt)
-    return k, v, ks, vs
-
-
-@triton.jit
-def _scale_block(k, v, KS, VS, blk, kvh, stride_sb, dt: tl.constexpr, BLOCK_N: tl.constexpr,
-                 FOLD: tl.constexpr, ok=True):  # fmt: skip
-    """int8 K/V of one cache block and its per-(block, head) scales: dequantized to ``dt``, or with
-    ``FOLD`` only converted, the scales returned per key for `_tile_math`."""
-    ks = tl.load(KS + blk * stride_sb + kvh, mask=ok, other=0.0)
-    vs = tl.load(VS + blk * stride_sb + kvh, mask=ok, other=0.0)
-    if FOLD:
-        k = k.to(dt)
-        v = v.to(dt)
-        ks = tl.zeros([BLOCK_N], dtype=tl.float32) + ks
-        vs = tl.zeros([BLOCK_N], dtype=tl.float32) + vs
-    else:
-        k = (k.to(tl.float32) * ks).to(dt)
-        v = (v.to(tl.float32) * vs).to(dt)
+        if FOLD:
+            k = k.to(dt)
+            v = v.to(dt)
     return k, v, ks, vs
 
 
@@ -141,17 +127,13 @@ def _tile(acc, l_i, m_i, q, K, V, KS, VS, TABLES, tb, kvh, start, ctx, qpos, str
           stride_sb, qk_scale, BS: tl.constexpr, BLOCK_N: tl.constexpr, HD: tl.constexpr, INT8: tl.constexpr,
           MASK: tl.constexpr, FOLD: tl.constexpr, kd=None, vd=None, TMA: tl.constexpr = False):  # fmt: skip
     """One KV tile: its loads (``TMA``: the tile is cache block ``table[start // BS]``'s rows of head
-    ``kvh``, through the descriptors ``kd``/``vd``; int8 ones then scaled), then `_tile_math`."""
+    ``kvh``, through the descriptors ``kd``/``vd``), then `_tile_math`."""
     if TMA:
         blk = tl.load(TABLES + tb + start // BS).to(tl.int32)
         k = kd.load([blk * BS, kvh * HD])
         v = vd.load([blk * BS, kvh * HD])
         ks = 0.0
         vs = 0.0
-        if INT8:  # int8 rows by TMA, scaled in registers as the per-thread form does
-            k, v, ks, vs = _scale_block(
-                k, v, KS, VS, blk.to(tl.int64), kvh, stride_sb, q.dtype, BLOCK_N, FOLD
-            )
     else:
         k, v, ks, vs = _tile_kv(K, V, KS, VS, TABLES, tb, kvh, start, ctx, stride_kb, stride_kt, stride_kh,
                                 stride_sb, q.dtype, BS, BLOCK_N, HD, INT8, FOLD)  # fmt: skip
@@ -353,7 +335,7 @@ def paged_attention(
     # decode keeps per-thread loads: its programs are short, and creating the descriptors cost more than
     # they saved (H100: 1 token over 16K keys 0.079 -> 0.122 ms, 32 x 192 keys 0.020 -> 0.093 ms)
     rows_2d = k_cache.stride(0) == bs * k_cache.stride(1)  # the pool as rows of kvh * hd
-    tma = TMA and (TMA_INT8 or not int8) and not decode and rows_2d and _has_tma(q.device)
+    tma = TMA and not (int8 or decode) and rows_2d and _has_tma(q.device)
     cfg = plan(meta["max_q"] * group, max_ctx, n_seqs, kvh, bs, decode, q.device, tma and bs == 64)
     tma = tma and cfg["block_n"] == bs  # a tile is one cache block
     splits = cfg["splits"]

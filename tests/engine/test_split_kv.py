@@ -159,23 +159,17 @@ def test_prefill_mode(monkeypatch):
     assert prefill_mode([(0, 1, 15_000, [0])], int8=False, decode=True) == "paged"
 
 
-@pytest.mark.parametrize(("int8", "fold"), [(False, False), (True, False), (True, True)])
-def test_triton_reader_with_tma_tiles_matches_gather(monkeypatch, int8, fold):
+def test_triton_reader_with_tma_tiles_matches_gather(monkeypatch):
     """`TMA`: a prefill's tile of one cache block comes through a tensor descriptor over the pool (block
     ``table[t]``'s rows, head ``kvh``'s columns) instead of per-thread loads: the same bits as those loads,
     with a cached prefix and with forced splits (decode steps keep the loads: the same bits trivially). A
     wrong block or head in the descriptor's offsets fails it. 64-token blocks, as on a GPU: the only size
-    whose tiles the GPU plan fetches by TMA, so the compiled run checks the bulk copies too. int8 caches
-    (`TMA_INT8`): int8 rows by TMA, scaled by their block's scales as the per-thread loads are, or with
-    `INT8_FOLD` the scales applied to scores and probabilities."""
+    whose tiles the GPU plan fetches by TMA, so the compiled run checks the bulk copies too."""
     import engine.paged_attn_triton as pat
 
     device = _interp(monkeypatch)
-    q, kc, vc, ks, vs, seqs = _fill([(20, 150), (33, 33), (1, 70)], bs=64, int8=int8, seed=5)
+    q, kc, vc, _, _, seqs = _fill([(20, 150), (33, 33), (1, 70)], bs=64, int8=False, seed=5)
     moved = [x.to(device) for x in (q, kc, vc)]
-    scales = [None, None] if ks is None else [ks.to(device), vs.to(device)]
-    monkeypatch.setattr(pat, "TMA_INT8", True)
-    monkeypatch.setattr(pat, "INT8_FOLD", fold)
     for decode, rows in ((False, None), (True, [19, 52, 53])):
         part = seqs if not decode else [(i, 1, c, t) for i, (_, _, c, t) in enumerate(seqs)]
         qq = moved[0] if rows is None else moved[0][rows]
@@ -183,16 +177,16 @@ def test_triton_reader_with_tma_tiles_matches_gather(monkeypatch, int8, fold):
         for override in ({}, {"splits": 3}):
             monkeypatch.setattr(pat, "OVERRIDE", override)
             monkeypatch.setattr(pat, "TMA", False)
-            loads = pat.paged_attention(qq, moved[1], moved[2], *scales, meta, decode=decode)
+            loads = pat.paged_attention(qq, moved[1], moved[2], None, None, meta, decode=decode)
             monkeypatch.setattr(pat, "TMA", True)
-            got = pat.paged_attention(qq, moved[1], moved[2], *scales, meta, decode=decode)
+            got = pat.paged_attention(qq, moved[1], moved[2], None, None, meta, decode=decode)
             assert torch.equal(got, loads)
     ab = AttnBatch(
         torch.zeros(0, dtype=torch.long), [(a, b, c, torch.tensor(t)) for a, b, c, t in seqs], [], []
     )
-    want = attend_gather(q, kc, vc, ks, vs, ab, 4, 2)
+    want = attend_gather(q, kc, vc, None, None, ab, 4, 2)
     monkeypatch.setattr(pat, "OVERRIDE", {})
-    got = pat.paged_attention(*moved, *scales, pack_meta(seqs, torch.device(device)), decode=False).cpu()
+    got = pat.paged_attention(*moved, None, None, pack_meta(seqs, torch.device(device)), decode=False).cpu()
     tol = {"atol": 2e-5, "rtol": 1e-4} if device == "cpu" else {"atol": 2e-2, "rtol": 2e-2}
     torch.testing.assert_close(got, want, **tol)
 
