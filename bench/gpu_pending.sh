@@ -30,7 +30,7 @@
 #   wide: bash bench/gpu_pending.sh wide   (carry .whl; one-token GEMVs over block_n 32 and splits up to 32, the model on the
 #         winners; W_MODES / GU_MODES: the modes for qkv, o, down / gate_up; TEST_K: compiled tests first)
 #   tma: bash bench/gpu_pending.sh tma   (no carry; the paged reader's K/V tiles by TMA: compiled tests, the graph check,
-#        attn_bench --quick; NO_ATTN=1: without attn_bench, ~2 min; then KB_ENGINE_ATTN_TMA=1 ATTN=none ... turns16k)
+#        attn_bench --quick; NO_ATTN=1: without attn_bench, ~2 min; TMA is on by default since 2026-12-06)
 #   tmaturns: bash bench/gpu_pending.sh tmaturns   (carry .whl; the TMA reader: compiled tests, the graph check, every TMA tile
 #           shape x splits at turn shapes, then the 256-token turns with TMA off / on, one process each; ~9 min)
 #   gemvpre: bash bench/gpu_pending.sh gemvpre   (no carry; the fp16 GEMV's first weights before PDL's wait: tests, A/B)
