@@ -214,11 +214,12 @@ PY
       --shapes "${SHAPES:-turn256,turn257,turn512,turn1536,chunk2048_ctx16K,decode_b1_ctx16K,decode_b32}" 2>&1 | grep -vi warn | tail -60
     ;;
   tmaturns)  # issue 3: is the TMA reader worth turning on? Bits and graphs first, then tiles, then the turns
-    [ -n "${TURNS_ONLY:-}" ] || NO_ATTN=1 bash "$0" tma
-    [ -n "${TURNS_ONLY:-}" ] || echo "== engine/attn_bench.py: every TMA tile shape at the plan's splits (x0) and 2-11 splits"
-    [ -n "${TURNS_ONLY:-}" ] || timeout "${ATTN_S:-170}" python3 -m engine.attn_bench --out "$OUT" --kv bf16 --no-smoke --quick \
-      --shapes "${SHAPES:-turn256,turn257,turn512}" --tma-sweep "${SPLITS:-0,2,3,4,5,6,8,11}" 2>&1 | grep -vi warn | grep -v "^    " | tail -6
-    [ -n "${TURNS_ONLY:-}" ] || python3 - "$OUT/attn_bench.json" <<'PY'
+    if [ -z "${TURNS_ONLY:-}" ]; then
+      NO_ATTN=1 bash "$0" tma
+      echo "== engine/attn_bench.py: every TMA tile shape at the plan's splits (x0) and 2-11 splits"
+      timeout "${ATTN_S:-170}" python3 -m engine.attn_bench --out "$OUT" --kv bf16 --no-smoke --quick \
+        --shapes "${SHAPES:-turn256,turn257,turn512}" --tma-sweep "${SPLITS:-0,2,3,4,5,6,8,11}" 2>&1 | grep -vi warn | grep -v "^    " | tail -6
+      python3 - "$OUT/attn_bench.json" <<'PY'
 import json, sys
 for shape, x in json.load(open(sys.argv[1])).items():
     if isinstance(x, dict) and "variants" in x:
@@ -226,6 +227,7 @@ for shape, x in json.load(open(sys.argv[1])).items():
         auto = x["variants"]["paged_auto"]["ms"]
         print(shape, "auto", auto, "| fastest:", "; ".join(f"{k} {ms:.4f}" for ms, k in rows[:8]))
 PY
+    fi
     for t in ${TMA_SETTINGS:-0 1}; do
       echo "== bench/engine_gpu.py: ten turns of ${TURN_SIZES:-256} tokens to ~15.6K, KB_ENGINE_ATTN_TMA=$t"
       KB_ENGINE_ATTN_TMA=$t timeout "${ENGINE_S:-170}" python3 bench/engine_gpu.py --phase ours --no-compile \

@@ -31,6 +31,8 @@ def main() -> None:
     meta = pack_meta([(0, q_len, ctx, table)], dev)
     q = torch.randn(q_len, nh, hd, device=dev, generator=g, dtype=torch.bfloat16)
 
+    shipped = pat.TMA
+
     def run(tma: bool) -> torch.Tensor:
         pat.TMA = tma
         return pat.paged_attention(q, kc, vc, None, None, meta, decode=False)
@@ -40,14 +42,14 @@ def main() -> None:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = run(True)
-    res = {"plan": pat.plan(q_len * nh // kvh, ctx, 1, kvh, bs, False, dev), "replays": []}
+    res = {"plan": pat.plan(q_len * nh // kvh, ctx, 1, kvh, bs, False, dev, tma=True), "replays": []}
     for seed in (1, 2, 3):
         q.copy_(torch.randn(q_len, nh, hd, device=dev, generator=g.manual_seed(seed), dtype=torch.bfloat16))
         graph.replay()
         torch.cuda.synchronize()
         want = run(False)
         res["replays"].append(bool(torch.equal(out, want)))
-    pat.TMA = True
+    pat.TMA = shipped
     res["ok"] = all(res["replays"])
     print(json.dumps(res))
     sys.exit(0 if res["ok"] else 1)
