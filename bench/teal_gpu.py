@@ -32,7 +32,7 @@ from engine.quant import triton_teal as teal  # noqa: E402
 from engine.quant.quantize import quantize_int4  # noqa: E402
 
 DEVICE = "cuda"  # the CPU dry run in tests sets "cpu" (Triton interpreter)
-BLOCK_NS, ROWS, WARPS, WAVES = (512, 1024, 2048), (8, 16), (4,), (1, 2, 4)
+BLOCK_NS, ROWS, WARPS, WAVES, PREFETCH = (2048, 4096), (8, 16), (4,), (1, 2), (True, False)
 
 
 def _err(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -95,11 +95,8 @@ def layer(name: str, n: int, k: int, sparsities: list[float]) -> dict:
     for s in sparsities:
         thresh = float(x.float().abs().flatten().quantile(s))
         want = F.linear(x.masked_fill(x.abs() < thresh, 0), ref_w).float()
-        configs = ranked[:3] or [
-            (bn, r, wp, sp, True)
-            for bn, r, wp in itertools.product(BLOCK_NS, ROWS, WARPS)
-            for sp in _splits(n, bn)
-        ]
+        grid = itertools.product(BLOCK_NS, ROWS, WARPS, PREFETCH)
+        configs = ranked[:3] or [(bn, r, wp, sp, pf) for bn, r, wp, pf in grid for sp in _splits(n, bn)]
         timed = _sweep(ts, x, thresh, want, configs)
         ranked = [cfg for _, cfg, _ in timed]
         res = _best(ts, x, thresh, timed, dense_us)

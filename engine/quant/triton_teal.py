@@ -31,16 +31,17 @@ from engine import pdl
 from engine.quant.formats import Int4Weight
 from engine.quant.gpu import GpuWeight
 from engine.quant.triton_kernels import _finish_split, _write_row
-from engine.quant.triton_w4k_h2 import H2_OFFSET, _h2_scale_of
+from engine.quant.triton_w4k_h2 import H2_DENORM, H2_OFFSET, _h2_scale_of
 
 ENTRY = 4  # int32 words an entry: k, x pair, x / 16 pair, x (float32 bits)
 PAIR_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)  # columns of an 8-column block, in the stored scale order
 
 
-def tx_for(rows: int) -> int:
+def tx_for(rows: int, denorm: bool) -> int:
     """The exponent range x is scaled into for chunks of ``rows``: ``rows * 15 * 2**TX`` (the largest sum
-    of a chunk's products in one fp16 half) stays under 65504."""
-    return 12 - (rows.bit_length() - 1)
+    of a chunk's products in one fp16 half) stays under 65504. With ``denorm`` (codes as fp16 subnormals,
+    ``q * 2**-24``) the sums are tiny: x takes fp16's whole range."""
+    return 15 if denorm else 12 - (rows.bit_length() - 1)
 
 
 @triton.jit
@@ -58,7 +59,7 @@ def _pair(x, ASM: tl.constexpr):
 @triton.jit
 def teal_compact_kernel(
     x_ptr, thresh, ent_ptr, meta_ptr, K, GROUP: tl.constexpr, GP: tl.constexpr, R: tl.constexpr,
-    TX: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr = False,
+    TX: tl.constexpr, ASM: tl.constexpr, DENORM: tl.constexpr = False, PDL: tl.constexpr = False,
 ):  # fmt: skip
     """List the live entries of one row ``x [K]`` (``|x| >= thresh``), grouped and padded to chunks of
     ``R``; ``meta``: the chunk count and the inverse of x's scale (float32 bits). One program: a row of
@@ -69,7 +70,8 @@ def teal_compact_kernel(
     inside = k < K
     x = tl.load(x_ptr + k, mask=inside, other=0.0).to(tl.float32)
     live = (tl.abs(x) >= thresh) & inside & (x != 0.0)
-    v, inv = _h2_scale_of(tl.max(tl.max(tl.abs(x), axis=1), axis=0), TX, 0)
+    LCU: tl.constexpr = 24 if DENORM else 0  # the GEMV's codes are q * 2**-LCU
+    v, inv = _h2_scale_of(tl.max(tl.max(tl.abs(x), axis=1), axis=0), TX, LCU)
     count = tl.sum(live.to(tl.int32), axis=1)
     chunks = (count + R - 1) // R
     first = (tl.cumsum(chunks, axis=0) - chunks) * R  # each group's first slot
@@ -79,7 +81,7 @@ def teal_compact_kernel(
     tl.store(e, k, mask=live)
     tl.store(e + 1, _pair(xv, ASM), mask=live)
     tl.store(e + 2, _pair(xv * 0.0625, ASM), mask=live)
-    tl.store(e + 3, xv.to(tl.int32, bitcast=True), mask=live)
+    tl.store(e + 3, (xv * (1.0 / (1 << LCU))).to(tl.int32, bitcast=True), mask=live)  # the codes' units
     r = tl.arange(0, R)
     pad = (first + count)[:, None] + r[None, :]
     pad_mask = (r[None, :] < (chunks * R - count)[:, None]) & (g < tl.cdiv(K, GROUP))[:, None]
@@ -92,17 +94,20 @@ def teal_compact_kernel(
 
 
 @triton.jit
-def _fma_pair(src, xp, acc, j: tl.constexpr, ASM: tl.constexpr):
+def _fma_pair(src, xp, acc, j: tl.constexpr, DENORM: tl.constexpr, ASM: tl.constexpr):
     """``acc += (q_lo, q_hi) * xp`` for the nibbles at bits ``4j`` and ``16 + 4j`` of ``src`` (j = 0, 1),
-    in f16x2; the interpreter: ``acc`` as a trailing pair axis, exact products, each sum rounded to fp16."""
+    in f16x2, the codes ``q * 16**j`` (DENORM: times 2**-24, the masked bits read as subnormals: no
+    ``sub.f16x2``); the interpreter: ``acc`` as a trailing pair axis, exact products, sums rounded to fp16."""
     if ASM:
         mask = tl.full(src.shape, 0x000F000F << (4 * j), tl.int32)
+        asm: tl.constexpr = H2_DENORM if DENORM else H2_OFFSET
         out = tl.inline_asm_elementwise(
-            H2_OFFSET, "=r,r,r,r,r", [src, mask, xp + tl.zeros(src.shape, tl.int32), acc], dtype=tl.int32,
+            asm, "=r,r,r,r,r", [src, mask, xp + tl.zeros(src.shape, tl.int32), acc], dtype=tl.int32,
             is_pure=True, pack=1,
         )  # fmt: skip
     else:
-        codes = tl.join((src >> (4 * j)) & 0xF, (src >> (16 + 4 * j)) & 0xF).to(tl.float32) * (1 << (4 * j))
+        unit: tl.constexpr = (1 << (4 * j)) / (16777216.0 if DENORM else 1.0)
+        codes = tl.join((src >> (4 * j)) & 0xF, (src >> (16 + 4 * j)) & 0xF).to(tl.float32) * unit
         out = (codes * xp.to(tl.float32, bitcast=True) + acc).to(tl.float16).to(tl.float32)
     return out
 
@@ -152,7 +157,7 @@ def _chunk_words(ent_ptr, w_ptr, c, rw, wmask, NW, R: tl.constexpr, ok=True):
 def teal_gemv_kernel(
     ent_ptr, meta_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, N,
     GROUP: tl.constexpr, R: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, ASM: tl.constexpr,
-    EVEN: tl.constexpr, PREFETCH: tl.constexpr = True, PDL: tl.constexpr = False,
+    EVEN: tl.constexpr, DENORM: tl.constexpr = True, PREFETCH: tl.constexpr = True, PDL: tl.constexpr = False,
 ):  # fmt: skip
     """``y [N] = x_live @ dequant(w)`` over the chunks listed by `teal_compact_kernel`; the chunks are
     shared out evenly over the ``SPLIT`` programs of a column tile (the count is known only on the GPU).
@@ -187,7 +192,7 @@ def teal_gemv_kernel(
             hn = ()
             for j in tl.static_range(4):
                 src = words if j < 2 else words >> 8
-                hn = hn + (_fma_pair(src, rows[4 * p + 1 + j % 2], h[j], j % 2, ASM),)
+                hn = hn + (_fma_pair(src, rows[4 * p + 1 + j % 2], h[j], j % 2, DENORM, ASM),)
             h = hn
             xs += rows[4 * p + 3]
         an = ()
@@ -195,8 +200,7 @@ def teal_gemv_kernel(
             for j in tl.static_range(4):
                 lo, hi = _halves(h[j], ASM)
                 part = lo if half == 0 else hi
-                i = j + 4 * half
-                an = an + (acc[i] + part * s[i] + xs * b[i],)
+                an = an + (acc[j + 4 * half] + part * s[j + 4 * half] + xs * b[j + 4 * half],)
         acc = an
         if PREFETCH:
             rows = ahead
@@ -228,7 +232,9 @@ def pack_teal(w: Int4Weight) -> GpuWeight:
     return GpuWeight("int4t", n, k, {"w": words, "s": pack_scales(s), "b": pack_scales(b)}, w.group)
 
 
-def compact(x: torch.Tensor, thresh: float, group: int, rows: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+def compact(
+    x: torch.Tensor, thresh: float, group: int, rows: int = 16, denorm: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The live-entry list of one row ``x [K]`` (`teal_compact_kernel`): ``(entries, meta)``."""
     from engine.quant.gpu import _asm
 
@@ -237,24 +243,24 @@ def compact(x: torch.Tensor, thresh: float, group: int, rows: int = 16) -> tuple
     ent = torch.empty((k + gp * rows) * ENTRY, dtype=torch.int32, device=x.device)
     meta = torch.empty(2, dtype=torch.int32, device=x.device)
     teal_compact_kernel[(1,)](
-        x, float(thresh), ent, meta, k, GROUP=group, GP=gp, R=rows, TX=tx_for(rows), ASM=_asm(x),
-        num_warps=8, **pdl.kwargs(x),
+        x, float(thresh), ent, meta, k, GROUP=group, GP=gp, R=rows, TX=tx_for(rows, denorm), ASM=_asm(x),
+        DENORM=denorm, num_warps=8, **pdl.kwargs(x),
     )  # fmt: skip
     return ent, meta
 
 
 def teal_matmul(
     g, x: torch.Tensor, thresh: float, block_n: int = 1024, split: int = 0, rows: int = 16, warps: int = 4,
-    prefetch: bool = True, listed: tuple[torch.Tensor, torch.Tensor] | None = None,
+    prefetch: bool = True, denorm: bool = True, listed: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """``y [1, N] = x [1, K] @ W.T`` with ``|x| < thresh`` dropped, for a weight from `pack_teal`.
     ``split``: programs a column tile (0: about two waves in all); ``listed``: a `compact` of this x
-    already made (several weights reading one input share it)."""
+    already made with the same ``rows`` and ``denorm`` (several weights reading one input share it)."""
     from engine.quant.gpu import _asm, _sm_count, split_locks
 
     if x.shape[0] != 1 or g.kind != "int4t":
         raise ValueError("the TEAL GEMV takes one row and a weight from pack_teal")
-    ent, meta = listed if listed is not None else compact(x, thresh, g.group, rows)
+    ent, meta = listed if listed is not None else compact(x, thresh, g.group, rows, denorm)
     tiles = -(-g.n // block_n)
     split = split or max(1, round(2 * _sm_count() / tiles))
     y = x.new_empty(1, g.n)
@@ -263,6 +269,6 @@ def teal_matmul(
     teal_gemv_kernel[(tiles, split)](
         ent, meta, t["w"], t["s"], t["b"], y, ws, split_locks(x.device), g.n,
         GROUP=g.group, R=rows, BLOCK_N=block_n, SPLIT=split if split > 1 else 0, ASM=_asm(x),
-        EVEN=g.n % block_n == 0, PREFETCH=prefetch, num_warps=warps, **pdl.kwargs(x),
+        EVEN=g.n % block_n == 0, DENORM=denorm, PREFETCH=prefetch, num_warps=warps, **pdl.kwargs(x),
     )  # fmt: skip
     return y

@@ -3,6 +3,8 @@ GPU box), against the reference: the dequantized weight times x with its small v
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -43,25 +45,25 @@ def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
         (64, 256, 64, 64, 3, 8, True),
         (72, 256, 128, 64, 2, 16, False),  # a partial column tile (N not a multiple of the tile)
         (64, 384, 128, 32, 4, 4, True),  # more programs than chunks: some add nothing
+        (64, 256, 128, 64, 2, 32, True),  # the longest fp16 chain: 32 products a half
     ],
 )
-def test_teal_gemv_matches_the_dense_product_of_the_live_rows(n, k, group, block_n, split, rows, prefetch):
+@pytest.mark.parametrize("denorm", [True, False])
+def test_teal_gemv_matches_the_dense_product_of_the_live_rows(
+    n, k, group, block_n, split, rows, prefetch, denorm
+) -> None:
     q, g = _weight(n, k, group)
     g = _on_device(g)
     x = _x(k)
     thresh = float(x.abs().quantile(0.4))
     want = x.masked_fill(x.abs() < thresh, 0.0) @ _ref(q).t()
-    got = teal.teal_matmul(
-        g, x.to(DEVICE), thresh, block_n=block_n, split=split, rows=rows, prefetch=prefetch
-    )
+    kw = {"block_n": block_n, "split": split, "rows": rows, "denorm": denorm}
+    got = teal.teal_matmul(g, x.to(DEVICE), thresh, prefetch=prefetch, **kw)
     assert got.shape == (1, n)
     assert _rel_err(got, want) < 4e-3
     # dropping nothing gives the dense product; the threshold really drops rows
     dense = x @ _ref(q).t()
-    assert (
-        _rel_err(teal.teal_matmul(g, x.to(DEVICE), 0.0, block_n=block_n, split=split, rows=rows), dense)
-        < 4e-3
-    )
+    assert _rel_err(teal.teal_matmul(g, x.to(DEVICE), 0.0, **kw), dense) < 4e-3
     assert _rel_err(got, dense) > 1e-2
 
 
@@ -96,10 +98,10 @@ def test_teal_gemv_keeps_large_and_small_activations_in_range() -> None:
     g = _on_device(g)
     big = _x(256, seed=2)
     big[0, 7] = 3000.0
-    for x in (big, _x(256, seed=4) * 1e-6):
+    for x, denorm in itertools.product((big, _x(256, seed=4) * 1e-6), (True, False)):
         thresh = float(x.abs().quantile(0.3))
         want = x.masked_fill(x.abs() < thresh, 0.0) @ _ref(q).t()
-        got = teal.teal_matmul(g, x.to(DEVICE), thresh, block_n=64, split=2)
+        got = teal.teal_matmul(g, x.to(DEVICE), thresh, block_n=64, split=2, denorm=denorm)
         assert torch.isfinite(got).all()
         assert _rel_err(got, want) < 4e-3
 
