@@ -116,7 +116,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench/out"))
     ap.add_argument("--sparsities", default="0.4,0.25,0.3,0.5")
     ap.add_argument("--shapes", default="qkv,o,gate_up,down")
+    ap.add_argument(
+        "--grid", default="", help="narrow the sweep: 'block_ns;rows;waves;prefetch', e.g. '2048;16;1,2;1'"
+    )
     args = ap.parse_args()
+    if args.grid:
+        global BLOCK_NS, ROWS, WAVES, PREFETCH
+        bn, rows, waves, pf = ([int(v) for v in part.split(",")] for part in args.grid.split(";"))
+        BLOCK_NS, ROWS, WAVES, PREFETCH = tuple(bn), tuple(rows), tuple(waves), tuple(bool(v) for v in pf)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     sparsities = [float(v) for v in args.sparsities.split(",")]
