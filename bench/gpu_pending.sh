@@ -33,7 +33,6 @@
 #        attn_bench --quick; NO_ATTN=1: without attn_bench, ~2 min; TMA is on by default since 2026-12-06)
 #   tmaturns: bash bench/gpu_pending.sh tmaturns   (carry .whl; the TMA reader: compiled tests, the graph check, every TMA tile
 #           shape x splits at turn shapes, then the 256-token turns with TMA off / on, one process each; ~9 min)
-#   teal: bash bench/gpu_pending.sh teal   (no carry; the TEAL GEMV: compiled tests, per layer vs the dense int4 GEMV; ~8 min)
 #   gemvpre: bash bench/gpu_pending.sh gemvpre   (no carry; the fp16 GEMV's first weights before PDL's wait: tests, A/B)
 #   silu: bash bench/gpu_pending.sh silu   (carry .whl; gate_up's GEMV writing silu(gate) * up: compiled tests, then the A/B)
 #   pgraph: bash bench/gpu_pending.sh pgraph   (carry .whl; short prefills as CUDA graphs off / on, bf16 and int8 KV (KV=auto
@@ -235,11 +234,6 @@ PY
         --out "$OUT/tma$t" --turn-tokens 1536 --turn-sizes "${TURN_SIZES:-256}" \
         --skip "${SKIP:-correctness,ours_decode,ours_multiturn,ours_recompute,int8_kv,sessions,sessions_before_step,restart}" 2>&1 | grep -vi warn | grep -A3 "^turns of"
     done
-    ;;
-  teal)  # issue 6: the TEAL GEMV (engine/quant/triton_teal.py): compiled tests, then per layer against the dense int4 GEMV
-    timeout 150 python3 -m pytest --noconftest -q -p no:cacheprovider tests/engine/quant/test_triton_teal.py > "$OUT/tests.log" 2>&1
-    echo "pytest rc=$?"; grep -E "passed|failed|error" "$OUT/tests.log" | tail -3
-    timeout "${TEAL_S:-420}" python3 bench/teal_gpu.py --out "$OUT" ${TEAL_ARGS:-} 2>&1 | grep -vi warn | tail -40
     ;;
   gemvpre)  # issue 6: the fp16 GEMV's first step of weights before PDL's wait (PRE_WAIT): compiled tests, model A/B (~7 min)
     compiled_tests "${TEST_S:-120}" "${TEST_K:-prefetching or silu or shipped}"
