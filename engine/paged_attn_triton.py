@@ -289,8 +289,9 @@ def plan(
     two waves (1 token over 16K keys: 32 splits 0.042 ms vs 0.376 unsplit). At least 4 tiles per split:
     the combine pass reads every split's partial, so splitting short contexts costs more than it gains.
 
-    ``tma`` (K/V tiles by TMA, see `TMA`): every prefill takes 128 x 64 tiles with 4 warps, and a grid of
-    one to three waves is split in two. H100, against 128 x 128 tiles and 8 warps unsplit: 1,536 new
+    ``tma`` (K/V tiles by TMA, see `TMA`; only with 64-token blocks, the size it was measured at, where a
+    tile is one block): every prefill takes 128 x 64 tiles with 4 warps, and a grid of one to three waves
+    is split in two. H100, against 128 x 128 tiles and 8 warps unsplit: 1,536 new
     tokens over 14.1K keys (384 programs, 2.9 waves) 0.890 -> 0.750 ms at 2 splits (0.887 at 1); 2,048
     over 16K (512 programs, 3.9 waves) 1.332 -> 1.060 ms at 1 split (1.140 at 2).
     """
@@ -301,7 +302,7 @@ def plan(
     cfg = {"block_m": block_m, "block_n": block_n, "num_warps": 4 if block_m <= 64 else 8, "num_stages": 3}
     sms = _num_sms(device)
     few = not (small or cpu) and triton.cdiv(rows, block_m) * kvh * num_seqs < sms  # under one wave
-    tma = tma and not (small or cpu)
+    tma = tma and bs == 64 and not (small or cpu)
     if few or tma:
         cfg.update(block_n=64, num_warps=4)
     cfg.update({k: v for k, v in OVERRIDE.items() if k != "splits"})
@@ -336,7 +337,7 @@ def paged_attention(
     # they saved (H100: 1 token over 16K keys 0.079 -> 0.122 ms, 32 x 192 keys 0.020 -> 0.093 ms)
     rows_2d = k_cache.stride(0) == bs * k_cache.stride(1)  # the pool as rows of kvh * hd
     tma = TMA and not (int8 or decode) and rows_2d and _has_tma(q.device)
-    cfg = plan(meta["max_q"] * group, max_ctx, n_seqs, kvh, bs, decode, q.device, tma and bs == 64)
+    cfg = plan(meta["max_q"] * group, max_ctx, n_seqs, kvh, bs, decode, q.device, tma)
     tma = tma and cfg["block_n"] == bs  # a tile is one cache block
     splits = cfg["splits"]
     out = torch.empty_like(q)

@@ -126,6 +126,10 @@ def test_plan_splits_only_small_grids():
         assert (t2048["block_n"], t2048["num_warps"], t2048["splits"]) == (64, 4, 1)
         assert plan(257 * 4, 15_620, 1, 8, 64, False, cuda, tma=True) == turn  # under a wave: as before
         assert plan(4, 16_384, 1, 8, 64, True, cuda, tma=True) == plan(4, 16_384, 1, 8, 64, True, cuda)
+        # other block sizes keep the plan without TMA (a TMA tile is one 64-token block)
+        assert plan(1536 * 4, 14_080, 1, 8, 16, False, cuda, tma=True) == plan(
+            1536 * 4, 14_080, 1, 8, 16, False, cuda
+        )
     finally:
         pat._num_sms = orig
 
