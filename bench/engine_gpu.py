@@ -197,10 +197,14 @@ class Bench(PoolPhasesMixin, ReportMixin, BenchBase):
             self.save()
         return out
 
-    def ours_multiturn(self, eng: Engine, turns, prefix: str) -> dict:
+    def ours_multiturn(self, eng: Engine, turns, prefix: str, think_ms: int = 0) -> dict:
+        """The conversation's turns back to back, or ``think_ms`` apart (a person reads the answer, and
+        the engine feeds its last token meanwhile: `engine.answer_feed`)."""
         history: list[int] = []
         rows = []
         for new in turns:
+            if think_ms and history:
+                time.sleep(think_ms / 1e3)
             prompt = history + new
             ev = eng.complete(prompt, SamplingParams(max_tokens=self.args.answer_tokens, ignore_eos=True))
             rows.append({k: ev.usage[k] for k in USAGE_KEYS})
@@ -210,17 +214,29 @@ class Bench(PoolPhasesMixin, ReportMixin, BenchBase):
 
     def ours_recompute(self, eng: Engine, turns) -> dict:
         eng.scheduler.prefix_cache = False
-        rec, alone = [], []
+        rec, alone, seen = [], [], []
         hist = self._hist
         pos = 0
         for new in turns:
+            # back to back, a turn reaches the engine with the previous answer's last token before it
+            as_seen = hist[pos - 1 : pos + len(new)] if pos else new
             pos += len(new)
             full = hist[:pos]
             rec.append(eng.complete(full, SamplingParams(max_tokens=1)).usage["ttft_ms"])
             alone.append(eng.complete(new, SamplingParams(max_tokens=1)).usage["ttft_ms"])
+            seen.append(eng.complete(as_seen, SamplingParams(max_tokens=1)).usage["ttft_ms"])
             pos += self.args.answer_tokens
         eng.scheduler.prefix_cache = True
-        return {"recompute_ms": rec, "new_alone_ms": alone}
+        return {"recompute_ms": rec, "new_alone_ms": alone, "alone_as_seen_ms": seen}
+
+    def think_runs(self, eng: Engine, size: int, sfx: str) -> None:
+        """The same kind of conversation (new ids: nothing cached) with each ``--think-ms`` pause."""
+        for ms in (int(x) for x in self.args.think_ms.split(",") if x and int(x) > 0):
+            tt = self.conversation(size)
+            name = f"ours_multiturn{sfx}_think{ms}"
+            mt = self.section(name, lambda tt=tt, ms=ms, name=name: self.ours_multiturn(eng, tt, name, ms))
+            if mt:
+                mt.pop("history")
 
     def run(self) -> None:
         """``--phase all`` runs the transformers baselines in a child process first (torch.compile keeps
@@ -285,6 +301,7 @@ class Bench(PoolPhasesMixin, ReportMixin, BenchBase):
         self.section("ours_decode", lambda eng=eng: self.ours_decode(eng, BATCHES, a.decode_tokens))
         self.section("warmup", lambda eng=eng: self.warm(eng))
         mt = self.section("ours_multiturn", lambda eng=eng: self.ours_multiturn(eng, turns, "ours_turn"))
+        self.think_runs(eng, a.turn_tokens, "")
         self._hist = mt.pop("history") if mt else []
         self.res["prefill_tok_s"] = round(eng.cost.prefill_tok_s, 1)
         self.section("ours_recompute", lambda eng=eng: self.ours_recompute(eng, turns))
@@ -295,6 +312,7 @@ class Bench(PoolPhasesMixin, ReportMixin, BenchBase):
                 lambda eng=eng, tt=tt, size=size: self.ours_multiturn(eng, tt, f"t{size}"),
             )
             self._hist = mt.pop("history") if mt else []
+            self.think_runs(eng, size, f"_{size}")
             self.section(f"ours_recompute_{size}", lambda eng=eng, tt=tt: self.ours_recompute(eng, tt))
         self._hist = hist_main
         eng.close()  # flushes the disk tier
@@ -347,6 +365,11 @@ def main() -> None:
         help="also run the sessions with CPU-tier restores copied before the step (restore_layerwise=False)",
     )
     p.add_argument("--turn-sizes", default="1536,256")
+    p.add_argument(
+        "--think-ms",
+        default="",
+        help="also run each conversation size with these pauses between turns (ms, e.g. 100)",
+    )
     p.add_argument(
         "--prefill-graph-tokens",
         type=int,

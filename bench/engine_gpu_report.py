@@ -17,11 +17,25 @@ class ReportMixin:
             reuse, alone, rec = mt["reuse_ms"], rc["new_alone_ms"], rc["recompute_ms"]
             print(f"turns of {size}: reuse {[round(x) for x in reuse]}")
             print(f"   alone {[round(x) for x in alone]}  recompute {[round(x) for x in rec]}")
+            rows = r.get("ours_turn_rows" if not sfx else f"t{size}_rows", [])
+            print(f"   tokens computed a turn {[x['prompt_tokens'] - x['cached_tokens'] for x in rows]}")
             if hf:
                 held, hrec = hf["handheld_ms"], hf["recompute_ms"]
                 print(f"   HF held {[round(x) for x in held]}  HF rec {[round(x) for x in hrec]}")
             ratio, speed = reuse[-1] / alone[-1], rec[-1] / reuse[-1]
             print(f"   turn10: reuse/alone {ratio:.2f}x  recompute/reuse {speed:.1f}x")
+            if seen := rc.get("alone_as_seen_ms"):
+                print(f"   alone as the engine saw them (+ last answer token) {[round(x, 1) for x in seen]}")
+            thinks = [k for k in r if k.startswith(f"ours_multiturn{sfx}_think") and "_rows" not in k]
+            for key in sorted(thinks):
+                think = r[key]["reuse_ms"]
+                computed = [x["prompt_tokens"] - x["cached_tokens"] for x in r.get(key + "_rows", [])]
+                print(f"   {key[len('ours_multiturn') :]}: reuse {[round(x, 1) for x in think]}")
+                print(f"      tokens computed a turn {computed}")
+                print(
+                    f"      turn10: reuse/alone {think[-1] / alone[-1]:.2f}x  recompute/reuse "
+                    f"{rec[-1] / think[-1]:.1f}x"
+                )
         for key, mt in r.get("int8_kv", {}).items():  # int8 KV reuse, torch's store against the kernel's
             if key.startswith("int8_multiturn"):
                 print(f"{key}: reuse {[round(x) for x in mt['reuse_ms']]}")

@@ -15,6 +15,8 @@
 #   restore: bash bench/gpu_pending.sh restore   (carry .whl; layer-wise CPU-tier restores: compiled test, then issue 3's
 #           run with 32 sessions of ~15.4K tokens restored before the step / layer by layer; ~8 min)
 #   full3: bash bench/gpu_pending.sh full3   (carry .whl; issue 3 complete with the transformers baselines, ~9.5 min)
+#   feed: bash bench/gpu_pending.sh feed   (carry .whl; turns back to back and 100 ms apart, the answer's last token fed
+#         while idle; the 32 sessions; ~6 min)
 #   engine: bash bench/gpu_pending.sh engine   (carry .whl for xxhash; issue 3's reuse, sessions and restart figures;
 #           ENGINE_ARGS="--skip correctness,ours_decode,int8_kv --turn-sizes 1536" reruns what a change touched)
 #   pdl: bash bench/gpu_pending.sh pdl   (carry .whl; LAUNCHES="0,1,0,1": PDL off/on A/B, ~6 min)
@@ -290,6 +292,13 @@ PY
     timeout "${ENGINE_S:-585}" python3 bench/engine_gpu.py --phase all --compile-budget-s "${HF_S:-60}" --out "$OUT" \
       --session-first-tokens 13056 --sessions-kv-dtype int8 --cpu-cache-gb 8 --sessions-cpu-cache-gb 40 \
       --skip "${SKIP:-int8_kv}" ${ENGINE_ARGS:-} 2>&1 | grep -vi warn | tail -40
+    ;;
+  feed)  # issue 3: conversations back to back and with 100 ms between turns (the answer's last token fed meanwhile,
+    # engine.answer_feed), both turn sizes, the new tokens alone as sent and as the engine saw them; then the 32
+    # sessions of ~15.4K tokens (int8 KV) from the CPU tier, as in full3; ~6 min
+    timeout "${ENGINE_S:-560}" python3 bench/engine_gpu.py --phase ours --no-compile --out "$OUT" --think-ms 100 \
+      --session-first-tokens 13056 --sessions-kv-dtype int8 --cpu-cache-gb 8 --sessions-cpu-cache-gb 40 \
+      --skip "${SKIP:-correctness,ours_decode,int8_kv,restart}" 2>&1 | grep -vi warn | tail -32
     ;;
   engine)  # issue 3 without the transformers baselines (those: bench/engine_gpu.py --phase all), ~9 min
     timeout "${ENGINE_S:-560}" python3 bench/engine_gpu.py --phase ours --no-compile --out "$OUT" ${ENGINE_ARGS:-} 2>&1 \

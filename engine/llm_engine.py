@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, replace
 from typing import Any
 
+from engine.answer_feed import AnswerFeed
 from engine.block_manager import BlockManager, chain_hashes
 from engine.config import EngineConfig
 from engine.devices import bf16_hint, in_passing_thread, resolve_device, resolve_dtype
@@ -144,6 +145,7 @@ class Engine(StepLoop):
         self._closed = False
         self.streams = TextStreams(self.tokenizer, set(self.model.cfg.eos_token_ids))
         self.ahead = Lookahead(self.runner, self.scheduler)
+        self.feed = AnswerFeed(self.scheduler, self.runner, config.feed_last_token)
         self.precaptured = (0, 0.0)  # (graphs, seconds) captured at start, for start-up reports
         if config.cuda_graph_precapture_tokens > 0 and self.runner.use_graphs:
             t0 = time.perf_counter()
@@ -292,6 +294,10 @@ class Engine(StepLoop):
         return self.device.type == "cuda" if on is None else on
 
     def stats(self) -> dict[str, Any]:
+        with self._cv:  # between steps: no feed step's blocks half held (`engine.answer_feed`)
+            return self._stats()
+
+    def _stats(self) -> dict[str, Any]:
         return {
             "num_blocks": self.bm.num_blocks,
             "free_blocks": self.bm.num_free,
@@ -301,6 +307,7 @@ class Engine(StepLoop):
             "running": len(self.scheduler.running),
             "cost_model": asdict(self.cost),
             "steps_ahead": {"launched": self.ahead.launched, "dropped_rows": self.ahead.dropped},
+            "answer_feed": self.feed.stats(),
             "layerwise_restores": (
                 {
                     "steps": r.steps,

@@ -131,6 +131,18 @@ class Scheduler:
         seq.admitted = True
         return True
 
+    def admit_resident(self, seq: Sequence) -> bool:
+        """Admit ``seq`` only if every token but its last has KV on the GPU (its full blocks cached, the
+        rest in a kept tail), as `engine.answer_feed` needs: nothing restored or recomputed. False leaves
+        nothing held."""
+        keys = chain_hashes(seq.tokens[: len(seq.tokens) - 1], self.bs, self.fp)
+        if not self.prefix_cache or any(self.bm.lookup(k) is None for k in keys) or not self._admit(seq):
+            return False
+        if seq.remaining != 1:  # the tail was gone or held other rows
+            self.free(seq, keep_tail=True)
+            return False
+        return True
+
     # --- per-step plan ----------------------------------------------------------------------
     def ensure_slots(self, seq: Sequence, upto: int) -> None:
         """Blocks for the first ``upto`` positions of ``seq`` (raises `NoFreeBlocks`)."""

@@ -3,7 +3,8 @@
 Why apart from `engine.llm_engine`: that module is the public API (building the parts, submitting,
 cancelling, closing); this one is what runs between those calls: take new requests and cancels under the
 lock, schedule and run one step (continuous batching), push tokens into each request's events, register
-newly full blocks, and write dirty blocks back to disk while idle. `Engine` inherits it, so tests and
+newly full blocks, and, while idle, feed finished answers' last tokens (`engine.answer_feed`) and write
+dirty blocks back to disk. `Engine` inherits it, so tests and
 benchmarks still reach (and patch) ``engine._step`` on the instance.
 """
 
@@ -39,6 +40,7 @@ class StepLoop:
     cost: Any
     streams: Any
     ahead: Any
+    feed: Any
     _cv: threading.Condition
     _inbox: list[Sequence]
     _cancels: list[Sequence]
@@ -51,6 +53,23 @@ class StepLoop:
 
     def _idle(self) -> bool:
         return not (self._closed or self._inbox or self._cancels or self.scheduler.has_work())
+
+    def _feed_while_idle(self) -> None:
+        """After ``feed_idle_s`` of quiet, one step computes the pending answers' last tokens; work that
+        comes first discards them. Under the lock: a request submitted meanwhile waits for one decode
+        step, and `stats` never sees the step's blocks half held."""
+        if not self.feed.pending:
+            return
+        with self._cv:
+            if self._idle():
+                self._cv.wait_for(lambda: not self._idle(), timeout=self.config.feed_idle_s)
+            if not self._idle():
+                self.feed.discard()
+                return
+            try:
+                self.feed.run(self._commit_blocks)
+            finally:
+                self._cv.notify_all()
 
     def _write_back_while_idle(self) -> None:
         """Persist dirty blocks after a quiet spell (between a chat's turns, not inside a burst: disk I/O
@@ -82,11 +101,16 @@ class StepLoop:
     def _loop(self) -> None:
         while True:
             try:
+                self._feed_while_idle()
+            except Exception:  # noqa: BLE001 - an unfed token costs the next turn one token, not the engine
+                log.exception("feeding finished answers' last tokens failed")
+            try:
                 self._write_back_while_idle()
             except Exception:  # noqa: BLE001 - an unwritten block costs a later recompute, not the engine
                 log.exception("idle write-back failed")
             with self._cv:
                 self._cv.wait_for(lambda: not self._idle())
+                self.feed.discard()  # work came first: those turns compute their last token themselves
                 if self._closed:
                     for s in self.scheduler.running + self.scheduler.waiting + self._inbox:
                         self._finish(s, "cancelled")
@@ -175,9 +199,22 @@ class StepLoop:
         if s in self._inbox:
             self._inbox.remove(s)
         if s.block_table:
+            if reason != "error" and self._ran_ahead(s):
+                s.num_computed += 1
+                self.feed.from_ahead += 1
             self._commit_blocks(s)
             self.scheduler.free(s, keep_tail=reason != "error")  # after an error its KV is not trusted
+            if reason in ("stop", "length"):
+                self.feed.offer(s)
         s.status = Status.FINISHED
         rest = self.streams.close(s)
         if emit:
             s.events.put(Event("finish", rest, [], reason, s.usage()))
+
+    def _ran_ahead(self, s: Sequence) -> bool:
+        """Whether the step launched ahead (`engine.lookahead`) carries ``s``'s last token, whose KV it
+        then writes into ``s``'s own block before any later step can read that block."""
+        ahead = self.ahead.pending
+        return (
+            ahead is not None and s.num_computed == len(s.tokens) - 1 and any(x is s for x, _ in ahead.batch)
+        )

@@ -60,9 +60,11 @@ def test_block_size_left_unset_follows_the_device(engine):
     assert default_block_size("cuda") == 64 and default_block_size("cpu") == 16
 
 
-def test_turn2_reuses_turn1_partial_last_block_too(engine, hf_model):
+def test_turn2_reuses_turn1_partial_last_block_too(engine, hf_model, monkeypatch):
     """The previous answer's last, partial block is taken over (`BlockManager.keep_tail`): turn 2
-    recomputes only the one token turn 1 never fed (its last), then its own, and gives recompute's tokens."""
+    recomputes only the one token turn 1 never fed (its last; no idle feed here, `engine.answer_feed`),
+    then its own, and gives recompute's tokens."""
+    monkeypatch.setattr(engine.feed, "on", False)
     bs = engine.config.block_size
     ids1, answer = _turn_with_partial_tail(engine, "Can I change the delivery address?")
     ids2 = ids1 + answer + engine.tokenizer.encode("Thanks. And the return label?")
