@@ -108,9 +108,10 @@ class EngineConfig:
     write_back_idle_s: float = 0.2  # idle time before cached blocks are written to the disk tier
     # compute a finished answer's last token (the next turn's first uncached one) after this much idle
     # time (engine.answer_feed): one decode step between a person's turns; a request that comes sooner
-    # finds the engine as before
+    # finds the engine as before. Why 0.25 s: longer than a program's next request through the API
+    # (retrieval included), which would otherwise wait for the step; far shorter than a person's
     feed_last_token: bool = True
-    feed_idle_s: float = 0.02
+    feed_idle_s: float = 0.25
     cuda_graphs: bool = True  # capture decode steps per (batch, table width) on CUDA
     # launch a greedy decode batch's next step from the device's argmax before its tokens reach the host
     # (engine.lookahead). None: on for CUDA, where it measured +5-17 % decode tok/s (bench/RESULTS.md); off
