@@ -5,6 +5,11 @@ from __future__ import annotations
 import json
 
 
+def think_keys(r: dict, sfx: str) -> list[str]:
+    """The result keys of a conversation size's runs with pauses between turns (``--think-ms``)."""
+    return sorted(k for k in r if k.startswith(f"ours_multiturn{sfx}_think") and "_rows" not in k)
+
+
 class ReportMixin:
     def summary(self) -> None:
         """The goal figures, printed last so they are in the tail of the log."""
@@ -26,8 +31,7 @@ class ReportMixin:
             print(f"   turn10: reuse/alone {ratio:.2f}x  recompute/reuse {speed:.1f}x")
             if seen := rc.get("alone_as_seen_ms"):
                 print(f"   alone as the engine saw them (+ last answer token) {[round(x, 1) for x in seen]}")
-            thinks = [k for k in r if k.startswith(f"ours_multiturn{sfx}_think") and "_rows" not in k]
-            for key in sorted(thinks):
+            for key in think_keys(r, sfx):
                 think = r[key]["reuse_ms"]
                 computed = [x["prompt_tokens"] - x["cached_tokens"] for x in r.get(key + "_rows", [])]
                 print(f"   {key[len('ours_multiturn') :]}: reuse {[round(x, 1) for x in think]}")
@@ -71,6 +75,9 @@ class ReportMixin:
                 ("HF: DynamicCache by hand", r.get("hf_multiturn" + sfx, {}).get("handheld_ms")),
                 ("HF: recompute", r.get("hf_multiturn" + sfx, {}).get("recompute_ms")),
             ]
+            for key in think_keys(r, sfx):
+                ms = key.rsplit("_think", 1)[1]
+                series.insert(1, (f"ours: reuse, {ms} ms between turns", r[key].get("reuse_ms")))
             if not sfx:
                 sess = r.get("sessions", {})
                 if sess:
