@@ -4,8 +4,8 @@ Why apart from `engine.llm_engine`: that module is the public API (building the 
 cancelling, closing); this one is what runs between those calls: take new requests and cancels under the
 lock, schedule and run one step (continuous batching), push tokens into each request's events, register
 newly full blocks, and, while idle, feed finished answers' last tokens (`engine.answer_feed`) and write
-dirty blocks back to disk. `Engine` inherits it, so tests and
-benchmarks still reach (and patch) ``engine._step`` on the instance.
+dirty blocks back to disk. `Engine` inherits it, so tests and benchmarks still reach (and patch)
+``engine._step`` on the instance.
 """
 
 from __future__ import annotations
