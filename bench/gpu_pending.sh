@@ -15,7 +15,7 @@
 #   restore: bash bench/gpu_pending.sh restore   (carry .whl; layer-wise CPU-tier restores: compiled test, then issue 3's
 #           run with 32 sessions of ~15.4K tokens restored before the step / layer by layer; ~8 min)
 #   full3: bash bench/gpu_pending.sh full3   (carry .whl; issue 3 complete with the transformers baselines, ~9.5 min)
-#   feed: bash bench/gpu_pending.sh feed   (carry .whl; turns back to back and 100 ms apart, the answer's last token fed
+#   feed: bash bench/gpu_pending.sh feed   (carry .whl; turns back to back and 400 ms apart, the answer's last token fed
 #         while idle; the 32 sessions; ~6 min)
 #   engine: bash bench/gpu_pending.sh engine   (carry .whl for xxhash; issue 3's reuse, sessions and restart figures;
 #           ENGINE_ARGS="--skip correctness,ours_decode,int8_kv --turn-sizes 1536" reruns what a change touched)
@@ -293,10 +293,10 @@ PY
       --session-first-tokens 13056 --sessions-kv-dtype int8 --cpu-cache-gb 8 --sessions-cpu-cache-gb 40 \
       --skip "${SKIP:-int8_kv}" ${ENGINE_ARGS:-} 2>&1 | grep -vi warn | tail -40
     ;;
-  feed)  # issue 3: conversations back to back and with 100 ms between turns (the answer's last token fed meanwhile,
+  feed)  # issue 3: conversations back to back and with 400 ms between turns (the answer's last token fed meanwhile,
     # engine.answer_feed), both turn sizes, the new tokens alone as sent and as the engine saw them; then the 32
     # sessions of ~15.4K tokens (int8 KV) from the CPU tier, as in full3; ~6 min
-    timeout "${ENGINE_S:-560}" python3 bench/engine_gpu.py --phase ours --no-compile --out "$OUT" --think-ms 100 \
+    timeout "${ENGINE_S:-560}" python3 bench/engine_gpu.py --phase ours --no-compile --out "$OUT" --think-ms 400 \
       --session-first-tokens 13056 --sessions-kv-dtype int8 --cpu-cache-gb 8 --sessions-cpu-cache-gb 40 \
       --skip "${SKIP:-correctness,ours_decode,int8_kv,restart}" 2>&1 | grep -vi warn | tail -32
     ;;

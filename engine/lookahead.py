@@ -5,7 +5,8 @@ Why: at batch 1 an int4 8B decode step is ~2.3 ms of kernels, and the host work 
 GPU idle for ~0.5 ms a step on the H200 (bench/RESULTS.md). A greedy step's next input is the argmax of its
 logits, which the device already holds: so the next step is launched from it, and the host does this
 step's work while the GPU runs the next. When a sequence stops (EOS, a stop string, a cancel), the step
-launched for it is wasted and dropped; its KV went to a slot of its own block, freed with the rest.
+launched for it is dropped; the KV it wrote went to a slot of the sequence's own block and is kept: it is
+the last token's (`engine.answer_feed`).
 
 Only whole decode batches run ahead: every sequence greedy, its prompt done, at least one more token
 allowed, and no request waiting to join (it is admitted at the next ordinary step).
