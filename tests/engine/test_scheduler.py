@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.block_manager import BlockManager
+from engine.block_manager import BlockManager, chain_hashes
 from engine.sampling import SamplingParams
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence
@@ -49,3 +49,29 @@ def test_long_waiting_request_is_not_starved():
     s.add(old)
     s.add(Sequence([1, 2], SamplingParams()))
     assert s.schedule()[0] == (old, 8)
+
+
+def test_admit_resident_takes_only_a_prefix_wholly_on_the_gpu():
+    """`Scheduler.admit_resident` (what `engine.answer_feed` re-admits with): a finished answer whose
+    tokens but the last have KV in cached blocks and a kept tail comes back with one token left; with its
+    tail or a full block gone it is refused, and nothing stays held."""
+    s = _sched(blocks=8, budget=64)
+    toks = list(range(10))
+    a = Sequence(toks, SamplingParams())
+    s.add(a)
+    s.schedule()
+    a.num_computed = 9  # an answer's last token has no KV
+    for i, k in enumerate(chain_hashes(toks[:8], 4, "fp")):
+        s.bm.register(a.block_table[i], k)
+        a.block_keys.append(k)
+    s.running.remove(a)
+    s.free(a, keep_tail=True)
+    feed = Sequence(toks, SamplingParams())
+    assert s.admit_resident(feed) and feed.num_computed == 9 and feed.remaining == 1
+    s.free(feed, keep_tail=True)
+    s.bm.drop_tail(chain_hashes(toks[:8], 4, "fp")[-1])  # the tail is gone: 1 row to recompute
+    assert not s.admit_resident(Sequence(toks, SamplingParams()))
+    assert s.bm.num_referenced == 0
+    s.bm.forget(chain_hashes(toks[:8], 4, "fp")[0])  # a full block is gone: refused before admission
+    refused = Sequence(toks, SamplingParams())
+    assert not s.admit_resident(refused) and refused.block_table == [] and s.bm.num_referenced == 0
