@@ -10,6 +10,11 @@ def think_keys(r: dict, sfx: str) -> list[str]:
     return sorted(k for k in r if k.startswith(f"ours_multiturn{sfx}_think") and "_rows" not in k)
 
 
+def computed(rows: list[dict]) -> list[int]:
+    """Tokens each turn computed (its prompt less what the cache held)."""
+    return [x["prompt_tokens"] - x["cached_tokens"] for x in rows]
+
+
 class ReportMixin:
     def summary(self) -> None:
         """The goal figures, printed last so they are in the tail of the log."""
@@ -23,7 +28,7 @@ class ReportMixin:
             print(f"turns of {size}: reuse {[round(x) for x in reuse]}")
             print(f"   alone {[round(x) for x in alone]}  recompute {[round(x) for x in rec]}")
             rows = r.get("ours_turn_rows" if not sfx else f"t{size}_rows", [])
-            print(f"   tokens computed a turn {[x['prompt_tokens'] - x['cached_tokens'] for x in rows]}")
+            print(f"   tokens computed a turn {computed(rows)}")
             if hf:
                 held, hrec = hf["handheld_ms"], hf["recompute_ms"]
                 print(f"   HF held {[round(x) for x in held]}  HF rec {[round(x) for x in hrec]}")
@@ -33,9 +38,8 @@ class ReportMixin:
                 print(f"   alone as the engine saw them (+ last answer token) {[round(x, 1) for x in seen]}")
             for key in think_keys(r, sfx):
                 think = r[key]["reuse_ms"]
-                computed = [x["prompt_tokens"] - x["cached_tokens"] for x in r.get(key + "_rows", [])]
                 print(f"   {key[len('ours_multiturn') :]}: reuse {[round(x, 1) for x in think]}")
-                print(f"      tokens computed a turn {computed}")
+                print(f"      tokens computed a turn {computed(r.get(key + '_rows', []))}")
                 print(
                     f"      turn10: reuse/alone {think[-1] / alone[-1]:.2f}x  recompute/reuse "
                     f"{rec[-1] / think[-1]:.1f}x"

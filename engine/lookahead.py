@@ -57,6 +57,15 @@ class Lookahead:
             for s, _ in batch
         )
 
+    def carries_last_token(self, seq: Sequence) -> bool:
+        """Whether the pending step computes ``seq``'s newest token, which has no KV yet: it writes that
+        row into ``seq``'s own block before any later step can read the block."""
+        return (
+            self.pending is not None
+            and seq.num_computed == len(seq.tokens) - 1
+            and any(s is seq for s, _ in self.pending.batch)
+        )
+
     def take(self) -> tuple[Batch, torch.Tensor] | None:
         """The pending step's live sequences and their logits rows (None: nothing pending, or all stopped)."""
         ahead, self.pending = self.pending, None

@@ -48,9 +48,14 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     # --- admission --------------------------------------------------------------------------
-    def _admit(self, seq: Sequence) -> bool:
-        """Attach cached prefix blocks and allocate the rest of the prompt; False if no room."""
-        keys = chain_hashes(seq.tokens[: len(seq.tokens) - 1], self.bs, self.fp) if self.prefix_cache else []
+    def _prefix_keys(self, seq: Sequence) -> list[str]:
+        """Keys of the full blocks of every token but the last (the last is always computed)."""
+        return chain_hashes(seq.tokens[: len(seq.tokens) - 1], self.bs, self.fp) if self.prefix_cache else []
+
+    def _admit(self, seq: Sequence, keys: list[str] | None = None) -> bool:
+        """Attach cached prefix blocks and allocate the rest of the prompt; False if no room. ``keys``:
+        `_prefix_keys` of ``seq`` where the caller has them already (hashing a 15K-token prompt takes ms)."""
+        keys = self._prefix_keys(seq) if keys is None else keys
         plan: list[tuple[str, str]] = []  # (tier, key) per reusable block, in order
         for k in keys:
             if self.bm.lookup(k) is not None:
@@ -135,8 +140,10 @@ class Scheduler:
         """Admit ``seq`` only if every token but its last has KV on the GPU (its full blocks cached, the
         rest in a kept tail), as `engine.answer_feed` needs: nothing restored or recomputed. False leaves
         nothing held."""
-        keys = chain_hashes(seq.tokens[: len(seq.tokens) - 1], self.bs, self.fp)
-        if not self.prefix_cache or any(self.bm.lookup(k) is None for k in keys) or not self._admit(seq):
+        if not self.prefix_cache:
+            return False
+        keys = self._prefix_keys(seq)
+        if any(self.bm.lookup(k) is None for k in keys) or not self._admit(seq, keys):
             return False
         if seq.remaining != 1:  # the tail was gone or held other rows
             self.free(seq, keep_tail=True)

@@ -199,7 +199,7 @@ class StepLoop:
         if s in self._inbox:
             self._inbox.remove(s)
         if s.block_table:
-            if reason != "error" and self._ran_ahead(s):
+            if reason != "error" and self.ahead.carries_last_token(s):
                 s.num_computed += 1
                 self.feed.from_ahead += 1
             self._commit_blocks(s)
@@ -210,11 +210,3 @@ class StepLoop:
         rest = self.streams.close(s)
         if emit:
             s.events.put(Event("finish", rest, [], reason, s.usage()))
-
-    def _ran_ahead(self, s: Sequence) -> bool:
-        """Whether the step launched ahead (`engine.lookahead`) carries ``s``'s last token, whose KV it
-        then writes into ``s``'s own block before any later step can read that block."""
-        ahead = self.ahead.pending
-        return (
-            ahead is not None and s.num_computed == len(s.tokens) - 1 and any(x is s for x, _ in ahead.batch)
-        )
