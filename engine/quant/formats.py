@@ -60,7 +60,8 @@ class Int4Weight:
     """``w[n, k] = (q[n, k] - zero[n, k // group]) * scale[n, k // group]`` (times ``mask`` when 2:4).
 
     ``q`` holds values 0..15 one per byte; ``G = ceil(K / group)``. Zeros are float so that formats with a
-    real-valued minimum (GGUF Q4_1) convert without loss; our own quantizer writes integer zeros.
+    real-valued minimum (GGUF Q4_1) convert without loss; our quantizer fits real zeros too (integer ones
+    with a 2:4 mask, whose pruned weights store the zero point).
     """
 
     q: torch.Tensor  # uint8 [N, K], 0..15

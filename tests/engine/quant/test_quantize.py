@@ -27,10 +27,10 @@ def test_int8_round_trip_within_half_a_step() -> None:
 @pytest.mark.parametrize("group", [128, 64, 96])
 def test_int4_round_trip_without_clipping_within_half_a_step(group: int) -> None:
     w = _w(k=320)  # 320 is not a multiple of 128 or 96: the last group is partial
-    q = quantize_int4(w, group, clip_grid=(1.0,))
+    q = quantize_int4(w, group, clip_grid=(1.0,), fit_iters=0)  # the grid spans [min, max]
     g = -(-320 // group)
     assert q.scale.shape == (48, g) and q.zero.shape == (48, g) and int(q.q.max()) <= 15
-    assert torch.equal(q.zero, q.zero.round())  # integer zero points
+    assert not torch.equal(q.zero, q.zero.round())  # real-valued zero points (the range's minimum)
     step = q.scale.repeat_interleave(group, dim=1)[:, :320]
     assert ((q.dequantize() - w).abs() <= step / 2 + 1e-6).all()
     assert q.nbytes_packed() == 48 * 320 // 2 + 2 * 48 * g * 2
@@ -42,6 +42,35 @@ def test_int4_clipping_search_never_worse_than_plain_rounding() -> None:
     plain = ((quantize_int4(w, 128, clip_grid=(1.0,)).dequantize() - w) ** 2).sum()
     clipped = ((quantize_int4(w, 128).dequantize() - w) ** 2).sum()
     assert clipped < plain
+
+
+def test_int4_least_squares_fit_never_worse_than_the_min_max_grid() -> None:
+    w = _w(k=256, seed=3)
+    act = torch.linspace(0.5, 2.0, 256)  # input norms weight the error
+    minmax = quantize_int4(w, 64, act, clip_grid=(1.0,), fit_iters=0)
+    fitted = quantize_int4(w, 64, act, clip_grid=(1.0,))
+
+    def err(q: Int4Weight) -> torch.Tensor:  # per group, weighted as the search weighs it
+        return (((q.dequantize() - w) ** 2 * act**2).view(48, 4, 64)).sum(-1)
+
+    assert (err(fitted) <= err(minmax) * (1 + 1e-5) + 1e-12).all()
+    assert err(fitted).sum() < 0.97 * err(minmax).sum()
+
+
+def test_int4_recovers_weights_on_a_q4_1_grid_that_integer_zeros_cannot() -> None:
+    """Weights already on a 4-bit grid with a real minimum (GGUF Q4_1, as the packaged SmolLM2) come back
+    exactly at the same group size: the reason zeros are real-valued."""
+    g = torch.Generator().manual_seed(1)
+    d = torch.rand(32, 8, 1, generator=g) * 0.01 + 0.002
+    m = -(torch.rand(32, 8, 1, generator=g) * 0.05 + 0.05)
+    codes = torch.randint(0, 16, (32, 8, 32), generator=g)
+    codes[..., 0], codes[..., 1] = 0, 15  # every level range used
+    w = (m + codes * d).reshape(32, 256)
+    q = quantize_int4(w, 32)
+    assert (q.dequantize() - w).abs().max() < 1e-5
+    old = quantize_int4(w, 32, mask=torch.ones_like(w, dtype=torch.bool))  # a mask keeps integer zeros
+    assert torch.equal(old.zero, old.zero.round())
+    assert (old.dequantize() - w).abs().max() > 10 * 1e-5
 
 
 def test_int4_dequantize_row_ranges_and_dtype() -> None:
@@ -107,3 +136,20 @@ def test_gptq_beats_rtn_on_the_layer_output() -> None:
     assert e_gptq < 0.7 * e_rtn
     masked = gptq_int4(w, h, 32, mask=prune_2_4(w))
     assert (masked.dequantize()[~masked.mask] == 0).all()
+
+
+@pytest.mark.parametrize("act_order", [True, False])
+def test_gptq_with_a_partial_last_group_still_compensates(act_order: bool) -> None:
+    """K = 320 at group 128 (SmolLM2's 576 likewise) ends in a group of 64: GPTQ runs on it too, where it
+    used to fall back to plain rounding."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(4096, 320, generator=g) @ torch.randn(320, 320, generator=g) / 18
+    w = _w(n=64, k=320)
+    h = x.T @ x
+    gq = gptq_int4(w, h, 128, act_order=act_order)
+    assert gq.scale.shape == (64, 3) and gq.q.shape == (64, 320) and int(gq.q.max()) <= 15
+    rtn = quantize_int4(w, 128, h.diagonal().sqrt())
+    ref = x @ w.T
+    e_rtn = ((x @ rtn.dequantize().T - ref) ** 2).mean()
+    e_gptq = ((x @ gq.dequantize().T - ref) ** 2).mean()
+    assert e_gptq < 0.7 * e_rtn

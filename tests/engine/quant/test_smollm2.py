@@ -2,8 +2,8 @@
 
 The packaged weights already sit on GGUF's Q4_1 grid (group 32, fp16 scale and min), which the
 "unquantized" reference is the dequantization of. Loading those blocks as int4 g32 is exact; int8 must
-stay within 1%; re-gridding to int4 g128/g64 stacks a second 4-bit rounding on the first and costs far
-more than on a bf16 model (bench/RESULTS.md), so those runs are held to their measured level here.
+stay within 1%; re-gridding to int4 g128/g64 stacks a second 4-bit rounding on the first, and with GPTQ
+and real-valued zeros stays within 5% on the benchmark's text (`kb engine bench-quality`'s protocol).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch
 from engine.config import EngineConfig, default_model
 from engine.llm_engine import Engine
 from engine.loader import load_model
+from engine.quant.bench import run_bench
 from engine.quant.calibrate import calibrate
 from engine.quant.evaluate import eval_text, perplexity
 from engine.quant.linear import QuantLinear, teal_everywhere
@@ -64,10 +65,21 @@ def test_int8_within_one_percent(model_dir, setup) -> None:
     assert ppl != ppl0 and ppl / ppl0 - 1 < 0.01
 
 
-def test_int4_regrid_to_g128_at_measured_level(model_dir, setup, calib) -> None:
+def test_int4_g128_and_g64_within_five_percent_on_the_benchmark_text(model_dir) -> None:
+    """The issue's bound, on what `kb engine bench-quality --max-tokens 2048` scores: 2,048 tokens of the
+    FAQ text, GPTQ calibrated on 4,096 others. Measured +4.25 % (g128) and +1.99 % (g64); with integer
+    zeros and plain rounding of K's partial last group they were +22.0 % and +8.0 % (bench/RESULTS.md)."""
+    rows = run_bench(model_dir, default_model(), ["unquantized", "int4-g128", "int4-g64"], max_tokens=2048)
+    assert rows["int4-g128"]["tokens"] == 2048
+    for mode in ("int4-g128", "int4-g64"):
+        assert 0 < rows[mode]["vs_unquantized"] < 0.05, rows
+    assert rows["int4-g64"]["perplexity"] < rows["int4-g128"]["perplexity"]
+
+
+def test_int4_rtn_g128_and_2_4_at_measured_level(model_dir, setup, calib) -> None:
     ids, ppl0, _ = setup
     g128 = _ppl(model_dir, ids, "int4:g128", calib)
-    assert ppl0 < g128 < 1.35 * ppl0  # RTN + clipping: +25-28% measured (GPTQ: +22%, bench/RESULTS.md)
+    assert ppl0 < g128 < 1.15 * ppl0  # RTN + clipping + least squares: +11.0 % measured at 384 tokens
     # 2:4 on top of int4 g128 does not win on a 135M model (+>100%): it is never on by default
     assert _ppl(model_dir, ids, "int4:g128+2:4wanda", calib) > 1.5 * g128
 
