@@ -46,6 +46,8 @@
 #   int8kv: bash bench/gpu_pending.sh int8kv   (carry .whl; int8 KV's one-launch store: compiled tests, then 256-token
 #           reuse turns with bf16 KV, int8 stored by torch, by the kernel, and with the reader's scales folded; ~7 min)
 #   final: bash bench/gpu_pending.sh final   (carry .whl; read floor vs shipped GEMVs, the model vs transformers; ~9 min)
+#   all6: bash bench/gpu_pending.sh all6   (carry .whl; issue 6's five modes and transformers in one run, then the
+#         persistent-kernel probe; ~9 min)
 #   mmt: bash bench/gpu_pending.sh mmt   (no carry; tensor cores with swapped operands, modes 20-22, vs shipped; ~6 min)
 #   tune: bash bench/gpu_pending.sh tune   (no carry; TEST_K=... narrows the compiled tests, MODES=int4,bf16)
 # .whl holds the py3.12 wheels of fastapi/starlette/pydantic/uvicorn that `kb engine-serve` needs and the
@@ -272,6 +274,16 @@ PY
     timeout "${E2E_S:-450}" python3 bench/quant_e2e.py --out "$OUT" --modes "${MODES:-int4,bf16}" --batches 1,16 \
       --prefill-tokens 512 --compile-budget-s "${HF_S:-60}" --overlap > "$OUT/e2e.log" 2>&1
     e2e_summary
+    ;;
+  all6)  # issue 6's table in one run: every mode (bf16, int8, int4, int4 + 2:4, int4 + TEAL) and transformers compiled
+    # bf16, prefill 2K; then, in the time left, bench/persistent_probe.py (one persistent kernel a layer vs a kernel a
+    # matrix, reading the int4 bytes only); carry .whl; ~9 min
+    timeout "${E2E_S:-470}" python3 bench/quant_e2e.py --out "$OUT" --modes "${MODES:-int4,int8,bf16,int4_teal,int4_24}" \
+      --batches 1,16 --prefill-tokens 2048 --compile-budget-s "${HF_S:-60}" --overlap > "$OUT/e2e.log" 2>&1
+    e2e_summary
+    echo "== persistent probe"
+    timeout "${PROBE_S:-60}" python3 bench/persistent_probe.py --blocks "${PROBE_BLOCKS:-4096:2:8}" --per-sm 1,2 \
+      > "$OUT/probe.log" 2>&1; tail -8 "$OUT/probe.log"
     ;;
   mmt)  # issue 6: the tensor-core kernel with swapped operands (modes 20-22) against the shipped configs
     timeout "${SWEEP_S:-400}" python3 bench/quant_gpu.py kernels --kinds int4k_g128 --ms "${MS:-16}" \
