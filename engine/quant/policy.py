@@ -35,6 +35,9 @@ SUFFIX = {
     "gate_up": "mlp.gate_up_proj",
     "down": "mlp.down_proj",
 }
+# Part of every int4 fingerprint; changed whenever our int4 quantizer's output changes for the same spec,
+# so that KV a disk tier kept from an older kb (computed on other weights) is never reused.
+INT4_QUANTIZER = "int4fit=lsq2"  # real-valued zeros, two least-squares rounds, GPTQ over partial groups
 _SPEC = re.compile(r"^(int8|int4(?::g(\d+))?|gguf|bf16|fp16|fp32|fp|none)((?:\+[a-z0-9:.]+)*)$")
 
 
@@ -149,7 +152,8 @@ class QuantPolicy:
         """Canonical text: equal for equivalent spellings, ``""`` when nothing is quantized."""
         if not self.enabled:
             return ""
-        return ",".join(f"{t}={self.layers[t].canonical()}" for t in TARGETS)
+        text = ",".join(f"{t}={self.layers[t].canonical()}" for t in TARGETS)
+        return text + (f"|{INT4_QUANTIZER}" if any(s.fmt == "int4" for s in self.layers.values()) else "")
 
 
 def _gguf_file(source: str | Path | None) -> Path:

@@ -14,7 +14,7 @@ from engine.quant.calibrate import calibrate
 from engine.quant.evaluate import forward_dense
 from engine.quant.linear import QuantLinear
 from engine.quant.memory import ModelTooLarge, check_budget, weight_bytes
-from engine.quant.policy import LayerSpec, QuantPolicy, apply_policy
+from engine.quant.policy import INT4_QUANTIZER, LayerSpec, QuantPolicy, apply_policy
 
 CFG = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2)
 
@@ -38,6 +38,10 @@ def test_parse_resolves_targets_and_canonical_fingerprints() -> None:
     assert QuantPolicy.parse("int8,lm_head=int8").layers["lm_head"] == LayerSpec("int8")
     assert QuantPolicy.parse("none").fingerprint() == "" and not QuantPolicy.parse("bf16").enabled
     assert QuantPolicy.parse("int8").fingerprint() != QuantPolicy.parse("int8,down=int4").fingerprint()
+    # the int4 quantizer's version is part of an int4 fingerprint: an older kb's disk cache is not reused
+    assert QuantPolicy.parse("int8,down=int4").fingerprint().endswith(f"|{INT4_QUANTIZER}")
+    assert INT4_QUANTIZER not in QuantPolicy.parse("int8").fingerprint()
+    assert INT4_QUANTIZER not in QuantPolicy.parse("gguf").fingerprint()  # the file's own blocks
 
 
 @pytest.mark.parametrize(
