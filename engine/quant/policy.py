@@ -13,6 +13,7 @@ lm_head=bf16``, ``int4:g128+2:4``, ``int4:g128+teal0.4``.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from engine.quant.loaders.gguf import apply_gguf_weights
 from engine.quant.memory import weight_bytes
 from engine.quant.quantize import gptq_int4, prune_2_4, quantize_int4, quantize_int8
 
+log = logging.getLogger(__name__)
 TARGETS = ("qkv", "o", "gate_up", "down", "lm_head")
 GROUPS = {"attn": ("qkv", "o"), "mlp": ("gate_up", "down")}
 SUFFIX = {
@@ -194,6 +196,13 @@ def apply_policy(
     """
     if isinstance(policy, str):
         policy = QuantPolicy.parse(policy)
+    if any(s.teal is not None or s.sparse24 for s in policy.layers.values()):
+        log.warning(
+            "quant policy %s: the sparse modes are for experiments; as last measured they decode slower "
+            "than dense int4 (on an H100, TEAL 40%%: 42.9 against 385 tok/s at batch 1; 2:4: 30.8 against "
+            "1078.7 tok/s at batch 16) and cost perplexity (bench/RESULTS.md, issue 6)",
+            policy.fingerprint(),
+        )
     before = weight_bytes(model)
     report: dict[str, Any] = {"fingerprint": policy.fingerprint(), "layers": {}}
     report["weight_bytes_before"] = before

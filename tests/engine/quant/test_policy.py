@@ -84,10 +84,14 @@ def test_apply_policy_replaces_linears_and_keeps_outputs_close() -> None:
         apply_policy(m, "int8")
 
 
-def test_sparse_policies_report_their_sparsity_and_tied_head_quantization() -> None:
+def test_sparse_policies_report_their_sparsity_and_tied_head_quantization(caplog) -> None:
     m = tiny()
     calib = calibrate(m, [list(range(0, 256, 2))])
-    rep = apply_policy(m, "int4:g32+2:4wanda+teal0.5", calib=calib)
+    with caplog.at_level(logging.WARNING, logger="engine.quant.policy"):
+        apply_policy(tiny(), "int4:g32", calib=calib)
+        assert not caplog.records  # dense int4: no warning
+        rep = apply_policy(m, "int4:g32+2:4wanda+teal0.5", calib=calib)
+    assert "slower than dense int4" in caplog.text  # a user who turns sparsity on to go faster is told
     assert rep["weight_sparsity"] == pytest.approx(0.5)
     assert rep["act_sparsity"] == pytest.approx(0.5)
     down = m.model.layers[0].mlp.down_proj
