@@ -27,6 +27,7 @@ import triton.language as tl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.quant_gpu import SHAPES, clone_weight, copies, copy_gbps, graph_ms, make  # noqa: E402
+from engine import pdl  # noqa: E402
 from engine.quant import gpu  # noqa: E402
 
 LAYERS = ("qkv", "o", "gate_up", "down")
@@ -34,9 +35,11 @@ AMAX_GIVEN = {"qkv", "gate_up"}  # the layers after an RMSNorm, which hands over
 
 
 @triton.jit
-def _read_sum(src, out, n, BLOCK: tl.constexpr, STEPS: tl.constexpr):
+def _read_sum(src, out, n, BLOCK: tl.constexpr, STEPS: tl.constexpr, PDL: tl.constexpr = False):
     """Each program reads ``STEPS`` blocks of ``BLOCK`` int32 words and stores their sum (kept so that
-    the loads are not dead)."""
+    the loads are not dead). ``PDL``: launched with programmatic dependent launch, as the decode kernels
+    (`engine.pdl.start`: release the next kernel, wait before the loads; `bench/persistent_probe.py`)."""
+    pdl.start(PDL)
     base = tl.program_id(0) * BLOCK * STEPS
     acc = tl.zeros((BLOCK,), tl.int32)
     for s in tl.static_range(STEPS):

@@ -32,22 +32,11 @@ import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.quant_gpu import bench_ms, copy_gbps  # noqa: E402
-from engine import pdl  # noqa: E402
+from bench.ncu_gemv import _read_sum  # noqa: E402
+from bench.quant_gpu import copy_gbps, graph_ms  # noqa: E402
 
 # int4 g128 bytes of the 8B shape's matrices in decode order (words, scales, zeros; bench/RESULTS.md)
 PHASE_MB = {"qkv": 13.4, "o": 8.9, "gate_up": 62.4, "down": 31.2}
-
-
-@triton.jit
-def _read_pdl(src, out, n, BLOCK: tl.constexpr, STEPS: tl.constexpr, PDL: tl.constexpr):
-    pdl.start(PDL)
-    base = tl.program_id(0) * BLOCK * STEPS
-    acc = tl.zeros((BLOCK,), tl.int32)
-    for s in tl.static_range(STEPS):
-        offs = base + s * BLOCK + tl.arange(0, BLOCK)
-        acc += tl.load(src + offs, mask=offs < n, other=0)
-    tl.store(out + tl.program_id(0), tl.sum(acc, 0))
 
 
 @triton.jit
@@ -87,6 +76,23 @@ def _first(src, n, pid, BLOCK: tl.constexpr, UNROLL: tl.constexpr):
 
 
 @triton.jit
+def _cross(src, n, pid, G, bar, k, BLOCK: tl.constexpr, UNROLL: tl.constexpr, BARRIER: tl.constexpr,
+           PRE: tl.constexpr):  # fmt: skip
+    """From one matrix to the next (``src``): the grid barrier (the ``k + 1``-th) and this program's first
+    chunk of ``src``, loaded before the barrier with ``PRE`` (weights depend on no earlier phase), else after
+    it. Returns the chunk and the barrier count."""
+    nxt = tl.zeros((BLOCK,), tl.int32)
+    if PRE:
+        nxt = _first(src, n, pid, BLOCK, UNROLL)
+    if BARRIER:
+        k += 1
+        _barrier(bar, k * G)
+    if not PRE:
+        nxt = _first(src, n, pid, BLOCK, UNROLL)
+    return nxt, k
+
+
+@triton.jit
 def _fused(
     p0,
     p1,
@@ -115,60 +121,15 @@ def _fused(
     for layer in range(layers):
         off = layer * stride_layer
         acc = _phase(p0 + off, n0, acc, pid, G, BLOCK, UNROLL, first)
-        nxt = tl.zeros((BLOCK,), tl.int32)
-        if PRE:
-            nxt = _first(p1 + off, n1, pid, BLOCK, UNROLL)
-        if BARRIER:
-            k += 1
-            _barrier(bar, k * G)
-        if not PRE:
-            nxt = _first(p1 + off, n1, pid, BLOCK, UNROLL)
+        nxt, k = _cross(p1 + off, n1, pid, G, bar, k, BLOCK, UNROLL, BARRIER, PRE)
         acc = _phase(p1 + off, n1, acc, pid, G, BLOCK, UNROLL, nxt)
-        nxt = tl.zeros((BLOCK,), tl.int32)
-        if PRE:
-            nxt = _first(p2 + off, n2, pid, BLOCK, UNROLL)
-        if BARRIER:
-            k += 1
-            _barrier(bar, k * G)
-        if not PRE:
-            nxt = _first(p2 + off, n2, pid, BLOCK, UNROLL)
+        nxt, k = _cross(p2 + off, n2, pid, G, bar, k, BLOCK, UNROLL, BARRIER, PRE)
         acc = _phase(p2 + off, n2, acc, pid, G, BLOCK, UNROLL, nxt)
-        nxt = tl.zeros((BLOCK,), tl.int32)
-        if PRE:
-            nxt = _first(p3 + off, n3, pid, BLOCK, UNROLL)
-        if BARRIER:
-            k += 1
-            _barrier(bar, k * G)
-        if not PRE:
-            nxt = _first(p3 + off, n3, pid, BLOCK, UNROLL)
+        nxt, k = _cross(p3 + off, n3, pid, G, bar, k, BLOCK, UNROLL, BARRIER, PRE)
         acc = _phase(p3 + off, n3, acc, pid, G, BLOCK, UNROLL, nxt)
-        nl = layer + 1
-        if nl < layers:
-            nxt0 = tl.zeros((BLOCK,), tl.int32)
-            if PRE:
-                nxt0 = _first(p0 + nl * stride_layer, n0, pid, BLOCK, UNROLL)
-            if BARRIER:
-                k += 1
-                _barrier(bar, k * G)
-            if not PRE:
-                nxt0 = _first(p0 + nl * stride_layer, n0, pid, BLOCK, UNROLL)
-            first = nxt0
+        if layer + 1 < layers:
+            first, k = _cross(p0 + off + stride_layer, n0, pid, G, bar, k, BLOCK, UNROLL, BARRIER, PRE)
     tl.store(out + pid, tl.sum(acc, 0))
-
-
-def graph_us(fn, reps: int) -> float:
-    """GPU microseconds a call of ``fn`` (which runs ``reps`` units), replayed from one CUDA graph."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    us = bench_ms(graph.replay) * 1e3 / reps
-    del graph
-    return us
 
 
 def main() -> None:
@@ -223,13 +184,13 @@ def main() -> None:
                         v = views[layer][i]
                         grid = (triton.cdiv(v.numel(), block * steps),)
                         kw = {"PDL": True, "launch_pdl": True} if use_pdl else {"PDL": False}
-                        _read_pdl[grid](
+                        _read_sum[grid](
                             v, outs[i], v.numel(), BLOCK=block, STEPS=steps, num_warps=warps, **kw
                         )
 
             run()
             torch.cuda.synchronize()
-            record(name, graph_us(run, L), True, block=block, steps=steps, warps=warps)
+            record(name, graph_ms([run]) * 1e3 / L, True, block=block, steps=steps, warps=warps)
     bar = torch.zeros(L, dtype=torch.int32, device="cuda")
     for spec in args.blocks.split(","):
         block, unroll, warps = (int(v) for v in spec.split(":"))
@@ -303,7 +264,8 @@ def main() -> None:
                     run()
                     torch.cuda.synchronize()
                     ok = int(part.to(torch.int64).sum().item()) == want
-                record(name, graph_us(run, L), ok, block=block, unroll=unroll, warps=warps, programs=G)
+                us = graph_ms([run]) * 1e3 / L
+                record(name, us, ok, block=block, unroll=unroll, warps=warps, programs=G)
     best = {}
     for r in rows:
         if r["ok"] and (r["variant"] not in best or r["us_layer"] < best[r["variant"]]["us_layer"]):
