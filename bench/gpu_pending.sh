@@ -35,6 +35,8 @@
 #        attn_bench --quick; NO_ATTN=1: without attn_bench, ~2 min; TMA is on by default since 2026-12-06)
 #   tmaturns: bash bench/gpu_pending.sh tmaturns   (carry .whl; the TMA reader: compiled tests, the graph check, every TMA tile
 #           shape x splits at turn shapes, then the 256-token turns with TMA off / on, one process each; ~9 min)
+#   panels: bash bench/gpu_pending.sh panels   (no carry; int4 weights in panels of the one-token tile: compiled tests,
+#           the model on rows / panels, then bench/panel_probe.py; ~9 min)
 #   gemvpre: bash bench/gpu_pending.sh gemvpre   (no carry; the fp16 GEMV's first weights before PDL's wait: tests, A/B)
 #   silu: bash bench/gpu_pending.sh silu   (carry .whl; gate_up's GEMV writing silu(gate) * up: compiled tests, then the A/B)
 #   pgraph: bash bench/gpu_pending.sh pgraph   (carry .whl; short prefills as CUDA graphs off / on, bf16 and int8 KV (KV=auto
@@ -238,6 +240,14 @@ PY
         --out "$OUT/tma$t" --turn-tokens 1536 --turn-sizes "${TURN_SIZES:-256}" \
         --skip "${SKIP:-correctness,ours_decode,ours_multiturn,ours_recompute,int8_kv,sessions,sessions_before_step,restart}" 2>&1 | grep -vi warn | grep -A3 "^turns of"
     done
+    ;;
+  panels)  # issue 6: int4 weights in panels of the one-token tile (contiguous per program): compiled tests, model A/B, probe
+    compiled_tests "${TEST_S:-90}" "${TEST_K:-panel}"
+    echo "== whole model at batch 1, int4 weights on rows / in panels (graphs captured again for each)"
+    E2E_EXTRA="--no-hf" model_ab "${E2E_S:-300}" "${BATCHES:-1}" panels0,panels1,panels0,panels1
+    echo "== per matrix and per layer: plain reads, GEMVs on rows, in panels, a few configs (bench/panel_probe.py)"
+    timeout "${PROBE_S:-240}" python3 bench/panel_probe.py > "$OUT/panel_probe.log" 2>&1; echo "rc=$?"
+    grep -v "rel_err" "$OUT/panel_probe.log" | cut -c1-300
     ;;
   gemvpre)  # issue 6: the fp16 GEMV's first step of weights before PDL's wait (PRE_WAIT): compiled tests, model A/B (~7 min)
     compiled_tests "${TEST_S:-120}" "${TEST_K:-prefetching or silu or shipped}"

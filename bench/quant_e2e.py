@@ -75,6 +75,29 @@ class _Tuned:
 TUNED = _Tuned()
 
 
+class _Panels:
+    """The 'panels' switch of ``--launches``: every K-packed int4 layer of the engine's model moved to panels
+    of its one-token tile (`gpu.to_panels`, as `gpu.PANELS` packs them) or back to rows: same bits."""
+
+    model: torch.nn.Module | None = None
+
+    @property
+    def on(self) -> bool:
+        return gpu.PANELS
+
+    @on.setter
+    def on(self, value: bool) -> None:
+        gpu.PANELS = value
+        for mod in self.model.modules() if self.model is not None else ():
+            g = getattr(mod, "gpu", None)
+            if isinstance(g, gpu.GpuWeight) and g.kind == "int4k":
+                mod.gpu = gpu.to_panels(g, gpu.panel_width(g))
+        torch.cuda.empty_cache()
+
+
+PANELS = _Panels()
+
+
 class _Level:
     """An on/off switch over a module's integer setting: ``off`` and ``on`` are the values it sets."""
 
@@ -200,7 +223,8 @@ def _knobs(eng: Engine) -> dict[str, tuple[object, str]]:
     and first old tile before PDL's wait), 'prefetch' (the fp16 GEMV's configs may load a step ahead),
     'sbahead' (... their scales and biases too, where a config says PREFETCH 2), 'tuned' (the configs of
     ``--tune``, or the shipped table), 'silugemv' (gate_up's GEMV writes ``silu(gate) * up`` itself),
-    'gemvpre' (the fp16 GEMV's first step of weights loads before PDL's wait)."""
+    'gemvpre' (the fp16 GEMV's first step of weights loads before PDL's wait), 'panels' (int4 weights in
+    panels of their one-token tile, `gpu.to_panels`)."""
     return {
         "pdl": (pdl, "ENABLED"),
         "argmax": (eng.runner, "argmax_in_graph"),
@@ -211,6 +235,7 @@ def _knobs(eng: Engine) -> dict[str, tuple[object, str]]:
         "silugemv": (gpu, "SILU_IN_GEMV"),
         "gemvpre": (gpu, "H2_PRE_WAIT"),
         "tuned": (TUNED, "on"),
+        "panels": (PANELS, "on"),
     }
 
 
@@ -290,6 +315,7 @@ def one_mode(b: Bench, name: str, spec: str, a: argparse.Namespace, bw: float) -
         overlap_decode=False,  # the plain step; --overlap times the lookahead beside it
     )
     eng = Engine(cfg, model=model, fingerprint=f"random-llama3-8b-seed0-{name}")
+    PANELS.model = model
     emb = model.model.embed_tokens.weight
     step_bytes = weight_bytes(model) - emb.numel() * emb.element_size()  # one embedding row is read
     row: dict = {

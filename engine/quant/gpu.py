@@ -53,6 +53,9 @@ SILU_IN_GEMV = True
 # kernel ahead (`triton_w4k_h2` PRE_WAIT): the int4 batch-1 graph step 2405.9 / 2406.4 -> 2399.5 / 2399.8 us
 # on an H100, same tokens (quant_e2e's 'gemvpre' switch; `bash bench/gpu_pending.sh gemvpre`)
 H2_PRE_WAIT = True
+# K-packed int4 weights are stored in panels of their one-token GEMV's column tile (`to_panels`,
+# `panel_width`), so that each program streams one contiguous run instead of a short piece of every row
+PANELS = False
 # The swapped-operand bf16-pair tensor-core kernel (`w4k_mmt_kernel`, the codes as the dot's first operand,
 # in registers for wgmma) by mode: its JOIN, 20 a dot a nibble, 21 a dot a nibble pair, 22 a dot a step
 MMT_JOIN = {20: 1, 21: 2, 22: 8}
@@ -120,6 +123,37 @@ def pack(w: Int8Weight | Int4Weight, n_major: bool = False) -> GpuWeight:
     return GpuWeight("int4_24", n, k, tensors, w.group)
 
 
+def to_panels(g: GpuWeight, panel: int) -> GpuWeight:
+    """``g`` (K-packed int4) with words, scales and biases in panels of ``panel`` columns, ``[N // panel,
+    rows, panel]`` (0: back to ``[rows, N]``): a program of the one-token GEMV then streams its column
+    tile as one contiguous run of memory instead of ``panel * 4`` bytes from each of K / 8 rows
+    (`triton_w4k.panel_cols`; every int4k kernel reads either layout)."""
+    if g.kind != "int4k" or (panel and g.n % panel):
+        raise ValueError(f"panels of {panel} columns need a K-packed int4 weight whose N divides by them")
+    old = g.extra.get("panel", 0)
+
+    def move(t: torch.Tensor) -> torch.Tensor:  # t [rows, N] in the memory order of the old layout
+        rows = t.shape[0]
+        if old:  # [N // old, rows, old] -> [rows, N]
+            t = t.reshape(g.n // old, rows, old).transpose(0, 1).reshape(rows, g.n)
+        if panel:
+            t = t.reshape(rows, g.n // panel, panel).transpose(0, 1)
+        return t.contiguous().reshape(rows, g.n)
+
+    tensors = {name: move(t) for name, t in g.tensors.items()}
+    return GpuWeight(g.kind, g.n, g.k, tensors, g.group, {**g.extra, "panel": panel})
+
+
+def panel_width(g: GpuWeight) -> int:
+    """The panel width `prepare` gives ``g``: the column tile of its one-token GEMV (so that each program
+    streams one contiguous run), where `PANELS` is on and the tile divides N; else 0 (rows)."""
+    if not PANELS or g.kind != "int4k":
+        return 0
+    cfg, h2 = _int4k_config(g, _config("int4k", g.n, g.k, g.group, 1), 1)
+    width = 0 if cfg is None else cfg[0] // (h2[1] if h2 else 1)
+    return width if width and g.n % width == 0 else 0
+
+
 _LOCKS: dict[torch.device, torch.Tensor] = {}
 LOCK_TILES = 1 << 14  # column tiles a split-K launch may have: N / block_n, 8016 for a 128K vocabulary at 16
 
@@ -142,6 +176,8 @@ def prepare(layer: Any) -> GpuWeight:
     """Pack ``layer.qweight`` on its device and drop the canonical tensors (keep shapes on ``meta``)."""
     if layer.gpu is None:
         layer.gpu = pack(layer.qweight, n_major=getattr(layer, "act_threshold", None) is not None)
+        if panel_width(layer.gpu):
+            layer.gpu = to_panels(layer.gpu, panel_width(layer.gpu))
         packed = next(iter(layer.gpu.tensors.values()), None)
         if packed is not None and packed.is_cuda:
             split_locks(packed.device)
@@ -282,6 +318,7 @@ def matmul_small(
     if nsplit and grid[0] > LOCK_TILES:
         raise ValueError(f"{grid[0]} column tiles exceed the {LOCK_TILES} split-K counters")
     t = g.tensors
+    panel = g.extra.get("panel", 0)  # int4k words, scales and biases in panels (`to_panels`), else 0
     # PDL (engine.pdl) for the kernels that wait before their first load: K-packed int4 and int8
     pdl_kw = pdl.kwargs(x)
     if g.kind == "int4k" and m == 1 and cfg[4] in (0, 2, 3):  # 2: gemv2 (one lop3 a code, bias by row sums)
@@ -289,7 +326,7 @@ def matmul_small(
         tw4k.w4k_gemv_kernel[grid](
             x, t["w"], t["s"], t["b"], y, ws, locks, g.n, g.k, per * rows,
             GROUP=g.group, BLOCK_N=block_n, SPLIT=nsplit, ASM=cfg[4] >= 2 and _asm(x), ROW_SUMS=cfg[4] >= 2,
-            BLOCK_R=rows if cfg[4] == 3 else 0, num_warps=warps, num_stages=stages, **pdl_kw,
+            BLOCK_R=rows if cfg[4] == 3 else 0, PANEL=panel, num_warps=warps, num_stages=stages, **pdl_kw,
         )  # fmt: skip
     elif h2 is not None:  # fp16 pairs (5: codes as subnormals), m rows sharing each code pair
         aligned = x.data_ptr() % 4 == 0 and x.stride(-1) == 1 and (m == 1 or x.stride(0) % 2 == 0)
@@ -299,7 +336,8 @@ def matmul_small(
             GROUP=g.group, BLOCK_N=block_n, BLOCK_R=cfg[5], SPLIT=nsplit, ASM=_asm(x), DENORM=cfg[4] == 5,
             CHAIN=h2[0], COLS=h2[1], EVEN=g.n % block_n == 0, M_ROWS=m, num_warps=warps, num_stages=stages,
             amax_ptr=xa if amax is None else amax, AMAX_IN=amax is not None, PREFETCH=h2[2],
-            SILU_MUL=bool(silu_inter), CUDA=not _interpreted(), PRE_WAIT=H2_PRE_WAIT and h2[2] == 2, **pdl_kw,
+            SILU_MUL=bool(silu_inter), CUDA=not _interpreted(), PRE_WAIT=H2_PRE_WAIT and h2[2] == 2,
+            PANEL=panel, **pdl_kw,
         )  # fmt: skip
     elif g.kind == "int4k" and cfg[4] in (18, *MMT_JOIN) and g.group % (8 * cfg[5]) == 0:  # bf16 pairs
         swapped = {"JOIN": MMT_JOIN[cfg[4]]} if cfg[4] in MMT_JOIN else {}
@@ -307,13 +345,13 @@ def matmul_small(
         kernel[grid](
             x, t["w"], t["s"], t["b"], y, ws, locks, m, g.n, g.k, x.stride(0), y.stride(0), per * cfg[5],
             GROUP=g.group, BLOCK_M=SMALL_M, BLOCK_N=block_n, BLOCK_R=cfg[5], SPLIT=nsplit,
-            ASM=_asm(x), num_warps=warps, num_stages=stages, **swapped, **pdl_kw,
+            ASM=_asm(x), PANEL=panel, num_warps=warps, num_stages=stages, **swapped, **pdl_kw,
         )  # fmt: skip
     elif g.kind == "int4k":
         tw4k.w4k_mm_kernel[grid](
             x, t["w"], t["s"], t["b"], y, ws, locks, m, g.n, g.k, x.stride(0), y.stride(0), per * cfg[5],
             GROUP=g.group, BLOCK_M=SMALL_M, BLOCK_N=block_n, BLOCK_R=cfg[5], SPLIT=nsplit,
-            ASM=_asm(x), num_warps=warps, num_stages=stages, **pdl_kw,
+            ASM=_asm(x), PANEL=panel, num_warps=warps, num_stages=stages, **pdl_kw,
         )  # fmt: skip
     elif g.kind == "int4" and m == 1 and block_m == 0:  # (..., 0, gather, block_k): 2-D accumulator GEMV
         tk.w4_gemv_kernel[grid](
@@ -359,7 +397,15 @@ def dense_weight(g: GpuWeight, dtype: torch.dtype) -> torch.Tensor:
     if g.kind == "int4k":
         out = torch.empty(g.k, g.n, device=t["w"].device, dtype=dtype)
         tw4k.dequant_w4k_kernel[(-(-g.n // 128), g.k // g.group)](
-            t["w"], t["s"], t["b"], out, g.n, GROUP=g.group, BLOCK_N=128, ASM=_asm(out)
+            t["w"],
+            t["s"],
+            t["b"],
+            out,
+            g.n,
+            GROUP=g.group,
+            BLOCK_N=128,
+            ASM=_asm(out),
+            PANEL=g.extra.get("panel", 0),
         )
         return out.t()
     if g.kind == "int4":

@@ -61,11 +61,25 @@ def _unit(i: tl.constexpr):
 
 
 @triton.jit
+def panel_cols(rn, rows, PANEL: tl.constexpr, BLOCK: tl.constexpr):
+    """Offsets of columns ``rn`` (``BLOCK`` consecutive from a multiple of ``BLOCK``) in the first row of a
+    ``[rows, N]`` tensor of words or scales, or of its panel layout ``[N // PANEL, rows, PANEL]``
+    (`engine.quant.gpu.to_panels`), where a row is then ``PANEL`` apart, not ``N``: runs of
+    ``min(PANEL, BLOCK)`` columns stay contiguous, said to Triton so that loads stay 16-byte vectors."""
+    if PANEL:
+        RUN: tl.constexpr = PANEL if PANEL < BLOCK else BLOCK
+        out = tl.max_contiguous(tl.multiple_of((rn // PANEL) * (rows * PANEL) + rn % PANEL, RUN), RUN)
+    else:
+        out = rn
+    return out
+
+
+@triton.jit
 def w4k_gemv_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, N, K, rows_per_split,
     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
     ASM: tl.constexpr = False, ROW_SUMS: tl.constexpr = False, BLOCK_R: tl.constexpr = 0,
-    PDL: tl.constexpr = False,
+    PDL: tl.constexpr = False, PANEL: tl.constexpr = 0,
 ):  # fmt: skip
     """One token on CUDA cores: ``y[N] = x[K] @ dequant(w)``, a ``[rows, BLOCK_N]`` accumulator reduced
     over K once after the loop (no cross-warp reduction per step for the codes). A step takes one group
@@ -90,9 +104,11 @@ def w4k_gemv_kernel(
     r1 = tl.minimum(r0 + rows_per_split, K // 8)
     acc = tl.zeros((R, BLOCK_N), dtype=tl.float32)
     bacc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    RS = PANEL if PANEL else N  # words and scales: a row's stride, and where each column starts
+    wc, sc = panel_cols(rn, K // 8, PANEL, BLOCK_N), panel_cols(rn, K // GROUP, PANEL, BLOCK_N)
     pdl.wait(PDL)  # PDL: `engine.pdl`
     for r in range(r0, r1, R):
-        words = tl.load(w_ptr + (r + rr)[:, None] * N + rn[None, :], mask=nmask[None, :], other=0)
+        words = tl.load(w_ptr + (r + rr)[:, None] * RS + wc[None, :], mask=nmask[None, :], other=0)
         hi = words >> 20
         xg = x_ptr + (r + rr) * 8
         part = tl.zeros((R, BLOCK_N), dtype=tl.float32)
@@ -103,14 +119,14 @@ def w4k_gemv_kernel(
                 xr += xi
             part += (xi * _unit(i))[:, None] * _code(words, hi, i, ASM)
         if BLOCK_R:  # per-row group index: [R, BLOCK_N] scales and biases, no layout conversion
-            sb = ((r + rr) * 8 // GROUP)[:, None] * N + rn[None, :]
+            sb = ((r + rr) * 8 // GROUP)[:, None] * RS + sc[None, :]
             s2 = tl.load(s_ptr + sb, mask=nmask[None, :], other=0.0).to(tl.float32)
             b2 = tl.load(b_ptr + sb, mask=nmask[None, :], other=0.0).to(tl.float32)
             acc += part * s2 + xr[:, None] * b2
         else:
             g = r // R
-            s = tl.load(s_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
-            b = tl.load(b_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
+            s = tl.load(s_ptr + g * RS + sc, mask=nmask, other=0.0).to(tl.float32)
+            b = tl.load(b_ptr + g * RS + sc, mask=nmask, other=0.0).to(tl.float32)
             if ROW_SUMS:
                 acc += part * s[None, :] + xr[:, None] * b[None, :]
             else:
@@ -122,13 +138,14 @@ def w4k_gemv_kernel(
 
 
 @triton.jit
-def _step_terms(xrow, s_ptr, b_ptr, r, g, rn, mmask, nmask, N, BLOCK_R: tl.constexpr):
+def _step_terms(xrow, s_ptr, b_ptr, r, g, sc, mmask, nmask, RS, BLOCK_R: tl.constexpr):
     """For a dot step of ``BLOCK_R`` word rows inside group ``g``: each row's sum of x over the step's K
-    (for the bias), and the group's scales and biases as float32."""
+    (for the bias), and the group's scales and biases as float32 (columns at ``sc``, rows ``RS`` apart:
+    `panel_cols`)."""
     xk = r * 8 + tl.arange(0, BLOCK_R * 8)
     xs = tl.sum(tl.load(xrow + xk[None, :], mask=mmask[:, None], other=0.0).to(tl.float32), axis=1)
-    s = tl.load(s_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
-    b = tl.load(b_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
+    s = tl.load(s_ptr + g * RS + sc, mask=nmask, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + g * RS + sc, mask=nmask, other=0.0).to(tl.float32)
     return xs, s, b
 
 
@@ -148,7 +165,7 @@ def _mm_tile(x_ptr, M, N, K, stride_xm, rows_per_split, BLOCK_M: tl.constexpr, B
 def w4k_mm_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, M, N, K, stride_xm, stride_ym, rows_per_split,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    SPLIT: tl.constexpr, ASM: tl.constexpr = False, PDL: tl.constexpr = False,
+    SPLIT: tl.constexpr, ASM: tl.constexpr = False, PDL: tl.constexpr = False, PANEL: tl.constexpr = 0,
 ):  # fmt: skip
     """``y[M, N] = x[M, K] @ dequant(w)`` on tensor cores, one ``tl.dot`` per nibble position.
 
@@ -160,11 +177,13 @@ def w4k_mm_kernel(
     rm, rn, rr, mmask, nmask, r0, r1, xrow = _mm_tile(
         x_ptr, M, N, K, stride_xm, rows_per_split, BLOCK_M, BLOCK_N, BLOCK_R
     )
+    RS = PANEL if PANEL else N  # words and scales: a row's stride, and where each column starts
+    wc, sc = panel_cols(rn, K // 8, PANEL, BLOCK_N), panel_cols(rn, K // GROUP, PANEL, BLOCK_N)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     pdl.wait(PDL)  # PDL: `engine.pdl`
     for r in range(r0, r1, BLOCK_R):
         rows = r + rr
-        words = tl.load(w_ptr + rows[:, None] * N + rn[None, :], mask=nmask[None, :], other=0)
+        words = tl.load(w_ptr + rows[:, None] * RS + wc[None, :], mask=nmask[None, :], other=0)
         hi = words >> 20
         if IDENTITY:
             g = (r * 8) // GROUP
@@ -173,12 +192,12 @@ def w4k_mm_kernel(
                 xi = tl.load(xrow + (rows * 8 + i)[None, :], mask=mmask[:, None], other=0.0)
                 xi = (xi.to(tl.float32) * _unit(i)).to(x_ptr.dtype.element_ty)
                 step = tl.dot(xi, _code(words, hi, i, ASM).to(x_ptr.dtype.element_ty), step)
-            xs, s, b = _step_terms(xrow, s_ptr, b_ptr, r, g, rn, mmask, nmask, N, BLOCK_R)
+            xs, s, b = _step_terms(xrow, s_ptr, b_ptr, r, g, sc, mmask, nmask, RS, BLOCK_R)
             acc += step * s[None, :] + xs[:, None] * b[None, :]
         else:
-            grp = (rows * 8) // GROUP
-            s = tl.load(s_ptr + grp[:, None] * N + rn[None, :], mask=nmask[None, :], other=0.0).to(tl.float32)
-            b = tl.load(b_ptr + grp[:, None] * N + rn[None, :], mask=nmask[None, :], other=0.0).to(tl.float32)
+            sb = ((rows * 8) // GROUP)[:, None] * RS + sc[None, :]
+            s = tl.load(s_ptr + sb, mask=nmask[None, :], other=0.0).to(tl.float32)
+            b = tl.load(b_ptr + sb, mask=nmask[None, :], other=0.0).to(tl.float32)
             for i in tl.static_range(8):
                 xi = tl.load(xrow + (rows * 8 + i)[None, :], mask=mmask[:, None], other=0.0)
                 w = _code(words, hi, i, ASM) * (s * _unit(i)) + b
@@ -220,7 +239,7 @@ def _pair(words, j: tl.constexpr, ASM: tl.constexpr):
 def w4k_mm2_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, M, N, K, stride_xm, stride_ym, rows_per_split,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    SPLIT: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr = False,
+    SPLIT: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr = False, PANEL: tl.constexpr = 0,
 ):  # fmt: skip
     """`w4k_mm_kernel` (group identity form, ``BLOCK_R * 8`` dividing ``GROUP``) with the codes made by
     `_pair`: ``x . (128 + q) - 128 * sum(x)`` is ``x . q``, so the 128 goes into the bias term. About one
@@ -228,11 +247,13 @@ def w4k_mm2_kernel(
     rm, rn, rr, mmask, nmask, r0, r1, xrow = _mm_tile(
         x_ptr, M, N, K, stride_xm, rows_per_split, BLOCK_M, BLOCK_N, BLOCK_R
     )
+    RS = PANEL if PANEL else N  # words and scales: a row's stride, and where each column starts
+    wc, sc = panel_cols(rn, K // 8, PANEL, BLOCK_N), panel_cols(rn, K // GROUP, PANEL, BLOCK_N)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     pdl.wait(PDL)  # PDL: `engine.pdl`
     for r in range(r0, r1, BLOCK_R):
         rows = r + rr
-        words = tl.load(w_ptr + rows[:, None] * N + rn[None, :], mask=nmask[None, :], other=0)
+        words = tl.load(w_ptr + rows[:, None] * RS + wc[None, :], mask=nmask[None, :], other=0)
         step = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for j in tl.static_range(4):
             lo, hi = _pair(words, j, ASM)
@@ -244,7 +265,7 @@ def w4k_mm2_kernel(
             else:  # bf16/fp16 products of 128 + q are exact
                 step = tl.dot(x_lo, lo.to(x_ptr.dtype.element_ty), step)
                 step = tl.dot(x_hi, hi.to(x_ptr.dtype.element_ty), step)
-        xs, s, b = _step_terms(xrow, s_ptr, b_ptr, r, (r * 8) // GROUP, rn, mmask, nmask, N, BLOCK_R)
+        xs, s, b = _step_terms(xrow, s_ptr, b_ptr, r, (r * 8) // GROUP, sc, mmask, nmask, RS, BLOCK_R)
         acc += step * s[None, :] + xs[:, None] * (b - 128.0 * s)[None, :]
     pdl.release(PDL)
     _write_tile(y_ptr, ws_ptr, lock_ptr, acc, rm, rn, mmask, nmask, M, N, stride_ym, SPLIT, BLOCK_M, BLOCK_N)
@@ -266,6 +287,7 @@ def w4k_mmt_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, M, N, K, stride_xm, stride_ym, rows_per_split,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
     SPLIT: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr = False, JOIN: tl.constexpr = 1,
+    PANEL: tl.constexpr = 0,
 ):  # fmt: skip
     """`w4k_mm2_kernel` with the operands swapped (modes 20-22): ``y.T = dequant(w).T @ x.T``, so the
     codes are the dot's first operand ``[BLOCK_N, JOIN * BLOCK_R]`` and the 16 activation rows its second.
@@ -283,6 +305,8 @@ def w4k_mmt_kernel(
     rm, rn, rr, mmask, nmask, r0, r1, xrow = _mm_tile(
         x_ptr, M, N, K, stride_xm, rows_per_split, BLOCK_M, BLOCK_N, BLOCK_R
     )
+    RS = PANEL if PANEL else N  # words and scales: a row's stride, and where each column starts
+    wc, sc = panel_cols(rn, K // 8, PANEL, BLOCK_N), panel_cols(rn, K // GROUP, PANEL, BLOCK_N)
     kk = tl.arange(0, JOIN * BLOCK_R)
     if JOIN == 8:  # noqa: SIM108 - a constexpr branch: Triton compiles only the taken one
         xoff = (kk // 8) * 8 + ((kk // 4) % 2) * 2 + ((kk // 2) % 2) + (kk % 2) * 4
@@ -295,7 +319,7 @@ def w4k_mmt_kernel(
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     pdl.wait(PDL)  # PDL: `engine.pdl`
     for r in range(r0, r1, BLOCK_R):
-        words = tl.load(w_ptr + (r + rr)[None, :] * N + rn[:, None], mask=nmask[:, None], other=0)
+        words = tl.load(w_ptr + (r + rr)[None, :] * RS + wc[:, None], mask=nmask[:, None], other=0)
         step = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
         if JOIN == 8:
             lo0, hi0 = _pair(words, 0, ASM)
@@ -318,7 +342,7 @@ def w4k_mmt_kernel(
                     x_hi = tl.load(xt + ((r + rr) * 8 + j + 4)[:, None], mask=mmask[None, :], other=0.0)
                     step = _dot(lo.to(dt), x_lo, step, IEEE)
                     step = _dot(hi.to(dt), x_hi, step, IEEE)
-        xs, s, b = _step_terms(xrow, s_ptr, b_ptr, r, (r * 8) // GROUP, rn, mmask, nmask, N, BLOCK_R)
+        xs, s, b = _step_terms(xrow, s_ptr, b_ptr, r, (r * 8) // GROUP, sc, mmask, nmask, RS, BLOCK_R)
         acc += step * s[:, None] + (b - 128.0 * s)[:, None] * xs[None, :]
     pdl.release(PDL)
     out = tl.trans(acc)
@@ -327,19 +351,24 @@ def w4k_mmt_kernel(
 
 @triton.jit
 def dequant_w4k_kernel(
-    w_ptr, s_ptr, b_ptr, out_ptr, N, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, ASM: tl.constexpr = False
-):
-    """K-packed int4 -> ``out [K, N]`` in the model dtype (prefill's tensor-core GEMM), a group a program."""
+    w_ptr, s_ptr, b_ptr, out_ptr, N, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, ASM: tl.constexpr = False,
+    PANEL: tl.constexpr = 0,
+):  # fmt: skip
+    """K-packed int4 (rows or panels: `panel_cols`) -> ``out [K, N]`` in the model dtype (prefill's
+    tensor-core GEMM), a group a program."""
     RW: tl.constexpr = GROUP // 8
     pid_n = tl.program_id(0)
     g = tl.program_id(1)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = g * RW + tl.arange(0, RW)
     nmask = rn < N
-    words = tl.load(w_ptr + rows[:, None] * N + rn[None, :], mask=nmask[None, :], other=0)
+    groups = tl.num_programs(1)
+    RS = PANEL if PANEL else N
+    wc, sc = panel_cols(rn, groups * RW, PANEL, BLOCK_N), panel_cols(rn, groups, PANEL, BLOCK_N)
+    words = tl.load(w_ptr + rows[:, None] * RS + wc[None, :], mask=nmask[None, :], other=0)
     hi = words >> 20
-    s = tl.load(s_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
-    b = tl.load(b_ptr + g * N + rn, mask=nmask, other=0.0).to(tl.float32)
+    s = tl.load(s_ptr + g * RS + sc, mask=nmask, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + g * RS + sc, mask=nmask, other=0.0).to(tl.float32)
     for i in tl.static_range(8):
         w = _code(words, hi, i, ASM) * (s * _unit(i))[None, :] + b[None, :]
         dst = out_ptr + (rows * 8 + i)[:, None] * N + rn[None, :]

@@ -15,6 +15,7 @@ import triton.language as tl
 from engine import pdl
 from engine.fused_ops import silu_mul_math
 from engine.quant.triton_kernels import _finish_split, _write_row
+from engine.quant.triton_w4k import panel_cols
 
 # The packed-fp16 step of `w4k_gemv_h2_kernel`: ``$0 = codes($1 & $2) * $3 + $4`` on f16x2 words. OFFSET
 # ORs the nibbles under 1024.0 (0x6400, whose ulp is 1) and subtracts it; DENORM reads them as subnormals.
@@ -142,7 +143,7 @@ def w4k_gemv_h2_kernel(
     ASM: tl.constexpr, DENORM: tl.constexpr, CHAIN: tl.constexpr, COLS: tl.constexpr, EVEN: tl.constexpr,
     M_ROWS: tl.constexpr, PDL: tl.constexpr = False, amax_ptr=None, AMAX_IN: tl.constexpr = False,
     PREFETCH: tl.constexpr = False, SILU_MUL: tl.constexpr = False, CUDA: tl.constexpr = True,
-    PRE_WAIT: tl.constexpr = False,
+    PRE_WAIT: tl.constexpr = False, PANEL: tl.constexpr = 0,
 ):  # fmt: skip
     """gemv3 (steps of ``BLOCK_R`` word rows, scales in the accumulator's layout) with packed-fp16 FMAs: a
     pair of weights costs a ``lop3``, ``sub.f16x2`` and ``fma.f16x2`` (DENORM: ``and``, ``fma``), not ~7.
@@ -194,13 +195,17 @@ def w4k_gemv_h2_kernel(
     TX: tl.constexpr = 15 if DENORM else 10 - CHAIN // 2  # x's scaled absmax lies in [2**(TX-1), 2**TX)
     if SILU_MUL:  # column tile 0 of gate's half, tile 1 the same columns of up's (N // 2 on)
         tl.static_assert(COLS == 2 and SPLIT == 0, "SILU_MUL: two column tiles, no split-K")
-        cols0 = tl.program_id(0) * BC + tl.arange(0, BC)
-        colv = (cols0, cols0 + N // 2)
+        starts = (tl.program_id(0) * BC, tl.program_id(0) * BC + N // 2)
     else:
-        cols0 = tl.program_id(0) * BLOCK_N + tl.arange(0, BC)
-        colv = ()
+        starts = ()
         for c in tl.static_range(COLS):
-            colv = colv + (cols0 + c * BC,)
+            starts = starts + (tl.program_id(0) * BLOCK_N + c * BC,)
+    cols0 = starts[0] + tl.arange(0, BC)
+    colv, wb, sbb = (), (), ()  # per column tile: its columns, their word and scale offsets (`panel_cols`)
+    for c in tl.static_range(COLS):
+        colv = colv + (starts[c] + tl.arange(0, BC),)
+        wb = wb + (panel_cols(colv[c], K // 8, PANEL, BC),)
+        sbb = sbb + (panel_cols(colv[c], K // GROUP, PANEL, BC),)
     rr = tl.arange(0, RP) * CHAIN
     r0 = tl.program_id(1) * rows_per_split
     r1 = tl.minimum(r0 + rows_per_split, K // 8)
@@ -208,8 +213,8 @@ def w4k_gemv_h2_kernel(
     if not EARLY:
         pdl.wait(PDL)
     if PREFETCH == 2:  # the first step's loads before the absmax pass: their round trips overlap
-        words = _h2_words(w_ptr, r0, rr, colv, N, CHAIN, COLS, EVEN, r0 < r1)
-        sbs = _h2_sb(s_ptr, b_ptr, r0, rr, colv, N, GROUP, COLS, EVEN, r0 < r1)
+        words = _h2_words(w_ptr, r0, rr, colv, wb, N, PANEL, CHAIN, COLS, EVEN, r0 < r1)
+        sbs = _h2_sb(s_ptr, b_ptr, r0, rr, colv, sbb, N, PANEL, GROUP, COLS, EVEN, r0 < r1)
     if EARLY:
         pdl.wait(PDL)
     xr, v, inv = (), (), ()  # per row of x: its pointer, scale and the scale's inverse (times 2**LCU)
@@ -224,23 +229,23 @@ def w4k_gemv_h2_kernel(
     if PREFETCH == 2:  # words, scales and biases a step ahead: no round trip inside the loop
         for r in range(r0, r1, BLOCK_R):
             ok = r + BLOCK_R < r1
-            ahead = _h2_words(w_ptr, r + BLOCK_R, rr, colv, N, CHAIN, COLS, EVEN, ok)
-            sbs_ahead = _h2_sb(s_ptr, b_ptr, r + BLOCK_R, rr, colv, N, GROUP, COLS, EVEN, ok)
+            ahead = _h2_words(w_ptr, r + BLOCK_R, rr, colv, wb, N, PANEL, CHAIN, COLS, EVEN, ok)
+            sbs_ahead = _h2_sb(s_ptr, b_ptr, r + BLOCK_R, rr, colv, sbb, N, PANEL, GROUP, COLS, EVEN, ok)
             acc = _h2_step(words, sbs, acc, r, rr, xr, v, CHAIN, COLS, M_ROWS, LCU, ASM,
                            DENORM)  # fmt: skip
             words, sbs = ahead, sbs_ahead
     elif PREFETCH:
-        words = _h2_words(w_ptr, r0, rr, colv, N, CHAIN, COLS, EVEN, r0 < r1)
+        words = _h2_words(w_ptr, r0, rr, colv, wb, N, PANEL, CHAIN, COLS, EVEN, r0 < r1)
         for r in range(r0, r1, BLOCK_R):
-            ahead = _h2_words(w_ptr, r + BLOCK_R, rr, colv, N, CHAIN, COLS, EVEN, r + BLOCK_R < r1)
-            sbs = _h2_sb(s_ptr, b_ptr, r, rr, colv, N, GROUP, COLS, EVEN)
+            ahead = _h2_words(w_ptr, r + BLOCK_R, rr, colv, wb, N, PANEL, CHAIN, COLS, EVEN, r + BLOCK_R < r1)
+            sbs = _h2_sb(s_ptr, b_ptr, r, rr, colv, sbb, N, PANEL, GROUP, COLS, EVEN)
             acc = _h2_step(words, sbs, acc, r, rr, xr, v, CHAIN, COLS, M_ROWS, LCU, ASM,
                            DENORM)  # fmt: skip
             words = ahead
     else:
         for r in range(r0, r1, BLOCK_R):
-            words = _h2_words(w_ptr, r, rr, colv, N, CHAIN, COLS, EVEN)
-            sbs = _h2_sb(s_ptr, b_ptr, r, rr, colv, N, GROUP, COLS, EVEN)
+            words = _h2_words(w_ptr, r, rr, colv, wb, N, PANEL, CHAIN, COLS, EVEN)
+            sbs = _h2_sb(s_ptr, b_ptr, r, rr, colv, sbb, N, PANEL, GROUP, COLS, EVEN)
             acc = _h2_step(words, sbs, acc, r, rr, xr, v, CHAIN, COLS, M_ROWS, LCU, ASM,
                            DENORM)  # fmt: skip
     pdl.release(PDL)
@@ -263,28 +268,32 @@ def w4k_gemv_h2_kernel(
 
 
 @triton.jit
-def _h2_words(w_ptr, r, rr, colv, N, CHAIN: tl.constexpr, COLS: tl.constexpr, EVEN: tl.constexpr,
-              ok=True):  # fmt: skip
-    """A step's weight words, ``CHAIN x COLS`` tiles, tile ``c`` at the columns ``colv[c]`` (EVEN, N a
-    multiple of BLOCK_N: a true mask, folded away, so no zeroing of the lanes). ``ok`` False: no loads
-    (the step after a program's last)."""
+def _h2_words(w_ptr, r, rr, colv, wb, N, PANEL: tl.constexpr, CHAIN: tl.constexpr, COLS: tl.constexpr,
+              EVEN: tl.constexpr, ok=True):  # fmt: skip
+    """A step's weight words, ``CHAIN x COLS`` tiles, tile ``c`` at the columns ``colv[c]``, their words
+    at ``wb[c]`` in the first row, rows ``PANEL`` words apart (0: ``N``; `panel_cols`; EVEN, N a multiple
+    of BLOCK_N: a true mask, folded away, so no zeroing of the lanes). ``ok`` False: no loads (the step
+    after a program's last)."""
     words = ()
     for p in tl.static_range(CHAIN):
         for c in tl.static_range(COLS):
-            ptrs = w_ptr + (r + rr + p)[:, None] * N + colv[c][None, :]
+            stride = PANEL if PANEL else N
+            ptrs = w_ptr + (r + rr + p)[:, None] * stride + wb[c][None, :]
             mask = ((colv[c] < N) | EVEN)[None, :] & ok
             words = words + (tl.load(ptrs, mask=mask, other=0),)
     return words
 
 
 @triton.jit
-def _h2_sb(s_ptr, b_ptr, r, rr, colv, N, GROUP: tl.constexpr, COLS: tl.constexpr, EVEN: tl.constexpr,
-           ok=True):  # fmt: skip
-    """A step's scales and biases (fp16, per row of the step's tiles), ``s, b`` per column tile. ``ok``
-    False: no loads (the step after a program's last)."""
+def _h2_sb(s_ptr, b_ptr, r, rr, colv, sbb, N, PANEL: tl.constexpr, GROUP: tl.constexpr, COLS: tl.constexpr,
+           EVEN: tl.constexpr, ok=True):  # fmt: skip
+    """A step's scales and biases (fp16, per row of the step's tiles), ``s, b`` per column tile, laid out
+    as the words (`_h2_words`: ``sbb``, ``PANEL``). ``ok`` False: no loads (the step after a program's
+    last)."""
     sbs = ()
     for c in tl.static_range(COLS):
-        sb = ((r + rr) * 8 // GROUP)[:, None] * N + colv[c][None, :]
+        stride = PANEL if PANEL else N
+        sb = ((r + rr) * 8 // GROUP)[:, None] * stride + sbb[c][None, :]
         mask = ((colv[c] < N) | EVEN)[None, :] & ok
         sbs = sbs + (tl.load(s_ptr + sb, mask=mask, other=0.0), tl.load(b_ptr + sb, mask=mask, other=0.0))
     return sbs

@@ -30,7 +30,8 @@ def _interpreter(monkeypatch) -> None:
 
 
 def _on_device(gw: gpu.GpuWeight) -> gpu.GpuWeight:
-    return gpu.GpuWeight(gw.kind, gw.n, gw.k, {k: t.to(DEVICE) for k, t in gw.tensors.items()}, gw.group)
+    moved = {k: t.to(DEVICE) for k, t in gw.tensors.items()}
+    return gpu.GpuWeight(gw.kind, gw.n, gw.k, moved, gw.group, gw.extra)
 
 
 def _weight(seed: int = 0) -> torch.Tensor:
@@ -403,3 +404,101 @@ def test_gate_up_gemv_declines_silu_mul_where_its_config_cannot(config: tuple, i
         assert gpu.matmul_small(gw, x).shape == (rows, 2 * inter)  # the plain product still runs
     finally:
         gpu.TUNING.pop(key)
+
+
+@pytest.mark.parametrize(
+    "cfg, m, silu",
+    [
+        ((32, 2, 4, 2, 5, 16, 2, 1, 2), 1, False),  # split-K, one column tile, scales a step ahead
+        ((64, 1, 4, 2, 5, 32, 2, 2, 1), 3, False),  # two column tiles, three rows, words a step ahead
+        ((32, 1, 4, 2, 4, 16, 2, 2, 0), 1, True),  # gate's and up's tiles, writing silu(gate) * up
+    ],
+)
+def test_fp16_gemv_on_panels_gives_the_same_bits(cfg: tuple, m: int, silu: bool) -> None:
+    """The panel layout (`gpu.to_panels`: ``[N // P, rows, P]`` words, scales and biases) changes only
+    where a program's words lie: panels half, once and twice a column tile's width give the bits of the
+    ``[rows, N]`` layout, with split-K, several rows and the SiLU epilogue (gate's tile and up's in panels
+    ``N // 2`` apart)."""
+    k = 512
+    w = torch.randn(N, k, generator=torch.Generator().manual_seed(23)) * 0.05
+    gw = _on_device(gpu.pack(quantize_int4(w, group=64)))
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(24)).to(DEVICE)
+    gpu.TUNING[("int4k", N, k)] = cfg
+    try:
+        want = gpu.matmul_small(gw, x, silu_inter=N // 2 if silu else 0)
+        tile = cfg[0] // cfg[7]
+        for panel in (tile // 2, tile, 2 * tile):
+            got = gpu.matmul_small(gpu.to_panels(gw, panel), x, silu_inter=N // 2 if silu else 0)
+            assert torch.equal(got, want), panel
+    finally:
+        gpu.TUNING.pop(("int4k", N, k))
+    assert want.shape == (m, N // 2 if silu else N)
+
+
+def test_panels_refuse_a_width_that_does_not_divide_n() -> None:
+    gw = gpu.pack(quantize_int4(_weight(), group=64))
+    with pytest.raises(ValueError, match="N divides"):
+        gpu.to_panels(gw, 48)
+    moved = gpu.to_panels(gw, 16)
+    assert moved.extra["panel"] == 16 and moved.nbytes() == gw.nbytes()
+    flat, rows = moved.tensors["w"].reshape(-1), K // 8
+    assert torch.equal(flat[: rows * 16].reshape(rows, 16), gw.tensors["w"][:, :16])  # panel 0: columns 0-15
+    assert torch.equal(flat[rows * 16 : rows * 32].reshape(rows, 16), gw.tensors["w"][:, 16:32])
+    scales = moved.tensors["s"].reshape(-1)
+    assert torch.equal(scales[K // 64 * 16 : K // 64 * 32].reshape(K // 64, 16), gw.tensors["s"][:, 16:32])
+
+
+@pytest.mark.parametrize(
+    "cfg, m",
+    [
+        ((32, 2, 4, 2, 2, 16), 1),  # gemv2: a group a step
+        ((32, 1, 4, 2, 3, 16), 1),  # gemv3: steps of 16 word rows
+        ((64, 2, 4, 2, 16, 8), 5),  # tensor cores, a dot a nibble
+        ((64, 1, 4, 2, 18, 8), 16),  # bf16 code pairs
+        ((64, 2, 4, 2, 21, 8), 7),  # swapped operands, a dot a nibble pair
+    ],
+)
+def test_every_int4k_kernel_reads_panels(cfg: tuple, m: int) -> None:
+    """One packed layout serves every batch size, so each int4 kernel (and prefill's dequantization)
+    must read panels: with panels narrower and wider than its column tile, the same bits as on rows."""
+    k = 512
+    w = torch.randn(N, k, generator=torch.Generator().manual_seed(25)) * 0.05
+    gw = _on_device(gpu.pack(quantize_int4(w, group=64)))
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(26)).to(DEVICE)
+    gpu.TUNING[("int4k", N, k)] = cfg
+    try:
+        want = gpu.matmul_small(gw, x)
+        for panel in (16, 64):
+            assert torch.equal(gpu.matmul_small(gpu.to_panels(gw, panel), x), want), panel
+    finally:
+        gpu.TUNING.pop(("int4k", N, k))
+    dense = gpu.dense_weight(gw, torch.float32)
+    assert torch.equal(gpu.dense_weight(gpu.to_panels(gw, 16), torch.float32), dense)
+    torch.testing.assert_close(want.cpu(), x.cpu() @ dense.cpu().t(), **TOL)
+
+
+def test_panels_move_back_and_between_widths() -> None:
+    gw = gpu.pack(quantize_int4(_weight(), group=64))
+    wide = gpu.to_panels(gpu.to_panels(gw, 16), 32)
+    assert torch.equal(wide.tensors["w"], gpu.to_panels(gw, 32).tensors["w"])
+    back = gpu.to_panels(wide, 0)
+    assert back.extra["panel"] == 0
+    for name, t in gw.tensors.items():
+        assert torch.equal(back.tensors[name], t), name
+
+
+def test_prepare_stores_panels_of_the_one_token_tile_where_on(monkeypatch) -> None:
+    """With `gpu.PANELS` on, `prepare` packs K-packed int4 in panels of the one-token GEMV's column tile."""
+    from engine.quant.linear import QuantLinear
+
+    monkeypatch.setattr(gpu, "PANELS", True)
+    gpu.TUNING[("int4k", N, K)] = (64, 1, 4, 2, 5, 16, 2, 2, 2)  # two column tiles of 32
+    try:
+        q = quantize_int4(_weight(), group=64)
+        g = gpu.prepare(QuantLinear(q))
+        assert g.extra["panel"] == 32
+        x = _x(1)
+        got = gpu.matmul_small(_on_device(g), x.to(DEVICE)).cpu()
+        torch.testing.assert_close(got, x @ _ref(q).t(), rtol=1e-2, atol=5e-3)
+    finally:
+        gpu.TUNING.pop(("int4k", N, K))
