@@ -244,7 +244,9 @@ PY
   panels)  # issue 6: int4 weights in panels of the one-token tile (contiguous per program): compiled tests, model A/B, probe
     compiled_tests "${TEST_S:-90}" "${TEST_K:-panel}"
     echo "== whole model at batch 1, int4 weights on rows / in panels (graphs captured again for each)"
-    E2E_EXTRA="--no-hf" model_ab "${E2E_S:-300}" "${BATCHES:-1}" panels0,panels1,panels0,panels1
+    # bench/panel_tune.json: the probe's faster one-token configs for qkv and o (H100, 2026-12-06), as 'tuned'
+    E2E_EXTRA="--no-hf --tune bench/panel_tune.json" model_ab "${E2E_S:-300}" "${BATCHES:-1}" \
+      "${LAUNCHES:-tuned0,panels1,tuned1,panels0,panels1,tuned0}"
     echo "== per matrix and per layer: plain reads, GEMVs on rows, in panels, a few configs (bench/panel_probe.py)"
     timeout "${PROBE_S:-240}" python3 bench/panel_probe.py > "$OUT/panel_probe.log" 2>&1; echo "rc=$?"
     grep -v "rel_err" "$OUT/panel_probe.log" | cut -c1-300

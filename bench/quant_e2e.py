@@ -210,9 +210,11 @@ def graph_step_us(eng: Engine, replays: int = 200, batch: int = 1) -> float | No
 
 
 def drop_graphs(eng: Engine) -> None:
-    """Forget the engine's decode graphs, to be captured again on next use, into a fresh pool: torch refuses
-    to capture into a pool whose graphs are gone while it still holds their blocks."""
+    """Forget the engine's decode and prefill graphs, to be captured again on next use, into a fresh pool:
+    torch refuses to capture into a pool whose graphs are gone while it still holds their blocks, and a
+    graph keeps the addresses of the weights it read (the 'panels' switch moves them)."""
     eng.runner.graphs.clear()
+    eng.runner.prefill.graphs.clear()
     eng.runner.graph_pool = None
 
 

@@ -453,8 +453,8 @@ def test_panels_refuse_a_width_that_does_not_divide_n() -> None:
     [
         ((32, 2, 4, 2, 2, 16), 1),  # gemv2: a group a step
         ((32, 1, 4, 2, 3, 16), 1),  # gemv3: steps of 16 word rows
-        ((64, 2, 4, 2, 16, 8), 5),  # tensor cores, a dot a nibble
-        ((64, 1, 4, 2, 18, 8), 16),  # bf16 code pairs
+        ((64, 2, 4, 2, 16, 16), 5),  # tensor cores, a dot a nibble (K 16: the least a compiled dot takes)
+        ((64, 1, 4, 2, 18, 16), 16),  # bf16 code pairs
         ((64, 2, 4, 2, 21, 8), 7),  # swapped operands, a dot a nibble pair
     ],
 )
