@@ -2,8 +2,9 @@
 
 Why shipped rather than tuned at start: a sweep takes minutes of GPU time (bench/RESULTS.md), and the
 heuristic in `engine.quant.gpu` is up to 2x slower than the measured best on some shapes. Configs are keyed
-by compute capability: one Hopper table serves the H100 and the H200 (132 SMs each); elsewhere the
-heuristic applies. Only the speed depends on a config, never the result.
+by compute capability: one Hopper table serves the H100 and the H200 (132 SMs each), and a table keyed
+``"9.0 H100"`` overrides it for that model's shapes; elsewhere the heuristic applies. Only the speed
+depends on a config, never the result.
 """
 
 from __future__ import annotations
@@ -35,11 +36,21 @@ def lookup(kind: str, group: int, n: int, k: int, m: int) -> tuple[int, ...] | N
     if not torch.cuda.is_available():
         return None
     major, minor = torch.cuda.get_device_capability()
-    by_m = shipped(f"{major}.{minor}").get((kind, group, n, k))
+    arch = f"{major}.{minor}"
+    key = (kind, group, n, k)
+    by_m = shipped(arch).get(key, {}) | shipped(f"{arch} {_model()}").get(key, {})  # the model's own win
     if not by_m:
         return None
     ms = sorted(by_m)
     return by_m[next((x for x in ms if x >= m), ms[-1])]
+
+
+def _model() -> str:
+    """The GPU's model as the table names it (``"H100"`` of "NVIDIA H100 80GB HBM3"): the H100 and the
+    H200 share compute capability 9.0, and a one-token config measured on one need not be the other's
+    fastest (bench/RESULTS.md, issue 6: o 9.88 -> 8.56 us on an H100 with a config the H200 did not pick)."""
+    name = torch.cuda.get_device_name()
+    return next((w for w in name.split() if w[:1].isalpha() and w[1:].isdigit()), name)
 
 
 def merge(sweep: dict, arch: str, kinds: dict[str, tuple[str, int]]) -> dict:

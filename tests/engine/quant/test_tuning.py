@@ -33,6 +33,7 @@ def table(tmp_path, monkeypatch):
     monkeypatch.setattr(tuning, "TABLE", path)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
     tuning.shipped.cache_clear()
     tuning.lookup.cache_clear()
     yield path
@@ -105,3 +106,17 @@ def test_every_shipped_config_computes_the_right_product(kind: str, group: int, 
             assert float(err.max()) < 4e-3, err
     finally:
         gpu.TUNING.pop((kind, N, k))
+
+
+def test_a_gpu_models_own_configs_come_before_its_architectures(table, monkeypatch) -> None:
+    """The H100 and the H200 share compute capability 9.0; configs keyed ``"9.0 H100"`` win on an H100
+    for their shapes only, and an H200 keeps the architecture's table."""
+    merged = tuning.merge(SWEEP, "9.0", KINDS)
+    merged["configs"]["9.0 H100"] = {"int4k|128|6144|4096|1": [32, 4, 4, 2, 5, 64, 2, 2, 2]}
+    table.write_text(json.dumps(merged))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 80GB HBM3")
+    assert tuning.lookup("int4k", 128, 6144, 4096, 1) == (32, 4, 4, 2, 5, 64, 2, 2, 2)
+    assert tuning.lookup("int4k", 128, 6144, 4096, 5) == (128, 8, 8, 3, 16, 16)  # not in the H100's own
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
+    tuning.lookup.cache_clear()
+    assert tuning.lookup("int4k", 128, 6144, 4096, 1) == (64, 8, 4, 4, 0, 16)
