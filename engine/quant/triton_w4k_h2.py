@@ -195,15 +195,15 @@ def w4k_gemv_h2_kernel(
     TX: tl.constexpr = 15 if DENORM else 10 - CHAIN // 2  # x's scaled absmax lies in [2**(TX-1), 2**TX)
     if SILU_MUL:  # column tile 0 of gate's half, tile 1 the same columns of up's (N // 2 on)
         tl.static_assert(COLS == 2 and SPLIT == 0, "SILU_MUL: two column tiles, no split-K")
-        starts = (tl.program_id(0) * BC, tl.program_id(0) * BC + N // 2)
+        cols0 = tl.program_id(0) * BC + tl.arange(0, BC)
+        colv = (cols0, cols0 + N // 2)
     else:
-        starts = ()
+        cols0 = tl.program_id(0) * BLOCK_N + tl.arange(0, BC)
+        colv = ()
         for c in tl.static_range(COLS):
-            starts = starts + (tl.program_id(0) * BLOCK_N + c * BC,)
-    cols0 = starts[0] + tl.arange(0, BC)
-    colv, wb, sbb = (), (), ()  # per column tile: its columns, their word and scale offsets (`panel_cols`)
+            colv = colv + (cols0 + c * BC,)
+    wb, sbb = (), ()  # per column tile: its columns' word and scale offsets in the first row (`panel_cols`)
     for c in tl.static_range(COLS):
-        colv = colv + (starts[c] + tl.arange(0, BC),)
         wb = wb + (panel_cols(colv[c], K // 8, PANEL, BC),)
         sbb = sbb + (panel_cols(colv[c], K // GROUP, PANEL, BC),)
     rr = tl.arange(0, RP) * CHAIN
