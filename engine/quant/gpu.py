@@ -73,6 +73,11 @@ class GpuWeight:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
+    @property
+    def panel(self) -> int:
+        """The width of the panels int4k tensors are stored in (`to_panels`), 0 for ``[rows, N]``."""
+        return self.extra.get("panel", 0)
+
 
 def _pack_nibbles(q: torch.Tensor, per_word: int, bits: int) -> torch.Tensor:
     """Pack the last dim of ``q`` (ints < 2**bits) ``per_word`` to an int32, element i at bit i*bits."""
@@ -130,7 +135,7 @@ def to_panels(g: GpuWeight, panel: int) -> GpuWeight:
     (`triton_w4k.panel_cols`; every int4k kernel reads either layout)."""
     if g.kind != "int4k" or (panel and g.n % panel):
         raise ValueError(f"panels of {panel} columns need a K-packed int4 weight whose N divides by them")
-    old = g.extra.get("panel", 0)
+    old = g.panel
 
     def move(t: torch.Tensor) -> torch.Tensor:  # t [rows, N] in the memory order of the old layout
         rows = t.shape[0]
@@ -176,8 +181,8 @@ def prepare(layer: Any) -> GpuWeight:
     """Pack ``layer.qweight`` on its device and drop the canonical tensors (keep shapes on ``meta``)."""
     if layer.gpu is None:
         layer.gpu = pack(layer.qweight, n_major=getattr(layer, "act_threshold", None) is not None)
-        if panel_width(layer.gpu):
-            layer.gpu = to_panels(layer.gpu, panel_width(layer.gpu))
+        if width := panel_width(layer.gpu):
+            layer.gpu = to_panels(layer.gpu, width)
         packed = next(iter(layer.gpu.tensors.values()), None)
         if packed is not None and packed.is_cuda:
             split_locks(packed.device)
@@ -318,7 +323,7 @@ def matmul_small(
     if nsplit and grid[0] > LOCK_TILES:
         raise ValueError(f"{grid[0]} column tiles exceed the {LOCK_TILES} split-K counters")
     t = g.tensors
-    panel = g.extra.get("panel", 0)  # int4k words, scales and biases in panels (`to_panels`), else 0
+    panel = g.panel  # int4k words, scales and biases in panels (`to_panels`), else 0
     # PDL (engine.pdl) for the kernels that wait before their first load: K-packed int4 and int8
     pdl_kw = pdl.kwargs(x)
     if g.kind == "int4k" and m == 1 and cfg[4] in (0, 2, 3):  # 2: gemv2 (one lop3 a code, bias by row sums)
@@ -397,15 +402,7 @@ def dense_weight(g: GpuWeight, dtype: torch.dtype) -> torch.Tensor:
     if g.kind == "int4k":
         out = torch.empty(g.k, g.n, device=t["w"].device, dtype=dtype)
         tw4k.dequant_w4k_kernel[(-(-g.n // 128), g.k // g.group)](
-            t["w"],
-            t["s"],
-            t["b"],
-            out,
-            g.n,
-            GROUP=g.group,
-            BLOCK_N=128,
-            ASM=_asm(out),
-            PANEL=g.extra.get("panel", 0),
+            t["w"], t["s"], t["b"], out, g.n, GROUP=g.group, BLOCK_N=128, ASM=_asm(out), PANEL=g.panel
         )
         return out.t()
     if g.kind == "int4":

@@ -75,6 +75,14 @@ def panel_cols(rn, rows, PANEL: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def panel_offsets(rn, N, K, GROUP: tl.constexpr, PANEL: tl.constexpr, BLOCK: tl.constexpr):
+    """``(stride, words, scales)``: a row's stride in the words and in the scales and biases (``N``, or
+    ``PANEL`` in panels), and where columns ``rn`` start in their first row (`panel_cols`)."""
+    RS = PANEL if PANEL else N
+    return RS, panel_cols(rn, K // 8, PANEL, BLOCK), panel_cols(rn, K // GROUP, PANEL, BLOCK)
+
+
+@triton.jit
 def w4k_gemv_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, N, K, rows_per_split,
     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
@@ -104,8 +112,7 @@ def w4k_gemv_kernel(
     r1 = tl.minimum(r0 + rows_per_split, K // 8)
     acc = tl.zeros((R, BLOCK_N), dtype=tl.float32)
     bacc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    RS = PANEL if PANEL else N  # words and scales: a row's stride, and where each column starts
-    wc, sc = panel_cols(rn, K // 8, PANEL, BLOCK_N), panel_cols(rn, K // GROUP, PANEL, BLOCK_N)
+    RS, wc, sc = panel_offsets(rn, N, K, GROUP, PANEL, BLOCK_N)
     pdl.wait(PDL)  # PDL: `engine.pdl`
     for r in range(r0, r1, R):
         words = tl.load(w_ptr + (r + rr)[:, None] * RS + wc[None, :], mask=nmask[None, :], other=0)
@@ -177,8 +184,7 @@ def w4k_mm_kernel(
     rm, rn, rr, mmask, nmask, r0, r1, xrow = _mm_tile(
         x_ptr, M, N, K, stride_xm, rows_per_split, BLOCK_M, BLOCK_N, BLOCK_R
     )
-    RS = PANEL if PANEL else N  # words and scales: a row's stride, and where each column starts
-    wc, sc = panel_cols(rn, K // 8, PANEL, BLOCK_N), panel_cols(rn, K // GROUP, PANEL, BLOCK_N)
+    RS, wc, sc = panel_offsets(rn, N, K, GROUP, PANEL, BLOCK_N)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     pdl.wait(PDL)  # PDL: `engine.pdl`
     for r in range(r0, r1, BLOCK_R):
@@ -247,8 +253,7 @@ def w4k_mm2_kernel(
     rm, rn, rr, mmask, nmask, r0, r1, xrow = _mm_tile(
         x_ptr, M, N, K, stride_xm, rows_per_split, BLOCK_M, BLOCK_N, BLOCK_R
     )
-    RS = PANEL if PANEL else N  # words and scales: a row's stride, and where each column starts
-    wc, sc = panel_cols(rn, K // 8, PANEL, BLOCK_N), panel_cols(rn, K // GROUP, PANEL, BLOCK_N)
+    RS, wc, sc = panel_offsets(rn, N, K, GROUP, PANEL, BLOCK_N)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     pdl.wait(PDL)  # PDL: `engine.pdl`
     for r in range(r0, r1, BLOCK_R):
@@ -305,8 +310,7 @@ def w4k_mmt_kernel(
     rm, rn, rr, mmask, nmask, r0, r1, xrow = _mm_tile(
         x_ptr, M, N, K, stride_xm, rows_per_split, BLOCK_M, BLOCK_N, BLOCK_R
     )
-    RS = PANEL if PANEL else N  # words and scales: a row's stride, and where each column starts
-    wc, sc = panel_cols(rn, K // 8, PANEL, BLOCK_N), panel_cols(rn, K // GROUP, PANEL, BLOCK_N)
+    RS, wc, sc = panel_offsets(rn, N, K, GROUP, PANEL, BLOCK_N)
     kk = tl.arange(0, JOIN * BLOCK_R)
     if JOIN == 8:  # noqa: SIM108 - a constexpr branch: Triton compiles only the taken one
         xoff = (kk // 8) * 8 + ((kk // 4) % 2) * 2 + ((kk // 2) % 2) + (kk % 2) * 4
@@ -362,9 +366,7 @@ def dequant_w4k_kernel(
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = g * RW + tl.arange(0, RW)
     nmask = rn < N
-    groups = tl.num_programs(1)
-    RS = PANEL if PANEL else N
-    wc, sc = panel_cols(rn, groups * RW, PANEL, BLOCK_N), panel_cols(rn, groups, PANEL, BLOCK_N)
+    RS, wc, sc = panel_offsets(rn, N, tl.num_programs(1) * GROUP, GROUP, PANEL, BLOCK_N)  # a group a program
     words = tl.load(w_ptr + rows[:, None] * RS + wc[None, :], mask=nmask[None, :], other=0)
     hi = words >> 20
     s = tl.load(s_ptr + g * RS + sc, mask=nmask, other=0.0).to(tl.float32)

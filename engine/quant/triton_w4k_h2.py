@@ -15,7 +15,7 @@ import triton.language as tl
 from engine import pdl
 from engine.fused_ops import silu_mul_math
 from engine.quant.triton_kernels import _finish_split, _write_row
-from engine.quant.triton_w4k import panel_cols
+from engine.quant.triton_w4k import panel_offsets
 
 # The packed-fp16 step of `w4k_gemv_h2_kernel`: ``$0 = codes($1 & $2) * $3 + $4`` on f16x2 words. OFFSET
 # ORs the nibbles under 1024.0 (0x6400, whose ulp is 1) and subtracts it; DENORM reads them as subnormals.
@@ -202,10 +202,10 @@ def w4k_gemv_h2_kernel(
         colv = ()
         for c in tl.static_range(COLS):
             colv = colv + (cols0 + c * BC,)
-    wb, sbb = (), ()  # per column tile: its columns' word and scale offsets in the first row (`panel_cols`)
+    wb, sbb = (), ()  # per column tile: its columns' word and scale offsets in the first row, rows RS apart
     for c in tl.static_range(COLS):
-        wb = wb + (panel_cols(colv[c], K // 8, PANEL, BC),)
-        sbb = sbb + (panel_cols(colv[c], K // GROUP, PANEL, BC),)
+        RS, wc, sc = panel_offsets(colv[c], N, K, GROUP, PANEL, BC)
+        wb, sbb = wb + (wc,), sbb + (sc,)
     rr = tl.arange(0, RP) * CHAIN
     r0 = tl.program_id(1) * rows_per_split
     r1 = tl.minimum(r0 + rows_per_split, K // 8)
@@ -213,8 +213,8 @@ def w4k_gemv_h2_kernel(
     if not EARLY:
         pdl.wait(PDL)
     if PREFETCH == 2:  # the first step's loads before the absmax pass: their round trips overlap
-        words = _h2_words(w_ptr, r0, rr, colv, wb, N, PANEL, CHAIN, COLS, EVEN, r0 < r1)
-        sbs = _h2_sb(s_ptr, b_ptr, r0, rr, colv, sbb, N, PANEL, GROUP, COLS, EVEN, r0 < r1)
+        words = _h2_words(w_ptr, r0, rr, colv, wb, N, RS, CHAIN, COLS, EVEN, r0 < r1)
+        sbs = _h2_sb(s_ptr, b_ptr, r0, rr, colv, sbb, N, RS, GROUP, COLS, EVEN, r0 < r1)
     if EARLY:
         pdl.wait(PDL)
     xr, v, inv = (), (), ()  # per row of x: its pointer, scale and the scale's inverse (times 2**LCU)
@@ -229,23 +229,23 @@ def w4k_gemv_h2_kernel(
     if PREFETCH == 2:  # words, scales and biases a step ahead: no round trip inside the loop
         for r in range(r0, r1, BLOCK_R):
             ok = r + BLOCK_R < r1
-            ahead = _h2_words(w_ptr, r + BLOCK_R, rr, colv, wb, N, PANEL, CHAIN, COLS, EVEN, ok)
-            sbs_ahead = _h2_sb(s_ptr, b_ptr, r + BLOCK_R, rr, colv, sbb, N, PANEL, GROUP, COLS, EVEN, ok)
+            ahead = _h2_words(w_ptr, r + BLOCK_R, rr, colv, wb, N, RS, CHAIN, COLS, EVEN, ok)
+            sbs_ahead = _h2_sb(s_ptr, b_ptr, r + BLOCK_R, rr, colv, sbb, N, RS, GROUP, COLS, EVEN, ok)
             acc = _h2_step(words, sbs, acc, r, rr, xr, v, CHAIN, COLS, M_ROWS, LCU, ASM,
                            DENORM)  # fmt: skip
             words, sbs = ahead, sbs_ahead
     elif PREFETCH:
-        words = _h2_words(w_ptr, r0, rr, colv, wb, N, PANEL, CHAIN, COLS, EVEN, r0 < r1)
+        words = _h2_words(w_ptr, r0, rr, colv, wb, N, RS, CHAIN, COLS, EVEN, r0 < r1)
         for r in range(r0, r1, BLOCK_R):
-            ahead = _h2_words(w_ptr, r + BLOCK_R, rr, colv, wb, N, PANEL, CHAIN, COLS, EVEN, r + BLOCK_R < r1)
-            sbs = _h2_sb(s_ptr, b_ptr, r, rr, colv, sbb, N, PANEL, GROUP, COLS, EVEN)
+            ahead = _h2_words(w_ptr, r + BLOCK_R, rr, colv, wb, N, RS, CHAIN, COLS, EVEN, r + BLOCK_R < r1)
+            sbs = _h2_sb(s_ptr, b_ptr, r, rr, colv, sbb, N, RS, GROUP, COLS, EVEN)
             acc = _h2_step(words, sbs, acc, r, rr, xr, v, CHAIN, COLS, M_ROWS, LCU, ASM,
                            DENORM)  # fmt: skip
             words = ahead
     else:
         for r in range(r0, r1, BLOCK_R):
-            words = _h2_words(w_ptr, r, rr, colv, wb, N, PANEL, CHAIN, COLS, EVEN)
-            sbs = _h2_sb(s_ptr, b_ptr, r, rr, colv, sbb, N, PANEL, GROUP, COLS, EVEN)
+            words = _h2_words(w_ptr, r, rr, colv, wb, N, RS, CHAIN, COLS, EVEN)
+            sbs = _h2_sb(s_ptr, b_ptr, r, rr, colv, sbb, N, RS, GROUP, COLS, EVEN)
             acc = _h2_step(words, sbs, acc, r, rr, xr, v, CHAIN, COLS, M_ROWS, LCU, ASM,
                            DENORM)  # fmt: skip
     pdl.release(PDL)
@@ -268,32 +268,30 @@ def w4k_gemv_h2_kernel(
 
 
 @triton.jit
-def _h2_words(w_ptr, r, rr, colv, wb, N, PANEL: tl.constexpr, CHAIN: tl.constexpr, COLS: tl.constexpr,
-              EVEN: tl.constexpr, ok=True):  # fmt: skip
+def _h2_words(w_ptr, r, rr, colv, wb, N, RS, CHAIN: tl.constexpr, COLS: tl.constexpr, EVEN: tl.constexpr,
+              ok=True):  # fmt: skip
     """A step's weight words, ``CHAIN x COLS`` tiles, tile ``c`` at the columns ``colv[c]``, their words
-    at ``wb[c]`` in the first row, rows ``PANEL`` words apart (0: ``N``; `panel_cols`; EVEN, N a multiple
+    at ``wb[c]`` in the first row, rows ``RS`` words apart (`triton_w4k.panel_offsets`; EVEN, N a multiple
     of BLOCK_N: a true mask, folded away, so no zeroing of the lanes). ``ok`` False: no loads (the step
     after a program's last)."""
     words = ()
     for p in tl.static_range(CHAIN):
         for c in tl.static_range(COLS):
-            stride = PANEL if PANEL else N
-            ptrs = w_ptr + (r + rr + p)[:, None] * stride + wb[c][None, :]
+            ptrs = w_ptr + (r + rr + p)[:, None] * RS + wb[c][None, :]
             mask = ((colv[c] < N) | EVEN)[None, :] & ok
             words = words + (tl.load(ptrs, mask=mask, other=0),)
     return words
 
 
 @triton.jit
-def _h2_sb(s_ptr, b_ptr, r, rr, colv, sbb, N, PANEL: tl.constexpr, GROUP: tl.constexpr, COLS: tl.constexpr,
+def _h2_sb(s_ptr, b_ptr, r, rr, colv, sbb, N, RS, GROUP: tl.constexpr, COLS: tl.constexpr,
            EVEN: tl.constexpr, ok=True):  # fmt: skip
     """A step's scales and biases (fp16, per row of the step's tiles), ``s, b`` per column tile, laid out
-    as the words (`_h2_words`: ``sbb``, ``PANEL``). ``ok`` False: no loads (the step after a program's
+    as the words (`_h2_words`: ``sbb``, ``RS``). ``ok`` False: no loads (the step after a program's
     last)."""
     sbs = ()
     for c in tl.static_range(COLS):
-        stride = PANEL if PANEL else N
-        sb = ((r + rr) * 8 // GROUP)[:, None] * stride + sbb[c][None, :]
+        sb = ((r + rr) * 8 // GROUP)[:, None] * RS + sbb[c][None, :]
         mask = ((colv[c] < N) | EVEN)[None, :] & ok
         sbs = sbs + (tl.load(s_ptr + sb, mask=mask, other=0.0), tl.load(b_ptr + sb, mask=mask, other=0.0))
     return sbs

@@ -406,6 +406,23 @@ def test_gate_up_gemv_declines_silu_mul_where_its_config_cannot(config: tuple, i
         gpu.TUNING.pop(key)
 
 
+def _same_bits_on_panels(cfg: tuple, m: int, seed: int, panels: tuple, silu: int = 0) -> tuple:
+    """A K = 512 weight's product with ``m`` rows under launch config ``cfg``, asserted to give the same bits
+    from each width of ``panels`` as from rows; returns the packed weight, x and that product."""
+    k = 512
+    w = torch.randn(N, k, generator=torch.Generator().manual_seed(seed)) * 0.05
+    gw = _on_device(gpu.pack(quantize_int4(w, group=64)))
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed + 1)).to(DEVICE)
+    gpu.TUNING[("int4k", N, k)] = cfg
+    try:
+        want = gpu.matmul_small(gw, x, silu_inter=silu)
+        for panel in panels:
+            assert torch.equal(gpu.matmul_small(gpu.to_panels(gw, panel), x, silu_inter=silu), want), panel
+    finally:
+        gpu.TUNING.pop(("int4k", N, k))
+    return gw, x, want
+
+
 @pytest.mark.parametrize(
     "cfg, m, silu",
     [
@@ -419,19 +436,8 @@ def test_fp16_gemv_on_panels_gives_the_same_bits(cfg: tuple, m: int, silu: bool)
     where a program's words lie: panels half, once and twice a column tile's width give the bits of the
     ``[rows, N]`` layout, with split-K, several rows and the SiLU epilogue (gate's tile and up's in panels
     ``N // 2`` apart)."""
-    k = 512
-    w = torch.randn(N, k, generator=torch.Generator().manual_seed(23)) * 0.05
-    gw = _on_device(gpu.pack(quantize_int4(w, group=64)))
-    x = torch.randn(m, k, generator=torch.Generator().manual_seed(24)).to(DEVICE)
-    gpu.TUNING[("int4k", N, k)] = cfg
-    try:
-        want = gpu.matmul_small(gw, x, silu_inter=N // 2 if silu else 0)
-        tile = cfg[0] // cfg[7]
-        for panel in (tile // 2, tile, 2 * tile):
-            got = gpu.matmul_small(gpu.to_panels(gw, panel), x, silu_inter=N // 2 if silu else 0)
-            assert torch.equal(got, want), panel
-    finally:
-        gpu.TUNING.pop(("int4k", N, k))
+    tile = cfg[0] // cfg[7]
+    _, _, want = _same_bits_on_panels(cfg, m, 23, (tile // 2, tile, 2 * tile), N // 2 if silu else 0)
     assert want.shape == (m, N // 2 if silu else N)
 
 
@@ -440,7 +446,7 @@ def test_panels_refuse_a_width_that_does_not_divide_n() -> None:
     with pytest.raises(ValueError, match="N divides"):
         gpu.to_panels(gw, 48)
     moved = gpu.to_panels(gw, 16)
-    assert moved.extra["panel"] == 16 and moved.nbytes() == gw.nbytes()
+    assert moved.panel == 16 and moved.nbytes() == gw.nbytes()
     flat, rows = moved.tensors["w"].reshape(-1), K // 8
     assert torch.equal(flat[: rows * 16].reshape(rows, 16), gw.tensors["w"][:, :16])  # panel 0: columns 0-15
     assert torch.equal(flat[rows * 16 : rows * 32].reshape(rows, 16), gw.tensors["w"][:, 16:32])
@@ -461,17 +467,7 @@ def test_panels_refuse_a_width_that_does_not_divide_n() -> None:
 def test_every_int4k_kernel_reads_panels(cfg: tuple, m: int) -> None:
     """One packed layout serves every batch size, so each int4 kernel (and prefill's dequantization)
     must read panels: with panels narrower and wider than its column tile, the same bits as on rows."""
-    k = 512
-    w = torch.randn(N, k, generator=torch.Generator().manual_seed(25)) * 0.05
-    gw = _on_device(gpu.pack(quantize_int4(w, group=64)))
-    x = torch.randn(m, k, generator=torch.Generator().manual_seed(26)).to(DEVICE)
-    gpu.TUNING[("int4k", N, k)] = cfg
-    try:
-        want = gpu.matmul_small(gw, x)
-        for panel in (16, 64):
-            assert torch.equal(gpu.matmul_small(gpu.to_panels(gw, panel), x), want), panel
-    finally:
-        gpu.TUNING.pop(("int4k", N, k))
+    gw, x, want = _same_bits_on_panels(cfg, m, 25, (16, 64))
     dense = gpu.dense_weight(gw, torch.float32)
     assert torch.equal(gpu.dense_weight(gpu.to_panels(gw, 16), torch.float32), dense)
     torch.testing.assert_close(want.cpu(), x.cpu() @ dense.cpu().t(), **TOL)
@@ -482,7 +478,7 @@ def test_panels_move_back_and_between_widths() -> None:
     wide = gpu.to_panels(gpu.to_panels(gw, 16), 32)
     assert torch.equal(wide.tensors["w"], gpu.to_panels(gw, 32).tensors["w"])
     back = gpu.to_panels(wide, 0)
-    assert back.extra["panel"] == 0
+    assert back.panel == 0
     for name, t in gw.tensors.items():
         assert torch.equal(back.tensors[name], t), name
 
@@ -496,7 +492,7 @@ def test_prepare_stores_panels_of_the_one_token_tile_where_on(monkeypatch) -> No
     try:
         q = quantize_int4(_weight(), group=64)
         g = gpu.prepare(QuantLinear(q))
-        assert g.extra["panel"] == 32
+        assert g.panel == 32
         x = _x(1)
         got = gpu.matmul_small(_on_device(g), x.to(DEVICE)).cpu()
         torch.testing.assert_close(got, x @ _ref(q).t(), rtol=1e-2, atol=5e-3)
