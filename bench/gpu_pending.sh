@@ -37,6 +37,8 @@
 #           shape x splits at turn shapes, then the 256-token turns with TMA off / on, one process each; ~9 min)
 #   panels: bash bench/gpu_pending.sh panels   (no carry; int4 weights in panels of the one-token tile: compiled tests,
 #           the model on rows / panels, then bench/panel_probe.py; ~9 min)
+#   mma: bash bench/gpu_pending.sh mma   (no carry; the one-token GEMV on tensor cores, mode 6: compiled tests, the
+#        per-matrix sweep and layer chains of bench/mma_probe.py; E2E_S=270: then the model A/B with its configs)
 #   gemvpre: bash bench/gpu_pending.sh gemvpre   (no carry; the fp16 GEMV's first weights before PDL's wait: tests, A/B)
 #   silu: bash bench/gpu_pending.sh silu   (carry .whl; gate_up's GEMV writing silu(gate) * up: compiled tests, then the A/B)
 #   pgraph: bash bench/gpu_pending.sh pgraph   (carry .whl; short prefills as CUDA graphs off / on, bf16 and int8 KV (KV=auto
@@ -250,6 +252,19 @@ PY
     echo "== per matrix and per layer: plain reads, GEMVs on rows, in panels, a few configs (bench/panel_probe.py)"
     timeout "${PROBE_S:-240}" python3 bench/panel_probe.py > "$OUT/panel_probe.log" 2>&1; echo "rc=$?"
     grep -v "rel_err" "$OUT/panel_probe.log" | cut -c1-300
+    ;;
+  mma)  # issue 6: the one-token GEMV on tensor cores (mode 6): compiled tests, per-matrix sweep, layer chains, model A/B
+    echo "== compiled tests of mode 6 and of the shipped kernels (log in \$OUT/tests.log)"
+    timeout "${TEST_S:-120}" python3 -m pytest --noconftest -q -p no:cacheprovider tests/engine/quant/test_gpu_mma.py \
+      tests/engine/quant/test_gpu_kernels.py -k "${TEST_K:-mma or group_asm or silu or shipped}" > "$OUT/tests.log" 2>&1
+    echo "pytest rc=$?"; tail -2 "$OUT/tests.log"; sed -n '/FAILED\|Error/p' "$OUT/tests.log" | head -8
+    echo "== per matrix and per layer: plain reads, shipped GEMVs, mode-6 configs (bench/mma_probe.py)"
+    timeout "${PROBE_S:-200}" python3 bench/mma_probe.py --out "$OUT" > "$OUT/mma_probe.log" 2>&1; echo "rc=$?"
+    grep -v '"config"' "$OUT/mma_probe.log" | cut -c1-400
+    if [ "${E2E_S:-0}" != 0 ] && [ -s "$OUT/mma_tune.json" ]; then
+      echo "== whole model at batch 1: shipped configs vs mode 6 where it won (graphs captured again for each)"
+      E2E_EXTRA="--no-hf --tune $OUT/mma_tune.json" model_ab "$E2E_S" "${BATCHES:-1}" "${LAUNCHES:-tuned0,tuned1,tuned0,tuned1}"
+    fi
     ;;
   gemvpre)  # issue 6: the fp16 GEMV's first step of weights before PDL's wait (PRE_WAIT): compiled tests, model A/B (~7 min)
     compiled_tests "${TEST_S:-120}" "${TEST_K:-prefetching or silu or shipped}"

@@ -39,7 +39,8 @@ CHUNK_ROWS = 64
 # default 0); 4 | 5 also serve batches of 2-4 rows, keyed by that m, one
 # fp16 FMA a row per code pair) | 16 = tensor cores (18: codes
 # made as bf16 pairs, `w4k_mm2_kernel`, where a step stays in one group; 20: the same with the operands
-# swapped, `w4k_mmt_kernel`), block_r word rows per step).
+# swapped, `w4k_mmt_kernel`), block_r word rows per step) | 6 = one token on tensor cores
+# (`triton_w4k_mma`: block_n = cols x 32 x warps, block_r = group // 8, prefetch at cfg[8]; bf16 x).
 # Set by the benchmarks (bench/quant_gpu.py kernels); the product reads the shipped `engine.quant.tuning`
 TUNING: dict[tuple, tuple[int, ...]] = {}
 # A config's PREFETCH slot (fp16 GEMV, cfg[8]) is obeyed up to this level; 0 turns it off everywhere, 1
@@ -234,12 +235,16 @@ def _config(kind: str, n: int, k: int, group: int, m: int) -> tuple[int, ...]:
 
 def _chunks(g: GpuWeight, cfg: tuple[int, ...], m: int) -> int:
     """Units of K that split-K hands out: groups, or ``block_r`` word rows for the K-packed GEMM."""
+    if g.kind == "int4k" and cfg[4] == 6:
+        return g.k // g.group
     if g.kind == "int4k" and (m > 1 or cfg[4] >= SMALL_M or cfg[4] in (3, 4, 5)):
         return g.k // 8 // cfg[5]
     return (g.k // g.group) if g.group else -(-g.k // 128)
 
 
-def _int4k_config(g: GpuWeight, cfg: tuple[int, ...], m: int) -> tuple[tuple[int, ...] | None, tuple | None]:
+def _int4k_config(
+    g: GpuWeight, cfg: tuple[int, ...], m: int, bf16: bool = True
+) -> tuple[tuple[int, ...] | None, tuple | None]:
     """``cfg`` made runnable for this shape and batch, and ``(chain, cols, prefetch)`` when it is the fp16
     GEMV (``cfg[8]``: PREFETCH, 1: the next step's words loaded during this step's math, 2: with its
     scales and biases, capped at `H2_PREFETCH`).
@@ -249,8 +254,16 @@ def _int4k_config(g: GpuWeight, cfg: tuple[int, ...], m: int) -> tuple[tuple[int
     batch (a table measured at fewer rows than it) goes to the tensor cores too; 5-16 rows always do.
     A tensor-core step of ``block_r`` word rows must tile K as well (the kernels do not mask rows): 16
     rows where the configured step does not, and None (dequantize, then GEMM) where K is not a
-    multiple of 128, as in SmolLM2-135M (576) with group 64."""
+    multiple of 128, as in SmolLM2-135M (576) with group 64. The one-token tensor-core GEMV (6) needs
+    one token, bf16 x where compiled (``bf16``), unpaneled rows and N a multiple of 16; else gemv2."""
     mode = cfg[4]
+    if mode == 6:  # 1-2 column tiles of 32 a warp, group 64 or 128
+        cols = cfg[0] // (32 * cfg[2])
+        fits = cols in (1, 2) and cols * 32 * cfg[2] == cfg[0] and g.group in (64, 128) and g.n % 16 == 0
+        if m == 1 and bf16 and fits and not g.panel:
+            return cfg, None
+        cfg = (*cfg[:4], 2 if m == 1 else SMALL_M, 16)  # else gemv2 for one token, the dots for a batch
+        mode = cfg[4]
     if (mode in (4, 5) and m <= 4) or (mode == 3 and m == 1):
         chain, cols = (cfg[6] if len(cfg) > 6 else 2, cfg[7] if len(cfg) > 7 else 1) if mode > 3 else (1, 1)
         prefetch = min(int(cfg[8]), int(H2_PREFETCH)) if len(cfg) > 8 else 0
@@ -270,6 +283,8 @@ def _silu_in_gemv(g: GpuWeight, cfg: tuple[int, ...], h2: tuple | None, inter: i
     """Whether the GEMV of this config can write ``silu(gate) * up`` itself: the fp16 GEMV (``h2``) with
     two column tiles (gate's and up's columns) and one program over all of K (the config's split, as
     dispatched, is 1), on ``[gate | up]`` of equal halves that its tiles divide."""
+    if cfg[4] == 6 and g.n == 2 * inter:  # tensor cores, one token: two tiles of 32 a warp
+        return cfg[0] == 64 * cfg[2] and cfg[1] == 1 and inter % (cfg[0] // 2) == 0
     if h2 is None or h2[1] != 2 or g.n != 2 * inter:  # h2: 1-4 rows (`_int4k_config`)
         return False
     return cfg[1] == 1 and inter % (cfg[0] // 2) == 0
@@ -292,6 +307,7 @@ def matmul_small(
     from engine.quant import triton_kernels as tk
     from engine.quant import triton_w4k as tw4k
     from engine.quant import triton_w4k_h2 as tw4k_h2
+    from engine.quant import triton_w4k_mma as tw4k_mma
 
     m = x.shape[0]
     if thresh and g.kind != "int4":
@@ -299,7 +315,7 @@ def matmul_small(
     cfg = _config(g.kind + ("_teal" if thresh else ""), g.n, g.k, g.group or 128, m)
     h2 = None
     if g.kind == "int4k":
-        tiled, h2 = _int4k_config(g, cfg, m)
+        tiled, h2 = _int4k_config(g, cfg, m, bf16=x.dtype == torch.bfloat16 or not _asm(x))
         if tiled is None:
             return None if silu_inter else F.linear(x, dense_weight(g, x.dtype))
         cfg = tiled
@@ -332,6 +348,17 @@ def matmul_small(
             x, t["w"], t["s"], t["b"], y, ws, locks, g.n, g.k, per * rows,
             GROUP=g.group, BLOCK_N=block_n, SPLIT=nsplit, ASM=cfg[4] >= 2 and _asm(x), ROW_SUMS=cfg[4] >= 2,
             BLOCK_R=rows if cfg[4] == 3 else 0, PANEL=panel, num_warps=warps, num_stages=stages, **pdl_kw,
+        )  # fmt: skip
+    elif g.kind == "int4k" and cfg[4] == 6:  # tensor cores for one token (bf16 x where compiled)
+        prefetch = len(cfg) > 8 and bool(cfg[8]) and H2_PREFETCH > 0
+        even = (silu_inter % (block_n // 2) == 0) if silu_inter else g.n % block_n == 0
+        xa = x if x.data_ptr() % 16 == 0 else x.clone()  # x's 16-byte loads keep the lanes' layout
+        tw4k_mma.w4k_gemv_mma_kernel[grid](
+            xa, t["w"], t["s"], t["b"], y, ws, locks, g.n, g.k, per * (g.group // 8),
+            GROUP=g.group, BLOCK_N=block_n, SPLIT=nsplit, ASM=_asm(x), NW=warps,
+            amax_ptr=x if amax is None else amax, AMAX_IN=amax is not None, PREFETCH=prefetch,
+            SILU_MUL=bool(silu_inter), CUDA=not _interpreted(), PRE_WAIT=H2_PRE_WAIT and prefetch,
+            EVEN=even, num_warps=warps, num_stages=stages, **pdl_kw,
         )  # fmt: skip
     elif h2 is not None:  # fp16 pairs (5: codes as subnormals), m rows sharing each code pair
         aligned = x.data_ptr() % 4 == 0 and x.stride(-1) == 1 and (m == 1 or x.stride(0) % 2 == 0)

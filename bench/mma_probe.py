@@ -1,0 +1,142 @@
+"""Is the one-token int4 GEMV faster on tensor cores (mode 6, `engine.quant.triton_w4k_mma`) than the shipped
+packed-fp16 GEMV?
+
+    python3 bench/mma_probe.py --out $OUT     # GPU: graph timing, 8 layers of the 8B shape, int4 g128
+    python3 bench/mma_probe.py --dry          # the script's logic on a CPU box (interpreter, smaller shapes)
+
+Why: the shipped GEMVs take ~1.35x a plain read of their bytes (bench/RESULTS.md, issue 6), and neither
+contiguous reads (panels) nor a persistent kernel closed that. Mode 6 spends ~1.4-1.9 SASS instructions a
+weight in its loop against ~2.6-3.1 (`bench/sass_count.py`), with float32 sums.
+
+Measured, each as a chain of 8 launches with PDL in one CUDA graph (as decode replays them): per matrix the
+plain read of its bytes, the shipped config, then mode-6 configs (column tiles, warps, split-K), each
+checked against the shipped output; per layer (qkv, o, gate_up writing silu(gate) * up, down) the reads,
+the shipped GEMVs and each matrix's fastest mode-6 config. Writes ``mma_tune.json`` (the fastest mode-6
+config per matrix, in ``quant_e2e.py --tune``'s format) for the whole-model A/B.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+if "--dry" in sys.argv:  # Triton's interpreter must be chosen before triton loads
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import panel_probe as pp  # noqa: E402
+from bench.quant_gpu import make  # noqa: E402
+from engine.quant import gpu  # noqa: E402
+
+WARPS = ((64, 1), (64, 2), (128, 2), (128, 4), (256, 4), (256, 8))  # (block_n, warps): 1-2 tiles of 32 a warp
+
+
+def configs(name: str, n: int, k: int) -> list[tuple]:
+    """Mode-6 configs worth timing: gate_up with two tiles and no split (its SiLU epilogue); the others
+    with 1-2 tiles and splits that give 2-12 programs an SM (132 SMs)."""
+    out = []
+    for block_n, warps in WARPS:
+        cols = block_n // (32 * warps)
+        if name == "gate_up":
+            if cols == 2:
+                out += [(block_n, 1, warps, 1, 6, 16, 0, 0, p) for p in (1, 0)]
+            continue
+        tiles, groups = -(-n // block_n), k // 128
+        splits = [s for s in (1, 2, 4, 8, 16, 32) if s <= groups and (pp.DRY or 264 <= tiles * s <= 1600)]
+        out += [(block_n, s, warps, 1, 6, 16, 0, 0, 1) for s in splits[:3]]
+    return out[:2] if pp.DRY else out
+
+
+def sweep(name: str, weights: list, x: torch.Tensor, a, want: torch.Tensor) -> list[dict]:
+    n, k = pp.SHAPES[name]
+    key = ("int4k", n, k, 1)
+    rows = []
+    for cfg in configs(name, n, k):
+        gpu.TUNING[key] = cfg
+        try:
+            got = pp.call(name, weights[0], x, a)()
+            err = float((got.float() - want.float()).abs().max() / want.float().abs().max())
+            us = pp.graph_ms([pp.call(name, g, x, a) for g in weights]) * 1e3
+            rows.append({"matrix": name, "config": list(cfg), "us": round(us, 2), "rel_err": round(err, 5)})
+        except Exception as e:  # a config this shape cannot run: say so, go on
+            rows.append({"matrix": name, "config": list(cfg), "error": repr(e)[:200]})
+        finally:
+            gpu.TUNING.pop(key, None)
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default="bench/out")
+    p.add_argument("--dry", action="store_true")
+    args = p.parse_args()
+    if pp.DRY:
+        pp._dry_setup()
+    torch.manual_seed(0)
+    bw = pp.copy_gbps()
+    gpu_name = "dry" if pp.DRY else torch.cuda.get_device_name()
+    print(json.dumps({"copy_gbps": round(bw, 1), "gpu": gpu_name}), flush=True)
+    weights, xs, amaxes, floors, best = {}, {}, {}, {}, {}
+    for name in pp.NAMES:
+        n, k = pp.SHAPES[name]
+        g0 = make("int4k_g128", torch.randn(n, k, device=pp.DEV) * 0.02)
+        weights[name] = [g0] + [
+            gpu.GpuWeight(g0.kind, n, k, {t: v.clone() for t, v in g0.tensors.items()}, g0.group)
+            for _ in range(pp.LAYERS - 1)
+        ]
+        x = xs[name] = torch.randn(1, k, device=pp.DEV, dtype=torch.bfloat16)
+        a = amaxes[name] = x.abs().amax(-1).float() if name in pp.AMAX else None
+        floors[name] = pp.reads(g0.nbytes())
+        want = pp.call(name, g0, x, a)()
+        shipped = pp.graph_ms([pp.call(name, g, x, a) for g in weights[name]]) * 1e3
+        row = {"matrix": name, "mb": round(g0.nbytes() / 1e6, 2), "read_us": round(floors[name][1], 2)}
+        row |= {"shipped_config": list(gpu._config("int4k", n, k, 128, 1)), "shipped_us": round(shipped, 2)}
+        print(json.dumps(row), flush=True)
+        ok = [r for r in sweep(name, weights[name], x, a, want) if "us" in r and r["rel_err"] < 2e-2]
+        best[name] = min(ok, key=lambda r: r["us"]) if ok else None
+        print(json.dumps({"matrix": name, "best_mma": best[name], "shipped_us": round(shipped, 2)}),
+              flush=True)  # fmt: skip
+        torch.cuda.empty_cache()
+
+    layer_bytes = sum(weights[nm][0].nbytes() for nm in pp.NAMES)
+
+    def chain(kind: str) -> float:
+        fns = [
+            floors[nm][0][i] if kind == "read" else pp.call(nm, weights[nm][i], xs[nm], amaxes[nm])
+            for i in range(pp.LAYERS)
+            for nm in pp.NAMES
+        ]
+        for nm in pp.NAMES:
+            if kind == "mma" and best[nm]:
+                gpu.TUNING[("int4k", *pp.SHAPES[nm], 1)] = tuple(best[nm]["config"])
+        try:
+            return pp.graph_ms([lambda: [f() for f in fns]]) * 1e3 / pp.LAYERS
+        finally:
+            for nm in pp.NAMES:
+                gpu.TUNING.pop(("int4k", *pp.SHAPES[nm], 1), None)
+
+    for kind in ("read", "shipped", "mma", "shipped", "mma", "read"):
+        us = chain(kind)
+        pct = round(100 * layer_bytes / us / 1e3 / bw, 1)
+        print(json.dumps({"layer_chain": kind, "us_layer": round(us, 2), "pct_copy_bw": pct}), flush=True)
+    tune = {
+        f"int4k_g128|{n}|{k}|1": best[nm]["config"]
+        for nm in pp.NAMES
+        if best[nm] and not pp.DRY
+        for n, k in [pp.SHAPES[nm]]
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    source = f"bench/mma_probe.py on {gpu_name}"
+    (out / "mma_tune.json").write_text(json.dumps({"source": source, "tuning": tune}))
+
+
+if __name__ == "__main__":
+    main()
