@@ -33,7 +33,7 @@ from engine import model as engine_model  # noqa: E402
 from engine import paged_attn_triton, pdl  # noqa: E402
 from engine.config import EngineConfig  # noqa: E402
 from engine.llm_engine import Engine  # noqa: E402
-from engine.quant import gpu  # noqa: E402
+from engine.quant import gpu, launch_configs  # noqa: E402
 from engine.quant.calibrate import calibrate  # noqa: E402
 from engine.quant.memory import weight_bytes  # noqa: E402
 from engine.quant.policy import QuantPolicy, apply_policy  # noqa: E402
@@ -113,8 +113,8 @@ class _Level:
         setattr(self.obj, self.attr, self.on_value if value else self.off_value)
 
 
-PREFETCH_ANY = _Level(gpu, "H2_PREFETCH", 0, 2)  # configs' PREFETCH slots ignored / obeyed
-SB_AHEAD = _Level(gpu, "H2_PREFETCH", 1, 2)  # level 2 (scales a step ahead) capped to 1 / obeyed
+PREFETCH_ANY = _Level(launch_configs, "H2_PREFETCH", 0, 2)  # configs' PREFETCH slots ignored / obeyed
+SB_AHEAD = _Level(launch_configs, "H2_PREFETCH", 1, 2)  # level 2 (scales a step ahead) capped to 1 / obeyed
 
 
 def load_tuning(path: str | None, mode: str) -> None:
