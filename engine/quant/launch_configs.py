@@ -32,7 +32,8 @@ SMALL_M = 16
 # fp16 FMA a row per code pair) | 16 = tensor cores (18: codes
 # made as bf16 pairs, `w4k_mm2_kernel`, where a step stays in one group; 20: the same with the operands
 # swapped, `w4k_mmt_kernel`), block_r word rows per step) | 6 = one token on tensor cores
-# (`triton_w4k_mma`: block_n = cols x 32 x warps, block_r = group // 8, prefetch at cfg[8]; bf16 x).
+# (`triton_w4k_mma`: block_n = cols x 32 x warps / kw, block_r = group // 8, kw warps splitting a
+# program's groups at cfg[6], prefetch at cfg[8]; bf16 x).
 # Set by the benchmarks (bench/quant_gpu.py kernels); the product reads the shipped `engine.quant.tuning`
 TUNING: dict[tuple, tuple[int, ...]] = {}
 # A config's PREFETCH slot (fp16 GEMV, cfg[8]) is obeyed up to this level; 0 turns it off everywhere, 1
@@ -90,10 +91,12 @@ def _int4k_config(
     multiple of 128, as in SmolLM2-135M (576) with group 64. The one-token tensor-core GEMV (6) needs
     one token, bf16 x where compiled (``bf16``), unpaneled rows and N a multiple of 16; else gemv2."""
     mode = cfg[4]
-    if mode == 6:  # 1-2 column tiles of 32 a warp, group 64 or 128
-        cols = cfg[0] // (32 * cfg[2])
-        fits = cols in (1, 2) and cols * 32 * cfg[2] == cfg[0] and g.group in (64, 128) and g.n % 16 == 0
-        if m == 1 and bf16 and fits and not g.panel:
+    if mode == 6:  # 1-2 column tiles of 32 a warp (warps over K: cfg[6]), group 64 or 128
+        kw = max(1, cfg[6] if len(cfg) > 6 else 1)
+        cw = cfg[2] // kw
+        cols = cfg[0] // (32 * max(cw, 1))
+        fits = cw * kw == cfg[2] and cols in (1, 2) and cols * 32 * cw == cfg[0] and g.group in (64, 128)
+        if m == 1 and bf16 and fits and g.n % 16 == 0 and not g.panel:
             return cfg, None
         cfg = (*cfg[:4], 2 if m == 1 else SMALL_M, 16)  # else gemv2 for one token, the dots for a batch
         mode = cfg[4]
@@ -116,8 +119,9 @@ def _silu_in_gemv(g: GpuWeight, cfg: tuple[int, ...], h2: tuple | None, inter: i
     """Whether the GEMV of this config can write ``silu(gate) * up`` itself: the fp16 GEMV (``h2``) with
     two column tiles (gate's and up's columns) and one program over all of K (the config's split, as
     dispatched, is 1), on ``[gate | up]`` of equal halves that its tiles divide."""
-    if cfg[4] == 6 and g.n == 2 * inter:  # tensor cores, one token: two tiles of 32 a warp
-        return cfg[0] == 64 * cfg[2] and cfg[1] == 1 and inter % (cfg[0] // 2) == 0
+    if cfg[4] == 6 and g.n == 2 * inter:  # tensor cores, one token: two tiles of 32 a column warp
+        kw = max(1, cfg[6] if len(cfg) > 6 else 1)
+        return cfg[0] == 64 * (cfg[2] // kw) and cfg[1] == 1 and inter % (cfg[0] // 2) == 0
     if h2 is None or h2[1] != 2 or g.n != 2 * inter:  # h2: 1-4 rows (`_int4k_config`)
         return False
     return cfg[1] == 1 and inter % (cfg[0] // 2) == 0

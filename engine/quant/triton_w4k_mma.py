@@ -130,13 +130,26 @@ def _group_mma(xp, v, words, QUADS: tl.constexpr, COLS: tl.constexpr):
 
 
 @triton.jit
-def _lanes(NW: tl.constexpr):
+def _lanes(NW: tl.constexpr, KW: tl.constexpr):
     """Per element of the step's 1-D tensors (4 a thread, then lanes, then warps): lane ``(g, t)``'s ``g``
-    and ``t``, and the element's column in its column tile."""
+    and ``t``, the element's column in its column tile (warp ``w`` takes columns ``32 (w // KW)`` on), and
+    the warp's slice of K (``w % KW``: its groups are every KW-th of the program's)."""
     i = tl.arange(0, NW * 128)
     g = (i // 16) % 8
     t = (i // 4) % 4
-    return g, t, (i // 128) * 32 + g * 4 + i % 4
+    w = i // 128
+    return g, t, (w // KW) * 32 + g * 4 + i % 4, w % KW
+
+
+@triton.jit
+def _warp_sum(acc, NW: tl.constexpr, KW: tl.constexpr):
+    """The sums of the KW warps that share columns (warps ``w // KW`` alike), once after the loop; the
+    result's element ``j`` is column ``32 (j // 128) + 4g + u`` as in `_lanes` with KW 1."""
+    if KW == 1:
+        out = acc
+    else:
+        out = tl.reshape(tl.sum(tl.reshape(acc, (NW // KW, KW, 128)), axis=1), (NW // KW * 128,))
+    return out
 
 
 @triton.jit
@@ -171,8 +184,9 @@ def _x_loads(x_ptr, r, g, t, GROUP: tl.constexpr):
 
 @triton.jit
 def _group_interp(w_ptr, x_ptr, r, RS, cols, cmask, v, GROUP: tl.constexpr):
-    """What `group_asm` computes for column tile ``cols``, element by element in float32: the codes times
-    ``2**-24`` against x scaled by ``v`` and rounded to fp16, and the group's sum of that x."""
+    """What `group_asm` computes for column tile ``cols`` and each element's group (first word row ``r``),
+    element by element in float32: the codes times ``2**-24`` against x scaled by ``v`` and rounded to
+    fp16, and the group's sum of that x."""
     c = tl.zeros(cols.shape, tl.float32)
     xs = tl.zeros(cols.shape, tl.float32)
     for row in tl.static_range(GROUP // 8):
@@ -188,12 +202,19 @@ def _group_interp(w_ptr, x_ptr, r, RS, cols, cmask, v, GROUP: tl.constexpr):
 def w4k_gemv_mma_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, N, K, rows_per_split,
     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, ASM: tl.constexpr, NW: tl.constexpr,
-    PDL: tl.constexpr = False, amax_ptr=None, AMAX_IN: tl.constexpr = False, PREFETCH: tl.constexpr = False,
-    SILU_MUL: tl.constexpr = False, CUDA: tl.constexpr = True, PRE_WAIT: tl.constexpr = False,
-    EVEN: tl.constexpr = False,
+    KW: tl.constexpr = 1, PDL: tl.constexpr = False, amax_ptr=None, AMAX_IN: tl.constexpr = False,
+    PREFETCH: tl.constexpr = False, SILU_MUL: tl.constexpr = False, CUDA: tl.constexpr = True,
+    PRE_WAIT: tl.constexpr = False, EVEN: tl.constexpr = False, RAGGED: tl.constexpr = False,
 ):  # fmt: skip
     """``y [N] = x [K] @ dequant(w)`` for one token: a program takes ``BLOCK_N`` columns (``COLS`` tiles of
-    ``32 * NW``, 32 a warp) and ``rows_per_split`` word rows, a step one group (module docstring).
+    ``32 * NW // KW``, 32 a warp) and ``rows_per_split`` word rows, a step one group (module docstring).
+
+    ``KW``: warps that share columns and split the program's groups between them (warp ``w % KW`` takes
+    every KW-th), their sums added once after the loop: more warps in flight for a matrix whose columns
+    are few against its K, without split-K's partial tiles (gate_up, whose SiLU epilogue needs all of K
+    in one program, had 448 warps on 132 SMs without it). ``RAGGED``: some warp's last step lies past
+    the program's rows (they do not divide into KW groups a step): it loads the last group again and
+    adds nothing.
 
     ``PREFETCH``: the next group's loads are issued before this group's math, so its HBM round trip
     overlaps this one's. ``PRE_WAIT`` (with it and ``PDL``): the first group's words, scales and biases
@@ -201,31 +222,37 @@ def w4k_gemv_mma_kernel(
     given (``amax_ptr``), else a pass over the program's slice of x. ``SILU_MUL``: two column tiles, the
     second ``N // 2`` on, and ``silu(gate) * up`` written (``y [N // 2]``) with
     `engine.fused_ops.silu_mul`'s rounding."""
-    COLS: tl.constexpr = BLOCK_N // (32 * NW)
+    CW: tl.constexpr = NW // KW
+    COLS: tl.constexpr = BLOCK_N // (32 * CW)
     QUADS: tl.constexpr = GROUP // 32
-    tl.static_assert(COLS * 32 * NW == BLOCK_N and COLS <= 2 and QUADS * 32 == GROUP, "tiles of 32 a warp")
-    g, t, col = _lanes(NW)
+    tl.static_assert(CW * KW == NW and COLS * 32 * CW == BLOCK_N and COLS <= 2, "tiles of 32 a warp")
+    tl.static_assert(QUADS * 32 == GROUP, "group 64 or 128")
+    g, t, col, wk = _lanes(NW, KW)
+    HALF: tl.constexpr = BLOCK_N // 2
     if SILU_MUL:
         tl.static_assert(COLS == 2 and SPLIT == 0, "SILU_MUL: two column tiles, no split-K")
-        cols0 = tl.program_id(0) * (BLOCK_N // 2) + col
+        cols0 = tl.program_id(0) * HALF + col
         colv, cmask = (cols0, cols0 + N // 2), (cols0 < N // 2, cols0 < N // 2)
     else:
         cols0 = tl.program_id(0) * BLOCK_N + col
         colv, cmask = (), ()
         for c in tl.static_range(COLS):
-            colv, cmask = colv + (cols0 + c * 32 * NW,), cmask + (cols0 + c * 32 * NW < N,)
+            colv, cmask = colv + (cols0 + c * 32 * CW,), cmask + (cols0 + c * 32 * CW < N,)
     r0 = tl.program_id(1) * rows_per_split
     r1 = tl.minimum(r0 + rows_per_split, K // 8)
     STEP: tl.constexpr = GROUP // 8
+    rw = r0 + wk * STEP  # each element's warp's group
+    if RAGGED:
+        rw = tl.minimum(rw, r1 - STEP)
     EARLY: tl.constexpr = PREFETCH and PRE_WAIT
     if not EARLY:
         pdl.wait(PDL)
     if PREFETCH:
-        words, sbs = _w_loads(w_ptr, s_ptr, b_ptr, r0, N, colv, cmask, t, GROUP, COLS, EVEN)
+        words, sbs = _w_loads(w_ptr, s_ptr, b_ptr, rw, N, colv, cmask, t, GROUP, COLS, EVEN)
     if EARLY:
         pdl.wait(PDL)
     if PREFETCH:
-        xp = _x_loads(x_ptr, r0, g, t, GROUP)
+        xp = _x_loads(x_ptr, rw, g, t, GROUP)
     if AMAX_IN:
         v, inv = _h2_scale_of(tl.load(amax_ptr), 15, 24)
     else:
@@ -233,42 +260,53 @@ def w4k_gemv_mma_kernel(
     vt = tl.full(g.shape, v, tl.float32)
     acc_c = (tl.zeros(g.shape, tl.float32),) * COLS
     acc_x = (tl.zeros(g.shape, tl.float32),) * COLS
-    for r in range(r0, r1, STEP):
+    for r in range(r0, r1, KW * STEP):
+        rw = r + wk * STEP
+        if RAGGED:  # past the program's rows: the last group again, added as nothing
+            live = rw < r1
+            rw = tl.minimum(rw, r1 - STEP)
         if PREFETCH:  # the next group's loads before this one's math (the last group again after the last)
-            rn = tl.minimum(r + STEP, r1 - STEP)
+            rn = tl.minimum(rw + KW * STEP, r1 - STEP)
             nxt_w, nxt_sb = _w_loads(w_ptr, s_ptr, b_ptr, rn, N, colv, cmask, t, GROUP, COLS, EVEN)
             nxt_x = _x_loads(x_ptr, rn, g, t, GROUP)
         else:
-            words, sbs = _w_loads(w_ptr, s_ptr, b_ptr, r, N, colv, cmask, t, GROUP, COLS, EVEN)
-            xp = _x_loads(x_ptr, r, g, t, GROUP)
+            words, sbs = _w_loads(w_ptr, s_ptr, b_ptr, rw, N, colv, cmask, t, GROUP, COLS, EVEN)
+            xp = _x_loads(x_ptr, rw, g, t, GROUP)
         if ASM:
             out = _group_mma(xp, vt, words, QUADS, COLS)
             cs, xs = out[:COLS], out[COLS]
         else:
             cs = ()
             for c in tl.static_range(COLS):
-                cq, xs = _group_interp(w_ptr, x_ptr, r, N, colv[c], cmask[c], v, GROUP)
+                cq, xs = _group_interp(w_ptr, x_ptr, rw, N, colv[c], cmask[c], v, GROUP)
                 cs = cs + (cq,)
         an_c, an_x = (), ()
         for c in tl.static_range(COLS):
-            an_c = an_c + (acc_c[c] + sbs[2 * c].to(tl.float32) * cs[c],)
-            an_x = an_x + (acc_x[c] + sbs[2 * c + 1].to(tl.float32) * xs,)
+            sc, bc = sbs[2 * c].to(tl.float32), sbs[2 * c + 1].to(tl.float32)
+            if RAGGED:
+                sc, bc = tl.where(live, sc, 0.0), tl.where(live, bc, 0.0)
+            an_c = an_c + (acc_c[c] + sc * cs[c],)
+            an_x = an_x + (acc_x[c] + bc * xs,)
         acc_c, acc_x = an_c, an_x
         if PREFETCH:
             words, sbs, xp = nxt_w, nxt_sb, nxt_x
     pdl.release(PDL)
+    _, t, col, _ = _lanes(CW, 1)  # the layout of the warps' sums (`_warp_sum`)
     first = t == 0  # the four lanes of a column hold the same sums: one writes
+    out = ()
+    for c in tl.static_range(COLS):
+        out = out + ((_warp_sum(acc_c[c], NW, KW) + _warp_sum(acc_x[c], NW, KW) * TWO_M24) * inv,)
     if SILU_MUL:
         dt: tl.constexpr = y_ptr.dtype.element_ty
-        gate = ((acc_c[0] + acc_x[0] * TWO_M24) * inv).to(dt)
-        up = ((acc_c[1] + acc_x[1] * TWO_M24) * inv).to(dt)
-        tl.store(y_ptr + cols0, silu_mul_math(gate, up, dt, CUDA), mask=first & cmask[0])
+        cols0 = tl.program_id(0) * HALF + col
+        live_c = first & (cols0 < N // 2)
+        tl.store(y_ptr + cols0, silu_mul_math(out[0].to(dt), out[1].to(dt), dt, CUDA), mask=live_c)
     else:
         for c in tl.static_range(COLS):
-            out = (acc_c[c] + acc_x[c] * TWO_M24) * inv
+            cols = tl.program_id(0) * BLOCK_N + c * 32 * CW + col
             if SPLIT:
-                tl.store(ws_ptr + tl.program_id(1) * N + colv[c], out, mask=first & cmask[c])
+                tl.store(ws_ptr + tl.program_id(1) * N + cols, out[c], mask=first & (cols < N))
             else:
-                tl.store(y_ptr + colv[c], out.to(y_ptr.dtype.element_ty), mask=first & cmask[c])
+                tl.store(y_ptr + cols, out[c].to(y_ptr.dtype.element_ty), mask=first & (cols < N))
     if SPLIT:
         _finish_split(y_ptr, ws_ptr, lock_ptr, 1, N, N, 1, BLOCK_N, SPLIT)

@@ -57,27 +57,37 @@ def test_group_asm_sums_each_lanes_own_columns(quads: int, cols: int) -> None:
         np.testing.assert_allclose(out[4 * cols + u].view(np.float32), xs, rtol=1e-5)
 
 
-def _mma_cfg(block_n: int, split: int, warps: int, group: int, prefetch: int = 1) -> tuple:
-    return (block_n, split, warps, 1, 6, group // 8, 0, 0, prefetch)
+def _mma_cfg(block_n: int, split: int, warps: int, group: int, prefetch: int = 1, kw: int = 1) -> tuple:
+    return (block_n, split, warps, 1, 6, group // 8, kw, 0, prefetch)
 
 
 @pytest.mark.parametrize("group", [64, 128])
 @pytest.mark.parametrize(
-    "block_n, split, warps, prefetch",
-    [(128, 1, 4, 0), (128, 2, 4, 1), (64, 3, 1, 1), (64, 1, 2, 1), (256, 2, 4, 1)],
+    "block_n, split, warps, prefetch, kw",
+    [
+        (128, 1, 4, 0, 1),
+        (128, 2, 4, 1, 1),
+        (64, 3, 1, 1, 1),
+        (64, 1, 2, 1, 1),
+        (256, 2, 4, 1, 1),
+        (64, 1, 4, 1, 4),  # four warps over K on 64 columns
+        (64, 1, 8, 1, 8),  # more K warps than groups: some add nothing (RAGGED)
+        (128, 3, 4, 1, 2),  # two column warps, two over K, split-K over programs of uneven groups
+    ],
 )
 def test_mma_gemv_matches_dequantized(
-    group: int, block_n: int, split: int, warps: int, prefetch: int
+    group: int, block_n: int, split: int, warps: int, prefetch: int, kw: int
 ) -> None:
-    """Mode 6 through `gpu.matmul_small` for one bf16 token: 1-2 column tiles of 32 a warp, split-K over
-    groups, a partial tile (N 192 against 128 and 256 wide tiles), the next group loaded ahead or not; an
-    activation of 3000 and ones near 1e-4 in range by the power-of-two scale, with the absmax given too."""
+    """Mode 6 through `gpu.matmul_small` for one bf16 token: 1-2 column tiles of 32 a warp, warps that
+    split a program's groups (their sums added after the loop), split-K over programs, a partial tile
+    (N 192 against 128 and 256 wide tiles), the next group loaded ahead or not; an activation of 3000 and
+    ones near 1e-4 in range by the power-of-two scale, with the absmax given too."""
     n, k = 192, 512
     w = torch.randn(n, k, generator=torch.Generator().manual_seed(3)) * 0.05
     q = quantize_int4(w, group=group)
     gw, ref = _on_device(gpu.pack(q)), _ref(q)
     key = ("int4k", n, k)
-    gpu.TUNING[key] = _mma_cfg(block_n, split, warps, group, prefetch)
+    gpu.TUNING[key] = _mma_cfg(block_n, split, warps, group, prefetch, kw)
     try:
         x = torch.randn(1, k, generator=torch.Generator().manual_seed(4))
         x[0, 7] = 3000.0
@@ -93,9 +103,10 @@ def test_mma_gemv_matches_dequantized(
         gpu.TUNING.pop(key)
 
 
-def test_mma_gemv_writes_silu_mul_as_the_two_kernels() -> None:
-    """SILU_MUL in mode 6 (two column tiles: gate's and the same columns of up's): ``silu(gate) * up``
-    with the plain product's bits followed by `fused_ops.silu_mul`."""
+@pytest.mark.parametrize("warps, kw", [(2, 1), (4, 2)])
+def test_mma_gemv_writes_silu_mul_as_the_two_kernels(warps: int, kw: int) -> None:
+    """SILU_MUL in mode 6 (two column tiles: gate's and the same columns of up's, with and without warps
+    over K): ``silu(gate) * up`` with the plain product's bits followed by `fused_ops.silu_mul`."""
     from engine import fused_ops
 
     inter, k = 128, 256
@@ -104,7 +115,7 @@ def test_mma_gemv_writes_silu_mul_as_the_two_kernels() -> None:
     gw = _on_device(gpu.pack(q))
     x = (torch.randn(1, k, generator=torch.Generator().manual_seed(6)) * 2).bfloat16().to(DEVICE)
     key = ("int4k", 2 * inter, k)
-    gpu.TUNING[key] = _mma_cfg(128, 1, 2, 128)  # two tiles of 32 a warp: 64 gate and 64 up columns
+    gpu.TUNING[key] = _mma_cfg(128, 1, warps, 128, kw=kw)  # 64 gate and 64 up columns a program
     try:
         want = fused_ops.silu_mul(gpu.matmul_small(gw, x), inter)
         got = gpu.matmul_small(gw, x, silu_inter=inter)
