@@ -86,8 +86,9 @@ def test_every_shipped_config_computes_the_right_product(kind: str, group: int, 
     """A config changes only the speed: each one in the table gives the reference result (on a small
     shape, where its tile is wider than the matrix and its split-K is clipped). The packed-fp16 GEMV
     (modes 4, 5) gets a K its steps tile, so that it runs rather than its fallback, and the error bound of
-    fp16 products (4e-3 of a row's largest output, as in test_gpu_kernels)."""
-    h2 = kind == "int4k" and cfg[4] in (4, 5)
+    fp16 products (4e-3 of a row's largest output, as in test_gpu_kernels); so does the one-token
+    tensor-core GEMV (mode 6: x rounded to fp16), at one token (a batch takes another kernel)."""
+    h2 = kind == "int4k" and cfg[4] in (4, 5, 6)
     k = 1024 if h2 else K
     w = torch.randn(N, k, generator=torch.Generator().manual_seed(9)) * 0.05
     q = quantize_int8(w) if kind == "int8" else quantize_int4(w, group=group)
@@ -98,7 +99,11 @@ def test_every_shipped_config_computes_the_right_product(kind: str, group: int, 
             if not h2:
                 _check(gpu.pack(q), want_w, m)
                 continue
-            assert gpu._int4k_config(gpu.pack(q), cfg, m)[1] is not None  # the fp16 GEMV, not a fallback
+            tiled, fp16 = gpu._int4k_config(gpu.pack(q), cfg, m)
+            if cfg[4] == 6:
+                assert (tiled[4] == 6) == (m == 1)  # its own kernel for one token, not a fallback
+            else:
+                assert fp16 is not None  # the fp16 GEMV, not a fallback
             x = torch.randn(m, k, generator=torch.Generator().manual_seed(1))
             got = gpu.matmul_small(_on_device(gpu.pack(q)), x.to(DEVICE)).cpu()
             want = x @ want_w.t()
@@ -120,3 +125,25 @@ def test_a_gpu_models_own_configs_come_before_its_architectures(table, monkeypat
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
     tuning.lookup.cache_clear()
     assert tuning.lookup("int4k", 128, 6144, 4096, 1) == (64, 8, 4, 4, 0, 16)
+
+
+def test_the_shipped_h100_table_takes_the_tensor_core_gemv_for_one_token_of_qkv_and_o(monkeypatch) -> None:
+    """The shipped ``"9.0 H100"`` entries (bench/RESULTS.md, 2026-12-07): mode 6 for one token of qkv and o
+    on an H100; its batches, other shapes and an H200 keep the architecture's configs."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 80GB HBM3")
+    tuning.shipped.cache_clear()
+    tuning.lookup.cache_clear()
+    try:
+        hopper = tuning.shipped("9.0")
+        for n, k in ((6144, 4096), (4096, 4096)):
+            assert tuning.lookup("int4k", 128, n, k, 1)[4] == 6
+            assert tuning.lookup("int4k", 128, n, k, 4) == hopper[("int4k", 128, n, k)][4]
+        assert tuning.lookup("int4k", 128, 28672, 4096, 1) == hopper[("int4k", 128, 28672, 4096)][1]
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
+        tuning.lookup.cache_clear()
+        assert tuning.lookup("int4k", 128, 6144, 4096, 1) == hopper[("int4k", 128, 6144, 4096)][1]
+    finally:
+        tuning.shipped.cache_clear()
+        tuning.lookup.cache_clear()
