@@ -6,13 +6,14 @@ packed-fp16 GEMV?
 
 Why: the shipped GEMVs take ~1.35x a plain read of their bytes (bench/RESULTS.md, issue 6), and neither
 contiguous reads (panels) nor a persistent kernel closed that. Mode 6 spends ~1.4-1.9 SASS instructions a
-weight in its loop against ~2.6-3.1 (`bench/sass_count.py`), with float32 sums.
+weight in its loop against ~2.6-3.1 (offline sm_90 SASS), with float32 sums.
 
 Measured, each as a chain of 8 launches with PDL in one CUDA graph (as decode replays them): per matrix the
-plain read of its bytes, the shipped config, then mode-6 configs (column tiles, warps, split-K), each
-checked against the shipped output; per layer (qkv, o, gate_up writing silu(gate) * up, down) the reads,
-the shipped GEMVs and each matrix's fastest mode-6 config. Writes ``mma_tune.json`` (the fastest mode-6
-config per matrix, in ``quant_e2e.py --tune``'s format) for the whole-model A/B.
+plain read of its bytes, the shipped config, then mode-6 configs (column tiles, warps over columns and over
+K, split-K), each checked against the shipped output; per layer (qkv, o, gate_up writing silu(gate) * up,
+down) the reads, the shipped GEMVs, each matrix's fastest mode-6 config, and mode 6 only where it won.
+Writes ``mma_tune.json`` (mode 6 where it beat the shipped config, in ``quant_e2e.py --tune``'s format)
+for the whole-model A/B (`bash bench/gpu_pending.sh mma`); figures in bench/RESULTS.md (2026-12-07).
 """
 
 from __future__ import annotations
