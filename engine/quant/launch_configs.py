@@ -3,8 +3,8 @@ launches it): a benchmark's ``TUNING``, else the table shipped for this GPU (`en
 heuristic, each then made runnable for the weight's layout and the batch.
 
 Why apart from the launcher: the configs are data with their own rules (which modes take which batches,
-what a step must tile), tested on their own (tests/engine/quant/test_gpu_dispatch.py), while the launcher
-only maps a config to a kernel's arguments.
+what a step must tile), tested on their own (tests/engine/quant/test_tuning.py, test_gpu_mma.py), while
+the launcher only maps a config to a kernel's arguments.
 """
 
 from __future__ import annotations
