@@ -258,15 +258,14 @@ def matmul_small(
         )  # fmt: skip
     elif g.kind == "int4k" and cfg[4] == 6:  # tensor cores for one token (bf16 x where compiled)
         prefetch = len(cfg) > 8 and bool(cfg[8]) and launch_configs.H2_PREFETCH > 0
-        kw = max(1, cfg[6] if len(cfg) > 6 else 1)  # warps splitting a program's groups
-        even = (silu_inter % (block_n // 2) == 0) if silu_inter else g.n % block_n == 0
+        kw = launch_configs.mma_warps_over_k(cfg)
         xa = x if x.data_ptr() % 16 == 0 else x.clone()  # x's 16-byte loads keep the lanes' layout
         tw4k_mma.w4k_gemv_mma_kernel[grid](
             xa, t["w"], t["s"], t["b"], y, ws, locks, g.n, g.k, per * (g.group // 8),
             GROUP=g.group, BLOCK_N=block_n, SPLIT=nsplit, ASM=_asm(x), NW=warps, KW=kw,
             amax_ptr=x if amax is None else amax, AMAX_IN=amax is not None, PREFETCH=prefetch,
             SILU_MUL=bool(silu_inter), CUDA=not _interpreted(), PRE_WAIT=H2_PRE_WAIT and prefetch,
-            EVEN=even, RAGGED=per % kw != 0 or (chunks % per) % kw != 0, num_warps=warps,
+            EVEN=g.n % block_n == 0, RAGGED=per % kw != 0 or (chunks % per) % kw != 0, num_warps=warps,
             num_stages=stages, **pdl_kw,
         )  # fmt: skip
     elif h2 is not None:  # fp16 pairs (5: codes as subnormals), m rows sharing each code pair

@@ -76,6 +76,11 @@ def _chunks(g: GpuWeight, cfg: tuple[int, ...], m: int) -> int:
     return (g.k // g.group) if g.group else -(-g.k // 128)
 
 
+def mma_warps_over_k(cfg: tuple[int, ...]) -> int:
+    """A mode-6 config's warps that split a program's groups (``cfg[6]``; absent or 0: one)."""
+    return max(1, cfg[6] if len(cfg) > 6 else 1)
+
+
 def _int4k_config(
     g: GpuWeight, cfg: tuple[int, ...], m: int, bf16: bool = True
 ) -> tuple[tuple[int, ...] | None, tuple | None]:
@@ -92,7 +97,7 @@ def _int4k_config(
     one token, bf16 x where compiled (``bf16``), unpaneled rows and N a multiple of 16; else gemv2."""
     mode = cfg[4]
     if mode == 6:  # 1-2 column tiles of 32 a warp (warps over K: cfg[6]), group 64 or 128
-        kw = max(1, cfg[6] if len(cfg) > 6 else 1)
+        kw = mma_warps_over_k(cfg)
         cw = cfg[2] // kw
         cols = cfg[0] // (32 * max(cw, 1))
         fits = cw * kw == cfg[2] and cols in (1, 2) and cols * 32 * cw == cfg[0] and g.group in (64, 128)
@@ -120,8 +125,7 @@ def _silu_in_gemv(g: GpuWeight, cfg: tuple[int, ...], h2: tuple | None, inter: i
     two column tiles (gate's and up's columns) and one program over all of K (the config's split, as
     dispatched, is 1), on ``[gate | up]`` of equal halves that its tiles divide."""
     if cfg[4] == 6 and g.n == 2 * inter:  # tensor cores, one token: two tiles of 32 a column warp
-        kw = max(1, cfg[6] if len(cfg) > 6 else 1)
-        return cfg[0] == 64 * (cfg[2] // kw) and cfg[1] == 1 and inter % (cfg[0] // 2) == 0
+        return cfg[0] == 64 * (cfg[2] // mma_warps_over_k(cfg)) and cfg[1] == 1 and inter % (cfg[0] // 2) == 0
     if h2 is None or h2[1] != 2 or g.n != 2 * inter:  # h2: 1-4 rows (`_int4k_config`)
         return False
     return cfg[1] == 1 and inter % (cfg[0] // 2) == 0
