@@ -39,6 +39,8 @@
 #           the model on rows / panels, then bench/panel_probe.py; ~9 min)
 #   mma: bash bench/gpu_pending.sh mma   (no carry; the one-token GEMV on tensor cores, mode 6: compiled tests, the
 #        per-matrix sweep and layer chains of bench/mma_probe.py; E2E_S=270: then the model A/B with its configs)
+#   ablate: bash bench/gpu_pending.sh ablate   (no carry; the fp16 GEMV with its finish, math or late release removed, per
+#           matrix and per layer; E2E_S=300: then the model with the GEMVs' early release, and all steps ahead, off / on)
 #   gemvpre: bash bench/gpu_pending.sh gemvpre   (no carry; the fp16 GEMV's first weights before PDL's wait: tests, A/B)
 #   silu: bash bench/gpu_pending.sh silu   (carry .whl; gate_up's GEMV writing silu(gate) * up: compiled tests, then the A/B)
 #   pgraph: bash bench/gpu_pending.sh pgraph   (carry .whl; short prefills as CUDA graphs off / on, bf16 and int8 KV (KV=auto
@@ -264,6 +266,16 @@ PY
     if [ "${E2E_S:-0}" != 0 ] && [ -s "$OUT/mma_tune.json" ]; then
       echo "== whole model at batch 1: shipped configs vs mode 6 where it won (graphs captured again for each)"
       E2E_EXTRA="--no-hf --tune $OUT/mma_tune.json" model_ab "$E2E_S" "${BATCHES:-1}" "${LAUNCHES:-tuned0,tuned1,tuned0,tuned1}"
+    fi
+    ;;
+  ablate)  # issue 6: where the one-token GEMV's fixed microseconds go (bench/gemv_ablation.py), then PDL's early release A/B
+    echo "== ablations of the fp16 GEMV, per matrix and per layer (bench/gemv_ablation.py)"
+    timeout "${PROBE_S:-200}" python3 bench/gemv_ablation.py --out "$OUT" > "$OUT/ablation.log" 2>&1; echo "rc=$?"
+    grep -v warn "$OUT/ablation.log" | cut -c1-300
+    if [ "${E2E_S:-0}" != 0 ] && [ -s "$OUT/ahead_tune.json" ]; then
+      echo "== whole model at batch 1: shipped, GEMVs releasing as they start, fp16 GEMVs with all steps ahead (graphs again each)"
+      E2E_EXTRA="--no-hf --tune $OUT/ahead_tune.json" model_ab "$E2E_S" "${BATCHES:-1}" \
+        "${LAUNCHES:-tuned0,early1,tuned1,early0}"
     fi
     ;;
   gemvpre)  # issue 6: the fp16 GEMV's first step of weights before PDL's wait (PRE_WAIT): compiled tests, model A/B (~7 min)

@@ -113,8 +113,8 @@ class _Level:
         setattr(self.obj, self.attr, self.on_value if value else self.off_value)
 
 
-PREFETCH_ANY = _Level(launch_configs, "H2_PREFETCH", 0, 2)  # configs' PREFETCH slots ignored / obeyed
-SB_AHEAD = _Level(launch_configs, "H2_PREFETCH", 1, 2)  # level 2 (scales a step ahead) capped to 1 / obeyed
+PREFETCH_ANY = _Level(launch_configs, "H2_PREFETCH", 0, 3)  # configs' PREFETCH slots ignored / obeyed
+SB_AHEAD = _Level(launch_configs, "H2_PREFETCH", 1, 3)  # level 2 (scales a step ahead) capped to 1 / obeyed
 
 
 def load_tuning(path: str | None, mode: str) -> None:
@@ -226,7 +226,8 @@ def _knobs(eng: Engine) -> dict[str, tuple[object, str]]:
     'sbahead' (... their scales and biases too, where a config says PREFETCH 2), 'tuned' (the configs of
     ``--tune``, or the shipped table), 'silugemv' (gate_up's GEMV writes ``silu(gate) * up`` itself),
     'gemvpre' (the fp16 GEMV's first step of weights loads before PDL's wait), 'panels' (int4 weights in
-    panels of their one-token tile, `gpu.to_panels`)."""
+    panels of their one-token tile, `gpu.to_panels`), 'early' (the one-token GEMVs release PDL's next kernel
+    as they start)."""
     return {
         "pdl": (pdl, "ENABLED"),
         "argmax": (eng.runner, "argmax_in_graph"),
@@ -236,6 +237,7 @@ def _knobs(eng: Engine) -> dict[str, tuple[object, str]]:
         "sbahead": (SB_AHEAD, "on"),
         "silugemv": (gpu, "SILU_IN_GEMV"),
         "gemvpre": (gpu, "H2_PRE_WAIT"),
+        "early": (gpu, "GEMV_EARLY_RELEASE"),
         "tuned": (TUNED, "on"),
         "panels": (PANELS, "on"),
     }

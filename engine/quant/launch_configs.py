@@ -27,7 +27,8 @@ SMALL_M = 16
 # rows with per-row scales; 4 | 5: packed-fp16 multiply-adds, `w4k_gemv_h2_kernel`, 5 with the codes as
 # fp16 subnormals, optionally followed by chain (words a column per fp16 sum, default 2), cols (column
 # tiles sharing the activations, default 1) and prefetch (1: the next step's words load during this step's
-# math; 2: its scales and biases too, and the first step's loads go before the absmax pass; `PREFETCH`,
+# math; 2: its scales and biases too, and the first step's loads go before the absmax pass; 3: all of a
+# program's steps load before its first step's math, where the splits get equal steps; `PREFETCH`,
 # default 0); 4 | 5 also serve batches of 2-4 rows, keyed by that m, one
 # fp16 FMA a row per code pair) | 16 = tensor cores (18: codes
 # made as bf16 pairs, `w4k_mm2_kernel`, where a step stays in one group; 20: the same with the operands
@@ -37,8 +38,8 @@ SMALL_M = 16
 # Set by the benchmarks (bench/quant_gpu.py kernels); the product reads the shipped `engine.quant.tuning`
 TUNING: dict[tuple, tuple[int, ...]] = {}
 # A config's PREFETCH slot (fp16 GEMV, cfg[8]) is obeyed up to this level; 0 turns it off everywhere, 1
-# keeps level 1 where a config says 2 (bench A/B: quant_e2e's 'prefetch' and 'sbahead' switches)
-H2_PREFETCH = 2
+# keeps level 1 where a config says 2 or 3 (bench A/B: quant_e2e's 'prefetch' and 'sbahead' switches)
+H2_PREFETCH = 3
 
 
 @functools.cache
@@ -86,7 +87,7 @@ def _int4k_config(
 ) -> tuple[tuple[int, ...] | None, tuple | None]:
     """``cfg`` made runnable for this shape and batch, and ``(chain, cols, prefetch)`` when it is the fp16
     GEMV (``cfg[8]``: PREFETCH, 1: the next step's words loaded during this step's math, 2: with its
-    scales and biases, capped at `H2_PREFETCH`).
+    scales and biases, 3: every step ahead, capped at `H2_PREFETCH`).
 
     The fp16 GEMV (modes 4, 5) takes 1-4 rows, gemv3 (3) one; their steps must tile K and a chain must
     stay in a group, else gemv2 takes one token and the tensor cores a batch. A one-token config met by a

@@ -143,7 +143,8 @@ def w4k_gemv_h2_kernel(
     ASM: tl.constexpr, DENORM: tl.constexpr, CHAIN: tl.constexpr, COLS: tl.constexpr, EVEN: tl.constexpr,
     M_ROWS: tl.constexpr, PDL: tl.constexpr = False, amax_ptr=None, AMAX_IN: tl.constexpr = False,
     PREFETCH: tl.constexpr = False, SILU_MUL: tl.constexpr = False, CUDA: tl.constexpr = True,
-    PRE_WAIT: tl.constexpr = False, PANEL: tl.constexpr = 0,
+    PRE_WAIT: tl.constexpr = False, PANEL: tl.constexpr = 0, EARLY_RELEASE: tl.constexpr = False,
+    PROBE: tl.constexpr = 0, STEPS: tl.constexpr = 0,
 ):  # fmt: skip
     """gemv3 (steps of ``BLOCK_R`` word rows, scales in the accumulator's layout) with packed-fp16 FMAs: a
     pair of weights costs a ``lop3``, ``sub.f16x2`` and ``fma.f16x2`` (DENORM: ``and``, ``fma``), not ~7.
@@ -188,7 +189,20 @@ def w4k_gemv_h2_kernel(
     tile 1 the same columns of up's (``N // 2`` on), and the program writes ``silu(gate) * up`` (``y [M_ROWS,
     N // 2]``) with each sum rounded as it would be stored and then `engine.fused_ops.silu_mul`'s
     rounding (``CUDA``: torch's CUDA silu, as that kernel computes it compiled): the same bits as the two
-    kernels, with one launch and one PDL hand-over fewer a layer."""
+    kernels, with one launch and one PDL hand-over fewer a layer.
+
+    ``PREFETCH`` 3: all of a program's ``STEPS`` steps (every program has exactly that many) load before
+    the first step's math, as level 2's first step does, so that small steps keep a program's whole slice
+    in flight: the math of a step then starts as its own words arrive, and what is left after the last
+    bytes arrive is one small step's math, not a large one's (a program of o_proj took one 32-row step).
+
+    ``EARLY_RELEASE`` (with ``PDL``): release the next kernel as the program starts, as the small kernels
+    do, not after the main loop. Safe either way (the next kernel still waits for this one to finish);
+    what changes is only when its launch and its programs' first loads may start.
+
+    ``PROBE``, for measurement only (`bench/gemv_ablation.py`; the launcher passes `gpu.H2_PROBE`, 0, and
+    a probe's results are wrong): bit 1 leaves split-K's partial tiles unsummed (no ticket, no sum), bit 2
+    replaces the step's math by an integer sum of its words (the loads stay), with ``PREFETCH`` 2."""
     RP: tl.constexpr = BLOCK_R // CHAIN
     BC: tl.constexpr = BLOCK_N // COLS
     LCU: tl.constexpr = 24 if DENORM else 0  # the codes are q * 2**-LCU
@@ -209,12 +223,20 @@ def w4k_gemv_h2_kernel(
     rr = tl.arange(0, RP) * CHAIN
     r0 = tl.program_id(1) * rows_per_split
     r1 = tl.minimum(r0 + rows_per_split, K // 8)
-    EARLY: tl.constexpr = PREFETCH == 2 and PRE_WAIT  # weights: written by no kernel, so before the wait
+    EARLY: tl.constexpr = PREFETCH >= 2 and PRE_WAIT  # weights: written by no kernel, so before the wait
+    tl.static_assert(PROBE % 4 < 2 or PREFETCH == 2, "PROBE bit 2: the PREFETCH 2 loop")
+    if EARLY_RELEASE:
+        pdl.release(PDL)
     if not EARLY:
         pdl.wait(PDL)
     if PREFETCH == 2:  # the first step's loads before the absmax pass: their round trips overlap
         words = _h2_words(w_ptr, r0, rr, colv, wb, N, RS, CHAIN, COLS, EVEN, r0 < r1)
         sbs = _h2_sb(s_ptr, b_ptr, r0, rr, colv, sbb, N, RS, GROUP, COLS, EVEN, r0 < r1)
+    if PREFETCH == 3:  # every step's loads, one flat tuple (a step's words, then its scales and biases)
+        ahead = ()
+        for st in tl.static_range(STEPS):
+            ahead = ahead + _h2_words(w_ptr, r0 + st * BLOCK_R, rr, colv, wb, N, RS, CHAIN, COLS, EVEN)
+            ahead = ahead + _h2_sb(s_ptr, b_ptr, r0 + st * BLOCK_R, rr, colv, sbb, N, RS, GROUP, COLS, EVEN)
     if EARLY:
         pdl.wait(PDL)
     xr, v, inv = (), (), ()  # per row of x: its pointer, scale and the scale's inverse (times 2**LCU)
@@ -226,13 +248,26 @@ def w4k_gemv_h2_kernel(
             vm, im = _h2_scale(xm, r0 * 8, r1 * 8, TX, LCU)
         xr, v, inv = xr + (xm,), v + (vm,), inv + (im,)
     acc = (tl.zeros((RP, BC), dtype=tl.float32),) * (COLS * M_ROWS)  # index c * M_ROWS + m, as h
-    if PREFETCH == 2:  # words, scales and biases a step ahead: no round trip inside the loop
+    if PREFETCH == 3:
+        PER: tl.constexpr = CHAIN * COLS + 2 * COLS  # loads a step
+        for st in tl.static_range(STEPS):
+            words, sbs = (), ()
+            for i in tl.static_range(CHAIN * COLS):
+                words = words + (ahead[st * PER + i],)
+            for i in tl.static_range(2 * COLS):
+                sbs = sbs + (ahead[st * PER + CHAIN * COLS + i],)
+            acc = _h2_step(words, sbs, acc, r0 + st * BLOCK_R, rr, xr, v, CHAIN, COLS, M_ROWS, LCU, ASM,
+                           DENORM)  # fmt: skip
+    elif PREFETCH == 2:  # words, scales and biases a step ahead: no round trip inside the loop
         for r in range(r0, r1, BLOCK_R):
             ok = r + BLOCK_R < r1
             ahead = _h2_words(w_ptr, r + BLOCK_R, rr, colv, wb, N, RS, CHAIN, COLS, EVEN, ok)
             sbs_ahead = _h2_sb(s_ptr, b_ptr, r + BLOCK_R, rr, colv, sbb, N, RS, GROUP, COLS, EVEN, ok)
-            acc = _h2_step(words, sbs, acc, r, rr, xr, v, CHAIN, COLS, M_ROWS, LCU, ASM,
-                           DENORM)  # fmt: skip
+            if PROBE % 4 >= 2:
+                acc = _probe_sum(words, acc, CHAIN, COLS, M_ROWS)
+            else:
+                acc = _h2_step(words, sbs, acc, r, rr, xr, v, CHAIN, COLS, M_ROWS, LCU, ASM,
+                               DENORM)  # fmt: skip
             words, sbs = ahead, sbs_ahead
     elif PREFETCH:
         words = _h2_words(w_ptr, r0, rr, colv, wb, N, RS, CHAIN, COLS, EVEN, r0 < r1)
@@ -248,7 +283,8 @@ def w4k_gemv_h2_kernel(
             sbs = _h2_sb(s_ptr, b_ptr, r, rr, colv, sbb, N, RS, GROUP, COLS, EVEN)
             acc = _h2_step(words, sbs, acc, r, rr, xr, v, CHAIN, COLS, M_ROWS, LCU, ASM,
                            DENORM)  # fmt: skip
-    pdl.release(PDL)
+    if not EARLY_RELEASE:
+        pdl.release(PDL)
     if SILU_MUL:  # y [M_ROWS, N // 2]: each row's gate and up rounded as stored, then as `silu_mul`
         dt: tl.constexpr = y_ptr.dtype.element_ty
         for m in tl.static_range(M_ROWS):
@@ -263,8 +299,22 @@ def w4k_gemv_h2_kernel(
                 ym = y_ptr if m == 0 else y_ptr + m * stride_ym
                 part = ws_ptr + (tl.program_id(1) * M_ROWS + m) * stride_ym
                 _write_row(ym, part, out, colv[c], colv[c] < N, SPLIT)
-    if SPLIT:
+    if SPLIT and PROBE % 2 == 0:
         _finish_split(y_ptr, ws_ptr, lock_ptr, M_ROWS, N, stride_ym, M_ROWS + (M_ROWS == 3), BLOCK_N, SPLIT)
+
+
+@triton.jit
+def _probe_sum(words, acc, CHAIN: tl.constexpr, COLS: tl.constexpr, M_ROWS: tl.constexpr):
+    """``PROBE`` bit 2: the step's words added as integers into the accumulators, so that the loads stay
+    live while the math is gone."""
+    an = ()
+    for c in tl.static_range(COLS):
+        s = words[c]
+        for p in tl.static_range(1, CHAIN):
+            s = s + words[p * COLS + c]
+        for m in tl.static_range(M_ROWS):
+            an = an + (acc[c * M_ROWS + m] + s.to(tl.float32),)
+    return an
 
 
 @triton.jit

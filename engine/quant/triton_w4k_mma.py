@@ -205,6 +205,7 @@ def w4k_gemv_mma_kernel(
     KW: tl.constexpr = 1, PDL: tl.constexpr = False, amax_ptr=None, AMAX_IN: tl.constexpr = False,
     PREFETCH: tl.constexpr = False, SILU_MUL: tl.constexpr = False, CUDA: tl.constexpr = True,
     PRE_WAIT: tl.constexpr = False, EVEN: tl.constexpr = False, RAGGED: tl.constexpr = False,
+    EARLY_RELEASE: tl.constexpr = False,
 ):  # fmt: skip
     """``y [N] = x [K] @ dequant(w)`` for one token: a program takes ``BLOCK_N`` columns (``COLS`` tiles of
     ``32 * NW // KW``, 32 a warp) and ``rows_per_split`` word rows, a step one group (module docstring).
@@ -221,7 +222,8 @@ def w4k_gemv_mma_kernel(
     load before PDL's wait (no kernel writes weights), as in `triton_w4k_h2`. ``AMAX_IN``: x's absmax
     given (``amax_ptr``), else a pass over the program's slice of x. ``SILU_MUL``: two column tiles, the
     second ``N // 2`` on, and ``silu(gate) * up`` written (``y [N // 2]``) with
-    `engine.fused_ops.silu_mul`'s rounding."""
+    `engine.fused_ops.silu_mul`'s rounding. ``EARLY_RELEASE``: PDL's release as the program starts, as in
+    `triton_w4k_h2`."""
     CW: tl.constexpr = NW // KW
     COLS: tl.constexpr = BLOCK_N // (32 * CW)
     QUADS: tl.constexpr = GROUP // 32
@@ -245,6 +247,8 @@ def w4k_gemv_mma_kernel(
     if RAGGED:
         rw = tl.minimum(rw, r1 - STEP)
     EARLY: tl.constexpr = PREFETCH and PRE_WAIT
+    if EARLY_RELEASE:
+        pdl.release(PDL)
     if not EARLY:
         pdl.wait(PDL)
     if PREFETCH:
@@ -290,7 +294,8 @@ def w4k_gemv_mma_kernel(
         acc_c, acc_x = an_c, an_x
         if PREFETCH:
             words, sbs, xp = nxt_w, nxt_sb, nxt_x
-    pdl.release(PDL)
+    if not EARLY_RELEASE:
+        pdl.release(PDL)
     _, t, col, _ = _lanes(CW, 1)  # the layout of the warps' sums (`_warp_sum`)
     first = t == 0  # the four lanes of a column hold the same sums: one writes
     out = ()

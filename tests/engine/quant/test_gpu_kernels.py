@@ -329,7 +329,9 @@ def test_fp16_gemv_prefetching_the_next_step_gives_the_same_bits(m: int, mode: i
     and the first step's loads before the absmax pass) changes only when loads issue: the same bits as
     without, for programs of 3 steps, of 2 and 1 (48 word rows in steps of 16 over 2 splits) and of 1
     step each, and the step after a program's last loads nothing (masked: K = 384 has no rows past the
-    last program's). PRE_WAIT (the first step before PDL's wait) moves loads only: the same bits too."""
+    last program's). PRE_WAIT (the first step before PDL's wait) moves loads only: the same bits too.
+    3 (every step before the first step's math) where the splits get equal steps (3 steps, 1), else 2
+    (split 2: steps 2 and 1): the same bits again."""
     k = 384
     w = torch.randn(N, k, generator=torch.Generator().manual_seed(19)) * 0.05
     q = quantize_int4(w, group=64)
@@ -337,7 +339,7 @@ def test_fp16_gemv_prefetching_the_next_step_gives_the_same_bits(m: int, mode: i
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(20)).to(DEVICE)
     got = {}
     shipped = gpu.H2_PRE_WAIT
-    for prefetch, pre_wait in ((0, False), (1, False), (2, False), (2, True)):
+    for prefetch, pre_wait in ((0, False), (1, False), (2, False), (2, True), (3, False), (3, True)):
         gpu.TUNING[("int4k", N, k)] = (32, split, 4, 2, mode, 16, 2, 1, prefetch)
         gpu.H2_PRE_WAIT = pre_wait  # the first step's weights before PDL's wait
         try:
@@ -348,12 +350,14 @@ def test_fp16_gemv_prefetching_the_next_step_gives_the_same_bits(m: int, mode: i
     assert torch.equal(got[0, False], got[1, False])
     assert torch.equal(got[0, False], got[2, False])
     assert torch.equal(got[0, False], got[2, True])
+    assert torch.equal(got[0, False], got[3, False])
+    assert torch.equal(got[0, False], got[3, True])
     want = x.cpu() @ _ref(q).t()
     assert float((got[2, True].cpu() - want).abs().max() / want.abs().max()) < 4e-3
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("m, mode, prefetch", [(1, 5, 2), (3, 5, 1), (1, 4, 0)])
+@pytest.mark.parametrize("m, mode, prefetch", [(1, 5, 2), (3, 5, 1), (1, 4, 0), (1, 5, 3)])
 def test_gate_up_gemv_writing_silu_mul_gives_the_two_kernels_bits(
     dtype: torch.dtype, m: int, mode: int, prefetch: int
 ) -> None:
