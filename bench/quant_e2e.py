@@ -375,6 +375,7 @@ def one_mode(b: Bench, name: str, spec: str, a: argparse.Namespace, bw: float) -
     if a.launches:  # last: graphs captured again may hold more memory. CPU (--tiny --cpu): the script only
         row["launches"] = launch_variants(b, eng, a)
     eng.close()
+    PANELS.model = None  # else the next mode is built beside this one's model (seen: OOM at the 24 GiB cap)
     del eng, model
     b.free()
     print(name, json.dumps(row), flush=True)
