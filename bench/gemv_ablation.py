@@ -56,9 +56,14 @@ VARIANTS = {
 EXACT = ("early", "table_early")  # real results: the same bits as their base
 # fp16-GEMV configs whose programs load all their steps before the first step's math (PREFETCH 3), in
 # smaller steps: if the math left after the last bytes arrive is the fixed cost, these shrink it
+# Then split 1 for qkv and o: K spread over 8-16 warps of a narrow column tile, all of a program's rows in
+# flight, so no split-K sum (1.7-2.0 us a GEMV, 2026-12-07); one wave each (72-74 registers on sm_90).
+# down's 14336 rows do not fit a program's registers in one wave that way.
 ALL_AHEAD = {
-    "qkv": [(64, 8, 4, 2, 5, 32, 2, 2, 3), (64, 8, 4, 2, 5, 16, 2, 2, 3), (64, 8, 4, 2, 5, 8, 2, 2, 3)],
-    "o": [(64, 16, 4, 4, 5, 16, 4, 2, 3), (64, 16, 4, 4, 5, 16, 2, 2, 3), (64, 16, 4, 4, 5, 8, 2, 2, 3)],
+    "qkv": [(64, 8, 4, 2, 5, 32, 2, 2, 3), (64, 8, 4, 2, 5, 16, 2, 2, 3), (64, 8, 4, 2, 5, 8, 2, 2, 3)]
+    + [(16, 1, 8, 1, 5, 128, 2, 1, 3)],
+    "o": [(64, 16, 4, 4, 5, 16, 4, 2, 3), (64, 16, 4, 4, 5, 16, 2, 2, 3), (64, 16, 4, 4, 5, 8, 2, 2, 3)]
+    + [(32, 1, 16, 1, 5, 256, 2, 1, 3), (16, 1, 8, 1, 5, 128, 2, 1, 3)],
     "gate_up": [],  # no split-K (its SiLU epilogue): a program's 512 word rows do not fit in registers
     "down": [(64, 28, 4, 3, 5, 16, 2, 2, 3), (64, 16, 4, 3, 5, 16, 2, 2, 3), (64, 28, 8, 3, 5, 16, 2, 2, 3)],
 }
