@@ -39,7 +39,6 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import panel_probe as pp  # noqa: E402
-from bench.quant_gpu import make  # noqa: E402
 from engine.quant import gpu, tuning  # noqa: E402
 
 # variant -> (force the "9.0" fp16-GEMV config, early release, PROBE bits)
@@ -94,22 +93,6 @@ class Setting:
             gpu.TUNING.pop(("int4k", *pp.SHAPES[nm], 1), None)
 
 
-def all_ahead(name: str, cfg: tuple, weights: list, x: torch.Tensor, a, want: torch.Tensor) -> dict:
-    """One PREFETCH-3 config of ``ALL_AHEAD``: its chain time and its error against the fp16 GEMV's
-    output (other steps sum in another order: close, not the same bits)."""
-    key = ("int4k", *pp.SHAPES[name], 1)
-    gpu.TUNING[key] = cfg
-    try:
-        got = pp.call(name, weights[0], x, a)()
-        us = pp.graph_ms([pp.call(name, g, x, a) for g in weights]) * 1e3
-    except Exception as e:  # a config this shape cannot run: say so, go on
-        return {"matrix": name, "config": list(cfg), "error": repr(e)[:200]}
-    finally:
-        gpu.TUNING.pop(key, None)
-    err = float((got.float() - want.float()).abs().max() / want.float().abs().max())
-    return {"matrix": name, "variant": "all_ahead", "config": list(cfg), "us": round(us, 2), "rel_err": err}
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", default="bench/out")
@@ -125,15 +108,8 @@ def main() -> None:
     weights, xs, amaxes, floors = {}, {}, {}, {}
     ahead: dict[str, tuple[tuple, float]] = {}  # matrix -> its fastest ALL_AHEAD config, where it beat fp16
     for name in pp.NAMES:
-        n, k = pp.SHAPES[name]
-        g0 = make("int4k_g128", torch.randn(n, k, device=pp.DEV) * 0.02)
-        weights[name] = [g0] + [
-            gpu.GpuWeight(g0.kind, n, k, {t: v.clone() for t, v in g0.tensors.items()}, g0.group)
-            for _ in range(pp.LAYERS - 1)
-        ]
-        xs[name] = torch.randn(1, k, device=pp.DEV, dtype=torch.bfloat16)
-        amaxes[name] = xs[name].abs().amax(-1).float() if name in pp.AMAX else None
-        floors[name] = pp.reads(g0.nbytes())
+        weights[name], xs[name], amaxes[name] = pp.matrix(name)
+        floors[name] = pp.reads(weights[name][0].nbytes())
         base = {}
         for variant in VARIANTS:
             if variant in ("nofinish", "nomath_nofinish") and name == "gate_up":
@@ -149,7 +125,10 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
         for cfg in ALL_AHEAD[name][: 1 if pp.DRY else None]:
-            rows.append(all_ahead(name, cfg, weights[name], xs[name], amaxes[name], base[True]))
+            rows.append(pp.time_config(name, cfg, weights[name], xs[name], amaxes[name], base[True]))
+            rows[-1]["variant"] = (
+                "all_ahead"  # other step sizes sum in another order: close, not the same bits
+            )
             print(json.dumps(rows[-1]), flush=True)
             fp16_us = next(r["us"] for r in rows if r.get("matrix") == name and r.get("variant") == "fp16")
             if rows[-1].get("rel_err", 1) < 1e-2 and rows[-1]["us"] < ahead.get(name, (None, fp16_us))[1]:

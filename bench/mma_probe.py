@@ -32,7 +32,6 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import panel_probe as pp  # noqa: E402
-from bench.quant_gpu import make  # noqa: E402
 from engine.quant import gpu  # noqa: E402
 
 
@@ -58,20 +57,9 @@ def configs(name: str, n: int, k: int) -> list[tuple]:
 
 
 def sweep(name: str, weights: list, x: torch.Tensor, a, want: torch.Tensor) -> list[dict]:
-    n, k = pp.SHAPES[name]
-    key = ("int4k", n, k, 1)
     rows = []
-    for cfg in configs(name, n, k):
-        gpu.TUNING[key] = cfg
-        try:
-            got = pp.call(name, weights[0], x, a)()
-            err = float((got.float() - want.float()).abs().max() / want.float().abs().max())
-            us = pp.graph_ms([pp.call(name, g, x, a) for g in weights]) * 1e3
-            rows.append({"matrix": name, "config": list(cfg), "us": round(us, 2), "rel_err": round(err, 5)})
-        except Exception as e:  # a config this shape cannot run: say so, go on
-            rows.append({"matrix": name, "config": list(cfg), "error": repr(e)[:200]})
-        finally:
-            gpu.TUNING.pop(key, None)
+    for cfg in configs(name, *pp.SHAPES[name]):
+        rows.append(pp.time_config(name, cfg, weights, x, a, want))
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -90,13 +78,8 @@ def main() -> None:
     weights, xs, amaxes, floors, best, shipped_us = {}, {}, {}, {}, {}, {}
     for name in pp.NAMES:
         n, k = pp.SHAPES[name]
-        g0 = make("int4k_g128", torch.randn(n, k, device=pp.DEV) * 0.02)
-        weights[name] = [g0] + [
-            gpu.GpuWeight(g0.kind, n, k, {t: v.clone() for t, v in g0.tensors.items()}, g0.group)
-            for _ in range(pp.LAYERS - 1)
-        ]
-        x = xs[name] = torch.randn(1, k, device=pp.DEV, dtype=torch.bfloat16)
-        a = amaxes[name] = x.abs().amax(-1).float() if name in pp.AMAX else None
+        weights[name], x, a = pp.matrix(name)
+        xs[name], amaxes[name], g0 = x, a, weights[name][0]
         floors[name] = pp.reads(g0.nbytes())
         want = pp.call(name, g0, x, a)()
         shipped = shipped_us[name] = pp.graph_ms([pp.call(name, g, x, a) for g in weights[name]]) * 1e3

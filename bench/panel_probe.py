@@ -65,6 +65,35 @@ def call(name: str, g: gpu.GpuWeight, x: torch.Tensor, amax: torch.Tensor | None
     return lambda: gpu.matmul_small(g, x, amax=amax, silu_inter=silu)
 
 
+def matrix(name: str) -> tuple[list[gpu.GpuWeight], torch.Tensor, torch.Tensor | None]:
+    """``LAYERS`` copies of one random int4 g128 weight of this matrix (a chain reads each from HBM, not
+    L2), a one-token bf16 input, and its absmax where the model gives one (``AMAX``)."""
+    n, k = SHAPES[name]
+    g0 = make("int4k_g128", torch.randn(n, k, device=DEV) * 0.02)
+    weights = [g0] + [
+        gpu.GpuWeight(g0.kind, n, k, {t: v.clone() for t, v in g0.tensors.items()}, g0.group)
+        for _ in range(LAYERS - 1)
+    ]
+    x = torch.randn(1, k, device=DEV, dtype=torch.bfloat16)
+    return weights, x, x.abs().amax(-1).float() if name in AMAX else None
+
+
+def time_config(name: str, cfg: tuple, weights: list, x: torch.Tensor, a, want: torch.Tensor) -> dict:
+    """One launch config of this matrix: its chain time (us a call) and its error against ``want``, or
+    the error that kept it from running (a config this shape cannot run: said, and the sweep goes on)."""
+    key = ("int4k", *SHAPES[name], 1)
+    gpu.TUNING[key] = cfg
+    try:
+        got = call(name, weights[0], x, a)()
+        err = float((got.float() - want.float()).abs().max() / want.float().abs().max())
+        us = graph_ms([call(name, g, x, a) for g in weights]) * 1e3
+        return {"matrix": name, "config": list(cfg), "us": round(us, 2), "rel_err": round(err, 5)}
+    except Exception as e:
+        return {"matrix": name, "config": list(cfg), "error": repr(e)[:200]}
+    finally:
+        gpu.TUNING.pop(key, None)
+
+
 def reads(nbytes: int) -> tuple[list, float]:
     """The fastest PDL read of ``nbytes`` (three block shapes): its launches and us a call of a chain."""
     n = nbytes // 4
@@ -160,13 +189,8 @@ def main() -> None:
     weights, xs, amaxes, floors, best_cfg, shipped = {}, {}, {}, {}, {}, {}
     for name in NAMES:
         n, k = SHAPES[name]
-        g0 = make("int4k_g128", torch.randn(n, k, device=DEV) * 0.02)
-        weights[name] = [g0] + [
-            gpu.GpuWeight(g0.kind, n, k, {t: v.clone() for t, v in g0.tensors.items()}, g0.group)
-            for _ in range(LAYERS - 1)
-        ]
-        xs[name] = torch.randn(1, k, device=DEV, dtype=torch.bfloat16)
-        amaxes[name] = xs[name].abs().amax(-1).float() if name in AMAX else None
+        weights[name], xs[name], amaxes[name] = matrix(name)
+        g0 = weights[name][0]
         cfg, h2 = gpu._int4k_config(g0, gpu._config("int4k", n, k, 128, 1), 1)
         shipped[name] = cfg
         tile = cfg[0] // h2[1]
