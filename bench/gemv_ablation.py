@@ -97,7 +97,13 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", default="bench/out")
     p.add_argument("--dry", action="store_true")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="which of VARIANTS to time (fp16 always)")
     args = p.parse_args()
+    variants = ["fp16", *(v for v in args.variants.split(",") if v != "fp16")]
+    if "table_early" in variants and "table" not in variants:  # the bits it is checked against
+        variants.insert(1, "table")
+    if unknown := set(variants) - set(VARIANTS):
+        p.error(f"unknown variants {sorted(unknown)}; choose from {list(VARIANTS)}")
     if pp.DRY:
         pp._dry_setup()
     torch.manual_seed(0)
@@ -111,7 +117,7 @@ def main() -> None:
         weights[name], xs[name], amaxes[name] = pp.matrix(name)
         floors[name] = pp.reads(weights[name][0].nbytes())
         base = {}
-        for variant in VARIANTS:
+        for variant in variants:
             if variant in ("nofinish", "nomath_nofinish") and name == "gate_up":
                 continue  # gate_up has no split-K
             with Setting(variant, (name,)):
@@ -136,7 +142,8 @@ def main() -> None:
         torch.cuda.empty_cache() if not pp.DRY else None
 
     layer_bytes = sum(weights[nm][0].nbytes() for nm in pp.NAMES)
-    for kind in ("read", *VARIANTS, "ahead", "read", "fp16", "early", "table", "table_early", "ahead"):
+    again = [v for v in ("fp16", "early", "table", "table_early") if v in variants]
+    for kind in ("read", *variants, "ahead", "read", *again, "ahead"):
         fns = [
             floors[nm][0][i] if kind == "read" else pp.call(nm, weights[nm][i], xs[nm], amaxes[nm])
             for i in range(pp.LAYERS)

@@ -41,6 +41,11 @@
 #        per-matrix sweep and layer chains of bench/mma_probe.py; E2E_S=270: then the model A/B with its configs)
 #   ablate: bash bench/gpu_pending.sh ablate   (no carry; the fp16 GEMV with its finish, math or late release removed, per
 #           matrix and per layer; E2E_S=300: then the model with the GEMVs' early release, and all steps ahead, off / on)
+#   split1: bash bench/gpu_pending.sh split1   (no carry; the ablation's all-ahead and split-1 configs with early release, then
+#           the model A/B tuned0,tuned1,early1,early0 on their winners; ~5 min)
+#   sweep24: bash bench/gpu_pending.sh sweep24   (no carry; 2:4's configs swept, the model on heuristic / swept configs; ~5 min)
+#   final7: bash bench/gpu_pending.sh final7   (no carry; compiled tests of the shipped configs and decode splits, the model at
+#           batch 1 and 16 with A/Bs early0,early1,dsplit1,dsplit0; ~6 min)
 #   gemvpre: bash bench/gpu_pending.sh gemvpre   (no carry; the fp16 GEMV's first weights before PDL's wait: tests, A/B)
 #   silu: bash bench/gpu_pending.sh silu   (carry .whl; gate_up's GEMV writing silu(gate) * up: compiled tests, then the A/B)
 #   pgraph: bash bench/gpu_pending.sh pgraph   (carry .whl; short prefills as CUDA graphs off / on, bf16 and int8 KV (KV=auto
@@ -277,6 +282,30 @@ PY
       E2E_EXTRA="--no-hf --tune $OUT/ahead_tune.json" model_ab "$E2E_S" "${BATCHES:-1}" \
         "${LAUNCHES:-tuned0,early1,tuned1,early0}"
     fi
+    ;;
+  split1)  # issue 6: the staged split-1 fp16 GEMVs (qkv, o) and early release, per matrix and in the model (~5 min)
+    echo "== the fp16 GEMV with early release, and the ALL_AHEAD configs incl. split 1 (bench/gemv_ablation.py)"
+    timeout "${PROBE_S:-150}" python3 bench/gemv_ablation.py --out "$OUT" --variants early > "$OUT/ablation.log" 2>&1
+    echo "rc=$?"; grep -v warn "$OUT/ablation.log" | cut -c1-300
+    echo "== whole model at batch 1: shipped / the fp16 table with the ahead winners, early release off / on"
+    E2E_EXTRA="--no-hf --profile --tune $OUT/ahead_tune.json" model_ab "${E2E_S:-260}" 1 \
+      "${LAUNCHES:-tuned0,tuned1,early1,early0,tuned0,skipnorm1,skiprope1,skipattn1}"
+    grep -A 18 "decode 32 tokens" "$OUT/e2e.log" | cut -c1-160
+    ;;
+  sweep24)  # issue 6: 2:4's launch configs swept per matrix, then the model on its heuristic configs / the sweep's (~5 min)
+    echo "== 2:4 int4 kernels, heuristic (shipped) config timed first, then the sweep (bench/quant_gpu.py kernels)"
+    timeout "${SWEEP_S:-130}" python3 bench/quant_gpu.py kernels --kinds int4_24 --ms "${MS:-1,16}" \
+      --shapes qkv,o,gate_up,down --out "$OUT" 2>&1 | grep -v "^  skip" | tail -12
+    echo "== whole model, int4 g128 + 2:4: heuristic configs / the sweep's, batch 1 (graphs captured again for each)"
+    MODES=int4_24 PREFILL="${PREFILL:-2048}" E2E_EXTRA="--no-hf --profile --tune $OUT/quant_kernels.json" \
+      model_ab "${E2E_S:-200}" "${BATCHES:-1,16}" "${LAUNCHES:-tuned0,tuned1}"
+    grep -A 12 "decode 32 tokens" "$OUT/e2e.log" | cut -c1-160
+    ;;
+  final7)  # issue 6: the shipped split-1 qkv/o and early release, compiled tests, then the model with A/Bs (~6 min)
+    compiled_tests "${TEST_S:-150}" "${TEST_K:-shipped or tile_a_split or small_grids or prefetching}"
+    echo "== whole model, shipped configs: batch 1 and 16; A/B early release off / on, decode attention a tile a split"
+    E2E_EXTRA="--no-hf --decode-tokens ${DECODE:-256}" PREFILL=2048 model_ab "${E2E_S:-300}" "${BATCHES:-1,16}" \
+      "${LAUNCHES:-early0,early1,dsplit1,dsplit0,early0}"
     ;;
   gemvpre)  # issue 6: the fp16 GEMV's first step of weights before PDL's wait (PRE_WAIT): compiled tests, model A/B (~7 min)
     compiled_tests "${TEST_S:-120}" "${TEST_K:-prefetching or silu or shipped}"

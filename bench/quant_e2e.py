@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.chat_gpu import random_llama8b  # noqa: E402
 from bench.engine_gpu import Bench  # noqa: E402
+from engine import fused_ops, paged_attn_triton, pdl  # noqa: E402
 from engine import model as engine_model  # noqa: E402
-from engine import paged_attn_triton, pdl  # noqa: E402
 from engine.config import EngineConfig  # noqa: E402
 from engine.llm_engine import Engine  # noqa: E402
 from engine.quant import gpu, launch_configs  # noqa: E402
@@ -99,9 +99,10 @@ PANELS = _Panels()
 
 
 class _Level:
-    """An on/off switch over a module's integer setting: ``off`` and ``on`` are the values it sets."""
+    """An on/off switch over a module's setting (a level, or a function): ``off`` and ``on`` are the values it
+    sets."""
 
-    def __init__(self, obj: object, attr: str, off: int, on: int) -> None:
+    def __init__(self, obj: object, attr: str, off: object, on: object) -> None:
         self.obj, self.attr, self.off_value, self.on_value = obj, attr, off, on
 
     @property
@@ -113,6 +114,24 @@ class _Level:
         setattr(self.obj, self.attr, self.on_value if value else self.off_value)
 
 
+def _no_add_norm(x: torch.Tensor, residual: torch.Tensor, weight, eps, row_amax=False) -> tuple:
+    return x, residual
+
+
+def _no_rope(q: torch.Tensor, k: torch.Tensor, cos, sin, into=None) -> tuple:
+    return q, k
+
+
+def _no_attention(q: torch.Tensor, *args) -> torch.Tensor:
+    return torch.empty_like(q)  # contiguous, no kernel: o_proj's input as attention would hand it over
+
+
+# Measurement only, wrong tokens: the step's add + RMSNorms, its RoPE + KV store, its paged attention (and
+# combine) launch nothing, so the graph step's change bounds what fusing each away could save at most
+SKIP_NORM = _Level(fused_ops, "add_rmsnorm", fused_ops.add_rmsnorm, _no_add_norm)
+SKIP_ROPE = _Level(fused_ops, "rope_qk", fused_ops.rope_qk, _no_rope)
+SKIP_ATTN = _Level(paged_attn_triton, "paged_attention", paged_attn_triton.paged_attention, _no_attention)
+DECODE_SPLIT = _Level(paged_attn_triton, "DECODE_TILES_PER_SPLIT", 4, 1)  # decode attention: a tile a split
 PREFETCH_ANY = _Level(launch_configs, "H2_PREFETCH", 0, 3)  # configs' PREFETCH slots ignored / obeyed
 SB_AHEAD = _Level(launch_configs, "H2_PREFETCH", 1, 3)  # level 2 (scales a step ahead) capped to 1 / obeyed
 
@@ -190,10 +209,13 @@ def profile_kernels(title: str, fn, per: int = 1) -> None:
     print(events.table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
 
 
-def graph_step_us(eng: Engine, replays: int = 200, batch: int = 1) -> float | None:
+def graph_step_us(eng: Engine, replays: int = 200, batch: int = 1, widest: bool = False) -> float | None:
     """GPU time of one decode step at ``batch``: its captured graph replayed back to back (no host work
-    between, so the host's jitter, which moves tok/s by several percent between runs, drops out)."""
-    st = next((v for k, v in sorted(eng.runner.graphs.items()) if k[0] == batch and v.get("graph")), None)
+    between, so the host's jitter, which moves tok/s by several percent between runs, drops out). The
+    graph of the narrowest block table captured (the figure every earlier run gave), or with ``widest``
+    of the widest: the decode's longest context, where attention has the most KV tiles."""
+    graphs = [v for k, v in sorted(eng.runner.graphs.items()) if k[0] == batch and v.get("graph")]
+    st = (graphs[-1] if widest else graphs[0]) if graphs else None
     if st is None:
         return None
     st["graph"].replay()
@@ -227,7 +249,9 @@ def _knobs(eng: Engine) -> dict[str, tuple[object, str]]:
     ``--tune``, or the shipped table), 'silugemv' (gate_up's GEMV writes ``silu(gate) * up`` itself),
     'gemvpre' (the fp16 GEMV's first step of weights loads before PDL's wait), 'panels' (int4 weights in
     panels of their one-token tile, `gpu.to_panels`), 'early' (the one-token GEMVs release PDL's next kernel
-    as they start)."""
+    as they start), 'dsplit' (decode attention splits its KV down to a tile a program); 'skipnorm',
+    'skiprope', 'skipattn' (measurement only, wrong tokens: the add + RMSNorms, RoPE + KV store, paged
+    attention launch nothing)."""
     return {
         "pdl": (pdl, "ENABLED"),
         "argmax": (eng.runner, "argmax_in_graph"),
@@ -240,6 +264,10 @@ def _knobs(eng: Engine) -> dict[str, tuple[object, str]]:
         "early": (gpu, "GEMV_EARLY_RELEASE"),
         "tuned": (TUNED, "on"),
         "panels": (PANELS, "on"),
+        "dsplit": (DECODE_SPLIT, "on"),
+        "skipnorm": (SKIP_NORM, "on"),
+        "skiprope": (SKIP_ROPE, "on"),
+        "skipattn": (SKIP_ATTN, "on"),
     }
 
 
@@ -274,6 +302,10 @@ def _one_setting(b: Bench, eng: Engine, a: argparse.Namespace) -> dict:
     ids = greedy_ids(eng)
     res = {"tok_s": round(decode(b, eng, 1, a.decode_tokens), 1), "greedy_ids": ids}
     res["graph_step_us"] = graph_step_us(eng)
+    res["graph_step_us_widest"] = graph_step_us(eng, widest=True)
+    res["b1_graph_widths"] = [
+        k[1] for k, v in sorted(eng.runner.graphs.items()) if k[0] == 1 and v.get("graph")
+    ]
     if a.overlap:
         res["overlap_tok_s"] = round(decode_ahead(b, eng, 1, a.decode_tokens), 1)
     return res

@@ -262,7 +262,12 @@ def kernels(args: argparse.Namespace) -> dict:
     return res
 
 
-SHIP_KINDS = {"int8": ("int8", 0), "int4k_g128": ("int4k", 128), "int4k_g64": ("int4k", 64)}
+SHIP_KINDS = {
+    "int8": ("int8", 0),
+    "int4k_g128": ("int4k", 128),
+    "int4k_g64": ("int4k", 64),
+    "int4_24": ("int4_24", 128),
+}
 
 
 def ship(args: argparse.Namespace) -> None:

@@ -55,6 +55,10 @@ INT8_FOLD = False
 # keys 0.255 -> 0.218, 1,536 over 14.1K 0.890 -> 0.750, 2,048 over 16K 1.332 -> 1.060; the 256-token chat
 # turn at ~15.6K (bench/engine_gpu.py) 19.2 -> 17.6 ms. ``KB_ENGINE_ATTN_TMA=0`` turns it off.
 TMA = os.environ.get("KB_ENGINE_ATTN_TMA", "1") == "1"
+# A decode grid's fewest KV tiles a split (`plan`): 4 keeps the combine pass small against long walks; 1
+# gives every tile its own program, so that a short context's tiles load at once, most of them before PDL's
+# wait, instead of one after another in a few programs (bench A/B: quant_e2e's 'dsplit' switch)
+DECODE_TILES_PER_SPLIT = 4
 
 
 @triton.jit
@@ -311,7 +315,8 @@ def plan(
     want = triton.cdiv(2 * sms, progs) if small else (2 * sms if few else sms) // progs
     if tma and sms <= progs < 3 * sms:
         want = 2
-    splits = min(want, tiles // 4, 32) if tiles >= 8 else 1
+    per = DECODE_TILES_PER_SPLIT if decode else 4
+    splits = min(want, tiles // per, 32) if tiles >= 2 * per else 1
     cfg["splits"] = max(1, OVERRIDE.get("splits", splits))
     return cfg
 

@@ -44,8 +44,10 @@ SILU_IN_GEMV = True
 # on an H100, same tokens (quant_e2e's 'gemvpre' switch; `bash bench/gpu_pending.sh gemvpre`)
 H2_PRE_WAIT = True
 # The one-token GEMVs (fp16, mode 6) release PDL's next kernel as they start instead of after their main
-# loop (`triton_w4k_h2` EARLY_RELEASE; quant_e2e's 'early' switch)
-GEMV_EARLY_RELEASE = False
+# loop (`triton_w4k_h2` EARLY_RELEASE; quant_e2e's 'early' switch). Same bits. H100, int4 batch-1 graph
+# step with the fp16 GEMV on all four matrices (split 1 for qkv and o): 2349.0 -> 2271.2 us; it lost
+# (+2.8 %) while qkv and o ran on tensor cores (mode 6). Only one-token launches, the case measured.
+GEMV_EARLY_RELEASE = True
 # `triton_w4k_h2` PROBE: measurement-only ablations set by bench/gemv_ablation.py (wrong results); 0 here
 H2_PROBE = 0
 # K-packed int4 weights are stored in panels of their one-token GEMV's column tile (`to_panels`,
@@ -271,7 +273,7 @@ def matmul_small(
             amax_ptr=x if amax is None else amax, AMAX_IN=amax is not None, PREFETCH=prefetch,
             SILU_MUL=bool(silu_inter), CUDA=not _interpreted(), PRE_WAIT=H2_PRE_WAIT and prefetch,
             EVEN=g.n % block_n == 0, RAGGED=per % kw != 0 or (chunks % per) % kw != 0, num_warps=warps,
-            num_stages=stages, EARLY_RELEASE=GEMV_EARLY_RELEASE, **pdl_kw,
+            num_stages=stages, EARLY_RELEASE=GEMV_EARLY_RELEASE and m == 1, **pdl_kw,
         )  # fmt: skip
     elif h2 is not None:  # fp16 pairs (5: codes as subnormals), m rows sharing each code pair
         aligned = x.data_ptr() % 4 == 0 and x.stride(-1) == 1 and (m == 1 or x.stride(0) % 2 == 0)
@@ -283,8 +285,8 @@ def matmul_small(
             CHAIN=h2[0], COLS=h2[1], EVEN=g.n % block_n == 0, M_ROWS=m, num_warps=warps, num_stages=stages,
             amax_ptr=xa if amax is None else amax, AMAX_IN=amax is not None, PREFETCH=prefetch,
             SILU_MUL=bool(silu_inter), CUDA=not _interpreted(), PRE_WAIT=H2_PRE_WAIT and prefetch >= 2,
-            PANEL=panel, EARLY_RELEASE=GEMV_EARLY_RELEASE, PROBE=H2_PROBE, STEPS=per if prefetch == 3 else 0,
-            **pdl_kw,
+            PANEL=panel, EARLY_RELEASE=GEMV_EARLY_RELEASE and m == 1, PROBE=H2_PROBE,
+            STEPS=per if prefetch == 3 else 0, **pdl_kw,
         )  # fmt: skip
     elif g.kind == "int4k" and cfg[4] in (18, *MMT_JOIN) and g.group % (8 * cfg[5]) == 0:  # bf16 pairs
         swapped = {"JOIN": MMT_JOIN[cfg[4]]} if cfg[4] in MMT_JOIN else {}
