@@ -302,7 +302,14 @@ PY
     grep -A 12 "decode 32 tokens" "$OUT/e2e.log" | cut -c1-160
     ;;
   final7)  # issue 6: the shipped split-1 qkv/o and early release, compiled tests, then the model with A/Bs (~6 min)
-    compiled_tests "${TEST_S:-150}" "${TEST_K:-shipped or tile_a_split or small_grids or prefetching}"
+    if [ "${TEST_S:-150}" != 0 ]; then
+      compiled_tests "${TEST_S:-150}" "${TEST_K:-shipped or tile_a_split or small_grids or prefetching}"
+    fi
+    if [ "${SWEEP24_S:-0}" != 0 ]; then  # 2:4's one-token configs: the heuristic's against the sweep's best
+      echo "== 2:4 int4 kernels at one token (bench/quant_gpu.py kernels --kinds int4_24 --ms 1)"
+      timeout "$SWEEP24_S" python3 bench/quant_gpu.py kernels --kinds int4_24 --ms 1 --shapes qkv,o,gate_up,down \
+        --out "$OUT" 2>&1 | grep -v "^  skip" | tail -6
+    fi
     echo "== whole model, shipped configs: batch 1 and 16; A/B early release off / on, decode attention a tile a split"
     E2E_EXTRA="--no-hf --decode-tokens ${DECODE:-256}" PREFILL=2048 model_ab "${E2E_S:-300}" "${BATCHES:-1,16}" \
       "${LAUNCHES:-early0,early1,dsplit1,dsplit0,early0}"

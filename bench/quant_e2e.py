@@ -131,7 +131,7 @@ def _no_attention(q: torch.Tensor, *args) -> torch.Tensor:
 SKIP_NORM = _Level(fused_ops, "add_rmsnorm", fused_ops.add_rmsnorm, _no_add_norm)
 SKIP_ROPE = _Level(fused_ops, "rope_qk", fused_ops.rope_qk, _no_rope)
 SKIP_ATTN = _Level(paged_attn_triton, "paged_attention", paged_attn_triton.paged_attention, _no_attention)
-DECODE_SPLIT = _Level(paged_attn_triton, "DECODE_TILES_PER_SPLIT", 4, 1)  # decode attention: a tile a split
+DECODE_SPLIT = _Level(paged_attn_triton, "DECODE_TILES_PER_SPLIT", 4, 1)  # 1-sequence decode: a tile a split
 PREFETCH_ANY = _Level(launch_configs, "H2_PREFETCH", 0, 3)  # configs' PREFETCH slots ignored / obeyed
 SB_AHEAD = _Level(launch_configs, "H2_PREFETCH", 1, 3)  # level 2 (scales a step ahead) capped to 1 / obeyed
 
@@ -249,9 +249,9 @@ def _knobs(eng: Engine) -> dict[str, tuple[object, str]]:
     ``--tune``, or the shipped table), 'silugemv' (gate_up's GEMV writes ``silu(gate) * up`` itself),
     'gemvpre' (the fp16 GEMV's first step of weights loads before PDL's wait), 'panels' (int4 weights in
     panels of their one-token tile, `gpu.to_panels`), 'early' (the one-token GEMVs release PDL's next kernel
-    as they start), 'dsplit' (decode attention splits its KV down to a tile a program); 'skipnorm',
-    'skiprope', 'skipattn' (measurement only, wrong tokens: the add + RMSNorms, RoPE + KV store, paged
-    attention launch nothing)."""
+    as they start), 'dsplit' (one sequence's decode attention splits its KV down to a tile a program);
+    'skipnorm', 'skiprope', 'skipattn' (measurement only, wrong tokens: the add + RMSNorms, RoPE + KV
+    store, paged attention launch nothing)."""
     return {
         "pdl": (pdl, "ENABLED"),
         "argmax": (eng.runner, "argmax_in_graph"),

@@ -55,10 +55,12 @@ INT8_FOLD = False
 # keys 0.255 -> 0.218, 1,536 over 14.1K 0.890 -> 0.750, 2,048 over 16K 1.332 -> 1.060; the 256-token chat
 # turn at ~15.6K (bench/engine_gpu.py) 19.2 -> 17.6 ms. ``KB_ENGINE_ATTN_TMA=0`` turns it off.
 TMA = os.environ.get("KB_ENGINE_ATTN_TMA", "1") == "1"
-# A decode grid's fewest KV tiles a split (`plan`): 4 keeps the combine pass small against long walks; 1
-# gives every tile its own program, so that a short context's tiles load at once, most of them before PDL's
-# wait, instead of one after another in a few programs (bench A/B: quant_e2e's 'dsplit' switch)
-DECODE_TILES_PER_SPLIT = 4
+# A one-sequence decode grid's fewest KV tiles a split (`plan`; other grids: 4, which keeps the combine
+# pass small against long walks). 1 gives each tile its own program, up to 2 waves, so that a context's
+# tiles load at once, most of them before PDL's wait, instead of one after another in 8 programs (a KV
+# head each): the int4 batch-1 graph step on an H100 2268.7 -> 2213.9 us at 256-512-token tables
+# (bench A/B: quant_e2e's 'dsplit' switch). Batches were not measured, so they keep 4.
+DECODE_TILES_PER_SPLIT = 1
 
 
 @triton.jit
@@ -291,7 +293,8 @@ def plan(
     unsplit (the plan before, since 72 programs left no whole second split), and 0.310 against 0.548 ms
     with int8 KV, whose in-register dequantization suits the narrower tile. A decode grid is split up to
     two waves (1 token over 16K keys: 32 splits 0.042 ms vs 0.376 unsplit). At least 4 tiles per split:
-    the combine pass reads every split's partial, so splitting short contexts costs more than it gains.
+    the combine pass reads every split's partial, so splitting short contexts costs more than it gains
+    (one sequence's decode: `DECODE_TILES_PER_SPLIT`, a tile).
 
     ``tma`` (K/V tiles by TMA, see `TMA`; only with 64-token blocks, the size it was measured at, where a
     tile is one block): every prefill takes 128 x 64 tiles with 4 warps, and a grid of one to three waves
@@ -315,7 +318,7 @@ def plan(
     want = triton.cdiv(2 * sms, progs) if small else (2 * sms if few else sms) // progs
     if tma and sms <= progs < 3 * sms:
         want = 2
-    per = DECODE_TILES_PER_SPLIT if decode else 4
+    per = DECODE_TILES_PER_SPLIT if decode and num_seqs == 1 else 4
     splits = min(want, tiles // per, 32) if tiles >= 2 * per else 1
     cfg["splits"] = max(1, OVERRIDE.get("splits", splits))
     return cfg

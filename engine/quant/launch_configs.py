@@ -65,6 +65,8 @@ def _config(kind: str, n: int, k: int, group: int, m: int) -> tuple[int, ...]:
     split = max(1, min(chunks, round(2 * _sm_count() / tiles)))
     if kind == "int4k":  # the kernel that won every measured shape: gemv2 for one token, else the dots
         return (block_n, split, 4, 2, 2, 16) if m == 1 else (block_n, split, 4, 3, SMALL_M, 16)
+    if kind == "int4_24":  # codes unpacked by a register reshape: per-value gathers (GATHER, the kernel's
+        return block_n, split, 4, 3, SMALL_M, 0  # default) took 4.7-9.0x longer at one token on an H100
     return block_n, split, 4, 3
 
 

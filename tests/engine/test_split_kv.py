@@ -100,27 +100,25 @@ def test_triton_split_kv_matches_gather(override, int8, monkeypatch):
 
 
 def test_decode_with_a_tile_a_split_matches_gather(monkeypatch):
-    """Decode rows with `DECODE_TILES_PER_SPLIT` 1: the plan splits a short context (here 2 splits, where
-    the default keeps 1), some splits get no tile, and the combine pass still gives the gather path's
-    result."""
+    """One sequence's decode row with `DECODE_TILES_PER_SPLIT` 1 (the default): the plan splits a short
+    context (here 4 splits of its 6 tiles, where 4 tiles a split keeps 1), so splits get 1-2 tiles or
+    none, and the combine pass still gives the gather path's result."""
     import engine.paged_attn_triton as pat
 
     device = _interp(monkeypatch)
     tol = {"atol": 2e-5, "rtol": 1e-4} if device == "cpu" else {"atol": 2e-2, "rtol": 2e-2}
-    q, kc, vc, ks, vs, seqs = _fill([(20, 90), (33, 33), (1, 70)], int8=False, seed=5)
-    dq = q[[19, 52, 53]]
-    dseqs = [(i, 1, c, t) for i, (_, _, c, t) in enumerate(seqs)]
+    q, kc, vc, ks, vs, seqs = _fill([(20, 90)], int8=False, seed=5)
+    dseqs = [(0, 1, c, t) for _, _, c, t in seqs]
     ab = AttnBatch(
         torch.zeros(0, dtype=torch.long), [(a, b, c, torch.tensor(t)) for a, b, c, t in dseqs], [], []
     )
-    want = attend_gather(dq, kc, vc, ks, vs, ab, 4, 2)
+    want = attend_gather(q[[19]], kc, vc, ks, vs, ab, 4, 2)
     meta = pack_meta(dseqs, torch.device(device))
-    moved = [x.to(device) if x is not None else None for x in (dq, kc, vc)]
-    bs = kc.shape[1]
+    moved = [x.to(device) for x in (q[[19]], kc, vc)]
     plans = []
     for per in (4, 1):
         monkeypatch.setattr(pat, "DECODE_TILES_PER_SPLIT", per)
-        plans.append(pat.plan(4, meta["max_ctx"], 3, 2, bs, True, torch.device(device))["splits"])
+        plans.append(pat.plan(2, meta["max_ctx"], 1, 2, kc.shape[1], True, torch.device(device))["splits"])
         got = pat.paged_attention(*moved, None, None, meta, decode=True).cpu()
         torch.testing.assert_close(got, want, **tol)
     assert plans[0] == 1 and plans[1] > 1, plans
@@ -144,14 +142,16 @@ def test_plan_splits_only_small_grids():
         full = plan(2048 * 4, 16_384, 1, 8, 64, False, cuda)  # a full grid keeps the wide tiles
         assert (full["block_n"], full["num_warps"]) == (128, 8)
         assert plan(2048 * 4, 16_384, 1, 8, 64, False, cuda)["splits"] == 1  # 512 programs
-        assert plan(4, 192, 1, 8, 64, True, cuda)["splits"] == 1  # decode, 3 tiles
-        assert plan(4, 16_384, 1, 8, 64, True, cuda)["splits"] == 32  # decode, long context
-        pat.DECODE_TILES_PER_SPLIT = 1  # a tile a program, where the grid allows
-        assert plan(4, 192, 1, 8, 64, True, cuda)["splits"] == 3  # decode, 3 tiles
-        assert plan(4, 1024, 16, 8, 64, True, cuda)["splits"] == 3  # 16 sequences: 128 programs, 2 waves
-        assert plan(4, 16_384, 1, 8, 64, True, cuda)["splits"] == 32
-        assert plan(257 * 4, 15_620, 1, 8, 64, False, cuda) == turn  # prefill keeps its rule
-        pat.DECODE_TILES_PER_SPLIT = 4
+        # one sequence's decode: a tile a program (`DECODE_TILES_PER_SPLIT`), up to 2 waves and 32 splits
+        assert plan(4, 192, 1, 8, 64, True, cuda)["splits"] == 3  # 3 tiles
+        assert plan(4, 2048, 1, 8, 64, True, cuda)["splits"] == 32
+        assert plan(4, 16_384, 1, 8, 64, True, cuda)["splits"] == 32  # long context
+        assert plan(4, 448, 16, 8, 64, True, cuda)["splits"] == 1  # 16 sequences keep 4 tiles a split
+        assert plan(4, 4096, 16, 8, 64, True, cuda)["splits"] == 3  # ... 128 programs, 2 waves
+        pat.DECODE_TILES_PER_SPLIT = 4  # the rule every grid had before
+        assert plan(4, 192, 1, 8, 64, True, cuda)["splits"] == 1
+        assert plan(4, 2048, 1, 8, 64, True, cuda)["splits"] == 8
+        assert plan(257 * 4, 15_620, 1, 8, 64, False, cuda) == turn  # prefill keeps its rule either way
         # K/V tiles by TMA: 128 x 64 tiles, 4 warps at every prefill size; one to three waves split in two
         t1536 = plan(1536 * 4, 14_080, 1, 8, 64, False, cuda, tma=True)  # 384 programs
         assert (t1536["block_n"], t1536["num_warps"], t1536["splits"]) == (64, 4, 2)
@@ -165,7 +165,7 @@ def test_plan_splits_only_small_grids():
         )
     finally:
         pat._num_sms = orig
-        pat.DECODE_TILES_PER_SPLIT = 4
+        pat.DECODE_TILES_PER_SPLIT = 1
 
 
 def test_dense_and_prefix_flash_readers_match_gather():

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from engine.quant import gpu, tuning
-from engine.quant.quantize import quantize_int4, quantize_int8
+from engine.quant.formats import Int4Weight
+from engine.quant.quantize import prune_2_4, quantize_int4, quantize_int8
 from tests.engine.quant.test_gpu_kernels import DEVICE, K, N, _check, _interpreter, _on_device, _ref  # noqa: F401
 
 SWEEP = {
@@ -91,12 +92,18 @@ def test_every_shipped_config_computes_the_right_product(kind: str, group: int, 
     h2 = kind == "int4k" and cfg[4] in (4, 5, 6)
     k = 2048 if h2 else K  # K / 8 word rows that steps of up to 256 rows tile
     w = torch.randn(N, k, generator=torch.Generator().manual_seed(9)) * 0.05
-    q = quantize_int8(w) if kind == "int8" else quantize_int4(w, group=group)
+    if kind == "int4_24":  # a 2:4 weight, so that the 2:4 kernel runs the config
+        mask = prune_2_4(w)
+        q = quantize_int4(w * mask, group=group, mask=mask)
+        q = Int4Weight(q.q, q.scale, q.zero, q.group, mask)
+    else:
+        q = quantize_int8(w) if kind == "int8" else quantize_int4(w, group=group)
     want_w = q.dequantize(torch.float32) if kind == "int8" else _ref(q)
     gpu.TUNING[(kind, N, k)] = cfg
     try:
         for m in (1, 3):
             if not h2:
+                assert gpu.pack(q).kind == kind
                 _check(gpu.pack(q), want_w, m)
                 continue
             tiled, fp16 = gpu._int4k_config(gpu.pack(q), cfg, m)
@@ -149,3 +156,20 @@ def test_the_shipped_h100_table_takes_the_split_1_fp16_gemv_for_one_token_of_qkv
     finally:
         tuning.shipped.cache_clear()
         tuning.lookup.cache_clear()
+
+
+def test_the_2_4_heuristic_unpacks_codes_by_reshape() -> None:
+    """A 2:4 shape without a table entry gets GATHER off: per-value gathers took 4.7-9.0x longer at one
+    token on an H100 (bench/RESULTS.md, third session of 2026-12-07), and it runs."""
+    from engine.quant import launch_configs
+
+    for m in (1, 16):
+        cfg = launch_configs._config("int4_24", 4096, 4096, 128, m)
+        assert len(cfg) == 6 and cfg[5] == 0, cfg
+    w = torch.randn(N, K, generator=torch.Generator().manual_seed(4)) * 0.05
+    mask = prune_2_4(w)
+    q = quantize_int4(w * mask, group=64, mask=mask)
+    q = Int4Weight(q.q, q.scale, q.zero, q.group, mask)
+    assert gpu.pack(q).kind == "int4_24"
+    for m in (1, 3):
+        _check(gpu.pack(q), _ref(q), m)
