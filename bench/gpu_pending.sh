@@ -44,8 +44,9 @@
 #   split1: bash bench/gpu_pending.sh split1   (no carry; the ablation's all-ahead and split-1 configs with early release, then
 #           the model A/B tuned0,tuned1,early1,early0 on their winners; ~5 min)
 #   sweep24: bash bench/gpu_pending.sh sweep24   (no carry; 2:4's configs swept, the model on heuristic / swept configs; ~5 min)
-#   final7: bash bench/gpu_pending.sh final7   (no carry; compiled tests of the shipped configs and decode splits, the model at
-#           batch 1 and 16 with A/Bs early0,early1,dsplit1,dsplit0; ~6 min)
+#   final7: bash bench/gpu_pending.sh final7   (no carry; compiled tests of the shipped configs and decode splits (TEST_S=0:
+#           none), SWEEP24_S=80: 2:4's one-token configs swept, then the model at batch 1 and 16 with A/Bs
+#           early0,early1,dsplit1,dsplit0; ~6 min)
 #   gemvpre: bash bench/gpu_pending.sh gemvpre   (no carry; the fp16 GEMV's first weights before PDL's wait: tests, A/B)
 #   silu: bash bench/gpu_pending.sh silu   (carry .whl; gate_up's GEMV writing silu(gate) * up: compiled tests, then the A/B)
 #   pgraph: bash bench/gpu_pending.sh pgraph   (carry .whl; short prefills as CUDA graphs off / on, bf16 and int8 KV (KV=auto
