@@ -127,7 +127,8 @@ def _no_attention(q: torch.Tensor, *args) -> torch.Tensor:
 
 
 # Measurement only, wrong tokens: the step's add + RMSNorms, its RoPE + KV store, its paged attention (and
-# combine) launch nothing, so the graph step's change bounds what fusing each away could save at most
+# combine) launch nothing, so the graph step's change says what each costs. Not for the norms: without
+# them the GEMVs take their own absmax pass and follow a GEMV directly, and the step grew (RESULTS.md)
 SKIP_NORM = _Level(fused_ops, "add_rmsnorm", fused_ops.add_rmsnorm, _no_add_norm)
 SKIP_ROPE = _Level(fused_ops, "rope_qk", fused_ops.rope_qk, _no_rope)
 SKIP_ATTN = _Level(paged_attn_triton, "paged_attention", paged_attn_triton.paged_attention, _no_attention)
