@@ -43,7 +43,8 @@
 #           matrix and per layer; E2E_S=300: then the model with the GEMVs' early release, and all steps ahead, off / on)
 #   split1: bash bench/gpu_pending.sh split1   (no carry; the ablation's all-ahead and split-1 configs with early release, then
 #           the model A/B tuned0,tuned1,early1,early0 on their winners; ~5 min)
-#   sweep24: bash bench/gpu_pending.sh sweep24   (no carry; 2:4's configs swept, the model on heuristic / swept configs; ~5 min)
+#   sweep24: bash bench/gpu_pending.sh sweep24   (no carry; 2:4's configs swept, the model on heuristic / swept configs; ~5 min;
+#            `teal` instead of sweep24: the same for TEAL 40 %, whose heuristic still gathers per value, MS=1 to narrow it)
 #   final7: bash bench/gpu_pending.sh final7   (no carry; compiled tests of the shipped configs and decode splits (TEST_S=0:
 #           none), SWEEP24_S=80: 2:4's one-token configs swept, then the model at batch 1 and 16 with A/Bs
 #           early0,early1,dsplit1,dsplit0; ~6 min)
@@ -293,12 +294,14 @@ PY
       "${LAUNCHES:-tuned0,tuned1,early1,early0,tuned0,skipnorm1,skiprope1,skipattn1}"
     grep -A 18 "decode 32 tokens" "$OUT/e2e.log" | cut -c1-160
     ;;
-  sweep24)  # issue 6: 2:4's launch configs swept per matrix, then the model on its heuristic configs / the sweep's (~5 min)
-    echo "== 2:4 int4 kernels, heuristic (shipped) config timed first, then the sweep (bench/quant_gpu.py kernels)"
-    timeout "${SWEEP_S:-130}" python3 bench/quant_gpu.py kernels --kinds int4_24 --ms "${MS:-1,16}" \
+  sweep24|teal)  # issue 6: 2:4's (teal: TEAL 40 %'s) launch configs swept per matrix, then the model on its
+    # heuristic configs / the sweep's (~5 min)
+    if [ "$1" = teal ]; then kind=int4_g128_teal; mode=int4_teal; else kind=int4_24; mode=int4_24; fi
+    echo "== $kind kernels, heuristic (shipped) config timed first, then the sweep (bench/quant_gpu.py kernels)"
+    timeout "${SWEEP_S:-130}" python3 bench/quant_gpu.py kernels --kinds "$kind" --ms "${MS:-1,16}" \
       --shapes qkv,o,gate_up,down --out "$OUT" 2>&1 | grep -v "^  skip" | tail -12
-    echo "== whole model, int4 g128 + 2:4: heuristic configs / the sweep's, batch 1 (graphs captured again for each)"
-    MODES=int4_24 PREFILL="${PREFILL:-2048}" E2E_EXTRA="--no-hf --profile --tune $OUT/quant_kernels.json" \
+    echo "== whole model, $mode: heuristic configs / the sweep's, batch 1 (graphs captured again for each)"
+    MODES=$mode PREFILL="${PREFILL:-2048}" E2E_EXTRA="--no-hf --profile --tune $OUT/quant_kernels.json" \
       model_ab "${E2E_S:-200}" "${BATCHES:-1,16}" "${LAUNCHES:-tuned0,tuned1}"
     grep -A 12 "decode 32 tokens" "$OUT/e2e.log" | cut -c1-160
     ;;
