@@ -101,6 +101,10 @@ model_ab() {  # the whole model, then batch 1 under each of LAUNCHES on one engi
     --launches "${LAUNCHES:-$3}" ${E2E_EXTRA:-} > "$OUT/e2e.log" 2>&1
   grep "launch \|^hf" "$OUT/e2e.log"; e2e_summary
 }
+sweep_kind() {  # $1: seconds, $2: quant_gpu.py kind, $3: rows; the configs of qkv, o, gate_up, down (the shipped one first)
+  timeout "$1" python3 bench/quant_gpu.py kernels --kinds "$2" --ms "$3" --shapes qkv,o,gate_up,down --out "$OUT" 2>&1 \
+    | grep -v "^  skip" | tail -12
+}
 e2e_summary() {  # the table lines of $OUT/e2e.log
   grep -vi warn "$OUT/e2e.log" | grep -E "^\||HF|^== " | tail -16
 }
@@ -298,8 +302,7 @@ PY
     # heuristic configs / the sweep's (~5 min)
     if [ "$1" = teal ]; then kind=int4_g128_teal; mode=int4_teal; else kind=int4_24; mode=int4_24; fi
     echo "== $kind kernels, heuristic (shipped) config timed first, then the sweep (bench/quant_gpu.py kernels)"
-    timeout "${SWEEP_S:-130}" python3 bench/quant_gpu.py kernels --kinds "$kind" --ms "${MS:-1,16}" \
-      --shapes qkv,o,gate_up,down --out "$OUT" 2>&1 | grep -v "^  skip" | tail -12
+    sweep_kind "${SWEEP_S:-130}" "$kind" "${MS:-1,16}"
     echo "== whole model, $mode: heuristic configs / the sweep's, batch 1 (graphs captured again for each)"
     MODES=$mode PREFILL="${PREFILL:-2048}" E2E_EXTRA="--no-hf --profile --tune $OUT/quant_kernels.json" \
       model_ab "${E2E_S:-200}" "${BATCHES:-1,16}" "${LAUNCHES:-tuned0,tuned1}"
@@ -311,8 +314,7 @@ PY
     fi
     if [ "${SWEEP24_S:-0}" != 0 ]; then  # 2:4's one-token configs: the heuristic's against the sweep's best
       echo "== 2:4 int4 kernels at one token (bench/quant_gpu.py kernels --kinds int4_24 --ms 1)"
-      timeout "$SWEEP24_S" python3 bench/quant_gpu.py kernels --kinds int4_24 --ms 1 --shapes qkv,o,gate_up,down \
-        --out "$OUT" 2>&1 | grep -v "^  skip" | tail -6
+      sweep_kind "$SWEEP24_S" int4_24 1
     fi
     echo "== whole model, shipped configs: batch 1 and 16; A/B early release off / on, decode attention a tile a split"
     E2E_EXTRA="--no-hf --decode-tokens ${DECODE:-256}" PREFILL=2048 model_ab "${E2E_S:-300}" "${BATCHES:-1,16}" \

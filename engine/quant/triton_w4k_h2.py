@@ -194,8 +194,8 @@ def w4k_gemv_h2_kernel(
     ``PREFETCH`` 3: all of a program's ``STEPS`` steps (every program has exactly that many) load before
     the first step's math, as level 2's first step does: a program's whole slice in flight, for small
     steps (meant to shrink the math left after the last bytes land) or for split 1 with K over many warps
-    (no split-K sum). On an H100 it was no faster than level 2 at the shipped splits (bench/RESULTS.md,
-    2026-12-07); no shipped config uses it.
+    (no split-K sum). On an H100 it was no faster than level 2 at split-K configs (bench/RESULTS.md,
+    2026-12-07); the split-1 configs of the H100 table (qkv, o) use it.
 
     ``EARLY_RELEASE`` (with ``PDL``): release the next kernel as the program starts, as the small kernels
     do, not after the main loop. Safe either way (the next kernel still waits for this one to finish);

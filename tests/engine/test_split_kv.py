@@ -124,7 +124,7 @@ def test_decode_with_a_tile_a_split_matches_gather(monkeypatch):
     assert plans[0] == 1 and plans[1] > 1, plans
 
 
-def test_plan_splits_only_small_grids():
+def test_plan_splits_only_small_grids(monkeypatch):
     """Few programs over many KV tiles get split; a full grid or a short context does not."""
     from engine.paged_attn_triton import plan
 
@@ -148,7 +148,7 @@ def test_plan_splits_only_small_grids():
         assert plan(4, 16_384, 1, 8, 64, True, cuda)["splits"] == 32  # long context
         assert plan(4, 448, 16, 8, 64, True, cuda)["splits"] == 1  # 16 sequences keep 4 tiles a split
         assert plan(4, 4096, 16, 8, 64, True, cuda)["splits"] == 3  # ... 128 programs, 2 waves
-        pat.DECODE_TILES_PER_SPLIT = 4  # the rule every grid had before
+        monkeypatch.setattr(pat, "DECODE_TILES_PER_SPLIT", 4)  # the rule every grid had before
         assert plan(4, 192, 1, 8, 64, True, cuda)["splits"] == 1
         assert plan(4, 2048, 1, 8, 64, True, cuda)["splits"] == 8
         assert plan(257 * 4, 15_620, 1, 8, 64, False, cuda) == turn  # prefill keeps its rule either way
@@ -165,7 +165,6 @@ def test_plan_splits_only_small_grids():
         )
     finally:
         pat._num_sms = orig
-        pat.DECODE_TILES_PER_SPLIT = 1
 
 
 def test_dense_and_prefix_flash_readers_match_gather():

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from engine.quant import gpu, tuning
-from engine.quant.formats import Int4Weight
 from engine.quant.quantize import prune_2_4, quantize_int4, quantize_int8
 from tests.engine.quant.test_gpu_kernels import DEVICE, K, N, _check, _interpreter, _on_device, _ref  # noqa: F401
 
@@ -94,8 +93,7 @@ def test_every_shipped_config_computes_the_right_product(kind: str, group: int, 
     w = torch.randn(N, k, generator=torch.Generator().manual_seed(9)) * 0.05
     if kind == "int4_24":  # a 2:4 weight, so that the 2:4 kernel runs the config
         mask = prune_2_4(w)
-        q = quantize_int4(w * mask, group=group, mask=mask)
-        q = Int4Weight(q.q, q.scale, q.zero, q.group, mask)
+        q = quantize_int4(w * mask, group=group, mask=mask)  # carries the mask: packs as int4_24
     else:
         q = quantize_int8(w) if kind == "int8" else quantize_int4(w, group=group)
     want_w = q.dequantize(torch.float32) if kind == "int8" else _ref(q)
@@ -169,7 +167,6 @@ def test_the_2_4_heuristic_unpacks_codes_by_reshape() -> None:
     w = torch.randn(N, K, generator=torch.Generator().manual_seed(4)) * 0.05
     mask = prune_2_4(w)
     q = quantize_int4(w * mask, group=64, mask=mask)
-    q = Int4Weight(q.q, q.scale, q.zero, q.group, mask)
     assert gpu.pack(q).kind == "int4_24"
     for m in (1, 3):
         _check(gpu.pack(q), _ref(q), m)
