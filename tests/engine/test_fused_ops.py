@@ -283,3 +283,50 @@ def test_quantized_mlp_takes_silu_mul_from_its_gate_up_layer_where_offered(tmp_p
     got, calls = run()
     assert "gate_up_proj" not in calls and offered == [96] * 4  # 2 layers, 2 runs (the forward, the probe)
     assert torch.equal(got, declined)
+
+
+def test_quantized_attention_takes_rope_and_kv_store_from_its_qkv_gemv_where_offered(tmp_path, monkeypatch):
+    """A decode step on the paged reader: a quantized qkv layer may rotate q and k and store k and v itself
+    (`QuantLinear.rope_qkv`, its GEMV's ROPE mode); the attention then reads the cache it wrote. Where the
+    layer declines (None), the plain product, `fused_ops.rope_qk` and its store run. Both give the same
+    logits and caches. Every linear runs the fp16 GEMV here, so only the qkv path differs."""
+    from engine.attention import pack_meta
+    from engine.model import AttnBatch
+    from engine.quant import gpu
+    from engine.quant.linear import QuantLinear
+
+    quant = _tiny_llama(tmp_path, monkeypatch, quantize=True)
+    qkv_key = ("int4k", 128, 64)  # 4 + 2 + 2 heads of 16 dims, hidden 64
+    monkeypatch.setitem(gpu.TUNING, qkv_key, (16, 1, 4, 2, 5, 8, 2, 2, 2))
+    packed: dict[int, gpu.GpuWeight] = {}
+
+    def gemv(layer: QuantLinear, x: torch.Tensor, **kw) -> torch.Tensor | None:
+        g = packed.setdefault(id(layer), gpu.pack(layer.qweight))
+        return gpu.matmul_small(g, x.reshape(-1, g.k), amax=fused_ops.row_amax(x), **kw)
+
+    monkeypatch.setattr(QuantLinear, "forward", lambda self, x: gemv(self, x))
+    monkeypatch.setattr(QuantLinear, "silu_mul", lambda self, x, inter: None)
+    finished: list[bool] = []
+
+    def offer(self, x, target):
+        q = gemv(self, x, rope=target)
+        finished.append(q is not None)
+        return q
+
+    def step() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        g = torch.Generator().manual_seed(41)
+        kv = [torch.randn(3, 4, 2, 16, generator=g).to(torch.bfloat16).to(DEV) for _ in range(4)]
+        seqs = [(0, 1, 7, [2, 0])]  # position 6: slot 4 * 0 + 2 of block 0, six older rows before it
+        ab = AttnBatch(torch.tensor([2], device=DEV), [], kv[:2], kv[2:], decode=True)
+        ab.meta = pack_meta(seqs, DEV) | {"mode": "paged"}
+        with torch.inference_mode():
+            hidden = quant(torch.tensor([11], device=DEV), torch.tensor([6], device=DEV), ab)
+            return quant.logits(hidden), kv
+
+    monkeypatch.setattr(QuantLinear, "rope_qkv", lambda self, x, target: None)
+    want, kv_want = step()
+    monkeypatch.setattr(QuantLinear, "rope_qkv", offer)
+    got, kv_got = step()
+    assert finished == [True, True]  # both layers took the fused path
+    assert torch.equal(got, want)
+    assert all(torch.equal(a, b) for a, b in zip(kv_got, kv_want, strict=True))

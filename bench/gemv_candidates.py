@@ -1,0 +1,217 @@
+"""The one-token GEMVs' launch configs on this GPU with early release on, and qkv's GEMV finishing RoPE.
+
+    python3 bench/gemv_candidates.py --out $OUT    # GPU: chains of 8 launches with PDL in one CUDA graph
+    python3 bench/gemv_candidates.py --dry         # the script's logic on a CPU box (interpreter, small)
+
+Why: the H100 table ("9.0 H100") holds qkv and o only, both split 1, chosen while early release was off;
+gate_up, down and the int8 LM head still run the H200's configs. Early release (on since 2026-12-07) lets
+the next kernel launch during a GEMV, which changes what a split-K tail costs. And with qkv's GEMV
+writing RoPE'd q and k and the KV rows itself (`engine.quant.h2_rope`), its config takes two column tiles
+of half width, which may want another config.
+
+Per matrix: the shipped config, then each candidate (``CANDIDATES``), each checked against the shipped
+output (relative error; other step sizes sum in another order). qkv also in its ROPE mode. Then a layer
+(qkv, o, gate_up writing silu(gate) * up, down) as shipped and with each matrix's fastest config, qkv
+plain and finishing RoPE. Then the LM head (int8, 128256 x 4096). Prints JSON lines, writes
+``gemv_candidates.json`` and ``candidates_tune.json`` (the winners, for `quant_e2e.py --tune`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+if "--dry" in sys.argv:  # Triton's interpreter must be chosen before triton loads
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import panel_probe as pp  # noqa: E402
+from bench.quant_gpu import make  # noqa: E402
+from engine.quant import gpu  # noqa: E402
+from engine.quant.h2_rope import RopeTarget  # noqa: E402
+
+# fp16-GEMV configs: (block_n, split, warps, stages, mode, block_r, chain, cols, prefetch)
+CANDIDATES = {
+    "qkv": [
+        (16, 1, 8, 1, 5, 128, 2, 2, 3),  # the shipped one with two tiles of 8 (what ROPE runs)
+        (32, 1, 8, 1, 5, 128, 2, 2, 3),
+        (32, 1, 16, 1, 5, 256, 2, 2, 3),
+        (16, 1, 16, 1, 5, 256, 2, 1, 3),
+        (64, 8, 4, 2, 5, 32, 2, 2, 2),  # the "9.0" (H200) split-K config
+    ],
+    "o": [
+        (16, 1, 8, 1, 5, 128, 2, 1, 3),
+        (32, 1, 8, 1, 5, 128, 2, 2, 3),
+        (16, 1, 16, 1, 5, 256, 2, 1, 3),
+        (64, 16, 4, 4, 5, 32, 4, 2, 2),  # "9.0"
+    ],
+    "gate_up": [
+        (32, 1, 4, 3, 5, 64, 2, 2, 2),
+        (32, 1, 8, 4, 5, 64, 2, 2, 2),
+        (64, 1, 8, 3, 5, 64, 2, 2, 2),
+        (32, 1, 4, 4, 5, 128, 2, 2, 2),
+        (16, 1, 4, 4, 5, 64, 2, 2, 2),
+        (32, 1, 8, 1, 5, 128, 2, 2, 3),
+        (64, 1, 8, 1, 5, 128, 2, 2, 3),
+    ],
+    "down": [
+        (64, 8, 4, 3, 5, 32, 2, 2, 2),
+        (64, 28, 4, 3, 5, 32, 2, 2, 2),
+        (32, 16, 4, 3, 5, 32, 2, 2, 2),
+        (128, 16, 8, 3, 5, 32, 2, 2, 2),
+        (16, 1, 8, 2, 5, 256, 2, 1, 2),  # split 1, a step ahead: no split-K sum
+        (32, 1, 16, 2, 5, 256, 2, 2, 2),
+        (16, 2, 8, 1, 5, 128, 2, 1, 3),
+    ],
+}
+# int8 LM head, one token: (block_n, split, warps, stages, block_m, magic, _)
+LM_HEAD = [
+    (64, 1, 4, 3, 16, 1, 0),
+    (256, 1, 4, 3, 16, 1, 0),
+    (128, 1, 8, 3, 16, 1, 0),
+    (128, 1, 4, 4, 16, 1, 0),
+    (128, 1, 4, 2, 16, 1, 0),
+    (128, 2, 4, 3, 16, 1, 0),
+    (256, 1, 8, 3, 16, 1, 0),
+]
+ROPE_HEADS = (16, 4, 16) if pp.DRY else (32, 8, 128)  # nh, kvh, hd: (nh + 2 kvh) hd = qkv's N
+
+
+def rope_target(x: torch.Tensor) -> RopeTarget:
+    """Caches of a few 64-token blocks and one row's position: where the ROPE mode writes."""
+    nh, kvh, hd = ROPE_HEADS
+    kc = torch.zeros(4, 64, kvh, hd, dtype=x.dtype, device=x.device)
+    cos = torch.rand(1, hd, device=x.device).to(x.dtype)
+    slots = torch.tensor([70], dtype=torch.int32, device=x.device)
+    return RopeTarget(kc, torch.zeros_like(kc), slots, cos, cos.flip(-1), nh, kvh, hd)
+
+
+def rope_call(g: gpu.GpuWeight, x: torch.Tensor, a, target: RopeTarget):
+    return lambda: gpu.matmul_small(g, x, amax=a, rope=target)
+
+
+def time_rope(cfg: tuple | None, weights: list, x: torch.Tensor, a) -> dict:
+    """qkv in its ROPE mode with ``cfg`` (None: the shipped config): us a call, or why it declined."""
+    key = ("int4k", *pp.SHAPES["qkv"], 1)
+    if cfg is not None:
+        gpu.TUNING[key] = cfg
+    try:
+        target = rope_target(x)
+        if rope_call(weights[0], x, a, target)() is None:
+            return {"matrix": "qkv_rope", "config": cfg and list(cfg), "declined": True}
+        us = pp.graph_ms([rope_call(g, x, a, target) for g in weights]) * 1e3
+        return {"matrix": "qkv_rope", "config": cfg and list(cfg), "us": round(us, 2)}
+    finally:
+        gpu.TUNING.pop(key, None)
+
+
+def lm_head(rows: list[dict]) -> dict | None:
+    """The int8 LM head's shipped config against ``LM_HEAD``: rows appended; the winner, if any."""
+    n, k = (128256 // 16, 1024) if pp.DRY else (128256, 4096)
+    g0 = make("int8", torch.randn(n, k, device=pp.DEV) * 0.02)
+    weights = [g0] + [
+        gpu.GpuWeight(g0.kind, n, k, {t: v.clone() for t, v in g0.tensors.items()}) for _ in range(2)
+    ]
+    dtype = torch.float32 if pp.DRY else torch.bfloat16  # the interpreter's int8 kernel: fp32 x
+    x = torch.randn(1, k, device=pp.DEV, dtype=dtype)
+    key = ("int8", n, k, 1)
+    want = gpu.matmul_small(g0, x)
+    shipped = pp.graph_ms([lambda g=g: gpu.matmul_small(g, x) for g in weights]) * 1e3
+    rows.append({"matrix": "lm_head", "config": "shipped", "us": round(shipped, 2)})
+    print(json.dumps(rows[-1]), flush=True)
+    best = None
+    for cfg in LM_HEAD[: 1 if pp.DRY else None]:
+        gpu.TUNING[key] = cfg
+        try:
+            got = gpu.matmul_small(g0, x)
+            err = float((got.float() - want.float()).abs().max() / want.float().abs().max())
+            us = pp.graph_ms([lambda g=g: gpu.matmul_small(g, x) for g in weights]) * 1e3
+            rows.append({"matrix": "lm_head", "config": list(cfg), "us": round(us, 2)})
+            rows[-1]["rel_err"] = round(err, 5)
+            if err < 1e-2 and us < (best or {}).get("us", shipped):
+                best = rows[-1]
+        except Exception as e:  # noqa: BLE001 - a config this shape cannot run: said, the sweep goes on
+            rows.append({"matrix": "lm_head", "config": list(cfg), "error": repr(e)[:200]})
+        finally:
+            gpu.TUNING.pop(key, None)
+        print(json.dumps(rows[-1]), flush=True)
+    return best
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default="bench/out")
+    p.add_argument("--dry", action="store_true")
+    args = p.parse_args()
+    if pp.DRY:
+        pp._dry_setup()
+    torch.manual_seed(0)
+    bw = pp.copy_gbps()
+    gpu_name = "dry" if pp.DRY else torch.cuda.get_device_name()
+    rows: list[dict] = [{"copy_gbps": round(bw, 1), "gpu": gpu_name, "early_release": gpu.GEMV_EARLY_RELEASE}]
+    print(json.dumps(rows[-1]), flush=True)
+    weights, xs, amaxes, won = {}, {}, {}, {}
+    for name in pp.NAMES:
+        weights[name], xs[name], amaxes[name] = pp.matrix(name)
+        w, x, a = weights[name], xs[name], amaxes[name]
+        want = pp.call(name, w[0], x, a)()
+        shipped = pp.graph_ms([pp.call(name, g, x, a) for g in w]) * 1e3
+        rows.append({"matrix": name, "config": "shipped", "us": round(shipped, 2)})
+        rows[-1]["read_us"] = round(pp.reads(w[0].nbytes())[1], 2)
+        print(json.dumps(rows[-1]), flush=True)
+        best = (None, shipped)
+        for cfg in CANDIDATES[name][: 1 if pp.DRY else None]:
+            rows.append(pp.time_config(name, cfg, w, x, a, want))
+            print(json.dumps(rows[-1]), flush=True)
+            if rows[-1].get("rel_err", 1) < 1e-2 and rows[-1]["us"] < best[1]:
+                best = (cfg, rows[-1]["us"])
+        if name == "qkv":  # ROPE: the shipped config (taken as two tiles) and each split-1 candidate
+            rope_best = (None, float("inf"))
+            for cfg in [None, *(c for c in CANDIDATES["qkv"] if c[1] == 1)][: 2 if pp.DRY else None]:
+                rows.append(time_rope(cfg, w, x, a))
+                print(json.dumps(rows[-1]), flush=True)
+                if rows[-1].get("us", float("inf")) < rope_best[1]:
+                    rope_best = (cfg, rows[-1]["us"])
+            won["qkv_rope"] = rope_best[0]
+        won[name] = best[0]
+        torch.cuda.empty_cache() if not pp.DRY else None
+
+    layer_bytes = sum(weights[nm][0].nbytes() for nm in pp.NAMES)
+    for kind in ("shipped", "winners", "winners_rope", "shipped_rope", "shipped"):
+        fns = []
+        for i in range(pp.LAYERS):
+            for nm in pp.NAMES:
+                g, x, a = weights[nm][i], xs[nm], amaxes[nm]
+                rope = nm == "qkv" and kind.endswith("rope")
+                fns.append(rope_call(g, x, a, rope_target(x)) if rope else pp.call(nm, g, x, a))
+        if kind.startswith("winners"):
+            chosen = {nm: won["qkv_rope" if nm == "qkv" and kind.endswith("rope") else nm] for nm in pp.NAMES}
+            gpu.TUNING.update({("int4k", *pp.SHAPES[nm], 1): c for nm, c in chosen.items() if c is not None})
+        us = pp.graph_ms([lambda fns=fns: [f() for f in fns]]) * 1e3 / pp.LAYERS
+        gpu.TUNING.clear()
+        rows.append({"layer_chain": kind, "us_layer": round(us, 2)})
+        rows[-1]["pct_copy_bw"] = round(100 * layer_bytes / us / 1e3 / bw, 1)
+        print(json.dumps(rows[-1]), flush=True)
+    head = lm_head(rows)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gemv_candidates.json").write_text(json.dumps(rows, indent=1))
+    # quant_e2e's 'tuned' configs: the winners (qkv's as it runs finishing RoPE, the shipped default)
+    shapes = pp.quant_gpu.SHAPES
+    picks = {nm: won["qkv_rope" if nm == "qkv" else nm] for nm in pp.NAMES}
+    tune = {f"int4k_g128|{n}|{k}|1": list(c) for nm, c in picks.items() if c for n, k in [shapes[nm]]}
+    if head is not None:
+        tune["int8|128256|4096|1"] = head["config"]
+    source = f"bench/gemv_candidates.py on {gpu_name}: one-token configs, early release, qkv finishing RoPE"
+    (out / "candidates_tune.json").write_text(json.dumps({"source": source, "tuning": tune}))
+
+
+if __name__ == "__main__":
+    main()
