@@ -1,19 +1,17 @@
-"""The one-token GEMVs' launch configs on this GPU with early release on, and qkv's GEMV finishing RoPE.
+"""The one-token GEMVs' launch configs on this GPU with early release on, per matrix and per layer.
 
     python3 bench/gemv_candidates.py --out $OUT    # GPU: chains of 8 launches with PDL in one CUDA graph
     python3 bench/gemv_candidates.py --dry         # the script's logic on a CPU box (interpreter, small)
 
 Why: the H100 table ("9.0 H100") holds qkv and o only, both split 1, chosen while early release was off;
 gate_up, down and the int8 LM head still run the H200's configs. Early release (on since 2026-12-07) lets
-the next kernel launch during a GEMV, which changes what a split-K tail costs. And with qkv's GEMV
-writing RoPE'd q and k and the KV rows itself (`engine.quant.h2_rope`), its config takes two column tiles
-of half width, which may want another config.
+the next kernel launch during a GEMV, which changes what a split-K tail costs.
 
 Per matrix: the shipped config, then each candidate (``CANDIDATES``), each checked against the shipped
-output (relative error; other step sizes sum in another order). qkv also in its ROPE mode. Then a layer
-(qkv, o, gate_up writing silu(gate) * up, down) as shipped and with each matrix's fastest config, qkv
-plain and finishing RoPE. Then the LM head (int8, 128256 x 4096). Prints JSON lines, writes
-``gemv_candidates.json`` and ``candidates_tune.json`` (the winners, for `quant_e2e.py --tune`).
+output (relative error; other step sizes sum in another order). Then a layer (qkv, o, gate_up writing
+silu(gate) * up, down) as shipped and with each matrix's fastest config. Then the LM head (int8, 128256 x
+4096). Prints JSON lines, writes ``gemv_candidates.json`` and ``candidates_tune.json`` (the winners, for
+`quant_e2e.py --tune`: a chain's winner is not the model's, bench/RESULTS.md, 2026-12-07, fourth session).
 """
 
 from __future__ import annotations
@@ -34,12 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import panel_probe as pp  # noqa: E402
 from bench.quant_gpu import make  # noqa: E402
 from engine.quant import gpu  # noqa: E402
-from engine.quant.h2_rope import RopeTarget  # noqa: E402
 
 # fp16-GEMV configs: (block_n, split, warps, stages, mode, block_r, chain, cols, prefetch)
 CANDIDATES = {
     "qkv": [
-        (16, 1, 8, 1, 5, 128, 2, 2, 3),  # the shipped one with two tiles of 8 (what ROPE runs)
+        (16, 1, 8, 1, 5, 128, 2, 2, 3),  # the shipped one with two tiles of 8
         (32, 1, 8, 1, 5, 128, 2, 2, 3),
         (32, 1, 16, 1, 5, 256, 2, 2, 3),
         (16, 1, 16, 1, 5, 256, 2, 1, 3),
@@ -80,35 +77,6 @@ LM_HEAD = [
     (128, 2, 4, 3, 16, 1, 0),
     (256, 1, 8, 3, 16, 1, 0),
 ]
-ROPE_HEADS = (16, 4, 16) if pp.DRY else (32, 8, 128)  # nh, kvh, hd: (nh + 2 kvh) hd = qkv's N
-
-
-def rope_target(x: torch.Tensor) -> RopeTarget:
-    """Caches of a few 64-token blocks and one row's position: where the ROPE mode writes."""
-    nh, kvh, hd = ROPE_HEADS
-    kc = torch.zeros(4, 64, kvh, hd, dtype=x.dtype, device=x.device)
-    cos = torch.rand(1, hd, device=x.device).to(x.dtype)
-    slots = torch.tensor([70], dtype=torch.int32, device=x.device)
-    return RopeTarget(kc, torch.zeros_like(kc), slots, cos, cos.flip(-1), nh, kvh, hd)
-
-
-def rope_call(g: gpu.GpuWeight, x: torch.Tensor, a, target: RopeTarget):
-    return lambda: gpu.matmul_small(g, x, amax=a, rope=target)
-
-
-def time_rope(cfg: tuple | None, weights: list, x: torch.Tensor, a) -> dict:
-    """qkv in its ROPE mode with ``cfg`` (None: the shipped config): us a call, or why it declined."""
-    key = ("int4k", *pp.SHAPES["qkv"], 1)
-    if cfg is not None:
-        gpu.TUNING[key] = cfg
-    try:
-        target = rope_target(x)
-        if rope_call(weights[0], x, a, target)() is None:
-            return {"matrix": "qkv_rope", "config": cfg and list(cfg), "declined": True}
-        us = pp.graph_ms([rope_call(g, x, a, target) for g in weights]) * 1e3
-        return {"matrix": "qkv_rope", "config": cfg and list(cfg), "us": round(us, 2)}
-    finally:
-        gpu.TUNING.pop(key, None)
 
 
 def lm_head(rows: list[dict]) -> dict | None:
@@ -171,28 +139,14 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
             if rows[-1].get("rel_err", 1) < 1e-2 and rows[-1]["us"] < best[1]:
                 best = (cfg, rows[-1]["us"])
-        if name == "qkv":  # ROPE: the shipped config (taken as two tiles) and each split-1 candidate
-            rope_best = (None, float("inf"))
-            for cfg in [None, *(c for c in CANDIDATES["qkv"] if c[1] == 1)][: 2 if pp.DRY else None]:
-                rows.append(time_rope(cfg, w, x, a))
-                print(json.dumps(rows[-1]), flush=True)
-                if rows[-1].get("us", float("inf")) < rope_best[1]:
-                    rope_best = (cfg, rows[-1]["us"])
-            won["qkv_rope"] = rope_best[0]
         won[name] = best[0]
         torch.cuda.empty_cache() if not pp.DRY else None
 
     layer_bytes = sum(weights[nm][0].nbytes() for nm in pp.NAMES)
-    for kind in ("shipped", "winners", "winners_rope", "shipped_rope", "shipped"):
-        fns = []
-        for i in range(pp.LAYERS):
-            for nm in pp.NAMES:
-                g, x, a = weights[nm][i], xs[nm], amaxes[nm]
-                rope = nm == "qkv" and kind.endswith("rope")
-                fns.append(rope_call(g, x, a, rope_target(x)) if rope else pp.call(nm, g, x, a))
-        if kind.startswith("winners"):
-            chosen = {nm: won["qkv_rope" if nm == "qkv" and kind.endswith("rope") else nm] for nm in pp.NAMES}
-            gpu.TUNING.update({("int4k", *pp.SHAPES[nm], 1): c for nm, c in chosen.items() if c is not None})
+    for kind in ("shipped", "winners", "shipped"):
+        fns = [pp.call(nm, weights[nm][i], xs[nm], amaxes[nm]) for i in range(pp.LAYERS) for nm in pp.NAMES]
+        if kind == "winners":
+            gpu.TUNING.update({("int4k", *pp.SHAPES[nm], 1): c for nm, c in won.items() if c is not None})
         us = pp.graph_ms([lambda fns=fns: [f() for f in fns]]) * 1e3 / pp.LAYERS
         gpu.TUNING.clear()
         rows.append({"layer_chain": kind, "us_layer": round(us, 2)})
@@ -203,13 +157,12 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gemv_candidates.json").write_text(json.dumps(rows, indent=1))
-    # quant_e2e's 'tuned' configs: the winners (qkv's as it runs finishing RoPE, the shipped default)
+    # quant_e2e's 'tuned' configs: the winners
     shapes = pp.quant_gpu.SHAPES
-    picks = {nm: won["qkv_rope" if nm == "qkv" else nm] for nm in pp.NAMES}
-    tune = {f"int4k_g128|{n}|{k}|1": list(c) for nm, c in picks.items() if c for n, k in [shapes[nm]]}
+    tune = {f"int4k_g128|{n}|{k}|1": list(c) for nm, c in won.items() if c for n, k in [shapes[nm]]}
     if head is not None:
         tune["int8|128256|4096|1"] = head["config"]
-    source = f"bench/gemv_candidates.py on {gpu_name}: one-token configs, early release, qkv finishing RoPE"
+    source = f"bench/gemv_candidates.py on {gpu_name}: one-token configs with early release"
     (out / "candidates_tune.json").write_text(json.dumps({"source": source, "tuning": tune}))
 
 

@@ -48,10 +48,8 @@
 #   final7: bash bench/gpu_pending.sh final7   (no carry; compiled tests of the shipped configs and decode splits (TEST_S=0:
 #           none), SWEEP24_S=80: 2:4's one-token configs swept, then the model at batch 1 and 16 with A/Bs
 #           early0,early1,dsplit1,dsplit0; ~6 min)
-#   rope8: bash bench/gpu_pending.sh rope8   (no carry; qkv's GEMV finishing RoPE + KV store: compiled tests, the model
-#          A/B, then bench/gemv_candidates.py; ~8 min)
-#   rope8ab: bash bench/gpu_pending.sh rope8ab   (carry bench/out/candidates_tune.json from rope8's $OUT; the model on
-#            its winners; ~5 min)
+#   candidates: bash bench/gpu_pending.sh candidates   (no carry; one-token configs with early release, the int8 LM
+#               head's, the model on the winners; ~7 min)
 #   gemvpre: bash bench/gpu_pending.sh gemvpre   (no carry; the fp16 GEMV's first weights before PDL's wait: tests, A/B)
 #   silu: bash bench/gpu_pending.sh silu   (carry .whl; gate_up's GEMV writing silu(gate) * up: compiled tests, then the A/B)
 #   pgraph: bash bench/gpu_pending.sh pgraph   (carry .whl; short prefills as CUDA graphs off / on, bf16 and int8 KV (KV=auto
@@ -94,7 +92,6 @@ compiled_tests() {  # $1: seconds; $2: pytest -k (empty: all); log in $OUT/tests
   echo "== compiled kernel and fused-op tests (-k \"$2\"; log in \$OUT/tests.log)"
   timeout "$1" python3 -m pytest --noconftest -q -p no:cacheprovider tests/engine/quant/test_gpu_kernels.py tests/engine/quant/test_gpu_dispatch.py \
     tests/engine/quant/test_tuning.py tests/engine/test_fused_ops.py tests/engine/test_pdl.py tests/engine/test_split_kv.py \
-    tests/engine/quant/test_h2_rope.py \
     ${2:+-k "$2"} \
     > "$OUT/tests.log" 2>&1
   echo "pytest rc=$?"; grep -E "passed|failed|error" "$OUT/tests.log" | tail -5
@@ -325,20 +322,13 @@ PY
     E2E_EXTRA="--no-hf --decode-tokens ${DECODE:-256}" PREFILL=2048 model_ab "${E2E_S:-300}" "${BATCHES:-1,16}" \
       "${LAUNCHES:-early0,early1,dsplit1,dsplit0,early0}"
     ;;
-  rope8)  # issue 6: qkv's GEMV finishing RoPE and the KV store: compiled tests, the model A/B, then the one-token
-    # configs with early release on (bench/gemv_candidates.py; its candidates_tune.json feeds rope8ab) (~8 min)
-    if [ "${TEST_S:-120}" != 0 ]; then compiled_tests "${TEST_S:-120}" "${TEST_K:-rope or shipped or silu}"; fi
-    echo "== whole model, shipped configs: batch 1 and 16; A/B RoPE in qkv's GEMV off / on"
-    E2E_EXTRA="--no-hf --decode-tokens ${DECODE:-256}" PREFILL=2048 model_ab "${E2E_S:-240}" "${BATCHES:-1,16}" \
-      "${LAUNCHES:-ropegemv0,ropegemv1,ropegemv0,ropegemv1}"
-    echo "== one-token configs with early release, qkv finishing RoPE (bench/gemv_candidates.py)"
-    timeout "${PROBE_S:-220}" python3 bench/gemv_candidates.py --out "$OUT" > "$OUT/candidates.log" 2>&1
+  candidates)  # issue 6: one-token configs with early release per matrix and layer, the int8 LM head's, then
+    # the model on the chain's winners (~7 min)
+    echo "== one-token configs with early release (bench/gemv_candidates.py)"
+    timeout "${PROBE_S:-200}" python3 bench/gemv_candidates.py --out "$OUT" > "$OUT/candidates.log" 2>&1
     echo "rc=$?"; grep -v warn "$OUT/candidates.log" | cut -c1-200
-    ;;
-  rope8ab)  # issue 6: the model on gemv_candidates.py's winners (carry bench/out/candidates_tune.json), A/B (~6 min)
-    if [ "${TEST_S:-100}" != 0 ]; then compiled_tests "${TEST_S:-100}" "${TEST_K:-rope}"; fi
-    E2E_EXTRA="--no-hf --decode-tokens ${DECODE:-256} --tune bench/out/candidates_tune.json" PREFILL=2048 \
-      model_ab "${E2E_S:-300}" "${BATCHES:-1}" "${LAUNCHES:-tuned1,tuned0,ropegemv0,tuned1,ropegemv1,tuned0}"
+    E2E_EXTRA="--no-hf --decode-tokens ${DECODE:-256} --tune $OUT/candidates_tune.json" PREFILL=2048 \
+      model_ab "${E2E_S:-240}" "${BATCHES:-1}" "${LAUNCHES:-tuned1,tuned0,tuned1,tuned0}"
     ;;
   gemvpre)  # issue 6: the fp16 GEMV's first step of weights before PDL's wait (PRE_WAIT): compiled tests, model A/B (~7 min)
     compiled_tests "${TEST_S:-120}" "${TEST_K:-prefetching or silu or shipped}"

@@ -248,7 +248,6 @@ def _knobs(eng: Engine) -> dict[str, tuple[object, str]]:
     and first old tile before PDL's wait), 'prefetch' (the fp16 GEMV's configs may load a step ahead),
     'sbahead' (... their scales and biases too, where a config says PREFETCH 2), 'tuned' (the configs of
     ``--tune``, or the shipped table), 'silugemv' (gate_up's GEMV writes ``silu(gate) * up`` itself),
-    'ropegemv' (qkv's GEMV rotates q and k and stores the KV rows itself),
     'gemvpre' (the fp16 GEMV's first step of weights loads before PDL's wait), 'panels' (int4 weights in
     panels of their one-token tile, `gpu.to_panels`), 'early' (the one-token GEMVs release PDL's next kernel
     as they start), 'dsplit' (one sequence's decode attention splits its KV down to a tile a program);
@@ -262,7 +261,6 @@ def _knobs(eng: Engine) -> dict[str, tuple[object, str]]:
         "prefetch": (PREFETCH_ANY, "on"),
         "sbahead": (SB_AHEAD, "on"),
         "silugemv": (gpu, "SILU_IN_GEMV"),
-        "ropegemv": (gpu, "ROPE_IN_GEMV"),
         "gemvpre": (gpu, "H2_PRE_WAIT"),
         "early": (gpu, "GEMV_EARLY_RELEASE"),
         "tuned": (TUNED, "on"),

@@ -267,6 +267,7 @@ SHIP_KINDS = {
     "int4k_g128": ("int4k", 128),
     "int4k_g64": ("int4k", 64),
     "int4_24": ("int4_24", 128),
+    "int4_g128_teal": ("int4_teal", 128),
 }
 
 

@@ -103,36 +103,8 @@ class Attention(nn.Module):
         self.qkv_proj = nn.Linear(cfg.hidden_size, qkv, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(self.nh * self.hd, cfg.hidden_size, bias=False)
 
-    def _qkv_finished_by_gemv(self, x, cos, sin, ab: AttnBatch) -> torch.Tensor | None:
-        """q ``[T, nh, hd]`` rotated, with k and v already in the cache, where the quantized qkv layer's
-        GEMV can do RoPE and the KV store itself (`QuantLinear.rope_qkv`: a decode-sized step reading a
-        bf16/fp16 cache in place); None: the caller runs the product, `fused_ops.rope_qk` and the store."""
-        gemv_rope = getattr(self.qkv_proj, "rope_qkv", None)
-        mode = ab.meta.get("mode", "paged") if ab.meta is not None else "gather"
-        if gemv_rope is None or not _fused(x) or mode != "paged" or ab.k_scale is not None:
-            return None
-        from engine.fused_ops import stores_kv
-        from engine.quant.h2_rope import RopeTarget
-
-        kc, vc = ab.k_cache[self.layer], ab.v_cache[self.layer]
-        if not stores_kv(kc, vc, x.dtype):
-            return None
-        t = x.shape[0]
-        if ab.layer_ready is not None and t <= 4:  # the GEMV stores into this layer's cache: restores first
-            ab.layer_ready(self.layer)  # (a wait: harmless if the plain path below waits again)
-        cs = (cos.reshape(t, self.hd).contiguous(), sin.reshape(t, self.hd).contiguous())
-        q = gemv_rope(x, RopeTarget(kc, vc, ab.slot_mapping, *cs, self.nh, self.kvh, self.hd))
-        return None if q is None else q.view(t, self.nh, self.hd)
-
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ab: AttnBatch) -> torch.Tensor:
         t = x.shape[0]
-        q = self._qkv_finished_by_gemv(x, cos, sin, ab)
-        if q is not None:
-            from engine.paged_attn_triton import paged_attention
-
-            kc, vc = ab.k_cache[self.layer], ab.v_cache[self.layer]
-            out = paged_attention(q, kc, vc, None, None, ab.meta, ab.decode)
-            return self.o_proj(out.reshape(t, self.nh * self.hd))
         q, k, v = self.qkv_proj(x).split([self.nh * self.hd, self.kvh * self.hd, self.kvh * self.hd], dim=-1)
         q = q.view(t, self.nh, self.hd)
         k = k.view(t, self.kvh, self.hd)

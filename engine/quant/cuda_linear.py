@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from engine.quant import gpu
-from engine.quant.h2_rope import RopeTarget
 
 
 def cuda_linear(layer: Any, x: torch.Tensor) -> torch.Tensor:
@@ -60,21 +59,3 @@ def cuda_silu_mul(layer: Any, x: torch.Tensor, inter: int) -> torch.Tensor | Non
 
     h = gpu.matmul_small(g, x2, amax=row_amax(x), silu_inter=inter)
     return None if h is None else h.reshape(*x.shape[:-1], inter)
-
-
-def cuda_rope_qkv(layer: Any, x: torch.Tensor, target: RopeTarget) -> torch.Tensor | None:
-    """q ``[rows, nh * hd]`` of the ``[q | k | v]`` layer's product with ``x`` (1-4 rows, no bias, no
-    TEAL), rotated, with k rotated and v stored into ``target``'s caches by its GEMV (`gpu.matmul_small`
-    ``rope``), or None where that GEMV cannot: the caller then runs the product and
-    `engine.fused_ops.rope_qk`, which give the same bits."""
-    if not gpu.ROPE_IN_GEMV or layer.bias is not None or layer.act_threshold is not None:
-        return None
-    x2 = x.reshape(-1, x.shape[-1])
-    if x2.shape[0] > 4 or x2.stride(-1) != 1:
-        return None
-    g = gpu.prepare(layer)
-    if g.kind != "int4k":
-        return None
-    from engine.fused_ops import row_amax
-
-    return gpu.matmul_small(g, x2, amax=row_amax(x), rope=target)

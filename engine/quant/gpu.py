@@ -20,7 +20,6 @@ import torch.nn.functional as F
 
 from engine.quant import launch_configs
 from engine.quant.formats import Int4Weight, Int8Weight
-from engine.quant.h2_rope import RopeTarget, rope_fits
 from engine.quant.launch_configs import (  # noqa: F401  (TUNING, SMALL_M, _int4k_config: the benchmarks' names)
     SMALL_M,
     TUNING,
@@ -40,11 +39,6 @@ CHUNK_ROWS = 64
 # ``silu_inter``; `engine.model.MLP`), saving the SiLU x up kernel and its launch: same bits either way,
 # the graph step 2122 -> 2065 us on the H200 (quant_e2e's 'silugemv' switch; `bash bench/gpu_pending.sh silu`)
 SILU_IN_GEMV = True
-# qkv's one-token GEMV rotates q and k and stores k and v into a bf16/fp16 KV cache itself where its config
-# allows (`matmul_small` ``rope``, `engine.quant.h2_rope`; `engine.model.Attention`), saving the RoPE +
-# KV-store kernel and its launch (~1.3 us a layer on an H100 by quant_e2e's 'skiprope' probe): same bits
-# either way (quant_e2e's 'ropegemv' switch)
-ROPE_IN_GEMV = True
 # The fp16 GEMV's first step of weights (configs with PREFETCH 2) loads before PDL's wait, overlapping the
 # kernel ahead (`triton_w4k_h2` PRE_WAIT): the int4 batch-1 graph step 2405.9 / 2406.4 -> 2399.5 / 2399.8 us
 # on an H100, same tokens (quant_e2e's 'gemvpre' switch; `bash bench/gpu_pending.sh gemvpre`)
@@ -216,16 +210,12 @@ def matmul_small(
     thresh: float | None = None,
     amax: torch.Tensor | None = None,
     silu_inter: int = 0,
-    rope: RopeTarget | None = None,
 ) -> torch.Tensor | None:
     """``x [M <= 16, K] @ W.T`` with the fused kernel of ``g.kind``. ``amax``: each row's ``max |x|`` as
     float32, for the fp16 GEMV to skip its own pass (`triton_w4k_h2` AMAX_IN; measured by the probe).
     ``silu_inter``: W is ``[gate | up]`` of ``2 * silu_inter`` rows and the result is ``silu(gate) * up``
     (``[M, silu_inter]``, the bits of `engine.fused_ops.silu_mul` on the plain product), written by the
-    GEMV itself where its config allows (the fp16 GEMV with two column tiles and no split-K), else None.
-    ``rope``: W is a ``[q | k | v]`` projection; the fp16 GEMV with no split-K (taken with two column
-    tiles) rotates q and k, stores k and v into ``rope``'s caches and returns q ``[M, nh * hd]``
-    (`engine.quant.h2_rope`), else None: the caller runs the plain product and `fused_ops.rope_qk`."""
+    GEMV itself where its config allows (the fp16 GEMV with two column tiles and no split-K), else None."""
     from engine import pdl
     from engine.fused_ops import _interpreted  # SILU_MUL rounds as `fused_ops.silu_mul` does here
     from engine.quant import triton_kernels as tk
@@ -245,10 +235,6 @@ def matmul_small(
         cfg = tiled
     if silu_inter and not _silu_in_gemv(g, cfg, h2, silu_inter):
         return None
-    if rope is not None:
-        if h2 is None or cfg[1] != 1 or g.panel or not rope_fits(g.n, cfg[0], rope.nh, rope.kvh, rope.hd):
-            return None
-        h2 = (h2[0], 2, h2[2])  # the rotation's two halves, a column tile each
     block_n, split, warps, stages = cfg[:4]
     if g.kind == "int4_24":  # rows are looped over: no more than the batch needs
         block_m = 1 << (m - 1).bit_length()
@@ -261,7 +247,7 @@ def matmul_small(
     split = -(-chunks // per)
     nsplit = split if split > 1 else 0  # the kernels' SPLIT: how many partial tiles to add (0: none)
     grid = (-(-g.n // block_n), split)
-    y = x.new_empty(m, silu_inter or (rope.nh * rope.hd if rope else g.n))
+    y = x.new_empty(m, silu_inter or g.n)
     locks = split_locks(x.device)
     ws = x.new_empty(split, m, g.n, dtype=torch.float32) if nsplit else y  # partial tiles of split-K
     if nsplit and grid[0] > LOCK_TILES:
@@ -300,7 +286,7 @@ def matmul_small(
             amax_ptr=xa if amax is None else amax, AMAX_IN=amax is not None, PREFETCH=prefetch,
             SILU_MUL=bool(silu_inter), CUDA=not _interpreted(), PRE_WAIT=H2_PRE_WAIT and prefetch >= 2,
             PANEL=panel, EARLY_RELEASE=GEMV_EARLY_RELEASE and m == 1, PROBE=H2_PROBE,
-            STEPS=per if prefetch == 3 else 0, **_rope_args(rope, y), **pdl_kw,
+            STEPS=per if prefetch == 3 else 0, **pdl_kw,
         )  # fmt: skip
     elif g.kind == "int4k" and cfg[4] in (18, *MMT_JOIN) and g.group % (8 * cfg[5]) == 0:  # bf16 pairs
         swapped = {"JOIN": MMT_JOIN[cfg[4]]} if cfg[4] in MMT_JOIN else {}
@@ -344,16 +330,6 @@ def matmul_small(
     else:
         raise ValueError(f"no small-M kernel for {g.kind}")
     return y
-
-
-def _rope_args(rope: RopeTarget | None, q: torch.Tensor) -> dict:
-    """The fp16 GEMV's ``ROPE`` arguments, q written into ``q`` (none without ``rope``: the mode is off)."""
-    if rope is None:
-        return {}
-    return {
-        "ROPE": True, "QO": q, "KC": rope.k_cache, "VC": rope.v_cache, "SLOTS": rope.slots, "COS": rope.cos,
-        "SIN": rope.sin, "NH": rope.nh, "KVH": rope.kvh, "HD": rope.hd,
-    }  # fmt: skip
 
 
 def dense_weight(g: GpuWeight, dtype: torch.dtype) -> torch.Tensor:

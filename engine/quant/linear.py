@@ -16,16 +16,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from engine.quant import cpu_linear
 from engine.quant.formats import Int4Weight, Int8Weight
-
-if TYPE_CHECKING:
-    from engine.quant.h2_rope import RopeTarget
 
 TEAL_MAX_ROWS = 16
 ROW_CHUNK_ELEMS = 1 << 22  # dequantize ~4M weights (16 MB fp32) at a time
@@ -94,17 +90,6 @@ class QuantLinear(nn.Module):
         from engine.quant.cuda_linear import cuda_silu_mul
 
         return cuda_silu_mul(self, x, inter)
-
-    def rope_qkv(self, x: torch.Tensor, target: RopeTarget) -> torch.Tensor | None:
-        """q of this ``[q | k | v]`` layer's product, rotated, with k rotated and v stored into
-        ``target``'s KV caches, by its CUDA GEMV where the launch config allows
-        (`engine.quant.cuda_linear.cuda_rope_qkv`: one kernel instead of two, same bits); None: the caller
-        takes the product and `engine.fused_ops.rope_qk`."""
-        if not x.is_cuda:
-            return None
-        from engine.quant.cuda_linear import cuda_rope_qkv
-
-        return cuda_rope_qkv(self, x, target)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_cuda:

@@ -14,7 +14,6 @@ import triton.language as tl
 
 from engine import pdl
 from engine.fused_ops import silu_mul_math
-from engine.quant.h2_rope import rope_columns, rope_store
 from engine.quant.triton_kernels import _finish_split, _write_row
 from engine.quant.triton_w4k import panel_offsets
 
@@ -145,8 +144,7 @@ def w4k_gemv_h2_kernel(
     M_ROWS: tl.constexpr, PDL: tl.constexpr = False, amax_ptr=None, AMAX_IN: tl.constexpr = False,
     PREFETCH: tl.constexpr = False, SILU_MUL: tl.constexpr = False, CUDA: tl.constexpr = True,
     PRE_WAIT: tl.constexpr = False, PANEL: tl.constexpr = 0, EARLY_RELEASE: tl.constexpr = False,
-    PROBE: tl.constexpr = 0, STEPS: tl.constexpr = 0, ROPE: tl.constexpr = False, QO=None, KC=None, VC=None,
-    SLOTS=None, COS=None, SIN=None, NH: tl.constexpr = 0, KVH: tl.constexpr = 0, HD: tl.constexpr = 0,
+    PROBE: tl.constexpr = 0, STEPS: tl.constexpr = 0,
 ):  # fmt: skip
     """gemv3 (steps of ``BLOCK_R`` word rows, scales in the accumulator's layout) with packed-fp16 FMAs: a
     pair of weights costs a ``lop3``, ``sub.f16x2`` and ``fma.f16x2`` (DENORM: ``and``, ``fma``), not ~7.
@@ -203,11 +201,6 @@ def w4k_gemv_h2_kernel(
     do, not after the main loop. Safe either way (the next kernel still waits for this one to finish);
     what changes is only when its launch and its programs' first loads may start.
 
-    ``ROPE`` (qkv weights, two column tiles, no split-K; `engine.quant.h2_rope`): tile 0 takes dims
-    ``[j, j + BLOCK_N / 2)`` of a head and tile 1 the same dims of its second half; the program writes q
-    rotated into ``QO``, k rotated and v into the KV caches ``KC``, ``VC`` at ``SLOTS`` (``COS``, ``SIN``
-    ``[M_ROWS, HD]``, ``NH`` q and ``KVH`` kv heads): `engine.fused_ops.rope_qk`'s bits, without its launch.
-
     ``PROBE``, for measurement only (`bench/gemv_ablation.py`; the launcher passes `gpu.H2_PROBE`, 0, and
     a probe's results are wrong): bit 1 leaves split-K's partial tiles unsummed (no ticket, no sum), bit 2
     replaces the step's math by an integer sum of its words (the loads stay), with ``PREFETCH`` 2."""
@@ -219,11 +212,6 @@ def w4k_gemv_h2_kernel(
         tl.static_assert(COLS == 2 and SPLIT == 0, "SILU_MUL: two column tiles, no split-K")
         cols0 = tl.program_id(0) * BC + tl.arange(0, BC)
         colv = (cols0, cols0 + N // 2)
-    elif ROPE:  # column tile 0 in the first half of a head's dims, tile 1 the same dims of the second
-        tl.static_assert(COLS == 2 and SPLIT == 0, "ROPE: two column tiles, no split-K")
-        head, dims = rope_columns(tl.program_id(0), BC, HD)
-        cols0 = head * HD + dims
-        colv = (cols0, cols0 + HD // 2)
     else:
         cols0 = tl.program_id(0) * BLOCK_N + tl.arange(0, BC)
         colv = ()
@@ -305,11 +293,6 @@ def w4k_gemv_h2_kernel(
             u = (tl.sum(acc[M_ROWS + m], axis=0) * inv[m]).to(dt)
             ym = y_ptr if m == 0 else y_ptr + m * stride_ym
             tl.store(ym + cols0, silu_mul_math(g, u, dt, CUDA), mask=(cols0 < N // 2) | EVEN)
-    elif ROPE:
-        for m in tl.static_range(M_ROWS):
-            lo = tl.sum(acc[m], axis=0) * inv[m]
-            hi = tl.sum(acc[M_ROWS + m], axis=0) * inv[m]
-            rope_store(lo, hi, m, head, dims, QO, KC, VC, SLOTS, COS, SIN, NH, KVH, HD, CUDA)
     else:
         for c in tl.static_range(COLS):
             for m in tl.static_range(M_ROWS):

@@ -97,12 +97,14 @@ def test_every_shipped_config_computes_the_right_product(kind: str, group: int, 
     else:
         q = quantize_int8(w) if kind == "int8" else quantize_int4(w, group=group)
     want_w = q.dequantize(torch.float32) if kind == "int8" else _ref(q)
+    teal = kind == "int4_teal"  # N-packed int4, run with an activation threshold (TEAL)
     gpu.TUNING[(kind, N, k)] = cfg
     try:
         for m in (1, 3):
             if not h2:
-                assert gpu.pack(q).kind == kind
-                _check(gpu.pack(q), want_w, m)
+                gw = gpu.pack(q, n_major=teal)
+                assert gw.kind + "_teal" * teal == kind
+                _check(gw, want_w, m, 0.5 if teal else None)
                 continue
             tiled, fp16 = gpu._int4k_config(gpu.pack(q), cfg, m)
             if cfg[4] == 6:
@@ -170,3 +172,17 @@ def test_the_2_4_heuristic_unpacks_codes_by_reshape() -> None:
     assert gpu.pack(q).kind == "int4_24"
     for m in (1, 3):
         _check(gpu.pack(q), _ref(q), m)
+
+
+def test_the_teal_heuristic_unpacks_codes_by_reshape() -> None:
+    """A TEAL (N-packed) shape without a table entry gets the one-token kernel without per-value gathers:
+    they took 3.9-5.8x longer at one token on an H100 (bench/RESULTS.md, fourth session of 2026-12-07);
+    and it runs, skipping the rows of small activations."""
+    from engine.quant import launch_configs
+
+    cfg = launch_configs._config("int4_teal", 4096, 4096, 128, 1)
+    assert len(cfg) == 6 and cfg[4:] == (1, 0), cfg
+    q = quantize_int4(torch.randn(N, K, generator=torch.Generator().manual_seed(5)) * 0.05, group=64)
+    gw = gpu.pack(q, n_major=True)
+    assert gw.kind == "int4"
+    _check(gw, _ref(q), 1, thresh=0.5)
