@@ -48,6 +48,8 @@
 #   final7: bash bench/gpu_pending.sh final7   (no carry; compiled tests of the shipped configs and decode splits (TEST_S=0:
 #           none), SWEEP24_S=80: 2:4's one-token configs swept, then the model at batch 1 and 16 with A/Bs
 #           early0,early1,dsplit1,dsplit0; ~6 min)
+#   final8: bash bench/gpu_pending.sh final8   (no carry; the sparse table entries compiled, then int4, TEAL and 2:4 from
+#           the shipped tables at batch 1 and 16; ~7 min)
 #   candidates: bash bench/gpu_pending.sh candidates   (no carry; one-token configs with early release, the int8 LM
 #               head's, the model on the winners; ~7 min)
 #   gemvpre: bash bench/gpu_pending.sh gemvpre   (no carry; the fp16 GEMV's first weights before PDL's wait: tests, A/B)
@@ -329,6 +331,13 @@ PY
     echo "rc=$?"; grep -v warn "$OUT/candidates.log" | cut -c1-200
     E2E_EXTRA="--no-hf --decode-tokens ${DECODE:-256} --tune $OUT/candidates_tune.json" PREFILL=2048 \
       model_ab "${E2E_S:-240}" "${BATCHES:-1}" "${LAUNCHES:-tuned1,tuned0,tuned1,tuned0}"
+    ;;
+  final8)  # issue 6: the shipped table's sparse entries compiled, then dense int4, TEAL and 2:4 from the shipped
+    # tables (no --tune), batch 1 and 16 (~7 min)
+    if [ "${TEST_S:-90}" != 0 ]; then compiled_tests "${TEST_S:-90}" "${TEST_K:-shipped and (teal or 24)}"; fi
+    echo "== whole model from the shipped tables: int4, int4 + TEAL 40 %, int4 + 2:4; batch 1 and 16"
+    MODES="${MODES:-int4,int4_teal,int4_24}" E2E_EXTRA="--no-hf --decode-tokens ${DECODE:-256}" PREFILL=2048 \
+      model_ab "${E2E_S:-330}" "${BATCHES:-1,16}" "${LAUNCHES:-}"
     ;;
   gemvpre)  # issue 6: the fp16 GEMV's first step of weights before PDL's wait (PRE_WAIT): compiled tests, model A/B (~7 min)
     compiled_tests "${TEST_S:-120}" "${TEST_K:-prefetching or silu or shipped}"
