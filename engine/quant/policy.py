@@ -199,8 +199,8 @@ def apply_policy(
     if any(s.teal is not None or s.sparse24 for s in policy.layers.values()):
         log.warning(
             "quant policy %s: the sparse modes are for experiments; as last measured they decode slower "
-            "than dense int4 (on an H100 at batch 1, TEAL 40%%: 42.9 against 385 tok/s; 2:4: 202.4 against "
-            "411.5 tok/s) and cost perplexity (bench/RESULTS.md, issue 6)",
+            "than dense int4 (on an H100 at batch 1, TEAL 40%%: 201.4 against 426.5 tok/s; 2:4: 202.4 "
+            "against 411.5 tok/s) and cost perplexity (bench/RESULTS.md, issue 6)",
             policy.fingerprint(),
         )
     before = weight_bytes(model)
