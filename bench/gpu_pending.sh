@@ -92,7 +92,8 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 compiled_tests() {  # $1: seconds; $2: pytest -k (empty: all); log in $OUT/tests.log, summary here
   echo "== compiled kernel and fused-op tests (-k \"$2\"; log in \$OUT/tests.log)"
-  timeout "$1" python3 -m pytest --noconftest -q -p no:cacheprovider tests/engine/quant/test_gpu_kernels.py tests/engine/quant/test_gpu_dispatch.py \
+  timeout "$1" python3 -m pytest --noconftest -q -p no:cacheprovider tests/engine/quant/test_gpu_kernels.py \
+    tests/engine/quant/test_gpu_h2.py tests/engine/quant/test_gpu_dispatch.py \
     tests/engine/quant/test_tuning.py tests/engine/test_fused_ops.py tests/engine/test_pdl.py tests/engine/test_split_kv.py \
     ${2:+-k "$2"} \
     > "$OUT/tests.log" 2>&1
@@ -273,7 +274,7 @@ PY
   mma)  # issue 6: the one-token GEMV on tensor cores (mode 6): compiled tests, per-matrix sweep, layer chains, model A/B
     echo "== compiled tests of mode 6 and of the shipped kernels (log in \$OUT/tests.log)"
     timeout "${TEST_S:-120}" python3 -m pytest --noconftest -q -p no:cacheprovider tests/engine/quant/test_gpu_mma.py \
-      tests/engine/quant/test_gpu_kernels.py -k "${TEST_K:-mma or group_asm or silu or shipped}" > "$OUT/tests.log" 2>&1
+      tests/engine/quant/test_gpu_kernels.py tests/engine/quant/test_gpu_h2.py -k "${TEST_K:-mma or group_asm or silu or shipped}" > "$OUT/tests.log" 2>&1
     echo "pytest rc=$?"; tail -2 "$OUT/tests.log"; sed -n '/FAILED\|Error/p' "$OUT/tests.log" | head -8
     echo "== per matrix and per layer: plain reads, shipped GEMVs, mode-6 configs (bench/mma_probe.py)"
     timeout "${PROBE_S:-200}" python3 bench/mma_probe.py --out "$OUT" > "$OUT/mma_probe.log" 2>&1; echo "rc=$?"
@@ -484,7 +485,7 @@ PY
     ;;
   kernels)  # issue 6: the kernel tests compiled on the GPU, then the K-packed int4 / int8 sweep
     echo "== kernel and fused-op tests, compiled (pytest --noconftest: the root conftest needs the DB stack)"
-    timeout 120 python3 -m pytest --noconftest -q -p no:cacheprovider -x tests/engine/quant/test_gpu_kernels.py tests/engine/quant/test_gpu_dispatch.py \
+    timeout 120 python3 -m pytest --noconftest -q -p no:cacheprovider -x tests/engine/quant/test_gpu_kernels.py tests/engine/quant/test_gpu_h2.py tests/engine/quant/test_gpu_dispatch.py \
       tests/engine/test_fused_ops.py 2>&1 | tail -8
     echo "== issue 6: quantized GEMV kernels (bench/quant_gpu.py kernels)"
     timeout "${SWEEP_S:-420}" python3 bench/quant_gpu.py kernels --kinds "${KINDS:-int8,int4k_g128,int4k_g64}" --ms "${MS:-1,4,16}" \

@@ -67,8 +67,8 @@ def _config(kind: str, n: int, k: int, group: int, m: int) -> tuple[int, ...]:
         return (block_n, split, 4, 2, 2, 16) if m == 1 else (block_n, split, 4, 3, SMALL_M, 16)
     if kind == "int4_24":  # codes unpacked by a register reshape: per-value gathers (GATHER, the kernel's
         return block_n, split, 4, 3, SMALL_M, 0  # default) took 4.7-9.0x longer at one token on an H100
-    if kind in ("int4", "int4_teal") and m == 1:  # N-packed (TEAL): the same, 3.9-5.8x at one token on an
-        return block_n, split, 4, 3, 1, 0  # H100 (bench/RESULTS.md, fourth session of 2026-12-07)
+    if kind in ("int4", "int4_teal"):  # N-packed (TEAL): the same, 3.8-5.8x at one token on an H100, and
+        return block_n, split, 4, 3, 1, 0  # batch 16 300.6 -> 1616.5 tok/s (RESULTS.md, 2026-12-07, fourth)
     return block_n, split, 4, 3
 
 

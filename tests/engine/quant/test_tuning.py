@@ -86,7 +86,7 @@ def test_every_shipped_config_computes_the_right_product(kind: str, group: int, 
     """A config changes only the speed: each one in the table gives the reference result (on a small
     shape, where its tile is wider than the matrix and its split-K is clipped). The packed-fp16 GEMV
     (modes 4, 5) gets a K its steps tile, so that it runs rather than its fallback, and the error bound of
-    fp16 products (4e-3 of a row's largest output, as in test_gpu_kernels); so does the one-token
+    fp16 products (4e-3 of a row's largest output, as in test_gpu_h2); so does the one-token
     tensor-core GEMV (mode 6: x rounded to fp16), at one token (a batch takes another kernel)."""
     h2 = kind == "int4k" and cfg[4] in (4, 5, 6)
     k = 2048 if h2 else K  # K / 8 word rows that steps of up to 256 rows tile
@@ -175,14 +175,16 @@ def test_the_2_4_heuristic_unpacks_codes_by_reshape() -> None:
 
 
 def test_the_teal_heuristic_unpacks_codes_by_reshape() -> None:
-    """A TEAL (N-packed) shape without a table entry gets the one-token kernel without per-value gathers:
-    they took 3.9-5.8x longer at one token on an H100 (bench/RESULTS.md, fourth session of 2026-12-07);
-    and it runs, skipping the rows of small activations."""
+    """A TEAL (N-packed) shape without a table entry gets its kernels without per-value gathers: they took
+    3.8-5.8x longer at one token on an H100 (bench/RESULTS.md, fourth session of 2026-12-07); and they run,
+    skipping the rows of small activations, at one token and at a batch."""
     from engine.quant import launch_configs
 
-    cfg = launch_configs._config("int4_teal", 4096, 4096, 128, 1)
-    assert len(cfg) == 6 and cfg[4:] == (1, 0), cfg
+    for m in (1, 16):
+        cfg = launch_configs._config("int4_teal", 4096, 4096, 128, m)
+        assert len(cfg) == 6 and cfg[4:] == (1, 0), cfg
     q = quantize_int4(torch.randn(N, K, generator=torch.Generator().manual_seed(5)) * 0.05, group=64)
     gw = gpu.pack(q, n_major=True)
     assert gw.kind == "int4"
-    _check(gw, _ref(q), 1, thresh=0.5)
+    for m in (1, 3):
+        _check(gw, _ref(q), m, thresh=0.5)
