@@ -104,11 +104,7 @@ def main() -> None:
         variants.insert(1, "table")
     if unknown := set(variants) - set(VARIANTS):
         p.error(f"unknown variants {sorted(unknown)}; choose from {list(VARIANTS)}")
-    if pp.DRY:
-        pp._dry_setup()
-    torch.manual_seed(0)
-    bw = pp.copy_gbps()
-    gpu_name = "dry" if pp.DRY else torch.cuda.get_device_name()
+    bw, gpu_name = pp.start()
     rows: list[dict] = [{"copy_gbps": round(bw, 1), "gpu": gpu_name}]
     print(json.dumps(rows[-1]), flush=True)
     weights, xs, amaxes, floors = {}, {}, {}, {}

@@ -30,7 +30,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import panel_probe as pp  # noqa: E402
-from bench.quant_gpu import make  # noqa: E402
+from bench.quant_gpu import clone_weight, make  # noqa: E402
 from engine.quant import gpu  # noqa: E402
 
 # fp16-GEMV configs: (block_n, split, warps, stages, mode, block_r, chain, cols, prefetch)
@@ -83,32 +83,21 @@ def lm_head(rows: list[dict]) -> dict | None:
     """The int8 LM head's shipped config against ``LM_HEAD``: rows appended; the winner, if any."""
     n, k = (128256 // 16, 1024) if pp.DRY else (128256, 4096)
     g0 = make("int8", torch.randn(n, k, device=pp.DEV) * 0.02)
-    weights = [g0] + [
-        gpu.GpuWeight(g0.kind, n, k, {t: v.clone() for t, v in g0.tensors.items()}) for _ in range(2)
-    ]
+    weights = [g0] + [clone_weight(g0) for _ in range(2)]
     dtype = torch.float32 if pp.DRY else torch.bfloat16  # the interpreter's int8 kernel: fp32 x
     x = torch.randn(1, k, device=pp.DEV, dtype=dtype)
     key = ("int8", n, k, 1)
     want = gpu.matmul_small(g0, x)
-    shipped = pp.graph_ms([lambda g=g: gpu.matmul_small(g, x) for g in weights]) * 1e3
+    fns = [lambda g=g: gpu.matmul_small(g, x) for g in weights]
+    shipped = pp.graph_ms(fns) * 1e3
     rows.append({"matrix": "lm_head", "config": "shipped", "us": round(shipped, 2)})
     print(json.dumps(rows[-1]), flush=True)
     best = None
     for cfg in LM_HEAD[: 1 if pp.DRY else None]:
-        gpu.TUNING[key] = cfg
-        try:
-            got = gpu.matmul_small(g0, x)
-            err = float((got.float() - want.float()).abs().max() / want.float().abs().max())
-            us = pp.graph_ms([lambda g=g: gpu.matmul_small(g, x) for g in weights]) * 1e3
-            rows.append({"matrix": "lm_head", "config": list(cfg), "us": round(us, 2)})
-            rows[-1]["rel_err"] = round(err, 5)
-            if err < 1e-2 and us < (best or {}).get("us", shipped):
-                best = rows[-1]
-        except Exception as e:  # noqa: BLE001 - a config this shape cannot run: said, the sweep goes on
-            rows.append({"matrix": "lm_head", "config": list(cfg), "error": repr(e)[:200]})
-        finally:
-            gpu.TUNING.pop(key, None)
+        rows.append(pp.time_keyed("lm_head", key, cfg, fns, want))
         print(json.dumps(rows[-1]), flush=True)
+        if rows[-1].get("rel_err", 1) < 1e-2 and rows[-1]["us"] < (best or {}).get("us", shipped):
+            best = rows[-1]
     return best
 
 
@@ -117,11 +106,7 @@ def main() -> None:
     p.add_argument("--out", default="bench/out")
     p.add_argument("--dry", action="store_true")
     args = p.parse_args()
-    if pp.DRY:
-        pp._dry_setup()
-    torch.manual_seed(0)
-    bw = pp.copy_gbps()
-    gpu_name = "dry" if pp.DRY else torch.cuda.get_device_name()
+    bw, gpu_name = pp.start()
     rows: list[dict] = [{"copy_gbps": round(bw, 1), "gpu": gpu_name, "early_release": gpu.GEMV_EARLY_RELEASE}]
     print(json.dumps(rows[-1]), flush=True)
     weights, xs, amaxes, won = {}, {}, {}, {}

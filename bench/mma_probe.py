@@ -69,11 +69,7 @@ def main() -> None:
     p.add_argument("--out", default="bench/out")
     p.add_argument("--dry", action="store_true")
     args = p.parse_args()
-    if pp.DRY:
-        pp._dry_setup()
-    torch.manual_seed(0)
-    bw = pp.copy_gbps()
-    gpu_name = "dry" if pp.DRY else torch.cuda.get_device_name()
+    bw, gpu_name = pp.start()
     print(json.dumps({"copy_gbps": round(bw, 1), "gpu": gpu_name}), flush=True)
     weights, xs, amaxes, floors, best, shipped_us = {}, {}, {}, {}, {}, {}
     for name in pp.NAMES:

@@ -70,10 +70,7 @@ def matrix(name: str) -> tuple[list[gpu.GpuWeight], torch.Tensor, torch.Tensor |
     L2), a one-token bf16 input, and its absmax where the model gives one (``AMAX``)."""
     n, k = SHAPES[name]
     g0 = make("int4k_g128", torch.randn(n, k, device=DEV) * 0.02)
-    weights = [g0] + [
-        gpu.GpuWeight(g0.kind, n, k, {t: v.clone() for t, v in g0.tensors.items()}, g0.group)
-        for _ in range(LAYERS - 1)
-    ]
+    weights = [g0] + [quant_gpu.clone_weight(g0) for _ in range(LAYERS - 1)]
     x = torch.randn(1, k, device=DEV, dtype=torch.bfloat16)
     return weights, x, x.abs().amax(-1).float() if name in AMAX else None
 
@@ -82,11 +79,17 @@ def time_config(name: str, cfg: tuple, weights: list, x: torch.Tensor, a, want: 
     """One launch config of this matrix: its chain time (us a call) and its error against ``want``, or
     the error that kept it from running (a config this shape cannot run: said, and the sweep goes on)."""
     key = ("int4k", *SHAPES[name], 1)
+    return time_keyed(name, key, cfg, [call(name, g, x, a) for g in weights], want)
+
+
+def time_keyed(name: str, key: tuple, cfg: tuple, fns: list, want: torch.Tensor) -> dict:
+    """`time_config` for any kernel kind: ``cfg`` set at ``gpu.TUNING[key]``, ``fns`` one call a weight copy
+    (the first one checked against ``want``)."""
     gpu.TUNING[key] = cfg
     try:
-        got = call(name, weights[0], x, a)()
+        got = fns[0]()
         err = float((got.float() - want.float()).abs().max() / want.float().abs().max())
-        us = graph_ms([call(name, g, x, a) for g in weights]) * 1e3
+        us = graph_ms(fns) * 1e3
         return {"matrix": name, "config": list(cfg), "us": round(us, 2), "rel_err": round(err, 5)}
     except Exception as e:
         return {"matrix": name, "config": list(cfg), "error": repr(e)[:200]}
@@ -112,6 +115,15 @@ def reads(nbytes: int) -> tuple[list, float]:
         if best is None or us < best[1]:
             best = (fns, us)
     return best
+
+
+def start() -> tuple[float, str]:
+    """Every probe's start: the interpreter's setup where dry, seed 0, then the copy bandwidth and the GPU's
+    name ("dry" without one)."""
+    if DRY:
+        _dry_setup()
+    torch.manual_seed(0)
+    return copy_gbps(), "dry" if DRY else torch.cuda.get_device_name()
 
 
 def _dry_setup() -> None:
@@ -178,14 +190,8 @@ def sweep(
 
 
 def main() -> None:
-    if DRY:
-        _dry_setup()
-    torch.manual_seed(0)
-    bw = copy_gbps()
-    print(
-        json.dumps({"copy_gbps": round(bw, 1), "gpu": "dry" if DRY else torch.cuda.get_device_name()}),
-        flush=True,
-    )
+    bw, gpu_name = start()
+    print(json.dumps({"copy_gbps": round(bw, 1), "gpu": gpu_name}), flush=True)
     weights, xs, amaxes, floors, best_cfg, shipped = {}, {}, {}, {}, {}, {}
     for name in NAMES:
         n, k = SHAPES[name]
