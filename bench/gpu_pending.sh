@@ -95,7 +95,7 @@ compiled_tests() {  # $1: seconds; $2: pytest -k (empty: all); log in $OUT/tests
   timeout "$1" python3 -m pytest --noconftest -q -p no:cacheprovider tests/engine/quant/test_gpu_kernels.py \
     tests/engine/quant/test_gpu_h2.py tests/engine/quant/test_gpu_dispatch.py \
     tests/engine/quant/test_tuning.py tests/engine/test_fused_ops.py tests/engine/test_pdl.py tests/engine/test_split_kv.py \
-    ${2:+-k "$2"} \
+    tests/engine/test_paged_attn_rope.py ${2:+-k "$2"} \
     > "$OUT/tests.log" 2>&1
   echo "pytest rc=$?"; grep -E "passed|failed|error" "$OUT/tests.log" | tail -5
   sed -n '/FAILED\|Error/p' "$OUT/tests.log" | head -5
@@ -339,6 +339,18 @@ PY
     echo "== whole model from the shipped tables: int4, int4 + TEAL 40 %, int4 + 2:4; batch 1 and 16"
     MODES="${MODES:-int4,int4_teal,int4_24}" E2E_EXTRA="--no-hf --decode-tokens ${DECODE:-256}" PREFILL=2048 \
       model_ab "${E2E_S:-330}" "${BATCHES:-1,16}" "${LAUNCHES:-}"
+    ;;
+  ropeattn)  # issue 6: RoPE + K/V store inside decode attention: compiled tests, then int4 b1/b16 with the A/B (~8 min)
+    compiled_tests "${TEST_S:-150}" "${TEST_K:-rope or split or tile}"
+    echo "== whole model, int4, shipped tables; batch 1 with RoPE in its own launch / in attention (graphs captured again)"
+    MODES=int4 E2E_EXTRA="--no-hf --decode-tokens ${DECODE:-256}" PREFILL=2048 \
+      model_ab "${E2E_S:-330}" "${BATCHES:-1,16}" "${LAUNCHES:-ropeattn0,ropeattn1,ropeattn0,ropeattn1}"
+    ;;
+  sparse9)  # issue 6: TEAL then 2:4 from the shipped tables in one process (graph batches up to 16, decode graphs
+    # up to 4K tokens captured at start), each mode's leftover GPU memory and its holders (~9 min)
+    MODES="${MODES:-int4_teal,int4_24}" E2E_EXTRA="--no-hf --decode-tokens ${DECODE:-256} --max-seqs 16 \
+      --precapture-tokens 4096" PREFILL=2048 model_ab "${E2E_S:-560}" "${BATCHES:-1,16}" ""
+    grep -o '"left_after_gib[^]]*' "$OUT/e2e.log" | cut -c1-600
     ;;
   gemvpre)  # issue 6: the fp16 GEMV's first step of weights before PDL's wait (PRE_WAIT): compiled tests, model A/B (~7 min)
     compiled_tests "${TEST_S:-120}" "${TEST_K:-prefetching or silu or shipped}"

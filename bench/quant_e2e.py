@@ -199,6 +199,8 @@ def one_mode(b: Bench, name: str, spec: str, a: argparse.Namespace, bw: float) -
         num_kv_blocks=64 if a.tiny else None,
         max_batch_tokens=2048,
         overlap_decode=False,  # the plain step; --overlap times the lookahead beside it
+        max_num_seqs=a.max_seqs,
+        cuda_graph_precapture_tokens=a.precapture_tokens,
     )
     eng = Engine(cfg, model=model, fingerprint=f"random-llama3-8b-seed0-{name}")
     PANELS.model = model
@@ -260,8 +262,38 @@ def one_mode(b: Bench, name: str, spec: str, a: argparse.Namespace, bw: float) -
     PANELS.model = None  # else the next mode is built beside this one's model (seen: OOM at the 24 GiB cap)
     del eng, model
     b.free()
+    if b.dev.type == "cuda":
+        row["left_after_gib"] = round(torch.cuda.memory_allocated() / GiB, 2)  # graph pools count here too
+        row["reserved_after_gib"] = round(torch.cuda.memory_reserved() / GiB, 2)
+        if row["left_after_gib"] > 0.5:  # a previous mode's memory held (2:4 after TEAL ran out of it once)
+            row["left_holders"] = live_cuda_tensors()
     print(name, json.dumps(row), flush=True)
     return row
+
+
+def live_cuda_tensors(top: int = 8) -> list[str]:
+    """The largest CUDA tensors still reachable after a mode, each with its shape and what refers to it
+    (types and, for dicts and frames, a few keys): where a closed engine's memory is still held."""
+    found = []
+    for obj in gc.get_objects():
+        try:
+            if isinstance(obj, torch.Tensor) and obj.is_cuda:
+                found.append(obj)
+        except Exception:  # noqa: BLE001, S112 - objects that fail isinstance (lazy proxies) hold no tensor
+            continue
+    found.sort(key=lambda t: -t.untyped_storage().nbytes())
+    out = []
+    for t in found[:top]:
+        refs = []
+        for r in gc.get_referrers(t):
+            if r is found:
+                continue
+            desc = type(r).__name__
+            if isinstance(r, dict):
+                desc += "[" + ",".join(str(k) for k, v in r.items() if v is t)[:60] + "]"
+            refs.append(desc)
+        out.append(f"{t.untyped_storage().nbytes() / GiB:.2f} GiB {tuple(t.shape)} {t.dtype} <- {refs[:4]}")
+    return out
 
 
 def main() -> None:
@@ -277,6 +309,8 @@ def main() -> None:
     p.add_argument("--block-size", type=int, default=64)
     p.add_argument("--compile-budget-s", type=float, default=150)
     p.add_argument("--no-hf", action="store_true")
+    p.add_argument("--max-seqs", type=int, default=64, help="max_num_seqs (so the graph batch sizes)")
+    p.add_argument("--precapture-tokens", type=int, default=16384, help="decode graphs at start, up to")
     p.add_argument("--tune", default=None)
     p.add_argument("--profile", action="store_true", help="prefill and decode kernels (torch.profiler)")
     p.add_argument("--overlap", action="store_true", help="decode also with engine.lookahead (A/B)")

@@ -133,7 +133,8 @@ def _knobs(eng: Engine) -> dict[str, tuple[object, str]]:
     ``--tune``, or the shipped table), 'silugemv' (gate_up's GEMV writes ``silu(gate) * up`` itself),
     'gemvpre' (the fp16 GEMV's first step of weights loads before PDL's wait), 'panels' (int4 weights in
     panels of their one-token tile, `gpu.to_panels`), 'early' (the one-token GEMVs release PDL's next kernel
-    as they start), 'dsplit' (one sequence's decode attention splits its KV down to a tile a program);
+    as they start), 'dsplit' (one sequence's decode attention splits its KV down to a tile a program),
+    'ropeattn' (decode attention rotates q and the new key and stores K/V itself, no RoPE launch);
     'skipnorm', 'skiprope', 'skipattn' (measurement only, wrong tokens: the add + RMSNorms, RoPE + KV
     store, paged attention launch nothing)."""
     return {
@@ -149,6 +150,7 @@ def _knobs(eng: Engine) -> dict[str, tuple[object, str]]:
         "tuned": (TUNED, "on"),
         "panels": (PANELS, "on"),
         "dsplit": (DECODE_SPLIT, "on"),
+        "ropeattn": (paged_attn_triton, "ROPE_IN_KERNEL"),
         "skipnorm": (SKIP_NORM, "on"),
         "skiprope": (SKIP_ROPE, "on"),
         "skipattn": (SKIP_ATTN, "on"),

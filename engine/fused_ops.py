@@ -136,17 +136,29 @@ def _rope_heads(
     partner = tl.where(d < half, d + half, d - half)
     base = X + t * sxt + h * sxh
     x = tl.load(base + d, mask=m, other=0.0)
-    xp = tl.load(base + partner, mask=m, other=0.0).to(tl.float32)
-    rot = tl.where(d < half, -xp, xp)  # rotate_half: cat(-x2, x1)
+    xp = tl.load(base + partner, mask=m, other=0.0)
     dm = tl.arange(0, BLOCK_D) < hd
     c = tl.load(C + t * hd + tl.arange(0, BLOCK_D), mask=dm, other=0.0)[None, :]
     s = tl.load(S + t * hd + tl.arange(0, BLOCK_D), mask=dm, other=0.0)[None, :]
-    dt = OUT.dtype.element_ty
-    a = _round(x.to(tl.float32) * c.to(tl.float32), dt, CUDA)
-    b = _round(rot * s.to(tl.float32), dt, CUDA)
-    out = _round(a.to(tl.float32) + b.to(tl.float32), dt, CUDA)
+    out = rope_math(x, xp, c, s, d < half, OUT.dtype.element_ty, CUDA)
     tl.store(OUT + t * nheads * hd + h * hd + d, out, mask=m)
     return out, h, d, m
+
+
+@triton.jit
+def rope_math(x, xp, c, s, first_half, dt: tl.constexpr, CUDA: tl.constexpr):
+    """``round(round(x * c) + round(rotate_half(x) * s))`` in ``dt``, ``xp`` being each value's partner
+    in the other half of its head (``first_half``: where rotate_half negates it). The products are
+    correctly rounded (``mul_rn``, compiled) so that no kernel's FMA contraction can fuse one into the sum:
+    the paged attention kernel applies RoPE with contraction on (`engine.paged_attn_triton`, ``ROPE``)."""
+    rot = tl.where(first_half, -xp.to(tl.float32), xp.to(tl.float32))  # rotate_half: cat(-x2, x1)
+    if CUDA:
+        a = _round(libdevice.mul_rn(x.to(tl.float32), c.to(tl.float32)), dt, CUDA)
+        b = _round(libdevice.mul_rn(rot, s.to(tl.float32)), dt, CUDA)
+    else:
+        a = _round(x.to(tl.float32) * c.to(tl.float32), dt, CUDA)
+        b = _round(rot * s.to(tl.float32), dt, CUDA)
+    return _round(a.to(tl.float32) + b.to(tl.float32), dt, CUDA)
 
 
 @triton.jit

@@ -114,6 +114,13 @@ class Attention(nn.Module):
         kc, vc = ab.k_cache[self.layer], ab.v_cache[self.layer]
         ks = ab.k_scale[self.layer] if ab.k_scale is not None else None
         vs = ab.v_scale[self.layer] if ab.v_scale is not None else None
+        mode = ab.meta.get("mode", "paged") if ab.meta is not None else "gather"
+        if mode == "paged" and _fused(q):
+            from engine.paged_attn_triton import fuses_rope, paged_attention
+
+            if fuses_rope(q, kc, ks, ab.meta, ab.decode):  # RoPE and the K/V store inside attention
+                out = paged_attention(q, kc, vc, None, None, ab.meta, True, (k, v, cos, sin, ab.slot_mapping))
+                return self.o_proj(out.reshape(t, self.nh * self.hd))
         into = None  # the fused kernel also stores K and V when the cache holds the model dtype
         if _fused(q):
             from engine.fused_ops import rope_qk, stores_kv
@@ -131,7 +138,6 @@ class Attention(nn.Module):
         elif into is None:
             write_kv(kc, ks, ab.slot_mapping, k, ab.decode)
             write_kv(vc, vs, ab.slot_mapping, v, ab.decode)
-        mode = ab.meta.get("mode", "paged") if ab.meta is not None else "gather"
         if mode == "dense":  # one fresh sequence: its own contiguous K/V, SDPA causal (as transformers)
             out = attend_dense(q, k, v)
         elif mode == "prefix_flash":

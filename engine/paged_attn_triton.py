@@ -36,6 +36,7 @@ import triton
 import triton.language as tl
 
 from engine import pdl
+from engine.fused_ops import _interpreted, rope_math
 
 # Overrides for benchmarks/tests: keys of `plan`'s result (block_m, block_n, num_warps, num_stages, splits).
 OVERRIDE: dict = {}
@@ -61,6 +62,9 @@ TMA = os.environ.get("KB_ENGINE_ATTN_TMA", "1") == "1"
 # head each): the int4 batch-1 graph step on an H100 2268.7 -> 2213.9 us at 256-512-token tables
 # (bench A/B: quant_e2e's 'dsplit' switch). Batches were not measured, so they keep 4.
 DECODE_TILES_PER_SPLIT = 1
+# Decode rotates q and the new key and stores K/V inside the attention kernel (``ROPE``), not in a RoPE
+# launch of its own before it (bench A/B: quant_e2e's 'ropeattn' switch).
+ROPE_IN_KERNEL = True
 
 
 @triton.jit
@@ -131,9 +135,11 @@ def _tile_math(acc, l_i, m_i, q, k, v, ks, vs, start, qpos, qk_scale, BLOCK_N: t
 @triton.jit
 def _tile(acc, l_i, m_i, q, K, V, KS, VS, TABLES, tb, kvh, start, ctx, qpos, stride_kb, stride_kt, stride_kh,
           stride_sb, qk_scale, BS: tl.constexpr, BLOCK_N: tl.constexpr, HD: tl.constexpr, INT8: tl.constexpr,
-          MASK: tl.constexpr, FOLD: tl.constexpr, kd=None, vd=None, TMA: tl.constexpr = False):  # fmt: skip
+          MASK: tl.constexpr, FOLD: tl.constexpr, kd=None, vd=None, TMA: tl.constexpr = False,
+          knew=None, vnew=None, newpos=-1, NEW: tl.constexpr = False):  # fmt: skip
     """One KV tile: its loads (``TMA``: the tile is cache block ``table[start // BS]``'s rows of head
-    ``kvh``, through the descriptors ``kd``/``vd``), then `_tile_math`."""
+    ``kvh``, through the descriptors ``kd``/``vd``), then `_tile_math`. ``NEW``: key ``newpos``'s row is
+    ``knew``/``vnew`` (``ROPE``: this step's token, not yet in the cache)."""
     if TMA:
         blk = tl.load(TABLES + tb + start // BS).to(tl.int32)
         k = kd.load([blk * BS, kvh * HD])
@@ -143,7 +149,36 @@ def _tile(acc, l_i, m_i, q, K, V, KS, VS, TABLES, tb, kvh, start, ctx, qpos, str
     else:
         k, v, ks, vs = _tile_kv(K, V, KS, VS, TABLES, tb, kvh, start, ctx, stride_kb, stride_kt, stride_kh,
                                 stride_sb, q.dtype, BS, BLOCK_N, HD, INT8, FOLD)  # fmt: skip
+    if NEW:
+        k, v = _with_new_row(k, v, knew, vnew, start, newpos, BLOCK_N)
     return _tile_math(acc, l_i, m_i, q, k, v, ks, vs, start, qpos, qk_scale, BLOCK_N, MASK, FOLD)
+
+
+@triton.jit
+def _with_new_row(k, v, knew, vnew, start, newpos, BLOCK_N: tl.constexpr):
+    """``k``/``v`` with key ``newpos``'s row (if in this tile) replaced by ``knew``/``vnew`` ``[1, HD]``."""
+    hit = (start + tl.arange(0, BLOCK_N) == newpos)[:, None]
+    return tl.where(hit, knew, k), tl.where(hit, vnew, v)
+
+
+@triton.jit
+def _new_kv(Q, KN, VN, COS, SIN, t, kvh, head, row_ok, d, stride_qt, stride_qh, stride_knt, stride_knh,
+            stride_vnt, stride_vnh, HD: tl.constexpr, CUDA: tl.constexpr):  # fmt: skip
+    """``ROPE``: the rows' q (``[R, HD]``) and token ``t``'s key (``[1, HD]``) rotated as
+    `fused_ops.rope_qk` rotates them (the same roundings), and its value, from the qkv projection."""
+    half: tl.constexpr = HD // 2
+    dp = tl.where(d < half, d + half, d - half)[None, :]
+    first = (d < half)[None, :]
+    c = tl.load(COS + t * HD + d)[None, :]
+    s = tl.load(SIN + t * HD + d)[None, :]
+    qrow = Q + t * stride_qt + head[:, None] * stride_qh
+    ok = row_ok[:, None]
+    x = tl.load(qrow + d[None, :], mask=ok, other=0.0)
+    q = rope_math(x, tl.load(qrow + dp, mask=ok, other=0.0), c, s, first, Q.dtype.element_ty, CUDA)
+    krow = KN + t * stride_knt + kvh * stride_knh
+    k = rope_math(tl.load(krow + d[None, :]), tl.load(krow + dp), c, s, first, Q.dtype.element_ty, CUDA)
+    v = tl.load(VN + t * stride_vnt + kvh * stride_vnh + d[None, :])
+    return q, k, v
 
 
 @triton.jit(do_not_specialize=["stride_tb", "splits", "t_total"])
@@ -154,11 +189,20 @@ def _paged_attn_kernel(Q, K, V, KS, VS, Out, PO, PM, PL, TABLES, Q_STARTS, Q_LEN
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, INT8: tl.constexpr,
                        SPLIT: tl.constexpr, PDL: tl.constexpr = False,
                        PRE: tl.constexpr = False, FOLD: tl.constexpr = False,
-                       TMA: tl.constexpr = False):  # fmt: skip
+                       TMA: tl.constexpr = False, KN=None, VN=None, COS=None, SIN=None, SLOTS=None,
+                       stride_knt=0, stride_knh=0, stride_vnt=0, stride_vnh=0, ROPE: tl.constexpr = False,
+                       CUDA: tl.constexpr = True):  # fmt: skip
     """``PRE`` (with PDL): the metadata and the first tile's K/V, when all its keys are older than this
     step's tokens, load before `pdl.wait`. None of them is written by a kernel that may still run: the
     metadata come from the step's input copy, and this layer's RoPE writes only the new tokens' slots
-    (engine.pdl's rule). After the wait only q and the later tiles remain."""
+    (engine.pdl's rule). After the wait only q and the later tiles remain.
+
+    ``ROPE`` (decode, one token a sequence, a cache of q's dtype): ``Q``, ``KN``, ``VN`` are the qkv
+    projection's q, k, v before RoPE. Each program rotates its q rows; the program whose tiles hold the
+    new key (position ``ctx - 1``) rotates the key, uses it and the value in place of the cache's row, and
+    stores both at the token's slot, as `fused_ops.rope_qk` would have before this kernel: the same
+    bits, one launch fewer a layer. Nothing ahead in the step writes the cache then, so with ``PRE`` the
+    first tile loads before the wait even where it holds the new key."""
     pdl.release(PDL)
     if not PRE:
         pdl.wait(PDL)
@@ -189,14 +233,31 @@ def _paged_attn_kernel(Q, K, V, KS, VS, Out, PO, PM, PL, TABLES, Q_STARTS, Q_LEN
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HD], dtype=tl.float32)
     qk_scale = sm_scale * 1.4426950408889634  # exp2
+    newpos = ctx - 1
+    owns_new = ROPE & (t0 * BLOCK_N <= newpos) & (newpos < t1 * BLOCK_N)  # the new key lies in its tiles
+    if ROPE:  # the new key's tile goes the masked way (the same bits where all its keys are visible), so
+        n_full = newpos // BLOCK_N  # only that loop swaps the new row in: fewer registers in the other
     if PRE:  # keys all older than this step's tokens: not written by a kernel that may still run
-        early = (t0 < t1) & ((t0 + 1) * BLOCK_N <= ctx - q_len)
+        if ROPE:  # noqa: SIM108 - the cache's rows are all older; the new row comes after the wait
+            early = t0 < t1
+        else:
+            early = (t0 < t1) & ((t0 + 1) * BLOCK_N <= ctx - q_len)
         k0, v0, ks0, vs0 = _tile_kv(K, V, KS, VS, TABLES, tb, kvh, t0 * BLOCK_N, ctx, stride_kb, stride_kt,
                                     stride_kh, stride_sb, Q.dtype.element_ty, BS, BLOCK_N, HD, INT8, FOLD,
                                     early)  # fmt: skip
         pdl.wait(PDL)
-    q = tl.load(Q + (q_start + tok)[:, None] * stride_qt + head[:, None] * stride_qh + d[None, :],
-                mask=row_ok[:, None], other=0.0)  # fmt: skip
+    knew = None
+    vnew = None
+    if ROPE:
+        q, knew, vnew = _new_kv(Q, KN, VN, COS, SIN, q_start, kvh, head, row_ok, d, stride_qt, stride_qh,
+                                stride_knt, stride_knh, stride_vnt, stride_vnh, HD, CUDA)  # fmt: skip
+        slot = tl.load(SLOTS + q_start)
+        row = (slot // BS) * stride_kb + (slot % BS) * stride_kt + kvh * stride_kh + d[None, :]
+        tl.store(K + row, knew, mask=owns_new)
+        tl.store(V + row, vnew, mask=owns_new)
+    else:
+        q = tl.load(Q + (q_start + tok)[:, None] * stride_qt + head[:, None] * stride_qh + d[None, :],
+                    mask=row_ok[:, None], other=0.0)  # fmt: skip
     kd = None
     vd = None
     if TMA:  # the cache as rows of kvh * hd (``stride_kt``): a tile is BLOCK_N (= BS) rows x HD columns
@@ -205,9 +266,11 @@ def _paged_attn_kernel(Q, K, V, KS, VS, Out, PO, PM, PL, TABLES, Q_STARTS, Q_LEN
         vd = tl.make_tensor_descriptor(V, shape=[n_rows, stride_kt], strides=[stride_kt, 1],
                                        block_shape=[BLOCK_N, HD])  # fmt: skip
     if PRE:  # noqa: SIM102 - `early` exists only under the constexpr PRE
-        if early:  # a tile before n_full: no mask
+        if early:  # a tile before n_full: no mask (ROPE: maybe the last, masked as any may be)
+            if ROPE:
+                k0, v0 = _with_new_row(k0, v0, knew, vnew, t0 * BLOCK_N, newpos, BLOCK_N)
             acc, l_i, m_i = _tile_math(acc, l_i, m_i, q, k0, v0, ks0, vs0, t0 * BLOCK_N, qpos, qk_scale,
-                                       BLOCK_N, False, FOLD)  # fmt: skip
+                                       BLOCK_N, ROPE, FOLD)  # fmt: skip
             t0 = t0 + 1
     for t in range(t0, tl.minimum(t1, n_full)):
         acc, l_i, m_i = _tile(acc, l_i, m_i, q, K, V, KS, VS, TABLES, tb, kvh, t * BLOCK_N, ctx, qpos,
@@ -216,7 +279,7 @@ def _paged_attn_kernel(Q, K, V, KS, VS, Out, PO, PM, PL, TABLES, Q_STARTS, Q_LEN
     for t in range(tl.maximum(t0, n_full), t1):
         acc, l_i, m_i = _tile(acc, l_i, m_i, q, K, V, KS, VS, TABLES, tb, kvh, t * BLOCK_N, ctx, qpos,
                               stride_kb, stride_kt, stride_kh, stride_sb, qk_scale, BS, BLOCK_N, HD, INT8,
-                              True, FOLD, kd, vd, TMA)  # fmt: skip
+                              True, FOLD, kd, vd, TMA, knew, vnew, newpos, ROPE)  # fmt: skip
     if SPLIT:  # unnormalised partials; `_combine_kernel` merges the splits
         r = (split * t_total + q_start + tok) * NH + head
         tl.store(PO + r[:, None] * HD + d[None, :], acc, mask=row_ok[:, None])
@@ -324,6 +387,14 @@ def plan(
     return cfg
 
 
+def fuses_rope(q: torch.Tensor, k_cache: torch.Tensor, k_scale: torch.Tensor | None, meta: dict,
+               decode: bool) -> bool:  # fmt: skip
+    """Whether `paged_attention` can take RoPE and the K/V store (``rope``): `ROPE_IN_KERNEL` on, a decode
+    step (one token a sequence), a cache of q's dtype (int8 KV rescales whole blocks on a write)."""
+    one_token = decode and meta.get("max_q") == 1
+    return ROPE_IN_KERNEL and one_token and k_scale is None and k_cache.dtype == q.dtype
+
+
 def paged_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -332,8 +403,13 @@ def paged_attention(
     v_scale: torch.Tensor | None,
     meta: dict,
     decode: bool,
+    rope: tuple | None = None,
 ) -> torch.Tensor:
-    """``q [T, nh, hd]``, caches ``[blocks, block_size, kvh, hd]`` (any block stride) -> ``[T, nh, hd]``."""
+    """``q [T, nh, hd]``, caches ``[blocks, block_size, kvh, hd]`` (any block stride) -> ``[T, nh, hd]``.
+
+    ``rope = (k, v, cos, sin, slots)`` (`fuses_rope`): ``q``, ``k [T, kvh, hd]`` and ``v`` come from the
+    qkv projection before RoPE (``cos``/``sin`` ``[T, 1, hd]``); the kernel rotates them and stores K and
+    V at ``slots``, as `engine.fused_ops.rope_qk` does, so no RoPE launch goes before it."""
     t, nh, hd = q.shape
     _, bs, kvh, _ = k_cache.shape
     assert k_cache.stride(2) == hd and k_cache.stride(3) == 1 and v_cache.stride() == k_cache.stride()
@@ -360,6 +436,17 @@ def paged_attention(
     grid = (triton.cdiv(meta["max_q"] * group, cfg["block_m"]), kvh, n_seqs * splits)
     if tma:
         _descriptor_scratch()
+    rope_kw: dict = {}
+    if rope is not None:
+        kn, vn, cos, sin, slots = rope
+        if not fuses_rope(q, k_cache, k_scale, meta, decode) or kn.stride(2) != 1 or vn.stride(2) != 1:
+            raise ValueError("RoPE in the attention kernel: decode rows, a cache of q's dtype, unit strides")
+        rope_kw = {
+            "KN": kn, "VN": vn, "SLOTS": slots,
+            "COS": cos.reshape(t, hd).contiguous(), "SIN": sin.reshape(t, hd).contiguous(),
+            "stride_knt": kn.stride(0), "stride_knh": kn.stride(1),
+            "stride_vnt": vn.stride(0), "stride_vnh": vn.stride(1), "ROPE": True, "CUDA": not _interpreted(),
+        }  # fmt: skip
     pdl_kw = pdl.kwargs(q)  # launched with PDL (Hopper): see engine.pdl
     kw = {} if q.device.type == "cpu" else {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
     _paged_attn_kernel[grid](
@@ -369,7 +456,7 @@ def paged_attention(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), ks.stride(0) if int8 else 0,
         meta["tables"].stride(0), splits, t, k_cache.shape[0] * bs, 1.0 / math.sqrt(hd),
         NH=nh, GROUP=group, HD=hd, BS=bs, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], INT8=int8,
-        SPLIT=splits > 1, PRE=PRE_WAIT, FOLD=int8 and INT8_FOLD, TMA=tma, **kw, **pdl_kw,
+        SPLIT=splits > 1, PRE=PRE_WAIT, FOLD=int8 and INT8_FOLD, TMA=tma, **rope_kw, **kw, **pdl_kw,
     )  # fmt: skip
     if splits > 1:
         ckw = {} if q.device.type == "cpu" else {"num_warps": 4}
