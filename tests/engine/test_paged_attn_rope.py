@@ -60,6 +60,7 @@ def test_rope_in_the_decode_kernel_gives_the_same_bits_as_rope_then_attention(
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     monkeypatch.setattr(pat, "OVERRIDE", override)
     monkeypatch.setattr(pat, "PRE_WAIT", pre)
+    monkeypatch.setattr(pat, "ROPE_IN_KERNEL", True)
     (q, k, v), (kc, vc), (cos, sin), slots, meta = _decode_case(ctxs, device, dtype, seed=len(ctxs))
     kc2, vc2 = kc.clone(), vc.clone()
 
@@ -80,6 +81,7 @@ def test_rope_stays_out_of_prefill_int8_and_when_switched_off(monkeypatch):
     import engine.paged_attn_triton as pat
 
     device = _interp(monkeypatch)
+    monkeypatch.setattr(pat, "ROPE_IN_KERNEL", True)
     (q, k, v), (kc, _), (cos, sin), slots, meta = _decode_case([20], device, torch.float32, seed=7)
     assert pat.fuses_rope(q, kc, None, meta, True)
     assert not pat.fuses_rope(q, kc, None, {**meta, "max_q": 3}, False)
