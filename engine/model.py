@@ -118,7 +118,7 @@ class Attention(nn.Module):
         if mode == "paged" and _fused(q):
             from engine.paged_attn_triton import fuses_rope, paged_attention
 
-            if fuses_rope(q, kc, ks, ab.meta, ab.decode):  # RoPE and the K/V store inside attention
+            if fuses_rope(q, kc, ks, ab.meta, ab.decode):  # RoPE and the K/V store inside (off by default)
                 out = paged_attention(q, kc, vc, None, None, ab.meta, True, (k, v, cos, sin, ab.slot_mapping))
                 return self.o_proj(out.reshape(t, self.nh * self.hd))
         into = None  # the fused kernel also stores K and V when the cache holds the model dtype

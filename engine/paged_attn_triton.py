@@ -63,8 +63,10 @@ TMA = os.environ.get("KB_ENGINE_ATTN_TMA", "1") == "1"
 # (bench A/B: quant_e2e's 'dsplit' switch). Batches were not measured, so they keep 4.
 DECODE_TILES_PER_SPLIT = 1
 # Decode rotates q and the new key and stores K/V inside the attention kernel (``ROPE``), not in a RoPE
-# launch of its own before it (bench A/B: quant_e2e's 'ropeattn' switch).
-ROPE_IN_KERNEL = True
+# launch of its own before it. Off: same bits, and alone 1.4 us faster a launch at a 300-token context
+# (bench/attn_rope_probe.py), but the whole int4 model's batch-1 step on an H100 took 2708 us with it
+# against 2271 without (bench A/B: quant_e2e's 'ropeattn' switch; not the PRE loads), cause not found.
+ROPE_IN_KERNEL = False
 
 
 @triton.jit

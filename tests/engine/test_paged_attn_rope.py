@@ -93,12 +93,21 @@ def test_rope_stays_out_of_prefill_int8_and_when_switched_off(monkeypatch):
         pat.paged_attention(q, kc, kc.clone(), None, None, meta, True, (k, v, cos, sin, slots))
 
 
-def test_the_model_decodes_the_same_with_rope_in_the_kernel(monkeypatch):
+def test_the_model_decodes_the_same_with_rope_in_the_kernel(engine, monkeypatch):
     """The runner's decode steps through the model (the fused path forced on, the Triton reader) give the
-    same logits and leave the same KV cache with RoPE in the attention kernel as with its own launch."""
+    same logits and leave the same KV cache with RoPE in the attention kernel as with its own launch.
+
+    The session's engine is held still meanwhile (its lock): forcing the fused path is global, and its loop
+    thread, feeding an earlier test's answer, would run interpreted kernels beside these, whose grids the
+    interpreter keeps in one global (seen: "x >= grid_dim[0]")."""
     import engine.paged_attn_triton as pat
     from tests.engine.test_prefill_graphs import _seq, _tiny_runner
 
+    with engine._cv:
+        _model_decodes_the_same(pat, _seq, _tiny_runner, monkeypatch)
+
+
+def _model_decodes_the_same(pat, _seq, _tiny_runner, monkeypatch) -> None:
     _interp(monkeypatch)
     monkeypatch.setattr("engine.model.FUSED", True)
     g = torch.Generator().manual_seed(2)
