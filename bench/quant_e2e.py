@@ -273,7 +273,7 @@ def one_mode(b: Bench, name: str, spec: str, a: argparse.Namespace, bw: float) -
 
 def live_cuda_tensors(top: int = 8) -> list[str]:
     """The largest CUDA tensors still reachable after a mode, each with its shape and what refers to it
-    (types and, for dicts and frames, a few keys): where a closed engine's memory is still held."""
+    (types and, for dicts, the keys that hold it): where a closed engine's memory is still held."""
     found = []
     for obj in gc.get_objects():
         try:

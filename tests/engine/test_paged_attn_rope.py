@@ -8,8 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+import engine.paged_attn_triton as pat
 from engine.attention import pack_meta
+from engine.fused_ops import rope_qk
 from tests.engine.test_attention import _fill
+from tests.engine.test_prefill_graphs import _seq, _tiny_runner
 from tests.engine.test_split_kv import _interp
 
 NH, KVH, HD, BS = 4, 2, 32, 16
@@ -53,9 +56,6 @@ def _decode_case(ctxs: list[int], device: str, dtype: torch.dtype, seed: int):
 def test_rope_in_the_decode_kernel_gives_the_same_bits_as_rope_then_attention(
     ctxs, override, pre, monkeypatch
 ):
-    import engine.paged_attn_triton as pat
-    from engine.fused_ops import rope_qk
-
     device = _interp(monkeypatch)
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     monkeypatch.setattr(pat, "OVERRIDE", override)
@@ -78,8 +78,6 @@ def test_rope_in_the_decode_kernel_gives_the_same_bits_as_rope_then_attention(
 def test_rope_stays_out_of_prefill_int8_and_when_switched_off(monkeypatch):
     """Only decode rows over a cache of q's dtype fuse RoPE; a prefill chunk, int8 KV or the switch off keep
     the RoPE launch, and a wrong call is refused rather than computed."""
-    import engine.paged_attn_triton as pat
-
     device = _interp(monkeypatch)
     monkeypatch.setattr(pat, "ROPE_IN_KERNEL", True)
     (q, k, v), (kc, _), (cos, sin), slots, meta = _decode_case([20], device, torch.float32, seed=7)
@@ -100,14 +98,11 @@ def test_the_model_decodes_the_same_with_rope_in_the_kernel(engine, monkeypatch)
     The session's engine is held still meanwhile (its lock): forcing the fused path is global, and its loop
     thread, feeding an earlier test's answer, would run interpreted kernels beside these, whose grids the
     interpreter keeps in one global (seen: "x >= grid_dim[0]")."""
-    import engine.paged_attn_triton as pat
-    from tests.engine.test_prefill_graphs import _seq, _tiny_runner
-
     with engine._cv:
-        _model_decodes_the_same(pat, _seq, _tiny_runner, monkeypatch)
+        _model_decodes_the_same(monkeypatch)
 
 
-def _model_decodes_the_same(pat, _seq, _tiny_runner, monkeypatch) -> None:
+def _model_decodes_the_same(monkeypatch) -> None:
     _interp(monkeypatch)
     monkeypatch.setattr("engine.model.FUSED", True)
     g = torch.Generator().manual_seed(2)
