@@ -66,6 +66,7 @@
 #   all6: bash bench/gpu_pending.sh all6   (carry .whl; issue 6's five modes and transformers in one run, then the
 #         persistent-kernel probe; ~9 min)
 #   mmt: bash bench/gpu_pending.sh mmt   (no carry; tensor cores with swapped operands, modes 20-22, vs shipped; ~6 min)
+#   l2: bash bench/gpu_pending.sh l2   (no carry; L2 prefetch of o and gate_up after qkv: tests, probe, model A/B; ~8 min)
 #   tune: bash bench/gpu_pending.sh tune   (no carry; TEST_K=... narrows the compiled tests, MODES=int4,bf16)
 # .whl holds the py3.12 wheels of fastapi/starlette/pydantic/uvicorn that `kb engine-serve` needs and the
 # GPU image lacks; bench/out/chat_gpu_bundle comes from `.venv/bin/python -m bench.chat_gpu prepare` here.
@@ -95,7 +96,7 @@ compiled_tests() {  # $1: seconds; $2: pytest -k (empty: all); log in $OUT/tests
   timeout "$1" python3 -m pytest --noconftest -q -p no:cacheprovider tests/engine/quant/test_gpu_kernels.py \
     tests/engine/quant/test_gpu_h2.py tests/engine/quant/test_gpu_dispatch.py \
     tests/engine/quant/test_tuning.py tests/engine/test_fused_ops.py tests/engine/test_pdl.py tests/engine/test_split_kv.py \
-    tests/engine/test_paged_attn_rope.py ${2:+-k "$2"} \
+    tests/engine/test_paged_attn_rope.py tests/engine/test_l2_prefetch.py ${2:+-k "$2"} \
     > "$OUT/tests.log" 2>&1
   echo "pytest rc=$?"; grep -E "passed|failed|error" "$OUT/tests.log" | tail -5
   sed -n '/FAILED\|Error/p' "$OUT/tests.log" | head -5
@@ -345,6 +346,14 @@ PY
     echo "== whole model, int4, shipped tables; batch 1 with RoPE in its own launch / in attention (graphs captured again)"
     MODES=int4 E2E_EXTRA="--no-hf --decode-tokens ${DECODE:-256}" PREFILL=2048 \
       model_ab "${E2E_S:-330}" "${BATCHES:-1,16}" "${LAUNCHES:-ropeattn0,ropeattn1,ropeattn0,ropeattn1}"
+    ;;
+  l2)  # issue 6: o's and a share of gate_up's weights asked into L2 after qkv's GEMV: compiled tests, the GEMV
+    # probe, then int4 batch 1 with it off / on at several shares and by lines (~8 min)
+    compiled_tests "${TEST_S:-90}" "${TEST_K:-l2_prefetch}"
+    echo "== one GEMV after a flushed L2, with and without the prefetch (bench/l2_probe.py)"
+    timeout 90 python3 bench/l2_probe.py 2>&1 | grep -vi warn | tail -10
+    MODES=int4 E2E_EXTRA="--no-hf --decode-tokens ${DECODE:-256}" \
+      model_ab "${E2E_S:-400}" "${BATCHES:-1}" "${LAUNCHES:-l20,l21,l2gu0,l2gu50,l2gu25,l2lines1,l2lines0,l20}"
     ;;
   sparse9)  # issue 6: TEAL then 2:4 from the shipped tables in one process (graph batches up to 16, decode graphs
     # up to 4K tokens captured at start), each mode's leftover GPU memory and its holders (~9 min)

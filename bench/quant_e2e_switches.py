@@ -7,11 +7,12 @@ Measurement-only switches (``skip*``) make a kernel launch nothing: the step's t
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
 
-from engine import fused_ops, paged_attn_triton, pdl
+from engine import fused_ops, l2_prefetch, paged_attn_triton, pdl
 from engine import model as engine_model
 from engine.llm_engine import Engine
 from engine.quant import gpu, launch_configs
@@ -101,6 +102,7 @@ SKIP_ATTN = _Level(paged_attn_triton, "paged_attention", paged_attn_triton.paged
 DECODE_SPLIT = _Level(paged_attn_triton, "DECODE_TILES_PER_SPLIT", 4, 1)  # 1-sequence decode: a tile a split
 PREFETCH_ANY = _Level(launch_configs, "H2_PREFETCH", 0, 3)  # configs' PREFETCH slots ignored / obeyed
 SB_AHEAD = _Level(launch_configs, "H2_PREFETCH", 1, 3)  # level 2 (scales a step ahead) capped to 1 / obeyed
+L2_LINES = _Level(l2_prefetch, "LINES", None, True)  # the L2 prefetch by lines, or as the GPU allows (bulk)
 
 
 def load_tuning(path: str | None, mode: str) -> None:
@@ -134,7 +136,9 @@ def _knobs(eng: Engine) -> dict[str, tuple[object, str]]:
     'gemvpre' (the fp16 GEMV's first step of weights loads before PDL's wait), 'panels' (int4 weights in
     panels of their one-token tile, `gpu.to_panels`), 'early' (the one-token GEMVs release PDL's next kernel
     as they start), 'dsplit' (one sequence's decode attention splits its KV down to a tile a program),
-    'ropeattn' (decode attention rotates q and the new key and stores K/V itself, no RoPE launch);
+    'ropeattn' (decode attention rotates q and the new key and stores K/V itself, no RoPE launch),
+    'l2' (after qkv's GEMV each layer asks o's and some of gate_up's weights into L2, `engine.l2_prefetch`),
+    'l2lines' (... by line prefetches instead of bulk ones), 'l2gu<percent>' (that share, e.g. l2gu30);
     'skipnorm', 'skiprope', 'skipattn' (measurement only, wrong tokens: the add + RMSNorms, RoPE + KV
     store, paged attention launch nothing)."""
     return {
@@ -151,6 +155,9 @@ def _knobs(eng: Engine) -> dict[str, tuple[object, str]]:
         "panels": (PANELS, "on"),
         "dsplit": (DECODE_SPLIT, "on"),
         "ropeattn": (paged_attn_triton, "ROPE_IN_KERNEL"),
+        "l2": (l2_prefetch, "ENABLED"),
+        "l2lines": (L2_LINES, "on"),
+        "l2gu": (l2_prefetch, "GATE_UP_SHARE"),  # set by 'l2gu<percent>' (`_apply`), restored after
         "skipnorm": (SKIP_NORM, "on"),
         "skiprope": (SKIP_ROPE, "on"),
         "skipattn": (SKIP_ATTN, "on"),
@@ -158,8 +165,11 @@ def _knobs(eng: Engine) -> dict[str, tuple[object, str]]:
 
 
 def _apply(eng: Engine, item: str) -> str:
-    """One A/B setting, a `_knobs` name and 0/1 ('0'/'1' alone: PDL)."""
+    """One A/B setting, a `_knobs` name and 0/1 ('0'/'1' alone: PDL), or 'l2gu<percent>'."""
     name = f"pdl{item}" if item.isdigit() else item
+    if share := re.fullmatch(r"l2gu(\d+)", name):
+        l2_prefetch.GATE_UP_SHARE = int(share[1]) / 100
+        return name
     flag, on = name[:-1], bool(int(name[-1]))
     knobs = _knobs(eng)
     if flag not in knobs:

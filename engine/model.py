@@ -102,10 +102,15 @@ class Attention(nn.Module):
         qkv = (self.nh + 2 * self.kvh) * self.hd
         self.qkv_proj = nn.Linear(cfg.hidden_size, qkv, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(self.nh * self.hd, cfg.hidden_size, bias=False)
+        self.l2_next = None  # `engine.l2_prefetch.LayerPrefetch`: o's and gate_up's weights asked into L2
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ab: AttnBatch) -> torch.Tensor:
         t = x.shape[0]
         q, k, v = self.qkv_proj(x).split([self.nh * self.hd, self.kvh * self.hd, self.kvh * self.hd], dim=-1)
+        if self.l2_next is not None and ab.decode and x.is_cuda:  # while RoPE and attention run
+            from engine import l2_prefetch
+
+            l2_prefetch.launch(self.l2_next, x)
         q = q.view(t, self.nh, self.hd)
         k = k.view(t, self.kvh, self.hd)
         v = v.view(t, self.kvh, self.hd)
@@ -241,5 +246,11 @@ class LlamaForCausalLM(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         head = getattr(self, "lm_head", None)  # untied, or a quantized copy of tied embeddings (quant)
         if head is not None:
-            return head(hidden).float()
-        return F.linear(hidden, self.model.embed_tokens.weight).float()
+            out = head(hidden).float()
+        else:
+            out = F.linear(hidden, self.model.embed_tokens.weight).float()
+        if hidden.is_cuda:  # the step's L2 prefetches (side stream) joined: a graph must end joined
+            from engine import l2_prefetch
+
+            l2_prefetch.join(hidden)
+        return out

@@ -115,6 +115,9 @@ class ModelRunner:
             from engine import pdl  # Triton: imported only where the CUDA kernels run
 
             pdl.LIBRARY_MATMULS = pdl.uses_library_matmuls(model)
+            from engine import l2_prefetch
+
+            l2_prefetch.attach(model)  # decode steps ask o's and gate_up's weights into L2 (where on)
         self.graphs: dict[tuple[int, int], dict] = {}
         self.graph_pool = None
         self.batch_buckets = graph_batches(cfg.max_num_seqs)

@@ -1,0 +1,170 @@
+"""`engine.l2_prefetch`: which bytes a layer asks into L2 after its qkv GEMV, the machine code that asks,
+and that decode steps give the same bits with it on. CI (CPU) checks the chunk tables and, compiled offline
+for sm_90, the kernel's SASS; on a GPU (`bash bench/gpu_pending.sh l2`) the model test runs real decode
+steps and CUDA graphs with the side stream."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine import l2_prefetch
+from engine.quant.gpu import prepare
+from tests.engine.test_prefill_graphs import CAPTURES, DEVICE, _seq, _tiny_runner
+from tests.engine.test_split_kv import _interp
+
+
+def test_byte_ranges_cover_each_tensors_share_aligned() -> None:
+    a = torch.zeros(1000, dtype=torch.int32)  # 4000 bytes
+    b = torch.zeros(64, 3, dtype=torch.float16)[1:]  # a view 6 bytes into its storage
+    ranges = l2_prefetch.byte_ranges([a, b], 0.5)
+    assert ranges[0] == (a.data_ptr(), 2000)  # an aligned start, a whole number of 16 bytes
+    for (start, n), t in zip(ranges, [a, b], strict=True):
+        assert start % 16 == 0 and n % 16 == 0
+        assert start <= t.data_ptr() and start + n >= t.data_ptr() + t.numel() * t.element_size() // 2
+        assert start > t.data_ptr() - 16 and start + n < t.data_ptr() + t.numel() * t.element_size() // 2 + 16
+    assert l2_prefetch.byte_ranges([a], 0.0) == []
+    assert l2_prefetch.byte_ranges([a], 2.0) == [(a.data_ptr(), 4000)]  # capped at the whole tensor
+    with pytest.raises(ValueError, match="contiguous"):
+        l2_prefetch.byte_ranges([torch.zeros(8, 8).t()], 1.0)
+
+
+def test_chunks_cut_ranges_into_pieces_of_at_most_one_chunk() -> None:
+    addrs, sizes = l2_prefetch.chunks([(4096, 100 * 16), (1 << 20, 48)], 512)
+    assert sizes == [512, 512, 512, 64, 48]
+    assert addrs == [4096, 4608, 5120, 5632, 1 << 20]
+    with pytest.raises(ValueError, match="multiple of 16"):
+        l2_prefetch.chunks([(0, 64)], 100)
+
+
+def _quantized_runner():
+    return _tiny_runner(True, quant="int4:g32", graph_tokens=None)
+
+
+def test_every_layer_gets_a_table_of_o_and_the_first_share_of_gate_up(monkeypatch) -> None:
+    r = _quantized_runner()
+    layers = r.model.model.layers
+    for layer in layers:  # packed as the engine packs them on a GPU (the runner attaches there only)
+        prepare(layer.self_attn.o_proj), prepare(layer.mlp.gate_up_proj)
+    assert l2_prefetch.attach(r.model) == len(layers)
+    monkeypatch.setattr(l2_prefetch, "GATE_UP_SHARE", 0.5)
+    monkeypatch.setattr(l2_prefetch, "CHUNK", 256)
+    monkeypatch.setattr(l2_prefetch, "LINES", False)
+    for layer in layers:
+        plan = layer.self_attn.l2_next.current()
+        o = list(layer.self_attn.o_proj.gpu.tensors.values())
+        gu = list(layer.mlp.gate_up_proj.gpu.tensors.values())
+        addrs, sizes = plan.addrs.tolist(), plan.sizes.tolist()
+        assert max(sizes) <= 256 and all(s % 16 == 0 and s > 0 for s in sizes)
+        covered = sorted(zip(addrs, sizes, strict=True))
+
+        def bytes_in(t: torch.Tensor, covered=covered) -> int:
+            lo, hi = t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()
+            return sum(max(0, min(hi, a + s) - max(lo, a)) for a, s in covered)
+
+        for t in o:  # all of o's
+            assert bytes_in(t) == t.numel() * t.element_size()
+        for t in gu:  # the first half of each of gate_up's, not much more
+            n = t.numel() * t.element_size()
+            assert n // 2 <= bytes_in(t) <= n // 2 + 16
+        assert plan.nbytes == sum(sizes)
+        assert layer.self_attn.l2_next.current() is plan  # same settings: the same table
+    monkeypatch.setattr(l2_prefetch, "GATE_UP_SHARE", 0.0)
+    plan = layers[0].self_attn.l2_next.current()  # settings changed: rebuilt, o alone
+    assert plan.nbytes == pytest.approx(
+        sum(t.numel() * t.element_size() for t in layers[0].self_attn.o_proj.gpu.tensors.values()), abs=32
+    )
+
+
+def test_layers_without_packed_quantized_matmuls_get_none() -> None:
+    r = _tiny_runner(True, graph_tokens=None)  # plain layers
+    assert l2_prefetch.attach(r.model) == 0
+    assert all(layer.self_attn.l2_next is None for layer in r.model.model.layers)
+
+
+COMPILE = """
+import sys
+from bench.sass_count import sass
+from engine.l2_prefetch import l2_prefetch_kernel as k
+sig = {"addr_ptr": "*i64", "size_ptr": "*i32", "n": "i32"}
+print(sass(k, eval(sys.argv[1]), 1, 1, sig=sig, div=("addr_ptr", "size_ptr")))
+"""
+
+
+def _sass(consts: dict) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", COMPILE, repr(consts)], capture_output=True, text=True,
+                          env=env, cwd=root, check=True)  # fmt: skip
+    return [m.group(1) for m in re.finditer(r"/\*[0-9a-f]+\*/\s+(.*?)\s*;", done.stdout)]
+
+
+@pytest.mark.parametrize(("lines", "steps", "want"), [(False, 1, r"UBLKPF\.L2"), (True, 16, r"CCTL\.E\.PF2")])
+def test_the_kernel_only_reads_its_table_and_asks_for_lines(lines, steps, want) -> None:
+    """Compiled for sm_90: bulk prefetches (one a chunk, lane by lane through the uniform datapath) or one
+    line prefetch a 128 bytes, and no store: the kernel changes no memory, so it needs no ordering."""
+    instrs = _sass({"LINES": lines, "STEPS": steps})
+    prefetches = [i for i in instrs if re.search(want, i)]
+    assert len(prefetches) == (1 if not lines else steps)
+    assert not [i for i in instrs if re.match(r"(@!?P\d+ )?(STG|ST\.|RED|ATOM)", i)]
+
+
+@pytest.fixture
+def engine_still(request):
+    """The session engine's lock under the interpreter (CI), where its loop thread may run interpreted
+    kernels; compiled on a GPU the tests run without conftest (`gpu_pending.sh`), and need none."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return request.getfixturevalue("engine")._cv
+    return contextlib.nullcontext()
+
+
+def test_decode_steps_give_the_same_bits_with_the_prefetches(engine_still, monkeypatch) -> None:
+    """Decode steps of an int4 model through the runner (on a GPU: the side stream forked in each layer and
+    joined at the logits, inside captured graphs too) give the same logits and KV with prefetches as
+    without; on the CPU the switch changes nothing, as it launches nothing. The session's engine is held
+    still meanwhile, as in `test_paged_attn_rope` (the interpreter keeps kernel grids in one global)."""
+    with engine_still:
+        _same_bits(monkeypatch)
+
+
+def _same_bits(monkeypatch) -> None:
+    _interp(monkeypatch)
+    monkeypatch.setattr("engine.model.FUSED", True)
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.randint(1, 512, (40,), generator=g).tolist()
+    blocks = [5, 2, 9, 11]
+    runs = []
+    real = l2_prefetch.launch
+    for on in (False, True):
+        monkeypatch.setattr(l2_prefetch, "ENABLED", on)
+        r = _quantized_runner()
+        launched: list[bool] = []
+
+        def counted(pf, x, launched=launched) -> bool:
+            launched.append(real(pf, x))
+            return launched[-1]
+
+        monkeypatch.setattr(l2_prefetch, "launch", counted)
+        r.run([(_seq(tokens[:35], 0, blocks), 35)])
+        logits = [r.run([(_seq(tokens[: n + 1], n, blocks), 1)]) for n in range(35, 39)]
+        if DEVICE.type == "cuda":
+            torch.cuda.synchronize()
+        runs.append((torch.cat(logits), r.kv[:, :, : r.scratch].clone(), launched))
+    (want, kv_want, off), (got, kv_got, on) = runs
+    assert torch.equal(got, want) and torch.equal(kv_got, kv_want)
+    assert not any(off)
+    if CAPTURES:  # every layer of every decode step forked (graphs: at warm-up and capture)
+        assert sum(on) >= 2 * 4 and any(st.get("graph") for st in _graphs(r))
+    else:
+        assert not any(on)
+
+
+def _graphs(r) -> list[dict]:
+    return list(r.graphs.values())
