@@ -206,6 +206,7 @@ def one_mode(b: Bench, name: str, spec: str, a: argparse.Namespace, bw: float) -
     PANELS.model = model
     emb = model.model.embed_tokens.weight
     step_bytes = weight_bytes(model) - emb.numel() * emb.element_size()  # one embedding row is read
+    del emb  # else this frame holds the embedding (1 GiB at 8B) past the mode's end, in `left_after_gib`
     row: dict = {
         "spec": spec,
         "quantize_s": round(quant_s, 1),
