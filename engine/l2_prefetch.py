@@ -160,24 +160,23 @@ _FORKED: set[torch.device] = set()
 
 
 def usable(x: torch.Tensor) -> bool:
-    """Only compiled, on an NVIDIA GPU, when on, and only into CUDA graphs: in an eager step the fork and
-    join a layer would cost host time that a replay does not. Line prefetches (before sm_90) only when
-    asked for (``LINES``): on an H100 they made the step slower (bench/RESULTS.md)."""
+    """Only compiled, on an NVIDIA GPU, when on. Line prefetches (before sm_90) only when asked for
+    (``LINES``): on an H100 they made the step slower (bench/RESULTS.md)."""
     compiled = x.is_cuda and torch.version.hip is None and os.environ.get("TRITON_INTERPRET") != "1"
     if not (ENABLED and compiled):
         return False
-    if not LINES and torch.cuda.get_device_capability(x.device)[0] < 9:
-        return False
-    return torch.cuda.is_current_stream_capturing()
+    return bool(LINES) or torch.cuda.get_device_capability(x.device)[0] >= 9
 
 
 def launch(pf: LayerPrefetch, x: torch.Tensor) -> bool:
     """Fork a side stream from the current one (after what was queued last, qkv's GEMV) and queue the
-    layer's prefetch there; `join` must follow before the step ends."""
+    layer's prefetch there; `join` must follow before the step ends. Only into CUDA graphs: in an eager
+    step the fork and join a layer would cost host time that a replay does not; the graph's eager
+    warm-up builds the chunk table its capture then uses."""
     if not usable(x):
         return False
     plan = pf.current()
-    if plan is None:
+    if plan is None or not torch.cuda.is_current_stream_capturing():
         return False
     main = torch.cuda.current_stream(x.device)
     side = _SIDE.get(x.device)
