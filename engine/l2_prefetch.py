@@ -170,13 +170,13 @@ def usable(x: torch.Tensor) -> bool:
 
 def launch(pf: LayerPrefetch, x: torch.Tensor) -> bool:
     """Fork a side stream from the current one (after what was queued last, qkv's GEMV) and queue the
-    layer's prefetch there; `join` must follow before the step ends. Only into CUDA graphs: in an eager
-    step the fork and join a layer would cost host time that a replay does not; the graph's eager
-    warm-up builds the chunk table its capture then uses."""
+    layer's prefetch there; `join` must follow before the step ends. Eager decode steps fork too (a
+    graph's warm-ups, or graphs turned off), as measured; the chunk table is built in the first of them,
+    outside any capture."""
     if not usable(x):
         return False
     plan = pf.current()
-    if plan is None or not torch.cuda.is_current_stream_capturing():
+    if plan is None:
         return False
     main = torch.cuda.current_stream(x.device)
     side = _SIDE.get(x.device)
