@@ -28,6 +28,7 @@ import triton.language as tl
 ENABLED = True  # on an H100: -0.9 % a batch-1 int4 step, +0.5 % tok/s (bench/RESULTS.md); quant_e2e's 'l2'
 O_SHARE = 1.0  # of o_proj's bytes
 GATE_UP_SHARE = 0.5  # of gate_up's bytes, each tensor's first bytes in memory order
+MAX_ROWS = 1  # decode steps of up to this many tokens: measured at batch 1 only
 LINES: bool | None = None  # None: bulk prefetches on sm_90+ (and none before: line prefetches were slower)
 CHUNK = 16384  # bytes a lane asks for by one bulk prefetch
 LINE_CHUNK = 2048  # ... by line prefetches (16 of them)
@@ -160,10 +161,10 @@ _FORKED: set[torch.device] = set()
 
 
 def usable(x: torch.Tensor) -> bool:
-    """Only compiled, on an NVIDIA GPU, when on. Line prefetches (before sm_90) only when asked for
-    (``LINES``): on an H100 they made the step slower (bench/RESULTS.md)."""
+    """Only compiled, on an NVIDIA GPU, when on, for steps of up to `MAX_ROWS` tokens. Line prefetches
+    (before sm_90) only when asked for (``LINES``): on an H100 they made the step slower (RESULTS.md)."""
     compiled = x.is_cuda and torch.version.hip is None and os.environ.get("TRITON_INTERPRET") != "1"
-    if not (ENABLED and compiled):
+    if not (ENABLED and compiled and x.shape[0] <= MAX_ROWS):
         return False
     return bool(LINES) or torch.cuda.get_device_capability(x.device)[0] >= 9
 
