@@ -12,8 +12,12 @@ start of gate_up's then read L2. No kernel waits on it: prefetches are hints, so
 
 Sizes: o is 8.9 MB and gate_up 62 MB at the Llama-3-8B shape in int4 g128; an H100's L2 holds 50 MB and an
 RTX 4090's 72 MB, so only o and a share of gate_up are asked for. Bulk prefetches
-(``cp.async.bulk.prefetch.L2``, one instruction a chunk) need sm_90; older GPUs take one ``prefetch`` a
-128-byte line.
+(``cp.async.bulk.prefetch.L2``, one instruction a chunk) need sm_90; line prefetches (one a 128-byte line,
+what older GPUs have) are built too but off, as they made the step slower on an H100.
+
+Measured (bench/RESULTS.md, 2026-12-07): a small gain, -0.9 % a batch-1 int4 step, +0.5 % tok/s. o's
+split-1 GEMV programs already load their whole K slice before PDL's wait, during attention, so only
+gate_up's first half is new work for that window.
 """
 
 from __future__ import annotations
