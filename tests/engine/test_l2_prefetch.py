@@ -5,19 +5,16 @@ steps and CUDA graphs with the side stream."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from engine import l2_prefetch
 from engine.quant.gpu import prepare
-from tests.engine.test_prefill_graphs import CAPTURES, DEVICE, _seq, _tiny_runner
+from tests.engine.test_paged_attn_rope import engine_still, prefill_then_decode  # noqa: F401 (fixture)
+from tests.engine.test_pdl import _sass
+from tests.engine.test_prefill_graphs import CAPTURES, _tiny_runner
 from tests.engine.test_split_kv import _interp
 
 
@@ -98,34 +95,17 @@ print(sass(k, eval(sys.argv[1]), 1, 1, sig=sig, div=("addr_ptr", "size_ptr")))
 """
 
 
-def _sass(consts: dict) -> list[str]:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, "-c", COMPILE, repr(consts)], capture_output=True, text=True,
-                          env=env, cwd=root, check=True)  # fmt: skip
-    return [m.group(1) for m in re.finditer(r"/\*[0-9a-f]+\*/\s+(.*?)\s*;", done.stdout)]
-
-
 @pytest.mark.parametrize(("lines", "steps", "want"), [(False, 1, r"UBLKPF\.L2"), (True, 16, r"CCTL\.E\.PF2")])
 def test_the_kernel_only_reads_its_table_and_asks_for_lines(lines, steps, want) -> None:
     """Compiled for sm_90: bulk prefetches (one a chunk, lane by lane through the uniform datapath) or one
     line prefetch a 128 bytes, and no store: the kernel changes no memory, so it needs no ordering."""
-    instrs = _sass({"LINES": lines, "STEPS": steps})
+    instrs = _sass({"LINES": lines, "STEPS": steps}, COMPILE)
     prefetches = [i for i in instrs if re.search(want, i)]
     assert len(prefetches) == (1 if not lines else steps)
     assert not [i for i in instrs if re.match(r"(@!?P\d+ )?(STG|ST\.|RED|ATOM)", i)]
 
 
-@pytest.fixture
-def engine_still(request):
-    """The session engine's lock under the interpreter (CI), where its loop thread may run interpreted
-    kernels; compiled on a GPU the tests run without conftest (`gpu_pending.sh`), and need none."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return request.getfixturevalue("engine")._cv
-    return contextlib.nullcontext()
-
-
-def test_decode_steps_give_the_same_bits_with_the_prefetches(engine_still, monkeypatch) -> None:
+def test_decode_steps_give_the_same_bits_with_the_prefetches(engine_still, monkeypatch) -> None:  # noqa: F811
     """Decode steps of an int4 model through the runner (on a GPU: the side stream forked in each layer and
     joined at the logits, inside captured graphs too) give the same logits and KV with prefetches as
     without; on the CPU the switch changes nothing, as it launches nothing. The session's engine is held
@@ -137,9 +117,6 @@ def test_decode_steps_give_the_same_bits_with_the_prefetches(engine_still, monke
 def _same_bits(monkeypatch) -> None:
     _interp(monkeypatch)
     monkeypatch.setattr("engine.model.FUSED", True)
-    g = torch.Generator().manual_seed(3)
-    tokens = torch.randint(1, 512, (40,), generator=g).tolist()
-    blocks = [5, 2, 9, 11]
     runs = []
     real = l2_prefetch.launch
     for on in (False, True):
@@ -153,19 +130,11 @@ def _same_bits(monkeypatch) -> None:
             return launched[-1]
 
         monkeypatch.setattr(l2_prefetch, "launch", counted)
-        r.run([(_seq(tokens[:35], 0, blocks), 35)])
-        logits = [r.run([(_seq(tokens[: n + 1], n, blocks), 1)]) for n in range(35, 39)]
-        if DEVICE.type == "cuda":
-            torch.cuda.synchronize()
-        runs.append((torch.cat(logits), r.kv[:, :, : r.scratch].clone(), launched))
+        runs.append((*prefill_then_decode(r, seed=3), launched))
     (want, kv_want, off), (got, kv_got, on) = runs
     assert torch.equal(got, want) and torch.equal(kv_got, kv_want)
     assert not any(off)
     if CAPTURES:  # each layer forked at the graph's two warm-ups and its capture; replays run no Python
-        assert len(on) >= 2 * 3 and all(on) and any(st.get("graph") for st in _graphs(r))
+        assert len(on) >= 2 * 3 and all(on) and any(st.get("graph") for st in r.graphs.values())
     else:
         assert not any(on)
-
-
-def _graphs(r) -> list[dict]:
-    return list(r.graphs.values())

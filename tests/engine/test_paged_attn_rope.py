@@ -5,6 +5,9 @@ Under ``TRITON_INTERPRET=1`` (CI) on fp32 tensors; on a GPU the same test runs c
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import pytest
 import torch
 
@@ -91,23 +94,42 @@ def test_rope_stays_out_of_prefill_int8_and_when_switched_off(monkeypatch):
         pat.paged_attention(q, kc, kc.clone(), None, None, meta, True, (k, v, cos, sin, slots))
 
 
-def test_the_model_decodes_the_same_with_rope_in_the_kernel(engine, monkeypatch):
-    """The runner's decode steps through the model (the fused path forced on, the Triton reader) give the
-    same logits and leave the same KV cache with RoPE in the attention kernel as with its own launch.
+@pytest.fixture
+def engine_still(request):
+    """The session engine's lock under the interpreter (CI): forcing the fused path is global, and the
+    engine's loop thread, feeding an earlier test's answer, would run interpreted kernels beside a test's,
+    whose grids the interpreter keeps in one global (seen: "x >= grid_dim[0]"). Compiled on a GPU the tests
+    run without conftest (`gpu_pending.sh`), so without that engine, and need no lock."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return request.getfixturevalue("engine")._cv
+    return contextlib.nullcontext()
 
-    The session's engine is held still meanwhile (its lock): forcing the fused path is global, and its loop
-    thread, feeding an earlier test's answer, would run interpreted kernels beside these, whose grids the
-    interpreter keeps in one global (seen: "x >= grid_dim[0]")."""
-    with engine._cv:
+
+def prefill_then_decode(r, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 35-token prefill, then 4 decode steps, through runner ``r`` (the fused path forced on): the decode
+    steps' logits and the KV pool (the scratch block, the last, holds whatever padded prefill rows wrote
+    there: no token's KV)."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(1, 512, (40,), generator=g).tolist()
+    blocks = [5, 2, 9, 11]
+    r.run([(_seq(tokens[:35], 0, blocks), 35)])
+    logits = [r.run([(_seq(tokens[: n + 1], n, blocks), 1)]) for n in range(35, 39)]
+    if r.device.type == "cuda":
+        torch.cuda.synchronize()
+    return torch.cat(logits), r.kv[:, :, : r.scratch].clone()
+
+
+def test_the_model_decodes_the_same_with_rope_in_the_kernel(engine_still, monkeypatch):
+    """The runner's decode steps through the model (the fused path forced on, the Triton reader) give the
+    same logits and leave the same KV cache with RoPE in the attention kernel as with its own launch. The
+    session's engine is held still meanwhile (`engine_still`)."""
+    with engine_still:
         _model_decodes_the_same(monkeypatch)
 
 
 def _model_decodes_the_same(monkeypatch) -> None:
     _interp(monkeypatch)
     monkeypatch.setattr("engine.model.FUSED", True)
-    g = torch.Generator().manual_seed(2)
-    tokens = torch.randint(1, 512, (40,), generator=g).tolist()
-    blocks = [5, 2, 9, 11]
     runs = []
     real = pat.paged_attention
     for fused in (False, True):
@@ -120,10 +142,7 @@ def _model_decodes_the_same(monkeypatch) -> None:
             return real(*a, **kw)
 
         monkeypatch.setattr(pat, "paged_attention", counted)
-        r.run([(_seq(tokens[:35], 0, blocks), 35)])  # prefill: RoPE's own launch either way
-        logits = [r.run([(_seq(tokens[: n + 1], n, blocks), 1)]) for n in range(35, 39)]  # 4 decode steps
-        # the scratch block (the last) holds whatever padded prefill rows wrote there: no token's KV
-        runs.append((torch.cat(logits), r.kv[:, :, : r.scratch].clone(), calls))
+        runs.append((*prefill_then_decode(r, seed=2), calls))  # the prefill: RoPE's own launch either way
     (want, kv_want, calls_off), (got, kv_got, calls_on) = runs
     assert calls_on[-1] == 8 and calls_off[-1] == 7  # the decode steps passed `rope` (or did not)
     assert torch.equal(got, want)

@@ -44,11 +44,12 @@ print(sass(th2.w4k_gemv_h2_kernel, h2 | eval(sys.argv[1]), 4, 3))
 """
 
 
-def _sass(consts: dict) -> list[str]:
-    """The fp16 GEMV's SASS for sm_90, compiled in a process without the interpreter (tests run under it)."""
+def _sass(consts: dict, script: str = COMPILE) -> list[str]:
+    """A kernel's SASS for sm_90 (the fp16 GEMV's, or what ``script`` prints given ``consts``), compiled in a
+    process without the interpreter (tests run under it), as a list of instructions."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, "-c", COMPILE, repr(consts)], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", script, repr(consts)], capture_output=True, text=True,
                           env=env, cwd=root, check=True)  # fmt: skip
     return [m.group(1) for m in re.finditer(r"/\*[0-9a-f]+\*/\s+(.*?)\s*;", done.stdout)]
 
