@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import panel_probe as pp  # noqa: E402
 from engine.quant import gpu, tuning  # noqa: E402
 
-# variant -> (force the "9.0" fp16-GEMV config, early release, PROBE bits[, x's loads out of the math])
+# variant -> (force the "9.0" fp16-GEMV config, early release, PROBE bits)
 VARIANTS = {
     "fp16": (True, False, 0),
     "early": (True, True, 0),
@@ -51,10 +51,8 @@ VARIANTS = {
     "all_three": (True, True, 3),
     "table": (False, False, 0),
     "table_early": (False, True, 0),
-    "xahead": (True, True, 0, True),  # `gpu.H2_X_AHEAD` (PREFETCH 2: x a step ahead)
-    "table_xahead": (False, True, 0, True),  # (PREFETCH 3, split 1: every step's x after PDL's wait)
 }
-EXACT = ("early", "table_early", "xahead", "table_xahead")  # real results: the same bits as their base
+EXACT = ("early", "table_early")  # real results: the same bits as their base
 # fp16-GEMV configs whose programs load all their steps before the first step's math (PREFETCH 3), in
 # smaller steps: if the math left after the last bytes arrive is the fixed cost, these shrink it
 # Then split 1 for qkv and o: K spread over 8-16 warps of a narrow column tile, all of a program's rows in
@@ -80,17 +78,17 @@ class Setting:
     """One variant applied to the launcher's module state for the span of a `with`."""
 
     def __init__(self, variant: str, names: tuple[str, ...]):
-        self.force, self.early, self.probe, *x_ahead = VARIANTS[variant]
-        self.x_ahead, self.names = bool(x_ahead and x_ahead[0]), names
+        self.force, self.early, self.probe = VARIANTS[variant]
+        self.names = names
 
     def __enter__(self) -> None:
-        gpu.GEMV_EARLY_RELEASE, gpu.H2_PROBE, gpu.H2_X_AHEAD = self.early, self.probe, self.x_ahead
+        gpu.GEMV_EARLY_RELEASE, gpu.H2_PROBE = self.early, self.probe
         if self.force:
             for nm in self.names:
                 gpu.TUNING[("int4k", *pp.SHAPES[nm], 1)] = fp16_config(nm)
 
     def __exit__(self, *exc) -> None:
-        gpu.GEMV_EARLY_RELEASE, gpu.H2_PROBE, gpu.H2_X_AHEAD = False, 0, False
+        gpu.GEMV_EARLY_RELEASE, gpu.H2_PROBE = False, 0
         for nm in self.names:
             gpu.TUNING.pop(("int4k", *pp.SHAPES[nm], 1), None)
 
@@ -102,7 +100,7 @@ def main() -> None:
     p.add_argument("--variants", default=",".join(VARIANTS), help="which of VARIANTS to time (fp16 always)")
     args = p.parse_args()
     variants = ["fp16", *(v for v in args.variants.split(",") if v != "fp16")]
-    if {"table_early", "table_xahead"} & set(variants) and "table" not in variants:  # the bits they must give
+    if "table_early" in variants and "table" not in variants:  # the bits it is checked against
         variants.insert(1, "table")
     if unknown := set(variants) - set(VARIANTS):
         p.error(f"unknown variants {sorted(unknown)}; choose from {list(VARIANTS)}")
@@ -140,7 +138,7 @@ def main() -> None:
         torch.cuda.empty_cache() if not pp.DRY else None
 
     layer_bytes = sum(weights[nm][0].nbytes() for nm in pp.NAMES)
-    again = [v for v in ("fp16", "early", "xahead", "table", "table_early", "table_xahead") if v in variants]
+    again = [v for v in ("fp16", "early", "table", "table_early") if v in variants]
     for kind in ("read", *variants, "ahead", "read", *again, "ahead"):
         fns = [
             floors[nm][0][i] if kind == "read" else pp.call(nm, weights[nm][i], xs[nm], amaxes[nm])

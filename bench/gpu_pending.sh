@@ -52,7 +52,6 @@
 #           the shipped tables at batch 1 and 16; ~7 min)
 #   candidates: bash bench/gpu_pending.sh candidates   (no carry; one-token configs with early release, the int8 LM
 #               head's, the model on the winners; ~7 min)
-#   xahead: bash bench/gpu_pending.sh xahead   (no carry; the fp16 GEMV's x loads out of its math: tests, chains, A/B; ~8 min)
 #   gemvpre: bash bench/gpu_pending.sh gemvpre   (no carry; the fp16 GEMV's first weights before PDL's wait: tests, A/B)
 #   silu: bash bench/gpu_pending.sh silu   (carry .whl; gate_up's GEMV writing silu(gate) * up: compiled tests, then the A/B)
 #   pgraph: bash bench/gpu_pending.sh pgraph   (carry .whl; short prefills as CUDA graphs off / on, bf16 and int8 KV (KV=auto
@@ -361,15 +360,6 @@ PY
     MODES="${MODES:-int4_teal,int4_24}" E2E_EXTRA="--no-hf --decode-tokens ${DECODE:-256} --max-seqs 16 \
       --precapture-tokens 4096" PREFILL=2048 model_ab "${E2E_S:-560}" "${BATCHES:-1,16}" ""
     grep -o '"left_after_gib[^]]*' "$OUT/e2e.log" | cut -c1-600
-    ;;
-  xahead)  # issue 6: the fp16 GEMV's x loads out of the step's math (X_AHEAD): compiled tests, per matrix and layer
-    # chains against the shipped configs (same bits checked), then int4 batch 1 off / on, three pairs (~8 min)
-    compiled_tests "${TEST_S:-150}" "${TEST_K:-prefetching or silu or x_ahead or shipped or pdl}"
-    echo "== one-token GEMVs as chains of 8 launches in a graph, x's loads in / out of the math (bench/gemv_ablation.py)"
-    timeout "${PROBE_S:-150}" python3 bench/gemv_ablation.py --out "$OUT" --variants "${VARIANTS:-early,xahead,table,table_early,table_xahead}" \
-      2>&1 | grep -v "^W\|warn" | tail -40
-    MODES=int4 E2E_EXTRA="--no-hf --decode-tokens ${DECODE:-256}" \
-      model_ab "${E2E_S:-330}" "${BATCHES:-1}" "${LAUNCHES:-xahead0,xahead1,xahead0,xahead1,xahead0,xahead1}"
     ;;
   gemvpre)  # issue 6: the fp16 GEMV's first step of weights before PDL's wait (PRE_WAIT): compiled tests, model A/B (~7 min)
     compiled_tests "${TEST_S:-120}" "${TEST_K:-prefetching or silu or shipped}"

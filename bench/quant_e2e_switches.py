@@ -133,8 +133,7 @@ def _knobs(eng: Engine) -> dict[str, tuple[object, str]]:
     and first old tile before PDL's wait), 'prefetch' (the fp16 GEMV's configs may load a step ahead),
     'sbahead' (... their scales and biases too, where a config says PREFETCH 2), 'tuned' (the configs of
     ``--tune``, or the shipped table), 'silugemv' (gate_up's GEMV writes ``silu(gate) * up`` itself),
-    'gemvpre' (the fp16 GEMV's first step of weights loads before PDL's wait), 'xahead' (its x loads leave
-    the step's math: all after PDL's wait at split 1, a step ahead elsewhere), 'panels' (int4 weights in
+    'gemvpre' (the fp16 GEMV's first step of weights loads before PDL's wait), 'panels' (int4 weights in
     panels of their one-token tile, `gpu.to_panels`), 'early' (the one-token GEMVs release PDL's next kernel
     as they start), 'dsplit' (one sequence's decode attention splits its KV down to a tile a program),
     'ropeattn' (decode attention rotates q and the new key and stores K/V itself, no RoPE launch),
@@ -151,7 +150,6 @@ def _knobs(eng: Engine) -> dict[str, tuple[object, str]]:
         "sbahead": (SB_AHEAD, "on"),
         "silugemv": (gpu, "SILU_IN_GEMV"),
         "gemvpre": (gpu, "H2_PRE_WAIT"),
-        "xahead": (gpu, "H2_X_AHEAD"),
         "early": (gpu, "GEMV_EARLY_RELEASE"),
         "tuned": (TUNED, "on"),
         "panels": (PANELS, "on"),

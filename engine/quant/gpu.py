@@ -50,9 +50,6 @@ H2_PRE_WAIT = True
 GEMV_EARLY_RELEASE = True
 # `triton_w4k_h2` PROBE: measurement-only ablations set by bench/gemv_ablation.py (wrong results); 0 here
 H2_PROBE = 0
-# The fp16 GEMV's x loads out of the step's math (`triton_w4k_h2` X_AHEAD): every step's right after PDL's
-# wait (PREFETCH 3), or a step ahead (2). Same bits.
-H2_X_AHEAD = False
 # K-packed int4 weights are stored in panels of their one-token GEMV's column tile (`to_panels`,
 # `panel_width`), so that each program streams one contiguous run instead of a short piece of every row
 PANELS = False
@@ -289,7 +286,7 @@ def matmul_small(
             amax_ptr=xa if amax is None else amax, AMAX_IN=amax is not None, PREFETCH=prefetch,
             SILU_MUL=bool(silu_inter), CUDA=not _interpreted(), PRE_WAIT=H2_PRE_WAIT and prefetch >= 2,
             PANEL=panel, EARLY_RELEASE=GEMV_EARLY_RELEASE and m == 1, PROBE=H2_PROBE,
-            STEPS=per if prefetch == 3 else 0, X_AHEAD=H2_X_AHEAD and prefetch >= 2, **pdl_kw,
+            STEPS=per if prefetch == 3 else 0, **pdl_kw,
         )  # fmt: skip
     elif g.kind == "int4k" and cfg[4] in (18, *MMT_JOIN) and g.group % (8 * cfg[5]) == 0:  # bf16 pairs
         swapped = {"JOIN": MMT_JOIN[cfg[4]]} if cfg[4] in MMT_JOIN else {}

@@ -16,16 +16,6 @@ from engine import pdl
 from engine.fused_ops import silu_mul_math
 from engine.quant.triton_kernels import _finish_split, _write_row
 from engine.quant.triton_w4k import panel_offsets
-from engine.quant.triton_w4k_h2_loads import (
-    _h2_sb,
-    _h2_scale,
-    _h2_scale_of,
-    _h2_words,
-    _x8,
-    _x8_f32,
-    _x_words,
-    _xa_amax,
-)
 
 # The packed-fp16 step of `w4k_gemv_h2_kernel`: ``$0 = codes($1 & $2) * $3 + $4`` on f16x2 words. OFFSET
 # ORs the nibbles under 1024.0 (0x6400, whose ulp is 1) and subtracts it; DENORM reads them as subnormals.
@@ -112,6 +102,41 @@ def _h2_sum(acc, ASM: tl.constexpr):
 
 
 @triton.jit
+def _x8(x_ptr, rows):
+    """``x[8 * rows + i]``, i = 0..7, as float32; bf16 as four int32 loads of two (a shift or a mask each
+    to float32 either way): half the load instructions (the dispatch keeps x 4-byte aligned)."""
+    out = ()
+    if x_ptr.dtype.element_ty == tl.bfloat16:
+        for m in tl.static_range(4):
+            w2 = tl.load(x_ptr.to(tl.pointer_type(tl.int32)) + rows * 4 + m)  # x[2m], x[2m + 1]
+            out = out + ((w2 << 16).to(tl.float32, bitcast=True), (w2 & -65536).to(tl.float32, bitcast=True))
+    else:
+        for i in tl.static_range(8):
+            out = out + (tl.load(x_ptr + rows * 8 + i).to(tl.float32),)
+    return out
+
+
+@triton.jit
+def _h2_scale(x_ptr, lo, hi, TX: tl.constexpr, LCU: tl.constexpr):
+    """``v``, the power of two with ``max |x[lo:hi]| * v`` in ``[2**(TX - 1), 2**TX)``, and ``2**LCU / v``,
+    from the exponent bits of the absmax: exact, where ``exp2(-log2(.))`` may round. 2048 values a pass, as
+    each pass waits for its loads (an L2 round trip) before the main loop can start."""
+    ar, amax = tl.arange(0, 2048), tl.zeros((2048,), dtype=tl.float32)
+    for k in range(lo, hi, 2048):
+        amax = tl.maximum(amax, tl.abs(tl.load(x_ptr + k + ar, mask=k + ar < hi, other=0.0).to(tl.float32)))
+    return _h2_scale_of(tl.max(amax, axis=0), TX, LCU)
+
+
+@triton.jit
+def _h2_scale_of(amax, TX: tl.constexpr, LCU: tl.constexpr):
+    """`_h2_scale` from a given absmax (``AMAX_IN``: the row's, computed before the kernel)."""
+    e = (amax.to(tl.int32, bitcast=True) >> 23) & 0xFF
+    e = tl.minimum(tl.maximum(e, TX), 230)  # both results stay normal floats
+    v = ((TX + 253 - e) << 23).to(tl.float32, bitcast=True)
+    return v, ((e + 1 - TX + LCU) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def w4k_gemv_h2_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, N, K, rows_per_split, stride_xm, stride_ym,
     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, SPLIT: tl.constexpr,
@@ -119,7 +144,7 @@ def w4k_gemv_h2_kernel(
     M_ROWS: tl.constexpr, PDL: tl.constexpr = False, amax_ptr=None, AMAX_IN: tl.constexpr = False,
     PREFETCH: tl.constexpr = False, SILU_MUL: tl.constexpr = False, CUDA: tl.constexpr = True,
     PRE_WAIT: tl.constexpr = False, PANEL: tl.constexpr = 0, EARLY_RELEASE: tl.constexpr = False,
-    PROBE: tl.constexpr = 0, STEPS: tl.constexpr = 0, X_AHEAD: tl.constexpr = False,
+    PROBE: tl.constexpr = 0, STEPS: tl.constexpr = 0,
 ):  # fmt: skip
     """gemv3 (steps of ``BLOCK_R`` word rows, scales in the accumulator's layout) with packed-fp16 FMAs: a
     pair of weights costs a ``lop3``, ``sub.f16x2`` and ``fma.f16x2`` (DENORM: ``and``, ``fma``), not ~7.
@@ -178,13 +203,7 @@ def w4k_gemv_h2_kernel(
 
     ``PROBE``, for measurement only (`bench/gemv_ablation.py`; the launcher passes `gpu.H2_PROBE`, 0, and
     a probe's results are wrong): bit 1 leaves split-K's partial tiles unsummed (no ticket, no sum), bit 2
-    replaces the step's math by an integer sum of its words (the loads stay), with ``PREFETCH`` 2.
-
-    ``X_AHEAD`` (with ``PREFETCH`` 2 or 3): x's loads leave the step's math. Level 3 loads every step's x
-    right after PDL's wait, level 2 the next step's x with its words. Why: x is the one load that must
-    follow the wait, and inside the step each of its round trips (L2, ~10 a program at split 1) was waited
-    for in turn by all of a program's warps at once, since they all start at the wait; the sm_90 SASS of
-    qkv's split-1 config issued each x load ~10 instructions before its first use. Same bits."""
+    replaces the step's math by an integer sum of its words (the loads stay), with ``PREFETCH`` 2."""
     RP: tl.constexpr = BLOCK_R // CHAIN
     BC: tl.constexpr = BLOCK_N // COLS
     LCU: tl.constexpr = 24 if DENORM else 0  # the codes are q * 2**-LCU
@@ -221,26 +240,14 @@ def w4k_gemv_h2_kernel(
             ahead = ahead + _h2_sb(s_ptr, b_ptr, r0 + st * BLOCK_R, rr, colv, sbb, N, RS, GROUP, COLS, EVEN)
     if EARLY:
         pdl.wait(PDL)
-    xr = ()  # per row of x: its pointer
+    xr, v, inv = (), (), ()  # per row of x: its pointer, scale and the scale's inverse (times 2**LCU)
     for m in tl.static_range(M_ROWS):
-        xr = xr + (x_ptr if m == 0 else x_ptr + m * stride_xm,)
-    XA: tl.constexpr = X_AHEAD and PREFETCH >= 2
-    PX: tl.constexpr = CHAIN * M_ROWS * (4 if x_ptr.dtype.element_ty == tl.bfloat16 else 8)  # x loads a step
-    xa = ()  # XA: x's loads of every step (PREFETCH 3) or of the first (2), issued before anything waits
-    if XA:
-        for st in tl.static_range(STEPS if PREFETCH == 3 else 1):
-            xa = xa + _x_words(xr, r0 + st * BLOCK_R, rr, CHAIN, M_ROWS, r0 < r1)
-        pdl.wait(PDL)  # again, a no-op by now: it pins those loads above it (ptxas sank them to their uses)
-    v, inv = (), ()  # per row of x: its scale and the scale's inverse (times 2**LCU)
-    for m in tl.static_range(M_ROWS):
-        xm = xr[m]
+        xm = x_ptr if m == 0 else x_ptr + m * stride_xm
         if AMAX_IN:  # the row's absmax, one load whose wait the first weight loads need not follow
             vm, im = _h2_scale_of(tl.load(amax_ptr + m), TX, LCU)
-        elif XA and PREFETCH == 3:  # all of the program's x is in registers: its absmax needs no loads
-            vm, im = _h2_scale_of(_xa_amax(xa, m, STEPS * CHAIN, M_ROWS, PX // (CHAIN * M_ROWS)), TX, LCU)
         else:
             vm, im = _h2_scale(xm, r0 * 8, r1 * 8, TX, LCU)
-        v, inv = v + (vm,), inv + (im,)
+        xr, v, inv = xr + (xm,), v + (vm,), inv + (im,)
     acc = (tl.zeros((RP, BC), dtype=tl.float32),) * (COLS * M_ROWS)  # index c * M_ROWS + m, as h
     if PREFETCH == 3:
         PER: tl.constexpr = CHAIN * COLS + 2 * COLS  # loads a step
@@ -250,38 +257,33 @@ def w4k_gemv_h2_kernel(
                 words = words + (ahead[st * PER + i],)
             for i in tl.static_range(2 * COLS):
                 sbs = sbs + (ahead[st * PER + CHAIN * COLS + i],)
-            xw = ()
-            if XA:
-                for i in tl.static_range(PX):
-                    xw = xw + (xa[st * PX + i],)
             acc = _h2_step(words, sbs, acc, r0 + st * BLOCK_R, rr, xr, v, CHAIN, COLS, M_ROWS, LCU, ASM,
-                           DENORM, xw, XA)  # fmt: skip
+                           DENORM)  # fmt: skip
     elif PREFETCH == 2:  # words, scales and biases a step ahead: no round trip inside the loop
         for r in range(r0, r1, BLOCK_R):
             ok = r + BLOCK_R < r1
             ahead = _h2_words(w_ptr, r + BLOCK_R, rr, colv, wb, N, RS, CHAIN, COLS, EVEN, ok)
             sbs_ahead = _h2_sb(s_ptr, b_ptr, r + BLOCK_R, rr, colv, sbb, N, RS, GROUP, COLS, EVEN, ok)
-            xa_ahead = _x_words(xr, r + BLOCK_R, rr, CHAIN, M_ROWS, ok) if XA else xa
             if PROBE % 4 >= 2:
                 acc = _probe_sum(words, acc, CHAIN, COLS, M_ROWS)
             else:
                 acc = _h2_step(words, sbs, acc, r, rr, xr, v, CHAIN, COLS, M_ROWS, LCU, ASM,
-                               DENORM, xa, XA)  # fmt: skip
-            words, sbs, xa = ahead, sbs_ahead, xa_ahead
+                               DENORM)  # fmt: skip
+            words, sbs = ahead, sbs_ahead
     elif PREFETCH:
         words = _h2_words(w_ptr, r0, rr, colv, wb, N, RS, CHAIN, COLS, EVEN, r0 < r1)
         for r in range(r0, r1, BLOCK_R):
             ahead = _h2_words(w_ptr, r + BLOCK_R, rr, colv, wb, N, RS, CHAIN, COLS, EVEN, r + BLOCK_R < r1)
             sbs = _h2_sb(s_ptr, b_ptr, r, rr, colv, sbb, N, RS, GROUP, COLS, EVEN)
             acc = _h2_step(words, sbs, acc, r, rr, xr, v, CHAIN, COLS, M_ROWS, LCU, ASM,
-                           DENORM, (), False)  # fmt: skip
+                           DENORM)  # fmt: skip
             words = ahead
     else:
         for r in range(r0, r1, BLOCK_R):
             words = _h2_words(w_ptr, r, rr, colv, wb, N, RS, CHAIN, COLS, EVEN)
             sbs = _h2_sb(s_ptr, b_ptr, r, rr, colv, sbb, N, RS, GROUP, COLS, EVEN)
             acc = _h2_step(words, sbs, acc, r, rr, xr, v, CHAIN, COLS, M_ROWS, LCU, ASM,
-                           DENORM, (), False)  # fmt: skip
+                           DENORM)  # fmt: skip
     if not EARLY_RELEASE:
         pdl.release(PDL)
     if SILU_MUL:  # y [M_ROWS, N // 2]: each row's gate and up rounded as stored, then as `silu_mul`
@@ -317,29 +319,49 @@ def _probe_sum(words, acc, CHAIN: tl.constexpr, COLS: tl.constexpr, M_ROWS: tl.c
 
 
 @triton.jit
+def _h2_words(w_ptr, r, rr, colv, wb, N, RS, CHAIN: tl.constexpr, COLS: tl.constexpr, EVEN: tl.constexpr,
+              ok=True):  # fmt: skip
+    """A step's weight words, ``CHAIN x COLS`` tiles, tile ``c`` at the columns ``colv[c]``, their words
+    at ``wb[c]`` in the first row, rows ``RS`` words apart (`triton_w4k.panel_offsets`; EVEN, N a multiple
+    of BLOCK_N: a true mask, folded away, so no zeroing of the lanes). ``ok`` False: no loads (the step
+    after a program's last)."""
+    words = ()
+    for p in tl.static_range(CHAIN):
+        for c in tl.static_range(COLS):
+            ptrs = w_ptr + (r + rr + p)[:, None] * RS + wb[c][None, :]
+            mask = ((colv[c] < N) | EVEN)[None, :] & ok
+            words = words + (tl.load(ptrs, mask=mask, other=0),)
+    return words
+
+
+@triton.jit
+def _h2_sb(s_ptr, b_ptr, r, rr, colv, sbb, N, RS, GROUP: tl.constexpr, COLS: tl.constexpr,
+           EVEN: tl.constexpr, ok=True):  # fmt: skip
+    """A step's scales and biases (fp16, per row of the step's tiles), ``s, b`` per column tile, laid out
+    as the words (`_h2_words`: ``sbb``, ``RS``). ``ok`` False: no loads (the step after a program's
+    last)."""
+    sbs = ()
+    for c in tl.static_range(COLS):
+        sb = ((r + rr) * 8 // GROUP)[:, None] * RS + sbb[c][None, :]
+        mask = ((colv[c] < N) | EVEN)[None, :] & ok
+        sbs = sbs + (tl.load(s_ptr + sb, mask=mask, other=0.0), tl.load(b_ptr + sb, mask=mask, other=0.0))
+    return sbs
+
+
+@triton.jit
 def _h2_step(words, sbs, acc, r, rr, xr, v, CHAIN: tl.constexpr, COLS: tl.constexpr, M_ROWS: tl.constexpr,
-             LCU: tl.constexpr, ASM: tl.constexpr, DENORM: tl.constexpr, xw,
-             XW: tl.constexpr):  # fmt: skip
+             LCU: tl.constexpr, ASM: tl.constexpr, DENORM: tl.constexpr):  # fmt: skip
     """One step of `w4k_gemv_h2_kernel`'s K loop: the fp16 pair sums of ``words`` for every row of x,
-    then scale and bias (``sbs``, `_h2_sb`) into the float32 accumulators ``acc``. ``XW``: the step's x
-    words were loaded ahead (``xw``, `_x_words`), else they load here."""
+    then scale and bias (``sbs``, `_h2_sb`) into the float32 accumulators ``acc``."""
     RP: tl.constexpr = rr.shape[0]
     BC: tl.constexpr = words[0].shape[1]
-    BF16: tl.constexpr = xr[0].dtype.element_ty == tl.bfloat16  # XW: x's words a chain position and row
-    NW: tl.constexpr = 4 if BF16 else 8
     h = (tl.zeros((RP, BC), dtype=tl.int32) if ASM else tl.zeros((RP, BC, 2), tl.float32),)
     h = h * (COLS * M_ROWS)
     xs = (tl.zeros((RP,), dtype=tl.float32),) * M_ROWS
     for p in tl.static_range(CHAIN):
         x8 = ()
         for m in tl.static_range(M_ROWS):
-            if XW:
-                raw = ()
-                for i in tl.static_range(NW):
-                    raw = raw + (xw[(p * M_ROWS + m) * NW + i],)
-                x8 = x8 + _x8_f32(raw, BF16)
-            else:
-                x8 = x8 + _x8(xr[m], r + rr + p)  # row m's x at x8[8 * m + i]
+            x8 = x8 + _x8(xr[m], r + rr + p)  # row m's x at x8[8 * m + i]
         for j in tl.static_range(4):
             xp, xn = (), ()
             for m in tl.static_range(M_ROWS):

@@ -22,7 +22,7 @@ x's B registers are made once a group by the lanes of quad ``g`` (rows ``R + t``
 and rounded to fp16 pairs) and handed to every lane by ``shfl`` (4 a quad), not made by all 32 lanes
 for every quad. The bias needs each group's sum of x: an mma of B against A of ones gives it.
 ``y = (2**24 * sum_g s_g C_g + sum_g b_g xs_g) / v``, with ``v`` the power of two that puts x into fp16's
-range (`triton_w4k_h2_loads._h2_scale`). Products are exact and sums float32: tighter than the fp16 GEMV.
+range (`triton_w4k_h2._h2_scale`). Products are exact and sums float32: tighter than the fp16 GEMV.
 
 This relies on Triton giving the 1-D word tensors their coalesced layout (4 consecutive elements a thread,
 then lanes, then warps) and packing a thread's 4 elements into one asm call: checked by the GPU run of
@@ -38,7 +38,7 @@ import triton.language as tl
 from engine import pdl
 from engine.fused_ops import silu_mul_math
 from engine.quant.triton_kernels import _finish_split
-from engine.quant.triton_w4k_h2_loads import _h2_scale, _h2_scale_of
+from engine.quant.triton_w4k_h2 import _h2_scale, _h2_scale_of
 
 MMA = "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"
 TWO_M24 = tl.constexpr(5.9604644775390625e-08)  # 2**-24: the codes' unit as fp16 subnormals

@@ -105,36 +105,3 @@ def test_pdl_is_kept_for_models_whose_every_matmul_is_ours() -> None:
     head = tiny(tied=False)
     apply_policy(head, QuantPolicy.parse("int8,lm_head=bf16"))
     assert pdl.uses_library_matmuls(head)
-
-
-def test_gemv_with_x_ahead_issues_every_x_load_before_its_math() -> None:
-    """X_AHEAD at PREFETCH 3 (qkv's and o's split-1 configs): x's loads of every step issue right after
-    ACQBULK and a second ACQBULK (a no-op then) pins them there, so no load waits inside the math; after
-    it, only the row's absmax loads (AMAX_IN), or nothing where the absmax comes from those registers.
-    Without it ptxas sank each x load to ~10 instructions before its use (a round trip each)."""
-    split1 = {"PDL": True, "PREFETCH": 3, "STEPS": 4, "BLOCK_N": 16, "BLOCK_R": 128, "COLS": 1, "SPLIT": 0}
-    split1 |= {"PRE_WAIT": True, "AMAX_IN": True}
-    for amax_in in (True, False):
-        ahead = _sass(split1 | {"AMAX_IN": amax_in, "X_AHEAD": True})
-        waits = [i for i, ins in enumerate(ahead) if re.search(r"\bACQBULK\b", ins)]
-        loads = [i for i, ins in enumerate(ahead) if re.search(r"\bLDG\b", ins)]
-        assert len(waits) == 2
-        assert len([i for i in loads if waits[0] < i < waits[1]]) >= 16  # 4 steps x 2 chain x 4 words
-        assert len([i for i in loads if i > waits[1]]) == (1 if amax_in else 0)
-    inline = _sass(split1 | {"X_AHEAD": False})
-    wait = _first(inline, r"\bACQBULK\b")
-    first_math = _first(inline, r"\bHFMA2\b.*R\d+, R\d+, R\d+")
-    assert sum(bool(re.search(r"\bLDG\b", ins)) for ins in inline[max(wait, first_math) :]) >= 8
-
-
-def test_x_ahead_changes_nothing_below_prefetch_2_and_compiles_at_every_level() -> None:
-    """X_AHEAD acts only with PREFETCH 2 or 3 (the loops that hold loads a step ahead): at levels 0 and 1 the
-    sm_90 code is the same instruction for instruction, and at 2 (three rows of x) it compiles with the
-    x loads a step ahead, one more set of x loads in flight than without."""
-    for level in (0, 1):
-        consts = {"PDL": True, "PREFETCH": level, "M_ROWS": 3}
-        assert _sass(consts | {"X_AHEAD": True}) == _sass(consts | {"X_AHEAD": False})
-    ahead = _sass({"PDL": True, "PREFETCH": 2, "M_ROWS": 3, "X_AHEAD": True})
-    inline = _sass({"PDL": True, "PREFETCH": 2, "M_ROWS": 3, "X_AHEAD": False})
-    count = [sum(bool(re.search(r"\bLDG\b", ins)) for ins in code) for code in (ahead, inline)]
-    assert count[0] > count[1]  # the first step's x after the wait, then each next step's in the loop
