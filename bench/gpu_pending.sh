@@ -399,7 +399,8 @@ PY
     ;;
   all6)  # issue 6's table in one run: every mode (bf16, int8, int4, int4 + 2:4, int4 + TEAL) and transformers compiled
     # bf16, prefill 2K; then, in the time left, bench/persistent_probe.py (one persistent kernel a layer vs a kernel a
-    # matrix, reading the int4 bytes only); carry .whl; ~9 min
+    # matrix, reading the int4 bytes only); carry .whl; ~9 min. 2:4 did not fit in that on 2026-12-07 (alone it took
+    # over 330 s): MODES=int4_24 E2E_S=560 in a call of its own
     timeout "${E2E_S:-470}" python3 bench/quant_e2e.py --out "$OUT" --modes "${MODES:-int4,int8,bf16,int4_teal,int4_24}" \
       --batches 1,16 --prefill-tokens 2048 --compile-budget-s "${HF_S:-60}" --overlap > "$OUT/e2e.log" 2>&1
     e2e_summary
