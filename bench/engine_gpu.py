@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.engine_gpu_pool import PoolPhasesMixin  # noqa: E402
 from bench.engine_gpu_report import ReportMixin  # noqa: E402
-from bench.gpu_base import USAGE_KEYS, BenchBase, GiB  # noqa: E402
+from bench.gpu_base import USAGE_KEYS, BenchBase, GiB, rerun_in_child  # noqa: E402
 from engine.llm_engine import Engine  # noqa: E402
 from engine.sampling import SamplingParams  # noqa: E402
 
@@ -249,11 +248,7 @@ class Bench(PoolPhasesMixin, ReportMixin, BenchBase):
             self.run_hf()
             return
         if a.phase == "all":
-            argv = [sys.executable, __file__, *sys.argv[1:], "--phase", "hf"]
-            subprocess.run(argv, check=False)
-            hf_json = self.out / "engine_gpu_hf.json"
-            if hf_json.exists():
-                self.res.update(json.loads(hf_json.read_text()))
+            self.res.update(rerun_in_child(__file__, ["--phase", "hf"], self.out / "engine_gpu_hf.json"))
         self.run_ours()
 
     def run_hf(self) -> None:

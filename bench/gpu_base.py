@@ -34,6 +34,16 @@ def drop_page_cache() -> bool:
     return done.returncode == 0
 
 
+def rerun_in_child(script: str, extra: list[str], out: Path) -> dict:
+    """This run's command line again, in a child process with ``extra`` arguments, and the JSON the child
+    leaves at ``out`` ({} if it left none; an older file there is removed first, so it is never read as this
+    run's). Why: torch.compile keeps references to the weights and to example tensors for the life of the
+    process, so the `transformers` baselines run in one that exits and returns that memory."""
+    out.unlink(missing_ok=True)
+    subprocess.run([sys.executable, script, *sys.argv[1:], *extra], check=False)
+    return json.loads(out.read_text()) if out.exists() else {}
+
+
 USAGE_KEYS = ("prompt_tokens", "cached_tokens", "cached_from", "ttft_ms")
 LLAMA3_8B = dict(
     vocab_size=128256,

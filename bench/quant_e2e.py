@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import gc
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.chat_gpu import random_llama8b  # noqa: E402
 from bench.engine_gpu import Bench  # noqa: E402
+from bench.gpu_base import rerun_in_child  # noqa: E402
 from bench.quant_e2e_switches import PANELS, _apply, _knobs, drop_graphs, load_tuning  # noqa: E402
 from engine.config import EngineConfig  # noqa: E402
 from engine.llm_engine import Engine  # noqa: E402
@@ -300,15 +300,11 @@ def live_cuda_tensors(top: int = 8) -> list[str]:
 
 
 def hf_baseline(a: argparse.Namespace) -> dict:
-    """`transformers` compiled bf16, run by this script in a child process (``--hf-only``). Why not here:
-    torch.compile keeps references to the weights and to example tensors for the life of the process
-    (~7 GiB of 8B-shaped tensors were still held through every later mode on 2026-12-07), so the last
-    mode, 2:4, found its KV pool over the 24 GiB cap; only process exit returns them (as in
-    `bench/engine_gpu.py`). Keys: batch sizes."""
-    out = Path(a.out) / "quant_e2e_hf.json"
-    out.unlink(missing_ok=True)
-    subprocess.run([sys.executable, __file__, *sys.argv[1:], "--hf-only"], check=False)
-    got = json.loads(out.read_text()) if out.exists() else {}
+    """`transformers` compiled bf16, run by this script in a child process (``--hf-only``,
+    `gpu_base.rerun_in_child`): in this one, torch.compile's references (~7 GiB of 8B-shaped tensors on
+    2026-12-07) were held through every later mode, and the last, 2:4, found its KV pool over the 24 GiB
+    cap. Keys: batch sizes."""
+    got = rerun_in_child(__file__, ["--hf-only"], Path(a.out) / "quant_e2e_hf.json")
     return {int(batch): r for batch, r in got.items()}
 
 
