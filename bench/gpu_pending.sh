@@ -63,6 +63,8 @@
 #   int8kv: bash bench/gpu_pending.sh int8kv   (carry .whl; int8 KV's one-launch store: compiled tests, then 256-token
 #           reuse turns with bf16 KV, int8 stored by torch, by the kernel, and with the reader's scales folded; ~7 min)
 #   final: bash bench/gpu_pending.sh final   (carry .whl; read floor vs shipped GEMVs, the model vs transformers; ~9 min)
+#   normgemv: bash bench/gpu_pending.sh normgemv   (no carry; the norms inside qkv's and gate_up's one-token GEMVs: compiled
+#             tests, then the int4 batch-1 A/B, norm kernels / inside / inside at 72 registers; ~8 min)
 #   all6: bash bench/gpu_pending.sh all6   (carry .whl; issue 6's five modes and transformers in one run, then the
 #         persistent-kernel probe; ~9 min)
 #   mmt: bash bench/gpu_pending.sh mmt   (no carry; tensor cores with swapped operands, modes 20-22, vs shipped; ~6 min)
@@ -96,7 +98,8 @@ compiled_tests() {  # $1: seconds; $2: pytest -k (empty: all); log in $OUT/tests
   timeout "$1" python3 -m pytest --noconftest -q -p no:cacheprovider tests/engine/quant/test_gpu_kernels.py \
     tests/engine/quant/test_gpu_h2.py tests/engine/quant/test_gpu_dispatch.py \
     tests/engine/quant/test_tuning.py tests/engine/test_fused_ops.py tests/engine/test_pdl.py tests/engine/test_split_kv.py \
-    tests/engine/test_paged_attn_rope.py tests/engine/test_l2_prefetch.py ${2:+-k "$2"} \
+    tests/engine/test_paged_attn_rope.py tests/engine/test_l2_prefetch.py tests/engine/quant/test_norm_in_gemv.py \
+    tests/engine/test_norm_in_gemv_model.py ${2:+-k "$2"} \
     > "$OUT/tests.log" 2>&1
   echo "pytest rc=$?"; grep -E "passed|failed|error" "$OUT/tests.log" | tail -5
   sed -n '/FAILED\|Error/p' "$OUT/tests.log" | head -5
@@ -397,12 +400,22 @@ PY
       --prefill-tokens 512 --compile-budget-s "${HF_S:-60}" --overlap > "$OUT/e2e.log" 2>&1
     e2e_summary
     ;;
+  normgemv)  # issue 6: the residual add + RMSNorm inside qkv's and gate_up's one-token GEMVs (`gpu.NORM_IN_GEMV`):
+    # compiled tests, then int4 batch 1 with the norms as kernels / inside, and inside under a 72-register cap (~8 min)
+    compiled_tests "${TEST_S:-170}" "${TEST_K:-norm or silu}"
+    echo "== whole model, int4, batch 1: norm kernels / norms inside the GEMVs (graphs captured again each time)"
+    MODES=int4 E2E_EXTRA="--no-hf --decode-tokens ${DECODE:-256} --max-seqs 16 --precapture-tokens 0" PREFILL=512 \
+      model_ab "${E2E_S:-380}" 1 "${LAUNCHES:-normgemv0,normgemv1,normgemv0,normgemv1,normreg72,normreg0,normgemv0}"
+    ;;
   all6)  # issue 6's table in one run: every mode (bf16, int8, int4, int4 + 2:4, int4 + TEAL) and transformers compiled
-    # bf16, prefill 2K; then, in the time left, bench/persistent_probe.py (one persistent kernel a layer vs a kernel a
-    # matrix, reading the int4 bytes only); carry .whl; ~9 min. 2:4 did not fit in that on 2026-12-07 (alone it took
-    # over 330 s): MODES=int4_24 E2E_S=560 in a call of its own
-    timeout "${E2E_S:-470}" python3 bench/quant_e2e.py --out "$OUT" --modes "${MODES:-int4,int8,bf16,int4_teal,int4_24}" \
-      --batches 1,16 --prefill-tokens 2048 --compile-budget-s "${HF_S:-60}" --overlap > "$OUT/e2e.log" 2>&1
+    # bf16, prefill 2K; then, in the time left, bench/persistent_probe.py; carry .whl; ~9.5 min. No graphs at start and
+    # batches to 16 (the warm-up runs capture the graphs of batches 1 and 16): 2:4's GEMV compiles once a power-of-two
+    # row block, and a start that captured every batch to 64 and every table to 16K tokens did not end within 330 s
+    # (2026-12-07). The `  mode: ... at N s` lines of e2e.log say when each stage of a mode ended
+    timeout "${E2E_S:-540}" python3 bench/quant_e2e.py --out "$OUT" --modes "${MODES:-int4,int8,bf16,int4_teal,int4_24}" \
+      --batches 1,16 --prefill-tokens 2048 --compile-budget-s "${HF_S:-60}" --overlap --precapture-tokens 0 \
+      --max-seqs 16 > "$OUT/e2e.log" 2>&1
+    grep -E "^  [a-z0-9_]+: .* at [0-9]+ s$" "$OUT/e2e.log" | tail -30
     e2e_summary
     echo "== persistent probe"
     timeout "${PROBE_S:-60}" python3 bench/persistent_probe.py --blocks "${PROBE_BLOCKS:-4096:2:8}" --per-sm 1,2 \

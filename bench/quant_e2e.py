@@ -193,6 +193,7 @@ def one_mode(b: Bench, name: str, spec: str, a: argparse.Namespace, bw: float) -
     t0 = time.perf_counter()
     model, report = build(b, spec, a.tiny)
     quant_s = time.perf_counter() - t0
+    progress(name, t0, "built and quantized")
     cfg = EngineConfig(
         model="<in-memory>",
         device=b.dev.type,
@@ -205,6 +206,7 @@ def one_mode(b: Bench, name: str, spec: str, a: argparse.Namespace, bw: float) -
         cuda_graph_precapture_tokens=a.precapture_tokens,
     )
     eng = Engine(cfg, model=model, fingerprint=f"random-llama3-8b-seed0-{name}")
+    progress(name, t0, f"engine up, {eng.precaptured[0]} graphs captured at start")
     PANELS.model = model
     emb = model.model.embed_tokens.weight
     step_bytes = weight_bytes(model) - emb.numel() * emb.element_size()  # one embedding row is read
@@ -238,6 +240,7 @@ def one_mode(b: Bench, name: str, spec: str, a: argparse.Namespace, bw: float) -
                 "overlap_tok_s": round(ahead, 1),
                 "overlap_pct": round(100 * ahead / roof, 1),
             }
+        progress(name, t0, f"batch {batch} timed")
     if a.profile and b.dev.type == "cuda":
         prompt = b.rand_ids(128)
         with recomputing(eng):
@@ -254,6 +257,7 @@ def one_mode(b: Bench, name: str, spec: str, a: argparse.Namespace, bw: float) -
         with recomputing(eng):
             ttft.append(b.timed(lambda e=eng: e.complete(ids, one)))
     row["prefill_ttft_ms"] = round(sorted(ttft)[1], 1)
+    progress(name, t0, "prefill timed")
     if a.profile and b.dev.type == "cuda":
         with recomputing(eng):
             profile_kernels(f"{name}: prefill {len(ids)} tokens", lambda e=eng: e.complete(ids, one))
@@ -272,6 +276,12 @@ def one_mode(b: Bench, name: str, spec: str, a: argparse.Namespace, bw: float) -
             row["left_holders"] = live_cuda_tensors()
     print(name, json.dumps(row), flush=True)
     return row
+
+
+def progress(mode: str, t0: float, what: str) -> None:
+    """A line as each stage of a mode ends: where a mode that runs past a device call's limit spent its
+    time (2:4 printed nothing in three calls of 170-330 s before these lines existed)."""
+    print(f"  {mode}: {what} at {time.perf_counter() - t0:.0f} s", flush=True)
 
 
 def live_cuda_tensors(top: int = 8) -> list[str]:
