@@ -63,8 +63,6 @@
 #   int8kv: bash bench/gpu_pending.sh int8kv   (carry .whl; int8 KV's one-launch store: compiled tests, then 256-token
 #           reuse turns with bf16 KV, int8 stored by torch, by the kernel, and with the reader's scales folded; ~7 min)
 #   final: bash bench/gpu_pending.sh final   (carry .whl; read floor vs shipped GEMVs, the model vs transformers; ~9 min)
-#   normgemv: bash bench/gpu_pending.sh normgemv   (no carry; the norms inside qkv's and gate_up's one-token GEMVs: compiled
-#             tests, then the int4 batch-1 A/B, norm kernels / inside / inside at 72 registers; ~8 min)
 #   all6: bash bench/gpu_pending.sh all6   (carry .whl; issue 6's five modes and transformers in one run, then the
 #         persistent-kernel probe; ~9 min)
 #   mmt: bash bench/gpu_pending.sh mmt   (no carry; tensor cores with swapped operands, modes 20-22, vs shipped; ~6 min)
@@ -98,8 +96,7 @@ compiled_tests() {  # $1: seconds; $2: pytest -k (empty: all); log in $OUT/tests
   timeout "$1" python3 -m pytest --noconftest -q -p no:cacheprovider tests/engine/quant/test_gpu_kernels.py \
     tests/engine/quant/test_gpu_h2.py tests/engine/quant/test_gpu_dispatch.py \
     tests/engine/quant/test_tuning.py tests/engine/test_fused_ops.py tests/engine/test_pdl.py tests/engine/test_split_kv.py \
-    tests/engine/test_paged_attn_rope.py tests/engine/test_l2_prefetch.py tests/engine/quant/test_norm_in_gemv.py \
-    tests/engine/test_norm_in_gemv_model.py ${2:+-k "$2"} \
+    tests/engine/test_paged_attn_rope.py tests/engine/test_l2_prefetch.py ${2:+-k "$2"} \
     > "$OUT/tests.log" 2>&1
   echo "pytest rc=$?"; grep -E "passed|failed|error" "$OUT/tests.log" | tail -5
   sed -n '/FAILED\|Error/p' "$OUT/tests.log" | head -5
@@ -399,13 +396,6 @@ PY
     timeout "${E2E_S:-450}" python3 bench/quant_e2e.py --out "$OUT" --modes "${MODES:-int4,bf16}" --batches 1,16 \
       --prefill-tokens 512 --compile-budget-s "${HF_S:-60}" --overlap > "$OUT/e2e.log" 2>&1
     e2e_summary
-    ;;
-  normgemv)  # issue 6: the residual add + RMSNorm inside qkv's and gate_up's one-token GEMVs (`gpu.NORM_IN_GEMV`):
-    # compiled tests, then int4 batch 1 with the norms as kernels / inside, and inside under a 72-register cap (~8 min)
-    compiled_tests "${TEST_S:-170}" "${TEST_K:-norm or silu}"
-    echo "== whole model, int4, batch 1: norm kernels / norms inside the GEMVs (graphs captured again each time)"
-    MODES=int4 E2E_EXTRA="--no-hf --decode-tokens ${DECODE:-256} --max-seqs 16 --precapture-tokens 0" PREFILL=512 \
-      model_ab "${E2E_S:-380}" 1 "${LAUNCHES:-normgemv0,normgemv1,normgemv0,normgemv1,normreg72,normreg0,normgemv0}"
     ;;
   all6)  # issue 6's table in one run: every mode (bf16, int8, int4, int4 + 2:4, int4 + TEAL) and transformers compiled
     # bf16, prefill 2K; then, in the time left, bench/persistent_probe.py; carry .whl; ~9.5 min. No graphs at start and

@@ -240,7 +240,7 @@ def one_mode(b: Bench, name: str, spec: str, a: argparse.Namespace, bw: float) -
                 "overlap_tok_s": round(ahead, 1),
                 "overlap_pct": round(100 * ahead / roof, 1),
             }
-        progress(name, t0, f"batch {batch} timed")
+        progress(name, t0, f"batch {batch} timed: {json.dumps(row[f'b{batch}'])}")
     if a.profile and b.dev.type == "cuda":
         prompt = b.rand_ids(128)
         with recomputing(eng):
@@ -338,7 +338,12 @@ def main() -> None:
     p.add_argument("--profile", action="store_true", help="prefill and decode kernels (torch.profiler)")
     p.add_argument("--overlap", action="store_true", help="decode also with engine.lookahead (A/B)")
     p.add_argument("--launches", default="", help="A/B at batch 1: PDL '0,1', or 'amax0,amax1' etc. (_knobs)")
+    p.add_argument("--dump-after", type=float, default=0, help="every thread's stack after this many s")
     a = p.parse_args()
+    if a.dump_after:  # where a run that prints nothing is (2:4 at batch 16, 2026-12-07)
+        import faulthandler
+
+        faulthandler.dump_traceback_later(a.dump_after, repeat=True)
     a.batches = [int(x) for x in a.batches.split(",")]
     b = Bench(a)
     if b.dev.type == "cuda":

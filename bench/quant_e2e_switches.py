@@ -139,8 +139,6 @@ def _knobs(eng: Engine) -> dict[str, tuple[object, str]]:
     'ropeattn' (decode attention rotates q and the new key and stores K/V itself, no RoPE launch),
     'l2' (after qkv's GEMV each layer asks o's and some of gate_up's weights into L2, `engine.l2_prefetch`),
     'l2lines' (... by line prefetches instead of bulk ones), 'l2gu<percent>' (that share, e.g. l2gu30);
-    'normgemv' (the one-token GEMVs after a norm compute it themselves, `gpu.NORM_IN_GEMV`), 'normreg<n>'
-    (... capped at n registers, 0: no cap);
     'skipnorm', 'skiprope', 'skipattn' (measurement only, wrong tokens: the add + RMSNorms, RoPE + KV
     store, paged attention launch nothing)."""
     return {
@@ -160,8 +158,6 @@ def _knobs(eng: Engine) -> dict[str, tuple[object, str]]:
         "l2": (l2_prefetch, "ENABLED"),
         "l2lines": (L2_LINES, "on"),
         "l2gu": (l2_prefetch, "GATE_UP_SHARE"),  # set by 'l2gu<percent>' (`_apply`), restored after
-        "normgemv": (gpu, "NORM_IN_GEMV"),
-        "normreg": (gpu, "NORM_MAXNREG"),  # set by 'normreg<registers>' (0: no cap), restored after
         "skipnorm": (SKIP_NORM, "on"),
         "skiprope": (SKIP_ROPE, "on"),
         "skipattn": (SKIP_ATTN, "on"),
@@ -173,9 +169,6 @@ def _apply(eng: Engine, item: str) -> str:
     name = f"pdl{item}" if item.isdigit() else item
     if share := re.fullmatch(r"l2gu(\d+)", name):
         l2_prefetch.GATE_UP_SHARE = int(share[1]) / 100
-        return name
-    if cap := re.fullmatch(r"normreg(\d+)", name):
-        gpu.NORM_MAXNREG = int(cap[1]) or None
         return name
     flag, on = name[:-1], bool(int(name[-1]))
     knobs = _knobs(eng)

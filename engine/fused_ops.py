@@ -53,29 +53,6 @@ def _round(x, dt: tl.constexpr, CUDA: tl.constexpr):
 
 
 @triton.jit
-def squares(xf, CUDA: tl.constexpr):
-    """``xf * xf`` correctly rounded (``mul_rn``, compiled), so that a kernel compiled with FMA contraction
-    (the int4 GEMV that normalises its own input, `engine.quant.triton_norm_in`) cannot fuse it into a sum."""
-    return libdevice.mul_rn(xf, xf) if CUDA else xf * xf
-
-
-@triton.jit
-def rstd_of_squares(sq, n, eps, inv_n, CUDA: tl.constexpr):
-    """``1 / sqrt(mean + eps)`` from a row's squares ``sq`` (masked lanes 0) as torch computes it: its CUDA
-    mean multiplies the sum by ``1 / n`` (``mul_rn``, as `squares`), its CPU mean divides."""
-    var = libdevice.mul_rn(tl.sum(sq, axis=0), inv_n) if CUDA else tl.sum(sq, axis=0) / n
-    return tl.math.rsqrt(var + eps)
-
-
-@triton.jit
-def rms_scale(xf, rstd, w, xdt: tl.constexpr, odt: tl.constexpr, CUDA: tl.constexpr):
-    """``w * round(xf * rstd)``: RMSNorm's output from its statistic, rounded as engine.model's torch code
-    rounds it (to the input's dtype ``xdt``, then the product to ``odt``)."""
-    normed = _round(xf * rstd, xdt, CUDA)
-    return _round(w.to(tl.float32) * normed.to(tl.float32), odt, CUDA)
-
-
-@triton.jit
 def _rmsnorm_kernel(X, R, W, OUT, ROUT, AMAX, sx, sr, so, sro, n, eps, inv_n,
                     HAS_RES: tl.constexpr, CUDA: tl.constexpr, BLOCK: tl.constexpr, HAS_AMAX: tl.constexpr,
                     PDL: tl.constexpr = False):  # fmt: skip
@@ -89,9 +66,12 @@ def _rmsnorm_kernel(X, R, W, OUT, ROUT, AMAX, sx, sr, so, sro, n, eps, inv_n,
         x = _round(x.to(tl.float32) + r.to(tl.float32), ROUT.dtype.element_ty, CUDA)
         tl.store(ROUT + row * sro + offs, x, mask=m)
     xf = x.to(tl.float32)
-    rstd = rstd_of_squares(squares(xf, CUDA), n, eps, inv_n, CUDA)
+    ss = tl.sum(xf * xf, axis=0)
+    var = ss * inv_n if CUDA else ss / n  # torch's CUDA mean multiplies by 1/n; its CPU mean is sum / n
+    rstd = tl.math.rsqrt(var + eps)
+    normed = _round(xf * rstd, X.dtype.element_ty, CUDA)
     w = tl.load(W + offs, mask=m, other=0.0)
-    out = rms_scale(xf, rstd, w, X.dtype.element_ty, OUT.dtype.element_ty, CUDA)
+    out = _round(w.to(tl.float32) * normed.to(tl.float32), OUT.dtype.element_ty, CUDA)
     tl.store(OUT + row * so + offs, out, mask=m)
     if HAS_AMAX:  # of the stored values (masked lanes are 0)
         tl.store(AMAX + row, tl.max(tl.abs(out.to(tl.float32)), axis=0))

@@ -43,17 +43,6 @@ def _takes_row_amax(linear: nn.Module) -> bool:
     return getattr(linear, "takes_row_amax", False)
 
 
-def _norm_linear(
-    linear: nn.Module, x: torch.Tensor, residual: torch.Tensor, norm: RMSNorm, silu_inter: int = 0
-):
-    """``linear`` over ``norm(x, residual)`` by a quantized GEMV that computes the norm itself
-    (`engine.quant.linear.QuantLinear.norm_linear`): ``(product, x + residual)``, or None where it cannot."""
-    fn = getattr(linear, "norm_linear", None)
-    if fn is None or not _fused(x):
-        return None
-    return fn(x, residual, norm.weight, norm.eps, silu_inter)
-
-
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -115,19 +104,9 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.nh * self.hd, cfg.hidden_size, bias=False)
         self.l2_next = None  # `engine.l2_prefetch.LayerPrefetch`: o's and gate_up's weights asked into L2
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        ab: AttnBatch,
-        qkv: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """``qkv``: the projection of ``x``, computed already (by a GEMV that took the norm in)."""
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ab: AttnBatch) -> torch.Tensor:
         t = x.shape[0]
-        q, k, v = (self.qkv_proj(x) if qkv is None else qkv).split(
-            [self.nh * self.hd, self.kvh * self.hd, self.kvh * self.hd], dim=-1
-        )
+        q, k, v = self.qkv_proj(x).split([self.nh * self.hd, self.kvh * self.hd, self.kvh * self.hd], dim=-1)
         if self.l2_next is not None and ab.decode and x.is_cuda:  # while RoPE and attention run
             from engine import l2_prefetch
 
@@ -211,17 +190,11 @@ class DecoderLayer(nn.Module):
         """``x`` is the previous layer's MLP output and ``residual`` the stream before it (None at layer 0:
         ``x`` is the embedding); returns this layer's MLP output and the stream before it."""
         amax = ROW_AMAX and _takes_row_amax(self.self_attn.qkv_proj)
-        qkv = None
         if residual is None:
             x, residual = self.input_layernorm(x, row_amax=amax), x
-        elif (got := _norm_linear(self.self_attn.qkv_proj, x, residual, self.input_layernorm)) is not None:
-            qkv, residual = got  # the projection of the normed row, and the stream after the add
         else:
             x, residual = self.input_layernorm(x, residual, amax)
-        x = self.self_attn(x, cos, sin, ab, qkv)
-        got = _norm_linear(self.mlp.gate_up_proj, x, residual, self.post_attention_layernorm, self.mlp.inter)
-        if got is not None:  # silu(gate) * up of the normed row, and the stream after the add
-            return self.mlp.down_proj(got[0]), got[1]
+        x = self.self_attn(x, cos, sin, ab)
         amax = ROW_AMAX and _takes_row_amax(self.mlp.gate_up_proj)
         x, residual = self.post_attention_layernorm(x, residual, amax)
         return self.mlp(x), residual

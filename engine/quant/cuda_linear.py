@@ -59,32 +59,3 @@ def cuda_silu_mul(layer: Any, x: torch.Tensor, inter: int) -> torch.Tensor | Non
 
     h = gpu.matmul_small(g, x2, amax=row_amax(x), silu_inter=inter)
     return None if h is None else h.reshape(*x.shape[:-1], inter)
-
-
-def cuda_norm_linear(
-    layer: Any,
-    x: torch.Tensor,
-    residual: torch.Tensor,
-    norm_weight: torch.Tensor,
-    eps: float,
-    silu_inter: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(layer(norm_weight * rmsnorm(x + residual)), x + residual)`` for one decode row, the norm computed
-    by the layer's fp16 GEMV (`gpu.matmul_small` ``norm``): one kernel where the norm and the GEMV were two.
-    ``silu_inter``: the ``[gate | up]`` layer's ``silu(gate) * up`` (`cuda_silu_mul`). None where the GEMV
-    cannot (another kernel, a bias, TEAL, more rows): the caller then runs the norm kernel and the layer."""
-    if not gpu.NORM_IN_GEMV or layer.bias is not None or layer.act_threshold is not None:
-        return None
-    if silu_inter and not gpu.SILU_IN_GEMV:
-        return None
-    x2, r2 = x.reshape(-1, x.shape[-1]), residual.reshape(-1, x.shape[-1])
-    if x2.shape[0] != 1:
-        return None
-    g = gpu.prepare(layer)
-    if g.kind != "int4k":
-        return None
-    rout = torch.empty_like(r2, memory_format=torch.contiguous_format)
-    y = gpu.matmul_small(g, x2, silu_inter=silu_inter, norm=(r2, norm_weight, eps, rout))
-    if y is None:
-        return None
-    return y.reshape(*x.shape[:-1], silu_inter or g.n), rout.view(residual.shape)

@@ -48,13 +48,6 @@ H2_PRE_WAIT = True
 # step with the fp16 GEMV on all four matrices (split 1 for qkv and o): 2349.0 -> 2271.2 us; it lost
 # (+2.8 %) while qkv and o ran on tensor cores (mode 6). Only one-token launches, the case measured.
 GEMV_EARLY_RELEASE = True
-# The one-token fp16 GEMVs after a norm (qkv, gate_up) compute the residual add + RMSNorm themselves
-# (`engine.quant.triton_norm_in`; `cuda_linear.cuda_norm_linear`), one kernel and one PDL hand-over fewer
-# each (quant_e2e's 'normgemv' switch; `bash bench/gpu_pending.sh normgemv`)
-NORM_IN_GEMV = False
-# A register cap for those launches (ptxas ``.maxnreg``; None: none): the norm's loads raise the fp16 GEMV's
-# registers (sm_90, offline: qkv's shipped config 74 -> 80, gate_up's 72 -> 84: 6 programs an SM, not 7)
-NORM_MAXNREG: int | None = None
 # `triton_w4k_h2` PROBE: measurement-only ablations set by bench/gemv_ablation.py (wrong results); 0 here
 H2_PROBE = 0
 # K-packed int4 weights are stored in panels of their one-token GEMV's column tile (`to_panels`,
@@ -211,45 +204,18 @@ def prepare_model(model: torch.nn.Module) -> int:
     return total
 
 
-def _norm_in_gemv(x: torch.Tensor, h2: tuple | None, norm: tuple) -> bool:
-    """Whether the fp16 GEMV can take ``norm`` (`matmul_small`): one bf16 row, every row 4-byte aligned
-    (it reads them as int32 pairs)."""
-    if h2 is None or x.shape[0] != 1:
-        return False
-    rows = (x, norm[0], norm[1], norm[3])
-    return all(t.dtype == torch.bfloat16 and t.data_ptr() % 4 == 0 and t.is_contiguous() for t in rows)
-
-
-def _norm_args(norm: tuple | None, x: torch.Tensor) -> dict:
-    """The fp16 GEMV's ``NORM`` arguments (`triton_w4k_h2`): none without ``norm``."""
-    if norm is None:
-        return {}
-    from engine.quant.triton_norm_in import norm_block
-
-    res, weight, eps, rout = norm
-    k = x.shape[-1]
-    return {
-        "res_ptr": res, "nw_ptr": weight, "rout_ptr": rout, "eps": float(eps), "inv_k": 1.0 / k, "NORM": True,
-        "NORM_BLOCK": norm_block(k, _asm(x)),
-    } | ({"maxnreg": NORM_MAXNREG} if NORM_MAXNREG and _asm(x) else {})  # fmt: skip
-
-
 def matmul_small(
     g: GpuWeight,
     x: torch.Tensor,
     thresh: float | None = None,
     amax: torch.Tensor | None = None,
     silu_inter: int = 0,
-    norm: tuple[torch.Tensor, torch.Tensor, float, torch.Tensor] | None = None,
 ) -> torch.Tensor | None:
     """``x [M <= 16, K] @ W.T`` with the fused kernel of ``g.kind``. ``amax``: each row's ``max |x|`` as
     float32, for the fp16 GEMV to skip its own pass (`triton_w4k_h2` AMAX_IN; measured by the probe).
     ``silu_inter``: W is ``[gate | up]`` of ``2 * silu_inter`` rows and the result is ``silu(gate) * up``
     (``[M, silu_inter]``, the bits of `engine.fused_ops.silu_mul` on the plain product), written by the
-    GEMV itself where its config allows (the fp16 GEMV with two column tiles and no split-K), else None.
-    ``norm``: ``(residual, weight, eps, rout)``: the product is of ``weight * rmsnorm(x + residual)``, which
-    the fp16 GEMV computes itself (`engine.quant.triton_norm_in`; one bf16 row), storing ``x + residual``
-    in ``rout``; None where the config takes another kernel."""
+    GEMV itself where its config allows (the fp16 GEMV with two column tiles and no split-K), else None."""
     from engine import pdl
     from engine.fused_ops import _interpreted  # SILU_MUL rounds as `fused_ops.silu_mul` does here
     from engine.quant import triton_kernels as tk
@@ -268,8 +234,6 @@ def matmul_small(
             return None if silu_inter else F.linear(x, dense_weight(g, x.dtype))
         cfg = tiled
     if silu_inter and not _silu_in_gemv(g, cfg, h2, silu_inter):
-        return None
-    if norm is not None and (amax is not None or not _norm_in_gemv(x, h2, norm)):
         return None
     block_n, split, warps, stages = cfg[:4]
     if g.kind == "int4_24":  # rows are looped over: no more than the batch needs
@@ -322,7 +286,7 @@ def matmul_small(
             amax_ptr=xa if amax is None else amax, AMAX_IN=amax is not None, PREFETCH=prefetch,
             SILU_MUL=bool(silu_inter), CUDA=not _interpreted(), PRE_WAIT=H2_PRE_WAIT and prefetch >= 2,
             PANEL=panel, EARLY_RELEASE=GEMV_EARLY_RELEASE and m == 1, PROBE=H2_PROBE,
-            STEPS=per if prefetch == 3 else 0, **_norm_args(norm, xa), **pdl_kw,
+            STEPS=per if prefetch == 3 else 0, **pdl_kw,
         )  # fmt: skip
     elif g.kind == "int4k" and cfg[4] in (18, *MMT_JOIN) and g.group % (8 * cfg[5]) == 0:  # bf16 pairs
         swapped = {"JOIN": MMT_JOIN[cfg[4]]} if cfg[4] in MMT_JOIN else {}

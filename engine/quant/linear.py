@@ -91,23 +91,6 @@ class QuantLinear(nn.Module):
 
         return cuda_silu_mul(self, x, inter)
 
-    def norm_linear(
-        self,
-        x: torch.Tensor,
-        residual: torch.Tensor,
-        norm_weight: torch.Tensor,
-        eps: float,
-        silu_inter: int = 0,
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(self(norm_weight * rmsnorm(x + residual)), x + residual)`` (``silu_inter``: `silu_mul` of the
-        product) by one CUDA GEMV that computes the norm itself (`engine.quant.cuda_linear.cuda_norm_linear`);
-        None: the caller runs the norm kernel, then this layer."""
-        if not x.is_cuda:
-            return None
-        from engine.quant.cuda_linear import cuda_norm_linear
-
-        return cuda_norm_linear(self, x, residual, norm_weight, eps, silu_inter)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_cuda:
             from engine.quant.cuda_linear import cuda_linear

@@ -15,7 +15,6 @@ import triton.language as tl
 from engine import pdl
 from engine.fused_ops import silu_mul_math
 from engine.quant.triton_kernels import _finish_split, _write_row
-from engine.quant.triton_norm_in import norm_prologue, x8_norm
 from engine.quant.triton_w4k import panel_offsets
 
 # The packed-fp16 step of `w4k_gemv_h2_kernel`: ``$0 = codes($1 & $2) * $3 + $4`` on f16x2 words. OFFSET
@@ -145,8 +144,7 @@ def w4k_gemv_h2_kernel(
     M_ROWS: tl.constexpr, PDL: tl.constexpr = False, amax_ptr=None, AMAX_IN: tl.constexpr = False,
     PREFETCH: tl.constexpr = False, SILU_MUL: tl.constexpr = False, CUDA: tl.constexpr = True,
     PRE_WAIT: tl.constexpr = False, PANEL: tl.constexpr = 0, EARLY_RELEASE: tl.constexpr = False,
-    PROBE: tl.constexpr = 0, STEPS: tl.constexpr = 0, res_ptr=None, nw_ptr=None, rout_ptr=None, eps=0.0,
-    inv_k=0.0, NORM: tl.constexpr = False, NORM_BLOCK: tl.constexpr = 1,
+    PROBE: tl.constexpr = 0, STEPS: tl.constexpr = 0,
 ):  # fmt: skip
     """gemv3 (steps of ``BLOCK_R`` word rows, scales in the accumulator's layout) with packed-fp16 FMAs: a
     pair of weights costs a ``lop3``, ``sub.f16x2`` and ``fma.f16x2`` (DENORM: ``and``, ``fma``), not ~7.
@@ -205,11 +203,7 @@ def w4k_gemv_h2_kernel(
 
     ``PROBE``, for measurement only (`bench/gemv_ablation.py`; the launcher passes `gpu.H2_PROBE`, 0, and
     a probe's results are wrong): bit 1 leaves split-K's partial tiles unsummed (no ticket, no sum), bit 2
-    replaces the step's math by an integer sum of its words (the loads stay), with ``PREFETCH`` 2.
-
-    ``NORM`` (one bf16 row): ``x`` is a sublayer's output and the GEMV's input is ``nw * rmsnorm(x +
-    residual)``, computed here (`engine.quant.triton_norm_in`); program 0 stores ``x + residual`` at
-    ``rout_ptr``."""
+    replaces the step's math by an integer sum of its words (the loads stay), with ``PREFETCH`` 2."""
     RP: tl.constexpr = BLOCK_R // CHAIN
     BC: tl.constexpr = BLOCK_N // COLS
     LCU: tl.constexpr = 24 if DENORM else 0  # the codes are q * 2**-LCU
@@ -247,18 +241,9 @@ def w4k_gemv_h2_kernel(
     if EARLY:
         pdl.wait(PDL)
     xr, v, inv = (), (), ()  # per row of x: its pointer, scale and the scale's inverse (times 2**LCU)
-    nrm = (x_ptr, x_ptr, 1.0)  # NORM: the residual, the norm's weight and rstd
     for m in tl.static_range(M_ROWS):
         xm = x_ptr if m == 0 else x_ptr + m * stride_xm
-        if NORM:
-            tl.static_assert(M_ROWS == 1, "NORM: one row")
-            first = (tl.program_id(0) == 0) & (tl.program_id(1) == 0)
-            rstd, amax = norm_prologue(
-                x_ptr, res_ptr, nw_ptr, rout_ptr, K, eps, inv_k, first, NORM_BLOCK, CUDA
-            )
-            nrm = (res_ptr, nw_ptr, rstd)
-            vm, im = _h2_scale_of(amax, TX, LCU)
-        elif AMAX_IN:  # the row's absmax, one load whose wait the first weight loads need not follow
+        if AMAX_IN:  # the row's absmax, one load whose wait the first weight loads need not follow
             vm, im = _h2_scale_of(tl.load(amax_ptr + m), TX, LCU)
         else:
             vm, im = _h2_scale(xm, r0 * 8, r1 * 8, TX, LCU)
@@ -273,7 +258,7 @@ def w4k_gemv_h2_kernel(
             for i in tl.static_range(2 * COLS):
                 sbs = sbs + (ahead[st * PER + CHAIN * COLS + i],)
             acc = _h2_step(words, sbs, acc, r0 + st * BLOCK_R, rr, xr, v, CHAIN, COLS, M_ROWS, LCU, ASM,
-                           DENORM, nrm, NORM, CUDA)  # fmt: skip
+                           DENORM)  # fmt: skip
     elif PREFETCH == 2:  # words, scales and biases a step ahead: no round trip inside the loop
         for r in range(r0, r1, BLOCK_R):
             ok = r + BLOCK_R < r1
@@ -283,7 +268,7 @@ def w4k_gemv_h2_kernel(
                 acc = _probe_sum(words, acc, CHAIN, COLS, M_ROWS)
             else:
                 acc = _h2_step(words, sbs, acc, r, rr, xr, v, CHAIN, COLS, M_ROWS, LCU, ASM,
-                               DENORM, nrm, NORM, CUDA)  # fmt: skip
+                               DENORM)  # fmt: skip
             words, sbs = ahead, sbs_ahead
     elif PREFETCH:
         words = _h2_words(w_ptr, r0, rr, colv, wb, N, RS, CHAIN, COLS, EVEN, r0 < r1)
@@ -291,14 +276,14 @@ def w4k_gemv_h2_kernel(
             ahead = _h2_words(w_ptr, r + BLOCK_R, rr, colv, wb, N, RS, CHAIN, COLS, EVEN, r + BLOCK_R < r1)
             sbs = _h2_sb(s_ptr, b_ptr, r, rr, colv, sbb, N, RS, GROUP, COLS, EVEN)
             acc = _h2_step(words, sbs, acc, r, rr, xr, v, CHAIN, COLS, M_ROWS, LCU, ASM,
-                           DENORM, nrm, NORM, CUDA)  # fmt: skip
+                           DENORM)  # fmt: skip
             words = ahead
     else:
         for r in range(r0, r1, BLOCK_R):
             words = _h2_words(w_ptr, r, rr, colv, wb, N, RS, CHAIN, COLS, EVEN)
             sbs = _h2_sb(s_ptr, b_ptr, r, rr, colv, sbb, N, RS, GROUP, COLS, EVEN)
             acc = _h2_step(words, sbs, acc, r, rr, xr, v, CHAIN, COLS, M_ROWS, LCU, ASM,
-                           DENORM, nrm, NORM, CUDA)  # fmt: skip
+                           DENORM)  # fmt: skip
     if not EARLY_RELEASE:
         pdl.release(PDL)
     if SILU_MUL:  # y [M_ROWS, N // 2]: each row's gate and up rounded as stored, then as `silu_mul`
@@ -365,11 +350,9 @@ def _h2_sb(s_ptr, b_ptr, r, rr, colv, sbb, N, RS, GROUP: tl.constexpr, COLS: tl.
 
 @triton.jit
 def _h2_step(words, sbs, acc, r, rr, xr, v, CHAIN: tl.constexpr, COLS: tl.constexpr, M_ROWS: tl.constexpr,
-             LCU: tl.constexpr, ASM: tl.constexpr, DENORM: tl.constexpr, nrm, NORM: tl.constexpr,
-             CUDA: tl.constexpr):  # fmt: skip
+             LCU: tl.constexpr, ASM: tl.constexpr, DENORM: tl.constexpr):  # fmt: skip
     """One step of `w4k_gemv_h2_kernel`'s K loop: the fp16 pair sums of ``words`` for every row of x,
-    then scale and bias (``sbs``, `_h2_sb`) into the float32 accumulators ``acc``. ``NORM``: x normed
-    here from ``nrm`` (residual, norm weight, rstd)."""
+    then scale and bias (``sbs``, `_h2_sb`) into the float32 accumulators ``acc``."""
     RP: tl.constexpr = rr.shape[0]
     BC: tl.constexpr = words[0].shape[1]
     h = (tl.zeros((RP, BC), dtype=tl.int32) if ASM else tl.zeros((RP, BC, 2), tl.float32),)
@@ -378,10 +361,7 @@ def _h2_step(words, sbs, acc, r, rr, xr, v, CHAIN: tl.constexpr, COLS: tl.conste
     for p in tl.static_range(CHAIN):
         x8 = ()
         for m in tl.static_range(M_ROWS):
-            if NORM:
-                x8 = x8 + x8_norm(xr[m], nrm[0], nrm[1], r + rr + p, nrm[2], CUDA)
-            else:
-                x8 = x8 + _x8(xr[m], r + rr + p)  # row m's x at x8[8 * m + i]
+            x8 = x8 + _x8(xr[m], r + rr + p)  # row m's x at x8[8 * m + i]
         for j in tl.static_range(4):
             xp, xn = (), ()
             for m in tl.static_range(M_ROWS):

@@ -24,11 +24,7 @@ CAPTURES = DEVICE.type == "cuda"  # with the Triton reader: real graphs
 
 
 def _tiny_runner(
-    triton: bool,
-    kv_dtype: str = "auto",
-    quant: str | None = None,
-    graph_tokens: int | None = 64,
-    dtype: torch.dtype | None = None,
+    triton: bool, kv_dtype: str = "auto", quant: str | None = None, graph_tokens: int | None = 64
 ):
     mc = ModelConfig(
         vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -39,7 +35,7 @@ def _tiny_runner(
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(torch.ones_like(p) if "norm" in name else torch.randn_like(p) * 0.1)
-    model = model.to(DEVICE, dtype or (torch.bfloat16 if CAPTURES else torch.float32))
+    model = model.to(DEVICE, torch.bfloat16 if CAPTURES else torch.float32)
     model.finish_load(DEVICE)
     if quant:
         from engine.quant.policy import apply_policy
