@@ -35,6 +35,12 @@ from engine.quant.launch_configs import (  # noqa: F401  (TUNING, SMALL_M, _int4
 # batch of 64 keeps in its pool (OOM at a 24 GiB cap on the H200); 4 passes of int4 (2 B a weight) also
 # move less than dequantize + GEMM (4.5 B a weight).
 CHUNK_ROWS = 64
+# 2:4 layers take their fused kernel (`w4_24_kernel`, which loops a block of rows per program) for this
+# many rows; more dequantize and run the GEMM, as prefill does. Why: at 16 rows, with the H100 table's
+# one-token configs, it took 2,998 us a call for qkv, 12,483 for gate_up and 281 for down
+# (`bench/probe_24_rows.py`, 2026-12-07): a decode step of ~0.57 s, where the GEMM path reads the
+# dequantized copy at HBM speed. The kernel was only ever measured fast at one row.
+SPARSE24_MAX_ROWS = 1
 # gate_up's one-token GEMV writes silu(gate) * up itself where its config allows (`matmul_small`
 # ``silu_inter``; `engine.model.MLP`), saving the SiLU x up kernel and its launch: same bits either way,
 # the graph step 2122 -> 2065 us on the H200 (quant_e2e's 'silugemv' switch; `bash bench/gpu_pending.sh silu`)

@@ -8,7 +8,7 @@ import torch
 
 from engine.quant import gpu
 from engine.quant.cuda_linear import cuda_linear
-from engine.quant.quantize import quantize_int4, quantize_int8
+from engine.quant.quantize import prune_2_4, quantize_int4, quantize_int8
 from tests.engine.quant.test_gpu_kernels import (  # noqa: F401 - _interpreter: the autouse fixture
     DEVICE,
     TOL,
@@ -45,18 +45,23 @@ def test_fp16_gemv_config_reaches_only_one_to_four_rows(m: int, monkeypatch) -> 
     assert bool(calls) == (m <= 4)
 
 
-@pytest.mark.parametrize("rows", [2, 20, gpu.CHUNK_ROWS + 6])
-@pytest.mark.parametrize("fmt", ["int4", "int8"])
+@pytest.mark.parametrize("rows", [1, 2, 20, gpu.CHUNK_ROWS + 6])
+@pytest.mark.parametrize("fmt", ["int4", "int8", "int4_24"])
 def test_quant_linear_dispatch_after_packing(rows: int, fmt: str, monkeypatch) -> None:
     """`prepare_model` packs and frees the canonical tensors; decode batches use the fused kernel (16
     rows a launch up to `CHUNK_ROWS`, no dense copy of the weight), longer inputs the dequantize (int8:
-    weight times its scale in one kernel) + GEMM path, both with the bias and the same numbers."""
+    weight times its scale in one kernel) + GEMM path, both with the bias and the same numbers. 2:4
+    weights take their kernel for `SPARSE24_MAX_ROWS` (one) only: at 16 rows it took up to 12 ms a call."""
     from engine.quant.linear import QuantLinear
 
-    q = quantize_int4(_weight(7), group=64) if fmt == "int4" else quantize_int8(_weight(7))
+    w = _weight(7)
+    if fmt == "int8":
+        q = quantize_int8(w)
+    else:
+        q = quantize_int4(w, group=64, mask=prune_2_4(w) if fmt == "int4_24" else None)
     bias = torch.randn(N)
     layer = QuantLinear(q, bias).to(DEVICE)
-    want_w = _ref(q) if fmt == "int4" else q.dequantize(torch.float32)
+    want_w = q.dequantize(torch.float32) if fmt == "int8" else _ref(q)
     packed = gpu.prepare_model(torch.nn.Sequential(layer))
     assert packed == layer.gpu.nbytes() > 0
     assert layer.qweight.q.device.type == "meta"  # the canonical copy no longer holds memory
@@ -71,7 +76,8 @@ def test_quant_linear_dispatch_after_packing(rows: int, fmt: str, monkeypatch) -
     monkeypatch.setattr(gpu, "matmul_small", counted)
     got = cuda_linear(layer, x.to(DEVICE)).cpu()
     torch.testing.assert_close(got, x @ want_w.t() + bias, **TOL)
-    fused = [min(16, rows - i) for i in range(0, rows, 16)] if rows <= gpu.CHUNK_ROWS else []
+    limit = gpu.SPARSE24_MAX_ROWS if fmt == "int4_24" else gpu.CHUNK_ROWS
+    fused = [min(16, rows - i) for i in range(0, rows, 16)] if rows <= limit else []
     assert launches == fused
 
 
