@@ -398,10 +398,10 @@ PY
     e2e_summary
     ;;
   all6)  # issue 6's table in one run: every mode (bf16, int8, int4, int4 + 2:4, int4 + TEAL) and transformers compiled
-    # bf16, prefill 2K; then, in the time left, bench/persistent_probe.py; carry .whl; ~9.5 min. No graphs at start and
-    # batches to 16 (the warm-up runs capture the graphs of batches 1 and 16): 2:4's GEMV compiles once a power-of-two
-    # row block, and a start that captured every batch to 64 and every table to 16K tokens did not end within 330 s
-    # (2026-12-07). The `  mode: ... at N s` lines of e2e.log say when each stage of a mode ended
+    # bf16, prefill 2K; then, in the time left, bench/persistent_probe.py; ~9.5 min. No graphs at start and batches
+    # to 16 (the warm-up runs capture the graphs of batches 1 and 16), to fit the call. Until gpu.SPARSE24_MAX_ROWS,
+    # 2:4 at 16 rows took ~0.57 s a step and never ended here (2026-12-07, eighth session). The `  mode: ... at N s`
+    # lines of e2e.log say when each stage of a mode ended, with its batch rows
     timeout "${E2E_S:-540}" python3 bench/quant_e2e.py --out "$OUT" --modes "${MODES:-int4,int8,bf16,int4_teal,int4_24}" \
       --batches 1,16 --prefill-tokens 2048 --compile-budget-s "${HF_S:-60}" --overlap --precapture-tokens 0 \
       --max-seqs 16 > "$OUT/e2e.log" 2>&1
