@@ -63,6 +63,8 @@
 #   int8kv: bash bench/gpu_pending.sh int8kv   (carry .whl; int8 KV's one-launch store: compiled tests, then 256-token
 #           reuse turns with bf16 KV, int8 stored by torch, by the kernel, and with the reader's scales folded; ~7 min)
 #   final: bash bench/gpu_pending.sh final   (carry .whl; read floor vs shipped GEMVs, the model vs transformers; ~9 min)
+#   tune16: bash bench/gpu_pending.sh tune16   (no carry; the 16-row int4 sweep, then batch 16 on the shipped table and on
+#           its winners; ~8 min)
 #   all6: bash bench/gpu_pending.sh all6   (carry .whl; issue 6's five modes and transformers in one run, then the
 #         persistent-kernel probe; ~9 min)
 #   mmt: bash bench/gpu_pending.sh mmt   (no carry; tensor cores with swapped operands, modes 20-22, vs shipped; ~6 min)
@@ -396,6 +398,19 @@ PY
     timeout "${E2E_S:-450}" python3 bench/quant_e2e.py --out "$OUT" --modes "${MODES:-int4,bf16}" --batches 1,16 \
       --prefill-tokens 512 --compile-budget-s "${HF_S:-60}" --overlap > "$OUT/e2e.log" 2>&1
     e2e_summary
+    ;;
+  tune16)  # issue 6: int4 at 16 rows, where the H100 has no configs of its own (the H200's serve it; int4's batch-16
+    # step, 4768 us, was slower than int8's, 4512, on 2026-12-07): the 16-row sweep, then the model at batch 16 on the
+    # shipped table and on the sweep's winners, one process each (~8 min)
+    echo "== issue 6: 16-row int4 sweep (bench/quant_gpu.py kernels --ms 16)"
+    timeout "${SWEEP_S:-300}" python3 bench/quant_gpu.py kernels --kinds int4k_g128 --ms 16 --out "$OUT" 2>&1 \
+      | grep -v "^  skip" | tail -12
+    for tune in "" "--tune $OUT/quant_kernels.json"; do
+      echo "== whole model, int4, batch 16, ${tune:-shipped table}"
+      timeout "${E2E_S:-100}" python3 bench/quant_e2e.py --out "$OUT" --modes int4 --batches 16 --prefill-tokens 512 \
+        --overlap --no-hf --max-seqs 16 --precapture-tokens 0 $tune > "$OUT/e2e.log" 2>&1
+      grep -E "^  int4: batch" "$OUT/e2e.log"
+    done
     ;;
   all6)  # issue 6's table in one run: every mode (bf16, int8, int4, int4 + 2:4, int4 + TEAL) and transformers compiled
     # bf16, prefill 2K; then, in the time left, bench/persistent_probe.py; ~9.5 min. No graphs at start and batches
