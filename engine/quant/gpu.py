@@ -39,7 +39,8 @@ CHUNK_ROWS = 64
 # many rows; more dequantize and run the GEMM, as prefill does. Why: at 16 rows, with the H100 table's
 # one-token configs, it took 2,998 us a call for qkv, 12,483 for gate_up and 281 for down
 # (`bench/probe_24_rows.py`, 2026-12-07): a decode step of ~0.57 s, where the GEMM path reads the
-# dequantized copy at HBM speed. The kernel was only ever measured fast at one row.
+# dequantized copy at HBM speed (the copy is one layer's, at most gate_up's 235 MB at 8B; the KV budget
+# reserves the largest, as for prefill). The kernel's configs were only ever chosen and timed at one row.
 SPARSE24_MAX_ROWS = 1
 # gate_up's one-token GEMV writes silu(gate) * up itself where its config allows (`matmul_small`
 # ``silu_inter``; `engine.model.MLP`), saving the SiLU x up kernel and its launch: same bits either way,

@@ -138,7 +138,8 @@ def test_check_budget_reserves_activations_and_reports_the_numbers() -> None:
 
 def test_dequant_reserve_is_the_largest_prefill_weight_and_the_head_only_for_wide_batches() -> None:
     """The KV pool leaves room for the bf16 copy a prefill makes of one quantized weight; the LM head
-    (one row per sequence) joins only when more sequences run than the fused kernels take in chunks."""
+    (one row per sequence) joins only when more sequences run than its fused kernel takes: `CHUNK_ROWS`,
+    or one for a 2:4 head (`SPARSE24_MAX_ROWS`)."""
     from engine.quant.gpu import CHUNK_ROWS
     from engine.quant.memory import dequant_reserve
 
@@ -150,6 +151,14 @@ def test_dequant_reserve_is_the_largest_prefill_weight_and_the_head_only_for_wid
     assert dequant_reserve(m, CHUNK_ROWS, 2) == body
     head = c.vocab_size * c.hidden_size * 2
     assert dequant_reserve(m, CHUNK_ROWS + 1, 2) == max(body, head)
+    for head_spec, rows in (("int4:g64", CHUNK_ROWS), ("int4:g64+2:4", 1)):  # 2:4: its kernel takes one row
+        m = tiny(tied=False)
+        apply_policy(m, f"bf16,qkv=int4:g64,lm_head={head_spec}")
+        qkv = m.model.layers[0].self_attn.qkv_proj
+        small = qkv.in_features * qkv.out_features * 2
+        assert small < head
+        assert dequant_reserve(m, rows, 2) == small
+        assert dequant_reserve(m, rows + 1, 2) == head
 
 
 def test_kv_budget_keeps_room_for_the_prefill_graphs_own_dequantized_weight() -> None:
