@@ -65,8 +65,8 @@
 #   final: bash bench/gpu_pending.sh final   (carry .whl; read floor vs shipped GEMVs, the model vs transformers; ~9 min)
 #   tune16: bash bench/gpu_pending.sh tune16   (no carry; the 16-row int4 sweep, then batch 16 on the shipped table and on
 #           its winners; ~8 min)
-#   all6: bash bench/gpu_pending.sh all6   (carry .whl; issue 6's five modes and transformers in one run, then the
-#         persistent-kernel probe; ~9 min)
+#   all6: bash bench/gpu_pending.sh all6   (no carry; issue 6's five modes and transformers in one run, then the
+#         persistent-kernel probe; ~9.5 min)
 #   mmt: bash bench/gpu_pending.sh mmt   (no carry; tensor cores with swapped operands, modes 20-22, vs shipped; ~6 min)
 #   l2: bash bench/gpu_pending.sh l2   (no carry; L2 prefetch of o and gate_up after qkv: tests, probe, model A/B; ~8 min)
 #   tune: bash bench/gpu_pending.sh tune   (no carry; TEST_K=... narrows the compiled tests, MODES=int4,bf16)
