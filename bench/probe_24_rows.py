@@ -20,10 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.quant_gpu import SHAPES, make  # noqa: E402
 from engine.quant import gpu  # noqa: E402
-from engine.quant.quantize import prune_2_4, quantize_int4  # noqa: E402
-
-SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 
 
 def main() -> None:
@@ -32,9 +30,9 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=20)
     a = p.parse_args()
     print(f"| matrix | config at {a.rows} rows | first call s | us a call |")
-    for name, (n, k) in SHAPES.items():
-        w = (torch.randn(n, k, device="cuda") * 0.02).bfloat16()
-        g = gpu.pack(quantize_int4(w, 128, None, prune_2_4(w)))
+    for name in ("qkv", "o", "gate_up", "down"):
+        n, k = SHAPES[name]
+        g = make("int4_24", (torch.randn(n, k, device="cuda") * 0.02).bfloat16())
         x = torch.randn(a.rows, k, device="cuda").bfloat16()
         t0 = time.perf_counter()
         gpu.matmul_small(g, x)

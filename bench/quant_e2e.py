@@ -309,12 +309,17 @@ def live_cuda_tensors(top: int = 8) -> list[str]:
     return out
 
 
+def hf_json(a: argparse.Namespace) -> Path:
+    """Where the ``--hf-only`` child leaves its figures for `hf_baseline`."""
+    return Path(a.out) / "quant_e2e_hf.json"
+
+
 def hf_baseline(a: argparse.Namespace) -> dict:
     """`transformers` compiled bf16, run by this script in a child process (``--hf-only``,
     `gpu_base.rerun_in_child`): in this one, torch.compile's references (~7 GiB of 8B-shaped tensors on
     2026-12-07) were held through every later mode, and the last, 2:4, found its KV pool over the 24 GiB
     cap. Keys: batch sizes."""
-    got = rerun_in_child(__file__, ["--hf-only"], Path(a.out) / "quant_e2e_hf.json")
+    got = rerun_in_child(__file__, ["--hf-only"], hf_json(a))
     return {int(batch): r for batch, r in got.items()}
 
 
@@ -351,8 +356,8 @@ def main() -> None:
         torch.cuda.set_per_process_memory_fraction(min(1.0, a.cap_gib * GiB / total))
     if a.hf_only:
         got = b.hf_decode(b.hf_model(), a.batches, a.decode_tokens, static=True)
-        Path(a.out).mkdir(parents=True, exist_ok=True)
-        (Path(a.out) / "quant_e2e_hf.json").write_text(json.dumps(got))
+        hf_json(a).parent.mkdir(parents=True, exist_ok=True)
+        hf_json(a).write_text(json.dumps(got))
         return
     bw = b.copy_bandwidth()
     res: dict = {"device": b.describe(), "copy_gbps": round(bw, 1), "modes": {}}

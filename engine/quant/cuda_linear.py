@@ -24,8 +24,7 @@ def cuda_linear(layer: Any, x: torch.Tensor) -> torch.Tensor:
     x2 = x.reshape(-1, g.k)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    fused_rows = gpu.SPARSE24_MAX_ROWS if g.kind == "int4_24" else gpu.CHUNK_ROWS
-    if x2.shape[0] <= fused_rows and g.kind != "fallback":
+    if x2.shape[0] <= gpu.fused_rows(layer.qweight) and g.kind != "fallback":
         thresh = layer.act_threshold if g.kind == "int4" else None  # int4 is N-packed only for TEAL
         if layer.act_threshold is not None and g.kind != "int4":
             x2 = layer.sparsify(x2)

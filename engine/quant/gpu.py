@@ -42,6 +42,14 @@ CHUNK_ROWS = 64
 # dequantized copy at HBM speed (the copy is one layer's, at most gate_up's 235 MB at 8B; the KV budget
 # reserves the largest, as for prefill). The kernel's configs were only ever chosen and timed at one row.
 SPARSE24_MAX_ROWS = 1
+
+
+def fused_rows(qweight: Int8Weight | Int4Weight) -> int:
+    """The most rows a layer's fused kernel takes (`CHUNK_ROWS`, 2:4 weights `SPARSE24_MAX_ROWS`); larger
+    inputs dequantize the weight and run the GEMM. The launcher and the KV budget both ask this."""
+    return SPARSE24_MAX_ROWS if getattr(qweight, "mask", None) is not None else CHUNK_ROWS
+
+
 # gate_up's one-token GEMV writes silu(gate) * up itself where its config allows (`matmul_small`
 # ``silu_inter``; `engine.model.MLP`), saving the SiLU x up kernel and its launch: same bits either way,
 # the graph step 2122 -> 2065 us on the H200 (quant_e2e's 'silugemv' switch; `bash bench/gpu_pending.sh silu`)

@@ -40,20 +40,17 @@ def weight_bytes(model: nn.Module) -> int:
 def dequant_reserve(model: nn.Module, max_num_seqs: int, elt: int) -> int:
     """Bytes of the largest weight a prefill dequantizes at once (`engine.quant.gpu.dense_weight`).
 
-    Inputs of more than `CHUNK_ROWS` rows (2:4 weights: `SPARSE24_MAX_ROWS`) get a transient ``elt``-byte
+    Inputs of more than their fused kernel takes (`engine.quant.gpu.fused_rows`) get a transient ``elt``-byte
     copy of their layer's weight; the LM head sees one row per sequence, so it is counted only when
     ``max_num_seqs`` exceeds that."""
-    from engine.quant.gpu import CHUNK_ROWS, SPARSE24_MAX_ROWS
+    from engine.quant.gpu import fused_rows
     from engine.quant.linear import QuantLinear
-
-    def fused_rows(m: QuantLinear) -> int:
-        return SPARSE24_MAX_ROWS if getattr(m.qweight, "mask", None) is not None else CHUNK_ROWS
 
     head = getattr(model, "lm_head", None)
     sizes = [
         m.out_features * m.in_features * elt
         for m in model.modules()
-        if isinstance(m, QuantLinear) and (m is not head or max_num_seqs > fused_rows(m))
+        if isinstance(m, QuantLinear) and (m is not head or max_num_seqs > fused_rows(m.qweight))
     ]
     return max(sizes, default=0)
 
